@@ -1,0 +1,29 @@
+# One image for every Keel service. The process is the container's command, e.g.
+#   command: ["node", "services/tenant/dist/main.js"]          (docker-compose.yml, infra/k8s)
+# and, for a plain `docker run`, the SERVICE build argument (audit, tenant or gateway; default gateway).
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+FROM ${NODE_IMAGE} AS build
+# The version package.json pins; npx fetches it (no global install, no corepack signature keys needed).
+ARG PNPM=pnpm@10.34.8
+WORKDIR /app
+# `pnpm fetch` needs only the lockfile, so this layer stays cached until dependencies change.
+COPY pnpm-lock.yaml pnpm-workspace.yaml ./
+RUN npx -y ${PNPM} fetch
+COPY . .
+RUN npx -y ${PNPM} install --frozen-lockfile --offline \
+ && npx -y ${PNPM} run build \
+ # Drop the build-only dependencies (TypeScript, jest) from what the runtime image copies.
+ && npx -y ${PNPM} install --frozen-lockfile --offline --prod --config.confirmModulesPurge=false
+
+FROM ${NODE_IMAGE}
+ARG SERVICE=gateway
+ENV NODE_ENV=production \
+    SERVICE=${SERVICE}
+WORKDIR /app
+COPY --from=build /app /app
+USER node
+# gateway: HTTP API and ops; tenant and audit: ops only (/health, /ready, /metrics).
+EXPOSE 8080 9101 9102
+# exec: node becomes PID 1 and receives SIGTERM itself, so the service shuts down cleanly.
+CMD ["sh", "-c", "exec node services/${SERVICE}/dist/main.js"]

@@ -1,0 +1,347 @@
+// `npm run bench`: loads a running Keel from this separate process and prints each figure
+// next to a baseline measured in the same run. The last line is one JSON object.
+// Target: KEEL_URL (default http://127.0.0.1:8080) with KEEL_BOOTSTRAP_TOKEN or .keel/bootstrap-token,
+// and DATABASE_URL to watch the ledger and the read model. With no Keel answering there, it
+// starts one of its own in an isolated namespace (built code, like the tests) and removes it after.
+import { fork } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import os from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const fromLib = (lib) => createRequire(join(root, 'libs', lib, 'package.json'));
+const autocannon = createRequire(join(root, 'package.json'))('autocannon');
+const { Client } = fromLib('database')('pg');
+const { connect } = fromLib('messaging')('nats');
+
+const seconds = Number(process.env.BENCH_SECONDS ?? 10);
+const creates = Number(process.env.BENCH_CREATES ?? 3000);
+const log = (...a) => console.error(...a);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function ready(url) {
+  try {
+    return (await fetch(`${url}/ready`, { signal: AbortSignal.timeout(1000) })).ok;
+  } catch {
+    return false;
+  }
+}
+
+async function target() {
+  const url = process.env.KEEL_URL ?? 'http://127.0.0.1:8080';
+  const tokenFile = join(root, '.keel', 'bootstrap-token');
+  const token = process.env.KEEL_BOOTSTRAP_TOKEN ?? (existsSync(tokenFile) ? readFileSync(tokenFile, 'utf8').trim() : undefined);
+  if (token && (await ready(url))) {
+    return { url, token, databaseUrl: process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/keel', natsUrl: process.env.NATS_URL ?? 'nats://127.0.0.1:4222', stop: async () => {} };
+  }
+  log(`no Keel at ${url}; starting one in an isolated namespace`);
+  const testing = createRequire(join(root, 'package.json'))(join(root, 'libs', 'testing', 'dist', 'index.js'));
+  process.env.KEEL_TEST_RUN = `bench${randomBytes(2).toString('hex')}`;
+  const env = testing.isolatedEnv('bench');
+  const stack = new testing.Stack(env);
+  await stack.start('audit', 'auth', 'tenant', 'gateway');
+  return {
+    url: stack.gatewayUrl,
+    token: stack.token,
+    databaseUrl: env.DATABASE_URL,
+    natsUrl: env.NATS_URL,
+    stop: async () => {
+      await stack.stop();
+      await testing.cleanupEnv(env);
+    },
+  };
+}
+
+function cannon(opts) {
+  return new Promise((resolve, reject) => autocannon({ connections: 50, pipelining: 1, ...opts }, (err, r) => (err ? reject(err) : resolve(r))));
+}
+
+async function loadHttp(url, headers) {
+  await cannon({ url, headers, duration: 2 });
+  const r = await cannon({ url, headers, duration: seconds });
+  if (r.non2xx || r.errors) throw new Error(`${url}: ${r.non2xx} non-2xx answers, ${r.errors} errors`);
+  return { rps: r.requests.average, p99: r.latency.p99 };
+}
+
+async function helloBaseline() {
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const child = fork(join(root, 'bench', 'hello-fastify.mjs'), [String(port)], { stdio: 'inherit' });
+  await new Promise((r) => child.once('message', r));
+  try {
+    return await loadHttp(`http://127.0.0.1:${port}/`, {});
+  } finally {
+    child.kill();
+  }
+}
+
+async function createEndToEnd(t) {
+  const db = new Client({ connectionString: t.databaseUrl });
+  await db.connect();
+  const pending = [];
+  const delays = [];
+  let lastVisible = 0;
+  let polling = true;
+  const poller = (async () => {
+    while (polling || pending.length) {
+      const { rows } = await db.query(
+        `SELECT (SELECT coalesce(max(seq), 0) FROM audit.ledger)::bigint AS ledger,
+                (SELECT position FROM tenant.projection_checkpoints WHERE name = 'tenants')::bigint AS model`,
+      );
+      const visible = Math.min(Number(rows[0].ledger), Number(rows[0].model));
+      const now = performance.now();
+      for (let i = pending.length - 1; i >= 0; i--) {
+        if (pending[i].position <= visible) {
+          delays.push(now - pending[i].t0);
+          lastVisible = now;
+          pending.splice(i, 1);
+        }
+      }
+      await sleep(2);
+    }
+  })();
+  const run = randomBytes(3).toString('hex');
+  let n = 0;
+  const start = performance.now();
+  // autocannon drives the load (a cheap client, as for the GET figure); each connection has
+  // one request in flight, so its context carries that request's start time.
+  const result = await cannon({
+    url: t.url,
+    connections: 64,
+    amount: creates,
+    requests: [
+      {
+        method: 'POST',
+        path: '/api/v1/tenants',
+        headers: { authorization: `Bearer ${t.token}`, 'content-type': 'application/json' },
+        setupRequest: (req, context) => {
+          context.t0 = performance.now();
+          return { ...req, body: JSON.stringify({ slug: `bench-${run}-${n++}`, name: 'Bench', plan: 'starter' }) };
+        },
+        onResponse: (status, body, context) => {
+          if (status !== 201) throw new Error(`create answered ${status}: ${body}`);
+          pending.push({ position: JSON.parse(body).position, t0: context.t0 });
+        },
+      },
+    ],
+  });
+  if (result.non2xx || result.errors) throw new Error(`creates: ${result.non2xx} non-2xx answers, ${result.errors} errors`);
+  polling = false;
+  await poller;
+  await db.end();
+  delays.sort((a, b) => a - b);
+  return { perSecond: creates / ((lastVisible - start) / 1000), p99: delays[Math.floor(delays.length * 0.99)] };
+}
+
+async function jetStreamBaseline(natsUrl) {
+  const nc = await connect({ servers: natsUrl });
+  const jsm = await nc.jetstreamManager();
+  const js = nc.jetstream();
+  const name = `BENCH_${randomBytes(3).toString('hex').toUpperCase()}`;
+  await jsm.streams.add({ name, subjects: [`${name.toLowerCase()}.>`], storage: 'file', duplicate_window: 120e9 });
+  const payload = new TextEncoder().encode(JSON.stringify({ pad: 'x'.repeat(600) }));
+  const total = creates * 4;
+  try {
+    let sent = 0;
+    const start = performance.now();
+    const window = async () => {
+      while (sent < total) {
+        const n = sent++;
+        await js.publish(`${name.toLowerCase()}.evt.${n % 64}`, payload, { msgID: `${name}-${n}` });
+      }
+    };
+    await Promise.all(Array.from({ length: 256 }, window));
+    return { perSecond: total / ((performance.now() - start) / 1000) };
+  } finally {
+    await jsm.streams.delete(name);
+    await nc.close();
+  }
+}
+
+/** Raw Argon2id verifications per second on this machine with Keel's parameters: what bounds a sign-in. */
+async function argon2Baseline() {
+  const argon2 = createRequire(join(root, 'services', 'auth', 'package.json'))('argon2');
+  const options = { type: argon2.argon2id, memoryCost: 19_456, timeCost: 2, parallelism: 1 };
+  const hash = await argon2.hash('correct horse battery staple', options);
+  const start = performance.now();
+  let n = 0;
+  // Two at a time: argon2 runs on libuv's thread pool, as in the auth service.
+  await Promise.all([0, 1].map(async () => {
+    while (performance.now() - start < seconds * 500) {
+      await argon2.verify(hash, 'correct horse battery staple');
+      n++;
+    }
+  }));
+  return { perSecond: n / ((performance.now() - start) / 1000) };
+}
+
+async function json(t, method, path, body, token = t.token) {
+  const res = await fetch(`${t.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const parsed = await res.json();
+  if (res.status >= 300) throw new Error(`${method} ${path} answered ${res.status}: ${JSON.stringify(parsed)}`);
+  return parsed;
+}
+
+/** A tenant whose rate limit does not cap the benchmark, and users in it (one per connection). */
+async function benchUser(t) {
+  const slug = `bench-user-${randomBytes(3).toString('hex')}`;
+  const quotas = { maxUsers: 100, maxGpus: 0, maxGpuMemoryGb: 0, monthlyTokenQuota: 0, requestsPerMinute: 10_000_000 };
+  const created = await json(t, 'POST', '/api/v1/tenants', { slug, name: 'Bench', plan: 'custom', quotas });
+  await json(t, 'GET', `/api/v1/tenants/${created.tenant.id}?consistentWith=${created.position}`);
+  const password = 'correct horse battery staple';
+  const logins = [];
+  for (let i = 0; i < 16; i++) {
+    const email = `bench${i}@keel.test`;
+    await json(t, 'POST', `/api/v1/tenants/${created.tenant.id}/users`, { email, name: 'Bench', password, roles: ['viewer'] });
+    logins.push({ tenant: slug, email, password });
+  }
+  return { tenantId: created.tenant.id, slug, login: logins[0], logins };
+}
+
+async function loginRate(t, user) {
+  // Different users on different connections: one account signing in many times at once is
+  // what the brute-force protection is there to refuse.
+  let next = 0;
+  const result = await cannon({
+    url: t.url,
+    connections: 8,
+    duration: seconds,
+    requests: [
+      {
+        method: 'POST',
+        path: '/api/v1/auth/login',
+        headers: { 'content-type': 'application/json' },
+        setupRequest: (req, context) => {
+          context.login ??= user.logins[next++ % user.logins.length];
+          return { ...req, body: JSON.stringify(context.login) };
+        },
+      },
+    ],
+  });
+  if (result.non2xx || result.errors) throw new Error(`logins: ${result.non2xx} non-2xx answers, ${result.errors} errors`);
+  return { perSecond: result.requests.average, p99: result.latency.p99 };
+}
+
+async function refreshRate(t, user) {
+  // Each of 16 sessions rotates its own refresh token in a loop: every answer carries the next
+  // token, so requests on one session cannot be prepared ahead (autocannon would reuse tokens).
+  const pool = [];
+  for (const login of user.logins) pool.push((await json(t, 'POST', '/api/v1/auth/login', login)).refreshToken);
+  const latencies = [];
+  const start = performance.now();
+  await Promise.all(
+    pool.map(async (first) => {
+      let token = first;
+      while (performance.now() - start < seconds * 1000) {
+        const t0 = performance.now();
+        const res = await fetch(`${t.url}/api/v1/auth/refresh`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ refreshToken: token }),
+        });
+        const body = await res.json();
+        if (res.status !== 200) throw new Error(`refresh answered ${res.status}: ${JSON.stringify(body)}`);
+        token = body.refreshToken;
+        latencies.push(performance.now() - t0);
+      }
+    }),
+  );
+  latencies.sort((a, b) => a - b);
+  return { perSecond: latencies.length / ((performance.now() - start) / 1000), p99: Math.round(latencies[Math.floor(latencies.length * 0.99)]) };
+}
+
+const t = await target();
+try {
+  const machine = `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.platform()} ${os.release()}, node ${process.version}`;
+  log(`machine: ${machine}`);
+  const created = await (
+    await fetch(`${t.url}/api/v1/tenants`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${t.token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ slug: `bench-get-${randomBytes(3).toString('hex')}`, name: 'Bench', plan: 'starter' }),
+    })
+  ).json();
+  log('gateway.tenant_get: baseline (bare Fastify hello-world)…');
+  const hello = await helloBaseline();
+  log('gateway.tenant_get: authenticated GET /api/v1/tenants/{id}…');
+  const get = await loadHttp(`${t.url}/api/v1/tenants/${created.tenant.id}`, { authorization: `Bearer ${t.token}` });
+  log('tenant.create_e2e: baseline (pipelined JetStream publishes)…');
+  const publishes = await jetStreamBaseline(t.natsUrl);
+  log(`tenant.create_e2e: ${creates} creates, 64 in flight…`);
+  const e2e = await createEndToEnd(t);
+  const user = await benchUser(t);
+  const access = (await json(t, 'POST', '/api/v1/auth/login', user.login)).accessToken;
+  log('gateway.authed_get: GET /api/v1/tenants/{id} with a user access token…');
+  const authed = await loadHttp(`${t.url}/api/v1/tenants/${user.tenantId}`, { authorization: `Bearer ${access}` });
+  log('auth.login: baseline (raw Argon2id verifications)…');
+  const argon = await argon2Baseline();
+  log('auth.login: sign-ins…');
+  const logins = await loginRate(t, user);
+  log('auth.refresh: refreshes…');
+  const refreshes = await refreshRate(t, user);
+  const round = (x, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
+  const result = {
+    machine,
+    benchmarks: [
+      {
+        name: 'gateway.tenant_get',
+        unit: 'req/s',
+        value: round(get.rps),
+        p99Ms: get.p99,
+        connections: 50,
+        baseline: { name: 'fastify hello-world', value: round(hello.rps), p99Ms: hello.p99 },
+        ratio: round(get.rps / hello.rps, 3),
+        goal: 'ratio >= 0.4',
+      },
+      {
+        name: 'gateway.authed_get',
+        unit: 'req/s',
+        value: round(authed.rps),
+        p99Ms: authed.p99,
+        connections: 50,
+        baseline: { name: 'fastify hello-world', value: round(hello.rps), p99Ms: hello.p99 },
+        ratio: round(authed.rps / hello.rps, 3),
+        goal: 'ratio >= 0.4',
+      },
+      {
+        name: 'auth.login',
+        unit: 'sign-ins/s',
+        value: round(logins.perSecond),
+        p99Ms: logins.p99,
+        connections: 8,
+        baseline: { name: 'raw Argon2id verifications (m=19 MiB, t=2, p=1), 2 in parallel', value: round(argon.perSecond) },
+        ratio: round(logins.perSecond / argon.perSecond, 3),
+        goal: `>= 15/s per core (${15 * os.cpus().length}/s here)`,
+      },
+      {
+        name: 'auth.refresh',
+        unit: 'refreshes/s',
+        value: round(refreshes.perSecond),
+        p99Ms: refreshes.p99,
+        connections: 16,
+        baseline: { name: 'fastify hello-world', value: round(hello.rps) },
+        ratio: round(refreshes.perSecond / hello.rps, 3),
+        goal: '>= 500/s',
+      },
+      {
+        name: 'tenant.create_e2e',
+        unit: 'creates/s (HTTP 201 to ledger and read model)',
+        value: round(e2e.perSecond),
+        p99Ms: round(e2e.p99),
+        creates,
+        baseline: { name: 'pipelined JetStream publishes', value: round(publishes.perSecond) },
+        ratio: round(e2e.perSecond / publishes.perSecond, 3),
+        goal: '>= 1000 creates/s',
+      },
+    ],
+  };
+  console.log(JSON.stringify(result));
+} finally {
+  await t.stop();
+}

@@ -1,0 +1,197 @@
+/**
+ * `npm start`: Keel on one machine.
+ *
+ *   node infra/start.mjs             install dependencies if needed, build, start everything
+ *   node infra/start.mjs --no-build  the same without install and build
+ *   node infra/start.mjs --check     report what answers at NATS_URL, DATABASE_URL and REDIS_URL,
+ *                                    then exit (0 when all three are usable)
+ *
+ * NATS (with JetStream), Postgres and Redis are used where their URLs point, or started from
+ * local binaries with data under .keel/ when a loopback URL has nothing behind it. Then audit
+ * and tenant start (each provisions its schema), and once both are ready, the gateway. Ctrl-C
+ * or SIGTERM stops the services, then the servers npm start started.
+ *
+ * It reads Keel's own environment variables (see libs/config), plus two of its own:
+ * KEEL_TENANT_OPS_PORT, KEEL_AUDIT_OPS_PORT and KEEL_AUTH_OPS_PORT (default 9101, 9102, 9103), the ops ports
+ * (/health, /ready, /metrics) of tenant and audit; KEEL_OPS_PORT is per process, so it is set
+ * here for each of them.
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { installAndBuild } from './lib/build.mjs';
+import { checkInfra, ensureInfra, stopInfra } from './lib/infra.mjs';
+import { say, UserError } from './lib/log.mjs';
+import { PidFiles, portInUse } from './lib/proc.mjs';
+import { Service } from './lib/services.mjs';
+import { bootstrapToken, firstAdmin, keyEncryptionKey } from './lib/token.mjs';
+
+const READY_TIMEOUT_MS = 180_000;
+const OPTIONS = ['--no-build', '--check'];
+const SERVICES = ['audit', 'auth', 'tenant', 'gateway'];
+const scriptOf = (name) => `services/${name}/dist/main.js`;
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const keelDir = join(root, '.keel');
+const env = process.env;
+
+/** Where a client on this machine reaches a server bound to `host` (a wildcard means loopback). */
+function reachableHost(host) {
+  if (host === '0.0.0.0') return '127.0.0.1';
+  if (host === '::') return '[::1]';
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+function setting(name, fallback) {
+  const value = env[name] || fallback;
+  if (name.endsWith('_PORT') && !(/^\d+$/.test(value) && Number(value) > 0 && Number(value) < 65536)) {
+    throw new UserError(`${name} is not a port number (${value}); set it to one between 1 and 65535.`);
+  }
+  if (name.endsWith('_URL')) {
+    try {
+      new URL(value.split(',')[0]);
+    } catch {
+      throw new UserError(`${name} is not a valid URL (${value}); fix it or unset it to use the default.`);
+    }
+  }
+  return value;
+}
+
+const ctx = {
+  root,
+  keelDir,
+  pids: new PidFiles(join(keelDir, 'run')),
+  started: [],
+  stopping: false,
+};
+const services = [];
+let ownsLock = false;
+let shuttingDown;
+
+/** Services first (the gateway before the processes it calls), then the servers they use. */
+function shutdown(exitCode) {
+  shuttingDown ??= (async () => {
+    ctx.stopping = true;
+    const isGateway = (s) => s.name === 'gateway';
+    await Promise.all(services.filter(isGateway).map((s) => s.stop()));
+    await Promise.all(services.filter((s) => !isGateway(s)).map((s) => s.stop()));
+    await stopInfra(ctx);
+    if (ownsLock) ctx.pids.forget('start');
+    if (services.length || ctx.started.length) say('stopped');
+    process.exit(exitCode);
+  })();
+  return shuttingDown;
+}
+
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => {
+    if (shuttingDown) return say('still stopping, please wait');
+    say(`${signal} received, stopping`);
+    void shutdown(0);
+  });
+}
+
+function printBanner(gatewayUrl, token, admin) {
+  const lines = [
+    '',
+    'Keel is running.',
+    `  Gateway:         ${gatewayUrl}`,
+    `  API docs:        ${gatewayUrl}/docs`,
+    `  Operator token:  ${token.token}   (from ${token.source}; break-glass only)`,
+    `  Platform admin:  ${admin.email} / ${admin.password}   (from ${admin.source})`,
+    '  Try:',
+    `    curl -H "Authorization: Bearer ${token.token}" ${gatewayUrl}/api/v1/tenants`,
+    `    curl -X POST ${gatewayUrl}/api/v1/auth/login -H 'Content-Type: application/json' -d '{"email":"${admin.email}","password":"${admin.password}"}'`,
+    '',
+    'Press Ctrl-C to stop.',
+    '',
+  ];
+  console.log(lines.join('\n'));
+}
+
+async function main() {
+  const args = process.argv.slice(2);
+  const unknown = args.find((a) => !OPTIONS.includes(a));
+  if (unknown) throw new UserError(`Unknown option ${unknown}; the options are ${OPTIONS.join(' and ')}.`);
+
+  ctx.urls = {
+    nats: setting('NATS_URL', 'nats://127.0.0.1:4222'),
+    postgres: setting('DATABASE_URL', 'postgres://postgres@127.0.0.1:5432/keel'),
+    redis: setting('REDIS_URL', 'redis://127.0.0.1:6379'),
+  };
+  if (args.includes('--check')) {
+    process.exit((await checkInfra(ctx)) ? 0 : 1);
+  }
+
+  const other = ctx.pids.running('start', 'start.mjs');
+  if (other && other !== process.pid) {
+    throw new UserError(`Keel is already running from this directory (npm start, pid ${other}); stop that one first.`);
+  }
+  ctx.pids.record('start', process.pid);
+  ownsLock = true;
+
+  if (!args.includes('--no-build')) await installAndBuild(root);
+  for (const name of SERVICES) {
+    if (!existsSync(join(root, scriptOf(name)))) {
+      throw new UserError(`${scriptOf(name)} does not exist; run npm start without --no-build (or npm run build) first.`);
+    }
+  }
+  const token = bootstrapToken(keelDir, env.KEEL_BOOTSTRAP_TOKEN);
+  const kek = keyEncryptionKey(keelDir, env.KEEL_KEK);
+  const admin = firstAdmin(keelDir, env.KEEL_ADMIN_EMAIL, env.KEEL_ADMIN_PASSWORD);
+  const httpHost = setting('KEEL_HTTP_HOST', '127.0.0.1');
+  const host = reachableHost(httpHost);
+  const ports = {
+    KEEL_HTTP_PORT: setting('KEEL_HTTP_PORT', '8080'),
+    KEEL_AUDIT_OPS_PORT: setting('KEEL_AUDIT_OPS_PORT', '9102'),
+    KEEL_TENANT_OPS_PORT: setting('KEEL_TENANT_OPS_PORT', '9101'),
+    KEEL_AUTH_OPS_PORT: setting('KEEL_AUTH_OPS_PORT', '9103'),
+  };
+
+  // Services an earlier, hard-killed npm start left behind go first, before the servers they use.
+  for (const name of [...SERVICES].reverse()) await ctx.pids.stopLeftover(name, join(root, scriptOf(name)), 'SIGTERM');
+  // Something else on a port would answer the readiness checks in our services' place.
+  for (const [name, port] of Object.entries(ports)) {
+    if (await portInUse(httpHost, port)) {
+      throw new UserError(`Port ${port} on ${httpHost} is already in use (${name}); stop what listens there or set ${name} to a free port.`);
+    }
+  }
+  await ensureInfra(ctx);
+
+  const gatewayUrl = `http://${host}:${ports.KEEL_HTTP_PORT}`;
+  const shared = { ...env, NATS_URL: ctx.urls.nats, DATABASE_URL: ctx.urls.postgres, REDIS_URL: ctx.urls.redis, KEEL_HTTP_HOST: httpHost };
+  delete shared.KEEL_OPS_PORT;
+  delete shared.KEEL_BOOTSTRAP_TOKEN;
+  delete shared.KEEL_KEK;
+  delete shared.KEEL_ADMIN_EMAIL;
+  delete shared.KEEL_ADMIN_PASSWORD;
+  const service = (name, extraEnv, readyUrl) =>
+    new Service({ name, root, script: scriptOf(name), env: { ...shared, ...extraEnv }, readyUrl, pids: ctx.pids });
+  // Only audit holds sealed secrets (the ledger's signing key).
+  const backends = [
+    ['audit', ports.KEEL_AUDIT_OPS_PORT, { KEEL_KEK: kek }],
+    ['tenant', ports.KEEL_TENANT_OPS_PORT, {}],
+    // auth seals its token signing keys, and makes the first platform administrator.
+    ['auth', ports.KEEL_AUTH_OPS_PORT, { KEEL_KEK: kek, KEEL_ADMIN_EMAIL: admin.email, KEEL_ADMIN_PASSWORD: admin.password }],
+  ].map(([name, port, extra]) => service(name, { KEEL_OPS_PORT: port, ...extra }, `http://${host}:${port}/ready`));
+  // Only the gateway checks the operator token.
+  const gateway = service('gateway', { KEEL_BOOTSTRAP_TOKEN: token.token }, `${gatewayUrl}/ready`);
+
+  say('starting audit, auth and tenant');
+  for (const s of backends) {
+    services.push(s);
+    s.start();
+  }
+  await Promise.all(backends.map((s) => s.waitReady(READY_TIMEOUT_MS)));
+  say('starting gateway');
+  services.push(gateway);
+  gateway.start();
+  await gateway.waitReady(READY_TIMEOUT_MS);
+  printBanner(gatewayUrl, token, admin);
+}
+
+main().catch((err) => {
+  if (shuttingDown) return;
+  console.error(err instanceof UserError ? `[keel] error: ${err.message}` : err);
+  void shutdown(1);
+});

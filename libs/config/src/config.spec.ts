@@ -1,0 +1,147 @@
+import { ConfigError, parseConfig, serviceDatabaseUrl } from './config';
+
+function configError(env: Record<string, string | undefined>): ConfigError {
+  try {
+    parseConfig(env);
+  } catch (error) {
+    if (error instanceof ConfigError) return error;
+    throw error;
+  }
+  throw new Error('expected the configuration to be refused');
+}
+
+describe('parseConfig', () => {
+  it('fills every default from an empty environment', () => {
+    expect(parseConfig({})).toEqual({
+      NATS_URL: 'nats://127.0.0.1:4222',
+      DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/keel',
+      REDIS_URL: 'redis://127.0.0.1:6379',
+      KEEL_DB_PASSWORD: 'keel',
+      KEEL_STREAM: 'EVENTS',
+      KEEL_SUBJECT_PREFIX: '',
+      KEEL_STREAM_REPLICAS: 1,
+      KEEL_REDIS_PREFIX: 'keel:',
+      KEEL_HTTP_HOST: '127.0.0.1',
+      KEEL_HTTP_PORT: 8080,
+      KEEL_REQUEST_TIMEOUT_MS: 5000,
+      KEEL_CONSISTENCY_WAIT_MS: 3000,
+      KEEL_CHECKPOINT_EVERY: 1000,
+      KEEL_CHECKPOINT_INTERVAL_MS: 60000,
+      KEEL_LOG_LEVEL: 'info',
+    });
+  });
+
+  it('coerces numeric settings from their string form', () => {
+    const config = parseConfig({
+      KEEL_HTTP_PORT: '9090',
+      KEEL_OPS_PORT: '9464',
+      KEEL_STREAM_REPLICAS: '3',
+      KEEL_REQUEST_TIMEOUT_MS: '250',
+      KEEL_CONSISTENCY_WAIT_MS: '0',
+      KEEL_CHECKPOINT_EVERY: '10',
+    });
+    expect(config).toMatchObject({
+      KEEL_HTTP_PORT: 9090,
+      KEEL_OPS_PORT: 9464,
+      KEEL_STREAM_REPLICAS: 3,
+      KEEL_REQUEST_TIMEOUT_MS: 250,
+      KEEL_CONSISTENCY_WAIT_MS: 0,
+      KEEL_CHECKPOINT_EVERY: 10,
+    });
+  });
+
+  it('ignores variables it does not know', () => {
+    expect(parseConfig({ HOME: '/root', PATH: '/bin' })).not.toHaveProperty('HOME');
+  });
+
+  it.each([
+    ['KEEL_HTTP_PORT', 'http'],
+    ['KEEL_HTTP_PORT', '65536'],
+    ['KEEL_HTTP_PORT', '80.5'],
+    ['KEEL_STREAM_REPLICAS', '0'],
+    ['KEEL_STREAM_REPLICAS', '7'],
+    ['KEEL_REQUEST_TIMEOUT_MS', '99'],
+    ['KEEL_CHECKPOINT_EVERY', '0'],
+    ['KEEL_LOG_LEVEL', 'verbose'],
+    ['KEEL_STREAM', 'EVENTS.ALL'],
+    ['KEEL_BOOTSTRAP_TOKEN', 'too-short'],
+    ['DATABASE_URL', 'not a url'],
+    ['OTEL_EXPORTER_OTLP_ENDPOINT', 'http://'],
+  ])('refuses %s=%s, naming the variable', (name, value) => {
+    const error = configError({ [name]: value });
+    expect(error.issues).toHaveLength(1);
+    expect(error.issues[0]).toMatch(new RegExp(`^${name}: `));
+    expect(error.message).toContain(`invalid configuration: ${name}: `);
+  });
+
+  it.each(['', 'run1.', 'ci_2024-05.'])('accepts the subject prefix %j', (prefix) => {
+    expect(parseConfig({ KEEL_SUBJECT_PREFIX: prefix }).KEEL_SUBJECT_PREFIX).toBe(prefix);
+  });
+
+  it.each(['Run.', 'x', 'a.b.', '.', 'run 1.', 'evt.>'])('refuses the subject prefix %j', (prefix) => {
+    expect(configError({ KEEL_SUBJECT_PREFIX: prefix }).issues).toEqual([
+      'KEEL_SUBJECT_PREFIX: empty, or a lowercase token followed by a dot',
+    ]);
+  });
+
+  it('reports every bad variable at once', () => {
+    const error = configError({ KEEL_HTTP_PORT: 'x', KEEL_SUBJECT_PREFIX: 'Run.' });
+    expect(error.issues.map((i) => i.split(':')[0]).sort()).toEqual(['KEEL_HTTP_PORT', 'KEEL_SUBJECT_PREFIX']);
+  });
+
+  it('treats empty strings as unset, so defaults apply and optional values stay absent', () => {
+    const config = parseConfig({
+      KEEL_HTTP_PORT: '',
+      KEEL_OPS_PORT: '',
+      KEEL_BOOTSTRAP_TOKEN: '',
+      OTEL_EXPORTER_OTLP_ENDPOINT: '',
+      DATABASE_URL: '',
+      KEEL_LOG_LEVEL: '',
+      KEEL_INSTANCE_ID: undefined,
+    });
+    expect(config.KEEL_HTTP_PORT).toBe(8080);
+    expect(config.DATABASE_URL).toBe('postgres://postgres@127.0.0.1:5432/keel');
+    expect(config.KEEL_LOG_LEVEL).toBe('info');
+    expect(config).not.toHaveProperty('KEEL_OPS_PORT');
+    expect(config).not.toHaveProperty('KEEL_BOOTSTRAP_TOKEN');
+    expect(config).not.toHaveProperty('OTEL_EXPORTER_OTLP_ENDPOINT');
+    expect(config).not.toHaveProperty('KEEL_INSTANCE_ID');
+  });
+});
+
+describe('serviceDatabaseUrl', () => {
+  it('swaps user and password for the service role and keeps host, port and database', () => {
+    const config = parseConfig({ DATABASE_URL: 'postgres://admin:secret@db.internal:6543/keel_prod', KEEL_DB_PASSWORD: 's3cret' });
+    const url = new URL(serviceDatabaseUrl(config, 'keel_tenant'));
+    expect(url.protocol).toBe('postgres:');
+    expect(url.username).toBe('keel_tenant');
+    expect(url.password).toBe('s3cret');
+    expect(url.hostname).toBe('db.internal');
+    expect(url.port).toBe('6543');
+    expect(url.pathname).toBe('/keel_prod');
+    expect(serviceDatabaseUrl(config, 'keel_tenant')).toBe('postgres://keel_tenant:s3cret@db.internal:6543/keel_prod');
+  });
+
+  it('adds a password when the admin URL has none', () => {
+    expect(serviceDatabaseUrl(parseConfig({}), 'keel_audit')).toBe('postgres://keel_audit:keel@127.0.0.1:5432/keel');
+  });
+
+  it('keeps query parameters such as sslmode', () => {
+    const config = parseConfig({ DATABASE_URL: 'postgres://admin@db:5432/keel?sslmode=require' });
+    expect(new URL(serviceDatabaseUrl(config, 'keel_audit')).searchParams.get('sslmode')).toBe('require');
+  });
+
+  it('percent-encodes a password with URL-significant characters so it reads back intact', () => {
+    const config = parseConfig({ KEEL_DB_PASSWORD: 'p@ss/w:rd#1' });
+    const url = new URL(serviceDatabaseUrl(config, 'keel_tenant'));
+    expect(decodeURIComponent(url.password)).toBe('p@ss/w:rd#1');
+    expect(url.hostname).toBe('127.0.0.1');
+    expect(url.pathname).toBe('/keel');
+  });
+});
+
+describe('blank settings', () => {
+  it('treats a whitespace-only value as unset, not as zero', () => {
+    expect(parseConfig({ KEEL_HTTP_PORT: ' ', KEEL_CONSISTENCY_WAIT_MS: '  ' })).toMatchObject({ KEEL_HTTP_PORT: 8080, KEEL_CONSISTENCY_WAIT_MS: 3000 });
+  });
+});

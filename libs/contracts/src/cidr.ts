@@ -1,0 +1,46 @@
+import { isIPv4, isIPv6 } from 'node:net';
+
+export type CidrCheck = { ok: true; normalized: string } | { ok: false; reason: string };
+
+function ipv4ToBigInt(ip: string): bigint {
+  return ip.split('.').reduce((acc, octet) => (acc << 8n) | BigInt(Number(octet)), 0n);
+}
+
+function ipv6ToBigInt(ip: string): bigint {
+  let text = ip;
+  const lastColon = text.lastIndexOf(':');
+  const tail = text.slice(lastColon + 1);
+  if (isIPv4(tail)) {
+    const v4 = ipv4ToBigInt(tail);
+    text = `${text.slice(0, lastColon + 1)}${(v4 >> 16n).toString(16)}:${(v4 & 0xffffn).toString(16)}`;
+  }
+  const [head, rest] = text.split('::') as [string, string | undefined];
+  const headParts = head ? head.split(':') : [];
+  const restParts = rest !== undefined && rest !== '' ? rest.split(':') : [];
+  const missing = 8 - headParts.length - restParts.length;
+  const groups = rest === undefined ? headParts : [...headParts, ...Array(missing).fill('0'), ...restParts];
+  return groups.reduce((acc, g) => (acc << 16n) | BigInt(parseInt(g, 16)), 0n);
+}
+
+/**
+ * Checks a CIDR block strictly: a valid address, a prefix in range, and no host bits set
+ * (`10.0.0.1/8` is refused: it almost always means a typo for `10.0.0.0/8` or `/32`).
+ */
+export function checkCidr(value: string): CidrCheck {
+  const slash = value.indexOf('/');
+  if (slash < 0) return { ok: false, reason: 'must be a CIDR block such as 10.0.0.0/8 (missing "/prefix")' };
+  const address = value.slice(0, slash);
+  const prefixText = value.slice(slash + 1);
+  if (!/^\d{1,3}$/.test(prefixText)) return { ok: false, reason: 'the prefix length must be a number' };
+  const prefix = Number(prefixText);
+  // A zone id (fe80::1%eth0) names an interface, not a network: never a valid range.
+  if (address.includes('%')) return { ok: false, reason: 'an IPv6 zone id ("%...") is not allowed in a range' };
+  const v4 = isIPv4(address);
+  if (!v4 && !isIPv6(address)) return { ok: false, reason: `"${address}" is not an IPv4 or IPv6 address` };
+  const bits = v4 ? 32 : 128;
+  if (prefix > bits) return { ok: false, reason: `the prefix length must be at most ${bits}` };
+  const n = v4 ? ipv4ToBigInt(address) : ipv6ToBigInt(address);
+  const hostMask = (1n << BigInt(bits - prefix)) - 1n;
+  if ((n & hostMask) !== 0n) return { ok: false, reason: 'host bits are set; use the network address' };
+  return { ok: true, normalized: `${address.toLowerCase()}/${prefix}` };
+}

@@ -1,0 +1,67 @@
+import { z } from 'zod';
+import { v7 as uuidv7 } from 'uuid';
+import { parseOrThrow } from './validation';
+
+/** A token that can stand in one position of a NATS subject. */
+export const subjectToken = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, "_" or "-" only (it is a NATS subject token)');
+
+export const actorSchema = z
+  .object({
+    kind: z.enum(['user', 'api_key', 'service', 'system']),
+    id: z.string().min(1).max(200),
+    tenantId: z.string().optional(),
+    ip: z.string().max(64).optional(),
+    userAgent: z.string().max(512).optional(),
+  })
+  .strict();
+export type Actor = z.infer<typeof actorSchema>;
+
+export const eventTypeSchema = z
+  .string()
+  .regex(/^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$/, '<context>.<aggregate>.<past-tense verb>');
+
+export const envelopeSchema = z
+  .object({
+    id: z.uuid(),
+    type: eventTypeSchema,
+    schemaVersion: z.number().int().min(1),
+    tenantId: subjectToken,
+    aggregateType: subjectToken,
+    aggregateId: subjectToken,
+    aggregateVersion: z.number().int().min(1),
+    occurredAt: z.iso.datetime(),
+    actor: actorSchema,
+    correlationId: z.string().min(1).max(200),
+    causationId: z.string().min(1).max(200).optional(),
+    data: z.record(z.string(), z.unknown()),
+  })
+  .strict();
+
+export type EventEnvelope<D = Record<string, unknown>> = Omit<z.infer<typeof envelopeSchema>, 'data'> & {
+  data: D;
+};
+
+/** An envelope together with where it sits in the stream. */
+export interface PositionedEvent<D = Record<string, unknown>> {
+  position: number;
+  event: EventEnvelope<D>;
+}
+
+export const PLATFORM_TENANT = 'platform';
+
+export function newEventId(): string {
+  return uuidv7();
+}
+
+export function validateEnvelope(input: unknown): EventEnvelope {
+  return parseOrThrow(envelopeSchema, input, 'event envelope') as EventEnvelope;
+}
+
+/** The bounded context of an event type (`tenant` in `tenant.tenant.created`). */
+export function contextOf(type: string): string {
+  return type.slice(0, type.indexOf('.'));
+}

@@ -1,0 +1,58 @@
+/**
+ * Every permission a route can require, as `resource:action`, and the system roles that
+ * bundle them. Tenants will define custom roles from the same catalogue.
+ */
+export const permissions = {
+  tenantsRead: 'tenants:read',
+  tenantsList: 'tenants:list',
+  tenantsCreate: 'tenants:create',
+  tenantsUpdate: 'tenants:update',
+  tenantsChangePlan: 'tenants:change_plan',
+  tenantsSuspend: 'tenants:suspend',
+  tenantsClose: 'tenants:close',
+  usersRead: 'users:read',
+  usersWrite: 'users:write',
+  rolesRead: 'roles:read',
+  rolesWrite: 'roles:write',
+  sessionsRead: 'sessions:read',
+  sessionsRevoke: 'sessions:revoke',
+  apiKeysRead: 'api_keys:read',
+  apiKeysWrite: 'api_keys:write',
+  auditRead: 'audit:read',
+  auditVerify: 'audit:verify',
+  budgetsRead: 'budgets:read',
+  budgetsWrite: 'budgets:write',
+  gpuAllocate: 'gpu:allocate',
+  platformOperate: 'platform:operate',
+  /** Acting in any tenant, not only one's own: platform administrators only. */
+  platformCrossTenant: 'platform:cross_tenant',
+} as const;
+
+export type Permission = (typeof permissions)[keyof typeof permissions];
+export const allPermissions: readonly Permission[] = Object.values(permissions);
+
+const P = permissions;
+
+/** System roles (the enterprise guides' set); a role never grants what its holder lacks. */
+export const systemRoles = {
+  platform_admin: allPermissions,
+  tenant_admin: [
+    P.tenantsRead, P.tenantsUpdate, P.usersRead, P.usersWrite, P.rolesRead, P.rolesWrite, P.sessionsRead,
+    P.sessionsRevoke, P.apiKeysRead, P.apiKeysWrite, P.auditRead, P.budgetsRead, P.budgetsWrite, P.gpuAllocate,
+  ],
+  security_auditor: [P.tenantsRead, P.usersRead, P.rolesRead, P.sessionsRead, P.apiKeysRead, P.auditRead, P.auditVerify],
+  billing_manager: [P.tenantsRead, P.budgetsRead, P.budgetsWrite],
+  team_lead: [P.tenantsRead, P.usersRead, P.rolesRead, P.apiKeysRead, P.apiKeysWrite, P.gpuAllocate],
+  developer: [P.tenantsRead, P.apiKeysRead, P.apiKeysWrite, P.gpuAllocate],
+  viewer: [P.tenantsRead, P.usersRead, P.rolesRead],
+} as const satisfies Record<string, readonly Permission[]>;
+
+export type SystemRole = keyof typeof systemRoles;
+export const systemRoleNames = Object.keys(systemRoles) as SystemRole[];
+
+/** The permissions a set of roles grants. */
+export function permissionsOf(roles: readonly string[]): Set<Permission> {
+  const out = new Set<Permission>();
+  for (const role of roles) for (const p of (systemRoles as Record<string, readonly Permission[]>)[role] ?? []) out.add(p);
+  return out;
+}

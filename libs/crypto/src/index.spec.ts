@@ -1,0 +1,42 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { kekFrom, open, randomToken, seal, sha256Hex } from './index';
+
+describe('seal / open', () => {
+  const kek = randomBytes(32);
+
+  it('round-trips a secret, and each seal is different (random iv)', () => {
+    const secret = Buffer.from('the private half');
+    const a = seal(kek, secret, 'key-1');
+    const b = seal(kek, secret, 'key-1');
+    expect(a.equals(b)).toBe(false);
+    expect(open(kek, a, 'key-1').toString()).toBe('the private half');
+    expect(a.includes(secret)).toBe(false);
+  });
+
+  it('refuses another key, another context, or a changed byte', () => {
+    const sealed = seal(kek, Buffer.from('x'), 'user-1');
+    expect(() => open(randomBytes(32), sealed, 'user-1')).toThrow();
+    expect(() => open(kek, sealed, 'user-2')).toThrow();
+    const tampered = Buffer.from(sealed);
+    tampered[tampered.length - 1]! ^= 1;
+    expect(() => open(kek, tampered, 'user-1')).toThrow();
+  });
+});
+
+describe('kekFrom', () => {
+  it('takes exactly 32 bytes of base64', () => {
+    const key = randomBytes(32);
+    expect(kekFrom(key.toString('base64')).equals(key)).toBe(true);
+    expect(() => kekFrom(randomBytes(16).toString('base64'))).toThrow(/32 bytes/);
+    expect(() => kekFrom(undefined)).toThrow(/KEEL_KEK/);
+  });
+});
+
+describe('sha256Hex and randomToken', () => {
+  it('hashes as SHA-256 hex and makes URL-safe tokens of the asked entropy', () => {
+    expect(sha256Hex('abc')).toBe(createHash('sha256').update('abc').digest('hex'));
+    const t = randomToken(32);
+    expect(t).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(randomToken(32)).not.toBe(t);
+  });
+});

@@ -1,0 +1,37 @@
+import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
+
+/**
+ * Seals a secret under the key-encryption key (AES-256-GCM): iv (12) ‖ tag (16) ‖ ciphertext.
+ * `context` (e.g. the key id) is bound as associated data, so a sealed value cannot be moved
+ * to another row unnoticed.
+ */
+export function seal(kek: Buffer, plain: Buffer, context = ''): Buffer {
+  const iv = randomBytes(12);
+  const cipher = createCipheriv('aes-256-gcm', kek, iv);
+  cipher.setAAD(Buffer.from(context));
+  const body = Buffer.concat([cipher.update(plain), cipher.final()]);
+  return Buffer.concat([iv, cipher.getAuthTag(), body]);
+}
+
+export function open(kek: Buffer, sealed: Buffer, context = ''): Buffer {
+  const decipher = createDecipheriv('aes-256-gcm', kek, sealed.subarray(0, 12));
+  decipher.setAAD(Buffer.from(context));
+  decipher.setAuthTag(sealed.subarray(12, 28));
+  return Buffer.concat([decipher.update(sealed.subarray(28)), decipher.final()]);
+}
+
+export function kekFrom(base64: string | undefined): Buffer {
+  const kek = Buffer.from(base64 ?? '', 'base64');
+  if (kek.length !== 32) throw new Error('KEEL_KEK must be 32 bytes, base64-encoded (openssl rand -base64 32)');
+  return kek;
+}
+
+/** SHA-256, hex: how high-entropy secrets (refresh tokens, API keys) are stored. */
+export function sha256Hex(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+/** A random token, URL-safe. */
+export function randomToken(bytes = 32): string {
+  return randomBytes(bytes).toString('base64url');
+}

@@ -1,0 +1,5 @@
+export * from './provision';
+export * from './data-source';
+export * from './leadership';
+export * from './tenant-scope';
+export * from './readiness';

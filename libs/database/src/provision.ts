@@ -1,0 +1,102 @@
+import { Client } from 'pg';
+import { DataSource, MigrationInterface } from 'typeorm';
+
+export interface ServiceSchema {
+  schema: string;
+  role: string;
+  password: string;
+  /** TypeORM migrations, run in order by the admin connection. */
+  migrations: (new () => MigrationInterface)[];
+}
+
+const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
+const quoteLiteral = (value: string) => `'${value.replace(/'/g, "''")}'`;
+
+function withDatabase(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+export function databaseName(url: string): string {
+  return decodeURIComponent(new URL(url).pathname.replace(/^\//, '')) || 'keel';
+}
+
+/** Creates the database named in `adminUrl` if it does not exist. Safe to race. */
+export async function ensureDatabase(adminUrl: string): Promise<void> {
+  const name = databaseName(adminUrl);
+  const client = new Client({ connectionString: withDatabase(adminUrl, 'postgres') });
+  await client.connect();
+  try {
+    const { rowCount } = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [name]);
+    if (!rowCount) {
+      await client.query(`CREATE DATABASE ${quoteIdent(name)}`).catch((e: { code?: string }) => {
+        if (e.code !== '42P04' && e.code !== '23505') throw e;
+      });
+    }
+  } finally {
+    await client.end();
+  }
+}
+
+export async function dropDatabase(adminUrl: string): Promise<void> {
+  const client = new Client({ connectionString: withDatabase(adminUrl, 'postgres') });
+  await client.connect();
+  try {
+    await client.query(`DROP DATABASE IF EXISTS ${quoteIdent(databaseName(adminUrl))} WITH (FORCE)`);
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * Creates the database if needed, then a service's role and schema, and runs its migrations, idempotently, under an
+ * advisory lock so replicas and parallel starts do not race. The schema is owned by the
+ * admin, so the service role cannot alter or drop what the migrations set up (triggers).
+ */
+export async function provisionServiceSchema(adminUrl: string, s: ServiceSchema): Promise<void> {
+  await ensureDatabase(adminUrl);
+  const client = new Client({ connectionString: adminUrl });
+  await client.connect();
+  try {
+    // One lock for every service: roles and database grants are shared catalog rows, and two
+    // concurrent GRANTs on one database fail with "tuple concurrently updated".
+    await client.query('SELECT pg_advisory_lock(hashtext($1))', ['keel.provision']);
+    const role = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [s.role]);
+    if (!role.rowCount) {
+      await client
+        .query(`CREATE ROLE ${quoteIdent(s.role)} LOGIN PASSWORD ${quoteLiteral(s.password)}`)
+        .catch((e: { code?: string }) => {
+          // Roles are cluster-wide: another database's provisioning may have just made it.
+          if (e.code !== '42710' && e.code !== '23505') throw e;
+        });
+    }
+    const db = databaseName(adminUrl);
+    await client.query(`GRANT CONNECT ON DATABASE ${quoteIdent(db)} TO ${quoteIdent(s.role)}`);
+    await client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(s.schema)}`);
+    await client.query(`GRANT USAGE ON SCHEMA ${quoteIdent(s.schema)} TO ${quoteIdent(s.role)}`);
+    await client.query(`ALTER ROLE ${quoteIdent(s.role)} IN DATABASE ${quoteIdent(db)} SET search_path = ${quoteIdent(s.schema)}`);
+  } finally {
+    await client.query('SELECT pg_advisory_unlock(hashtext($1))', ['keel.provision']).catch(() => undefined);
+    await client.end();
+  }
+  const ds = new DataSource({
+    type: 'postgres',
+    url: adminUrl,
+    schema: s.schema,
+    migrations: s.migrations,
+    migrationsTableName: 'schema_migrations',
+    migrationsTransactionMode: 'each',
+  });
+  await ds.initialize();
+  const lock = ds.createQueryRunner();
+  try {
+    await lock.connect();
+    await lock.query('SELECT pg_advisory_lock(hashtext($1))', [`keel.migrate.${s.schema}`]);
+    await ds.runMigrations();
+  } finally {
+    await lock.query('SELECT pg_advisory_unlock(hashtext($1))', [`keel.migrate.${s.schema}`]).catch(() => undefined);
+    await lock.release();
+    await ds.destroy();
+  }
+}

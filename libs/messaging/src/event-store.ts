@@ -1,0 +1,111 @@
+import { headers as natsHeaders, JetStreamClient, JetStreamManager, MsgHdrs, PubAck, StoredMsg } from 'nats';
+import { EventEnvelope, eventSubject, KeelError, PositionedEvent, validateEnvelope } from '@keel/contracts';
+import { injectTraceContext } from '@keel/observability';
+import { decodeJson, encodeJson } from './codec';
+import { Messaging } from './connection';
+import { isNotFound } from './stream';
+
+interface DirectStreamAPI {
+  getMessage(stream: string, query: { seq: number; next_by_subj?: string }): Promise<StoredMsg>;
+}
+
+/** The aggregate moved on since it was loaded: reload and decide again. */
+export class ConcurrencyConflict extends Error {
+  constructor(readonly subject: string, readonly expected: number) {
+    super(`${subject} is no longer at stream sequence ${expected}`);
+    this.name = 'ConcurrencyConflict';
+  }
+}
+
+export const CORRELATION_HEADER = 'Keel-Correlation-Id';
+
+function isWrongLastSequence(error: unknown): boolean {
+  const e = error as { api_error?: { err_code?: number }; message?: string };
+  return e?.api_error?.err_code === 10071 || /wrong last sequence/i.test(String(e?.message));
+}
+
+/** The event log on JetStream: optimistic appends per aggregate subject and reads back. */
+export class EventStore {
+  private readonly js: JetStreamClient;
+  /** Direct get (stream `allow_direct`): served by any replica, no consumer needed. */
+  private readonly direct: DirectStreamAPI;
+  private readonly jsm: JetStreamManager;
+
+  constructor(private readonly m: Messaging) {
+    this.js = m.js;
+    this.jsm = m.jsm;
+    // The manager has `direct` at run time; nats.js 2.x leaves it out of the interface.
+    this.direct = (m.jsm as JetStreamManager & { direct: DirectStreamAPI }).direct;
+  }
+
+  subjectOf(e: Pick<EventEnvelope, 'tenantId' | 'type' | 'aggregateType' | 'aggregateId'>): string {
+    return eventSubject(this.m.prefix, e);
+  }
+
+  /**
+   * Appends events of one aggregate. `expectedLastPosition` is the stream sequence of the
+   * aggregate's last event (0: the aggregate has none yet). Every event is validated first;
+   * a publish retried after a lost ack is stored once (`Nats-Msg-Id`) and answers the same
+   * position.
+   */
+  async append(events: EventEnvelope[], expectedLastPosition: number): Promise<number[]> {
+    for (const e of events) validateEnvelope(e);
+    const positions: number[] = [];
+    let expected = expectedLastPosition;
+    for (const event of events) {
+      const subject = this.subjectOf(event);
+      const h = natsHeaders();
+      injectTraceContext(h);
+      h.set(CORRELATION_HEADER, event.correlationId);
+      let ack: PubAck;
+      try {
+        ack = await this.js.publish(subject, encodeJson(event), {
+          msgID: event.id,
+          expect: { lastSubjectSequence: expected },
+          headers: h,
+          timeout: this.m.requestTimeoutMs,
+        });
+      } catch (error) {
+        if (isWrongLastSequence(error)) throw new ConcurrencyConflict(subject, expected);
+        throw new KeelError('service_unavailable', `The event log did not accept the event: ${(error as Error).message}`);
+      }
+      positions.push(ack.seq);
+      expected = ack.seq;
+    }
+    return positions;
+  }
+
+  /** Every event of one aggregate after `afterPosition`, in order. */
+  async readSubject(subject: string, afterPosition = 0): Promise<PositionedEvent[]> {
+    const out: PositionedEvent[] = [];
+    let next = afterPosition + 1;
+    for (;;) {
+      let msg: StoredMsg;
+      try {
+        msg = await this.direct.getMessage(this.m.stream, { seq: next, next_by_subj: subject });
+      } catch (error) {
+        if (isNotFound(error)) return out;
+        throw error;
+      }
+      out.push({ position: msg.seq, event: validateEnvelope(decodeJson(msg.data)) });
+      next = msg.seq + 1;
+    }
+  }
+
+  /** The stored message at a stream sequence, or null if there is none. */
+  async readPosition(position: number): Promise<{ event: unknown; headers?: MsgHdrs } | null> {
+    try {
+      const msg = await this.direct.getMessage(this.m.stream, { seq: position });
+      return { event: decodeJson(msg.data), headers: msg.header };
+    } catch (error) {
+      if (isNotFound(error)) return null;
+      throw error;
+    }
+  }
+
+  /** The stream's last sequence (0 when empty). */
+  async lastPosition(): Promise<number> {
+    const info = await this.jsm.streams.info(this.m.stream);
+    return info.state.last_seq;
+  }
+}

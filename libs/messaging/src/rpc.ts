@@ -1,0 +1,68 @@
+import { ErrorCode, KeelError, RpcReply } from '@keel/contracts';
+import { extractTraceContext, injectTraceContext, SpanKind, withSpan, Logger } from '@keel/observability';
+import { ErrorCode as NatsErrorCode, headers as natsHeaders, Msg, NatsError, Subscription } from 'nats';
+import { decodeJson, encodeJson } from './codec';
+import { Messaging } from './connection';
+
+/** Request/reply over core NATS (never JetStream): the caller waits for one answer. */
+export class RpcClient {
+  constructor(private readonly m: Messaging) {}
+
+  /** `subject` is without the deployment prefix, e.g. `cmd.tenant.create`. */
+  async request<T>(subject: string, body: unknown, timeoutMs = this.m.requestTimeoutMs): Promise<T> {
+    const h = natsHeaders();
+    injectTraceContext(h);
+    let msg: Msg;
+    try {
+      msg = await this.m.nc.request(`${this.m.prefix}${subject}`, encodeJson(body), { timeout: timeoutMs, headers: h });
+    } catch (error) {
+      const code = (error as NatsError).code;
+      if (code === NatsErrorCode.NoResponders) {
+        throw new KeelError('service_unavailable', `No service is answering ${subject}; try again shortly.`);
+      }
+      if (code === NatsErrorCode.Timeout) {
+        throw new KeelError('service_unavailable', `${subject} did not answer within ${timeoutMs} ms; try again.`);
+      }
+      throw new KeelError('service_unavailable', `Messaging failed for ${subject}: ${(error as Error).message}`);
+    }
+    const reply = decodeJson<RpcReply<T>>(msg.data);
+    if (reply.ok) return reply.value;
+    throw KeelError.fromBody(reply.error);
+  }
+}
+
+export type RpcHandlerFn = (body: unknown) => Promise<unknown>;
+
+/**
+ * Serves `subject` in queue group `queue`, so N replicas share the requests. A handler's
+ * KeelError is answered as such; anything else is logged and answered as `internal`.
+ */
+export function serveRpc(m: Messaging, subject: string, queue: string, handler: RpcHandlerFn, logger: Logger): Subscription {
+  const full = `${m.prefix}${subject}`;
+  return m.nc.subscribe(full, {
+    queue,
+    callback: (err, msg) => {
+      if (err) {
+        logger.error({ err, subject: full }, 'rpc subscription error');
+        return;
+      }
+      void withSpan(subject, { kind: SpanKind.SERVER, parent: extractTraceContext(msg.headers) }, async () => {
+        let reply: RpcReply<unknown>;
+        try {
+          const body = msg.data.length ? decodeJson(msg.data) : {};
+          reply = { ok: true, value: await handler(body) };
+        } catch (error) {
+          reply = { ok: false, error: toErrorBody(error, subject, logger) };
+        }
+        msg.respond(encodeJson(reply));
+      });
+    },
+  });
+}
+
+function toErrorBody(error: unknown, subject: string, logger: Logger): { code: ErrorCode; message: string } {
+  if (error instanceof KeelError) return error.toBody();
+  if (error instanceof SyntaxError) return { code: 'validation_failed', message: 'The request body is not valid JSON.' };
+  logger.error({ err: error, subject }, 'rpc handler failed');
+  return { code: 'internal', message: 'An internal error occurred; it has been logged.' };
+}

@@ -1,0 +1,6 @@
+export * from './telemetry';
+export * from './logger';
+export * from './metrics';
+export * from './trace-context';
+export * from './ops-server';
+export * from './http-tracing';

@@ -1,0 +1,41 @@
+import { EntityManager } from 'typeorm';
+import { PositionedEvent } from '@keel/contracts';
+
+/** A read model fed by events. `apply` runs inside the transaction that also moves the checkpoint. */
+export interface Projection {
+  /** Unique within the service's schema, e.g. `tenants`. */
+  name: string;
+  /** Contexts whose events it reads (`evt.*.<context>.>`), also the ledger replay filter. */
+  contexts: string[];
+  /** Tables it owns, emptied before a rebuild. */
+  tables: string[];
+  /**
+   * Applies events in order, inside the transaction that also moves the checkpoint. What it
+   * returns is handed to `afterCommit` once that transaction has committed.
+   */
+  apply(manager: EntityManager, events: PositionedEvent[]): Promise<unknown>;
+  /** Runs after the commit (e.g. refresh a cache); must not fail the batch. */
+  afterCommit?(applied: unknown): Promise<void>;
+  /** Runs after a rebuild committed (e.g. drop a cache filled from the old rows). */
+  afterRebuild?(): Promise<void>;
+}
+
+/** SQL for the bookkeeping tables every service with projections creates in its schema. */
+export function projectionTablesSql(schema: string): string[] {
+  return [
+    `CREATE TABLE IF NOT EXISTS "${schema}".projection_checkpoints (
+      name text PRIMARY KEY,
+      position bigint NOT NULL DEFAULT 0,
+      updated_at timestamptz NOT NULL DEFAULT now()
+    )`,
+    `CREATE TABLE IF NOT EXISTS "${schema}".dead_letters (
+      id bigserial PRIMARY KEY,
+      consumer text NOT NULL,
+      position bigint NOT NULL,
+      subject text NOT NULL,
+      payload text NOT NULL,
+      reason text NOT NULL,
+      recorded_at timestamptz NOT NULL DEFAULT now()
+    )`,
+  ];
+}

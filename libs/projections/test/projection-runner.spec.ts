@@ -1,0 +1,318 @@
+import { Client } from 'pg';
+import { DataSource, EntityManager } from 'typeorm';
+import { parseConfig } from '@keel/config';
+import { EventEnvelope, KeelError, newEventId, PositionedEvent } from '@keel/contracts';
+import { ensureDatabase, openDataSource } from '@keel/database';
+import { closeMessaging, connectMessaging, ensureEventStream, EventStore, Messaging, PermanentEventError, RpcClient } from '@keel/messaging';
+import { createLogger } from '@keel/observability';
+import { cleanupEnv, isolatedEnv } from '@keel/testing';
+import { Projection, ProjectionRunner, projectionTablesSql } from '@keel/projections';
+
+const logger = createLogger('projection-runner-test', 'silent');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const SCHEMA = 'proj_test';
+
+async function until(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+function deferred() {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+async function rejection(p: Promise<unknown>): Promise<KeelError> {
+  return p.then(
+    () => {
+      throw new Error('expected a rejection');
+    },
+    (error: KeelError) => error,
+  );
+}
+
+/** A read model of one table: a row per applied event. */
+function rowsProjection(name: string, context: string, table: string, hooks: { beforeInsert?(e: PositionedEvent): Promise<void>; afterInsert?(e: PositionedEvent): Promise<void> } = {}) {
+  const committed: number[] = [];
+  const projection: Projection = {
+    name,
+    contexts: [context],
+    tables: [table],
+    async apply(manager: EntityManager, events: PositionedEvent[]) {
+      for (const e of events) {
+        await hooks.beforeInsert?.(e);
+        await manager.query(`INSERT INTO "${SCHEMA}".${table} (position, event_id, aggregate_id) VALUES ($1, $2, $3)`, [
+          e.position,
+          e.event.id,
+          e.event.aggregateId,
+        ]);
+        await hooks.afterInsert?.(e);
+      }
+      return events.map((e) => e.position);
+    },
+    async afterCommit(applied) {
+      committed.push(...(applied as number[]));
+    },
+  };
+  return { projection, committed };
+}
+
+/** ProjectionRunner against the real NATS JetStream and PostgreSQL. */
+describe('ProjectionRunner', () => {
+  const env = isolatedEnv('projrunner');
+  const config = parseConfig(env);
+  let m: Messaging;
+  let store: EventStore;
+  let rpc: RpcClient;
+  let ds: DataSource;
+  let admin: Client;
+  const runners: ProjectionRunner[] = [];
+  const gates: (() => void)[] = [];
+  const heads = new Map<string, { position: number; version: number }>();
+
+  async function publish(context: string, aggregateId: string, data: Record<string, unknown> = {}): Promise<{ position: number; event: EventEnvelope }> {
+    const head = heads.get(`${context}/${aggregateId}`) ?? { position: 0, version: 0 };
+    const event: EventEnvelope = {
+      id: newEventId(),
+      type: `${context}.thing.happened`,
+      schemaVersion: 1,
+      tenantId: 't1',
+      aggregateType: 'thing',
+      aggregateId,
+      aggregateVersion: head.version + 1,
+      occurredAt: new Date().toISOString(),
+      actor: { kind: 'system', id: 'projection-runner-test' },
+      correlationId: 'projection-runner-test',
+      data,
+    };
+    const [position] = await store.append([event], head.position);
+    heads.set(`${context}/${aggregateId}`, { position: position!, version: head.version + 1 });
+    return { position: position!, event };
+  }
+
+  async function runner(projection: Projection, batchSize = 10): Promise<ProjectionRunner> {
+    const r = new ProjectionRunner({ ds, messaging: m, rpc, logger, schema: SCHEMA, projection, batchSize });
+    runners.push(r);
+    await r.start();
+    return r;
+  }
+
+  const checkpointRow = async (name: string) =>
+    Number((await admin.query(`SELECT position FROM "${SCHEMA}".projection_checkpoints WHERE name = $1`, [name])).rows[0]?.position ?? -1);
+  const positionsIn = async (table: string) =>
+    (await admin.query(`SELECT position::int AS p FROM "${SCHEMA}".${table} ORDER BY position, event_id`)).rows.map((r) => r.p as number);
+
+  beforeAll(async () => {
+    await ensureDatabase(env.DATABASE_URL!);
+    admin = new Client({ connectionString: env.DATABASE_URL });
+    await admin.connect();
+    await admin.query(`CREATE SCHEMA "${SCHEMA}"`);
+    for (const sql of projectionTablesSql(SCHEMA)) await admin.query(sql);
+    for (const table of ['items', 'slow', 'poisoned', 'replicated']) {
+      // No unique constraint: a row applied twice would show as two rows.
+      await admin.query(`CREATE TABLE "${SCHEMA}".${table} (position bigint NOT NULL, event_id uuid NOT NULL, aggregate_id text NOT NULL)`);
+    }
+    ds = await openDataSource({ url: env.DATABASE_URL!, schema: SCHEMA, applicationName: 'projection-runner-test' });
+    m = await connectMessaging(config, 'projection-runner-test');
+    await ensureEventStream(m.jsm, { stream: config.KEEL_STREAM, prefix: config.KEEL_SUBJECT_PREFIX, replicas: 1 });
+    store = new EventStore(m);
+    rpc = new RpcClient(m);
+  });
+
+  afterAll(async () => {
+    for (const open of gates) open();
+    for (const r of runners) await r.stop().catch(() => undefined);
+    await ds?.destroy();
+    await admin?.end();
+    await closeMessaging(m);
+    await cleanupEnv(env);
+  });
+
+  it('applies its events with the checkpoint in the same transaction; a failed batch leaves no trace', async () => {
+    let failOn: string | undefined;
+    let failures = 0;
+    const { projection, committed } = rowsProjection('items', 'shop', 'items', {
+      async afterInsert(e) {
+        if (e.event.id === failOn && failures === 0) {
+          failures++;
+          throw new Error('connection lost after the insert');
+        }
+      },
+    });
+    const r = await runner(projection);
+
+    // Sample checkpoint and rows in one statement (one snapshot) while events are applied.
+    let sampling = true;
+    const samples: { cp: number; maxp: number }[] = [];
+    const sampler = (async () => {
+      while (sampling) {
+        const { rows } = await admin.query(
+          `SELECT (SELECT position FROM "${SCHEMA}".projection_checkpoints WHERE name = 'items')::int AS cp,
+                  (SELECT coalesce(max(position), 0) FROM "${SCHEMA}".items)::int AS maxp`,
+        );
+        samples.push(rows[0]);
+      }
+    })();
+
+    const shop: number[] = [];
+    const other: number[] = [];
+    for (let i = 0; i < 30; i++) {
+      if (i % 6 === 5) {
+        other.push((await publish('other', `o${i % 2}`)).position);
+        continue;
+      }
+      const { position, event } = await publish('shop', `s${i % 4}`);
+      if (i === 13) failOn = event.id;
+      shop.push(position);
+    }
+    const last = shop[shop.length - 1]!;
+    await r.waitFor(last, 10_000);
+    sampling = false;
+    await sampler;
+
+    expect(failures).toBe(1);
+    expect(await positionsIn('items')).toEqual(shop); // every event once, the failed one included
+    expect(await checkpointRow('items')).toBe(last);
+    expect(await r.readCheckpoint()).toBe(last);
+    expect(r.health()).toMatchObject({ checkpoint: last, healthy: true, deadLetters: 0 });
+    expect(samples.length).toBeGreaterThan(0);
+    expect(samples.filter((s) => s.cp !== s.maxp)).toEqual([]);
+    expect(committed).toEqual(shop); // afterCommit saw each committed position once, in order
+    expect(other.every((p) => !shop.includes(p))).toBe(true);
+  });
+
+  it('resumes after its own checkpoint when restarted, applying nothing twice', async () => {
+    const first = runners[0]!;
+    const before = await positionsIn('items');
+    await first.stop();
+    const published: { position: number; event: EventEnvelope }[] = [];
+    for (let i = 0; i < 5; i++) published.push(await publish('shop', `s${i % 4}`));
+    // While it is stopped, the first two are applied elsewhere (as a rebuild would) with the checkpoint.
+    for (const { position, event } of published.slice(0, 2)) {
+      await admin.query(`INSERT INTO "${SCHEMA}".items (position, event_id, aggregate_id) VALUES ($1, $2, $3)`, [position, event.id, event.aggregateId]);
+    }
+    await admin.query(`UPDATE "${SCHEMA}".projection_checkpoints SET position = $1 WHERE name = 'items'`, [published[1]!.position]);
+
+    const { projection, committed } = rowsProjection('items', 'shop', 'items');
+    const again = await runner(projection);
+    const last = published[published.length - 1]!.position;
+    await again.waitFor(last, 10_000);
+    expect(await positionsIn('items')).toEqual([...before, ...published.map((p) => p.position)]);
+    expect(committed).toEqual(published.slice(2).map((p) => p.position));
+    expect(await again.readCheckpoint()).toBe(last);
+  });
+
+  it('waitFor resolves once the position is applied, and at once when nothing of its own is pending', async () => {
+    const r = runners[runners.length - 1]!;
+    const { position } = await publish('shop', 'wait');
+    await r.waitFor(position, 5_000);
+    expect(await positionsIn('items')).toContain(position);
+    expect(await r.readCheckpoint()).toBeGreaterThanOrEqual(position);
+
+    // An event of another context: nothing of this projection lies before it.
+    const { position: foreign } = await publish('other', 'wait');
+    const started = Date.now();
+    await r.waitFor(foreign, 5_000);
+    expect(Date.now() - started).toBeLessThan(2_000);
+    expect(await r.readCheckpoint()).toBeLessThan(foreign);
+  });
+
+  it('waitFor answers consistency_timeout for a position that never comes', async () => {
+    const r = runners[runners.length - 1]!;
+    const beyond = (await store.lastPosition()) + 100;
+    const started = Date.now();
+    const error = await rejection(r.waitFor(beyond, 300));
+    const took = Date.now() - started;
+    expect(error).toBeInstanceOf(KeelError);
+    expect(error.code).toBe('consistency_timeout');
+    expect(error.status).toBe(503);
+    expect(error.message).toContain(String(beyond));
+    expect(took).toBeGreaterThanOrEqual(300);
+    expect(took).toBeLessThan(2_000);
+  });
+
+  it('waitFor answers consistency_timeout while its event is still being applied, then resolves once it is', async () => {
+    const gate = deferred();
+    gates.push(gate.resolve);
+    let entered = 0;
+    const { projection } = rowsProjection('slow', 'slowctx', 'slow', {
+      async beforeInsert() {
+        entered++;
+        await gate.promise;
+      },
+    });
+    const r = await runner(projection);
+    const { position } = await publish('slowctx', 'x');
+    await until(() => entered > 0, 'apply to start');
+
+    const error = await rejection(r.waitFor(position, 400));
+    expect(error).toBeInstanceOf(KeelError);
+    expect(error.code).toBe('consistency_timeout');
+    expect(await positionsIn('slow')).toEqual([]);
+    expect(await r.lag()).toBe((await store.lastPosition()) - (await r.readCheckpoint()));
+    expect(await r.lag()).toBeGreaterThanOrEqual(1);
+
+    gate.resolve();
+    await r.waitFor(position, 5_000);
+    expect(await positionsIn('slow')).toEqual([position]);
+    expect(await r.readCheckpoint()).toBe(position);
+  });
+
+  it('lag is the stream last sequence minus the checkpoint', async () => {
+    const r = runners.find((x) => x.name === 'items' && x.health().running)!;
+    const { position } = await publish('shop', 'lag');
+    await r.waitFor(position, 5_000);
+    expect(await r.lag()).toBe(0);
+    await publish('other', 'lag');
+    await publish('other', 'lag');
+    expect(await r.lag()).toBe(2);
+    expect(await r.lag()).toBe((await store.lastPosition()) - (await r.readCheckpoint()));
+  });
+
+  it('dead-letters an event that can never apply, moves its checkpoint past it and reports itself unhealthy', async () => {
+    const { projection } = rowsProjection('poisoned', 'poisonctx', 'poisoned', {
+      async beforeInsert(e) {
+        if (e.event.data.poison) throw new PermanentEventError('refers to an unknown plan');
+      },
+    });
+    const r = await runner(projection);
+    const a = await publish('poisonctx', 'p');
+    const bad = await publish('poisonctx', 'p', { poison: true });
+    const c = await publish('poisonctx', 'p');
+    await r.waitFor(c.position, 10_000);
+
+    expect(await positionsIn('poisoned')).toEqual([a.position, c.position]);
+    const { rows } = await admin.query(`SELECT consumer, position::int AS position, subject, payload, reason FROM "${SCHEMA}".dead_letters`);
+    expect(rows).toEqual([
+      { consumer: 'poisoned', position: bad.position, subject: store.subjectOf(bad.event), payload: expect.any(String), reason: 'refers to an unknown plan' },
+    ]);
+    expect(JSON.parse(rows[0].payload)).toEqual(bad.event);
+    expect(await checkpointRow('poisoned')).toBe(c.position);
+    expect(r.health()).toMatchObject({ healthy: false, deadLetters: 1 });
+  });
+
+  it('two replicas of one projection: one applies, the other takes over when it stops', async () => {
+    const a = await runner(rowsProjection('replicated', 'repctx', 'replicated').projection);
+    const b = await runner(rowsProjection('replicated', 'repctx', 'replicated').projection);
+    const first: number[] = [];
+    for (let i = 0; i < 6; i++) first.push((await publish('repctx', `r${i % 2}`)).position);
+    await a.waitFor(first[first.length - 1]!, 10_000);
+    await sleep(300);
+    expect(await positionsIn('replicated')).toEqual(first);
+    const leaders = [a, b].filter((x) => x.health().leader);
+    expect(leaders).toHaveLength(1);
+
+    const leader = leaders[0]!;
+    const standby = leader === a ? b : a;
+    await leader.stop();
+    const second: number[] = [];
+    for (let i = 0; i < 4; i++) second.push((await publish('repctx', `r${i % 2}`)).position);
+    await standby.waitFor(second[second.length - 1]!, 10_000);
+    expect(await positionsIn('replicated')).toEqual([...first, ...second]);
+    expect(standby.health().leader).toBe(true);
+  });
+});

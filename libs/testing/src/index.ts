@@ -1,0 +1,3 @@
+export * from './environment';
+export * from './stack';
+export * from './http';

@@ -1,0 +1,123 @@
+import { ChildProcess, spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { TestEnv } from './environment';
+
+export type ServiceName = 'audit' | 'auth' | 'tenant' | 'gateway';
+
+const ROOT = join(__dirname, '..', '..', '..');
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function waitForReady(url: string, timeoutMs = 30_000, proc?: ChildProcess): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < deadline) {
+    if (proc && proc.exitCode !== null) throw new Error(`process exited with ${proc.exitCode} before ${url} was ready`);
+    try {
+      const res = await fetch(url);
+      if (res.ok) return;
+      last = `${res.status} ${await res.text()}`;
+    } catch (error) {
+      last = (error as Error).message;
+    }
+    await sleep(100);
+  }
+  throw new Error(`${url} not ready after ${timeoutMs} ms: ${last}`);
+}
+
+interface Running {
+  proc: ChildProcess;
+  port: number;
+  output: string[];
+}
+
+/**
+ * The real service processes (built JavaScript, as `npm start` runs them) on one isolated
+ * namespace, with helpers to kill and restart them.
+ */
+export class Stack {
+  private readonly running = new Map<ServiceName, Running>();
+  private readonly ports = new Map<ServiceName, number>();
+
+  constructor(readonly env: TestEnv, private readonly extraEnv: Record<string, string> = {}) {}
+
+  get gatewayUrl(): string {
+    return `http://127.0.0.1:${this.ports.get('gateway')}`;
+  }
+
+  get token(): string {
+    return this.env.KEEL_BOOTSTRAP_TOKEN!;
+  }
+
+  /** The first platform administrator the auth service creates at its first start. */
+  get admin(): { email: string; password: string } {
+    return { email: this.env.KEEL_ADMIN_EMAIL!, password: this.env.KEEL_ADMIN_PASSWORD! };
+  }
+
+  opsUrl(name: ServiceName): string {
+    return `http://127.0.0.1:${this.ports.get(name)}`;
+  }
+
+  async start(...names: ServiceName[]): Promise<this> {
+    for (const name of names) await this.startOne(name);
+    return this;
+  }
+
+  async startOne(name: ServiceName): Promise<void> {
+    const port = this.ports.get(name) ?? (await freePort());
+    this.ports.set(name, port);
+    const env = {
+      ...process.env,
+      ...this.env,
+      ...this.extraEnv,
+      ...(name === 'gateway' ? { KEEL_HTTP_PORT: String(port) } : { KEEL_OPS_PORT: String(port) }),
+    };
+    const proc = spawn(process.execPath, [join(ROOT, 'services', name, 'dist', 'main.js')], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const output: string[] = [];
+    const keep = (chunk: Buffer) => {
+      output.push(chunk.toString());
+      if (output.length > 200) output.shift();
+    };
+    proc.stdout!.on('data', keep);
+    proc.stderr!.on('data', keep);
+    this.running.set(name, { proc, port, output });
+    try {
+      await waitForReady(`http://127.0.0.1:${port}/ready`, 60_000, proc);
+    } catch (error) {
+      throw new Error(`${name} did not start: ${(error as Error).message}\n${output.join('').slice(-4000)}`);
+    }
+  }
+
+  /** Sends a signal (SIGKILL by default) and waits for the process to be gone. */
+  async kill(name: ServiceName, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const r = this.running.get(name);
+    if (!r) return;
+    this.running.delete(name);
+    if (r.proc.exitCode !== null || r.proc.signalCode !== null) return;
+    const exited = new Promise((resolve) => r.proc.once('exit', resolve));
+    r.proc.kill(signal);
+    const timer = setTimeout(() => r.proc.kill('SIGKILL'), 10_000);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  logs(name: ServiceName): string {
+    return this.running.get(name)?.output.join('') ?? '';
+  }
+
+  async stop(): Promise<void> {
+    for (const name of ['gateway', 'tenant', 'auth', 'audit'] as ServiceName[]) await this.kill(name, 'SIGTERM');
+  }
+}

@@ -1,0 +1,2 @@
+export const AUDIT_SCHEMA = 'audit';
+export const AUDIT_ROLE = 'keel_audit';

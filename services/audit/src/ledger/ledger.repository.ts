@@ -1,0 +1,245 @@
+import { DataSource, EntityManager } from 'typeorm';
+import { AuditEventsQuery, contextOf, EventEnvelope, LedgerEntry, Page, ReplayPage, VerifyResult } from '@keel/contracts';
+import { AUDIT_SCHEMA } from '../database/schema';
+import { ALL_TENANTS, inTenant, scopeTransaction } from '@keel/database';
+import { PublicJwk, verifyCheckpoint } from '../signing/signing-keys';
+import { chainHash, GENESIS_HASH } from './hash-chain';
+
+const LEDGER = `"${AUDIT_SCHEMA}".ledger`;
+const CHECKPOINTS = `"${AUDIT_SCHEMA}".checkpoints`;
+const KEYS = `"${AUDIT_SCHEMA}".signing_keys`;
+
+export interface Checkpoint {
+  seq: number;
+  hash: string;
+  signedAt: string;
+  keyId: string;
+  signature: string;
+}
+const COLUMNS = [
+  'seq', 'event_id', 'tenant_id', 'type', 'context', 'aggregate_type', 'aggregate_id',
+  'aggregate_version', 'actor_kind', 'actor_id', 'occurred_at', 'envelope', 'prev_hash', 'hash',
+] as const;
+
+export interface Tail {
+  seq: number;
+  hash: string;
+}
+
+interface LedgerRow {
+  seq: string;
+  tenant_id: string;
+  type: string;
+  context: string;
+  aggregate_type: string;
+  aggregate_id: string;
+  aggregate_version: number;
+  actor_kind: string;
+  actor_id: string;
+  occurred_at: Date;
+  recorded_at: Date;
+  envelope: EventEnvelope;
+  prev_hash: string;
+  hash: string;
+}
+
+function toEntry(row: LedgerRow): LedgerEntry {
+  return {
+    seq: Number(row.seq),
+    hash: row.hash,
+    prevHash: row.prev_hash,
+    recordedAt: row.recorded_at.toISOString(),
+    event: row.envelope,
+  };
+}
+
+export class LedgerRepository {
+  constructor(private readonly ds: DataSource) {}
+
+  async tail(manager?: EntityManager): Promise<Tail> {
+    if (!manager) return inTenant(this.ds, ALL_TENANTS, (m) => this.tail(m));
+    const rows = await manager.query(`SELECT seq, hash FROM ${LEDGER} ORDER BY seq DESC LIMIT 1`);
+    return rows.length ? { seq: Number(rows[0].seq), hash: rows[0].hash } : { seq: 0, hash: GENESIS_HASH };
+  }
+
+  /**
+   * Chains and inserts events that directly follow `tail`, in one multi-row statement.
+   * Returns each new entry's sequence and hash. The caller guarantees contiguity (positions tail.seq+1, +2, …).
+   */
+  async append(manager: EntityManager, tail: Tail, events: { position: number; event: EventEnvelope }[]): Promise<Tail[]> {
+    let prev = tail.hash;
+    let expected = tail.seq + 1;
+    const params: unknown[] = [];
+    const tuples: string[] = [];
+    const written: Tail[] = [];
+    for (const { position, event } of events) {
+      if (position !== expected) throw new Error(`ledger would not be contiguous: got ${position}, expected ${expected}`);
+      const hash = chainHash(prev, event);
+      const values = [
+        position, event.id, event.tenantId, event.type, contextOf(event.type), event.aggregateType, event.aggregateId,
+        event.aggregateVersion, event.actor.kind, event.actor.id, event.occurredAt, JSON.stringify(event), prev, hash,
+      ];
+      const base = params.length;
+      tuples.push(`(${values.map((_, i) => `$${base + i + 1}`).join(', ')})`);
+      params.push(...values);
+      written.push({ seq: position, hash });
+      prev = hash;
+      expected++;
+    }
+    if (tuples.length) await manager.query(`INSERT INTO ${LEDGER} (${COLUMNS.join(', ')}) VALUES ${tuples.join(', ')}`, params);
+    return written;
+  }
+
+  async lastCheckpointSeq(manager: EntityManager = this.ds.manager): Promise<number> {
+    const rows = await manager.query(`SELECT seq FROM ${CHECKPOINTS} ORDER BY seq DESC LIMIT 1`);
+    return rows.length ? Number(rows[0].seq) : 0;
+  }
+
+  async insertCheckpoint(manager: EntityManager, c: Checkpoint): Promise<void> {
+    await manager.query(`INSERT INTO ${CHECKPOINTS} (seq, hash, signed_at, key_id, signature) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING`, [
+      c.seq, c.hash, c.signedAt, c.keyId, c.signature,
+    ]);
+  }
+
+  async checkpoints(afterSeq: number, limit: number): Promise<Page<Checkpoint>> {
+    const rows = await this.ds.query(
+      `SELECT seq, hash, signed_at, key_id, signature FROM ${CHECKPOINTS} WHERE seq > $1 ORDER BY seq LIMIT $2`,
+      [afterSeq, limit + 1],
+    );
+    const items: Checkpoint[] = rows.slice(0, limit).map((r: { seq: string; hash: string; signed_at: Date; key_id: string; signature: string }) => ({
+      seq: Number(r.seq), hash: r.hash, signedAt: r.signed_at.toISOString(), keyId: r.key_id, signature: r.signature,
+    }));
+    return { items, nextCursor: rows.length > limit ? String(items[items.length - 1]!.seq) : null };
+  }
+
+  async search(q: AuditEventsQuery): Promise<Page<LedgerEntry>> {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const add = (sql: string, value: unknown) => {
+      params.push(value);
+      where.push(sql.replace('?', `$${params.length}`));
+    };
+    const desc = q.order !== 'asc';
+    if (q.tenantId) add('tenant_id = ?', q.tenantId);
+    if (q.type) add('type = ?', q.type);
+    if (q.aggregateType) add('aggregate_type = ?', q.aggregateType);
+    if (q.aggregateId) add('aggregate_id = ?', q.aggregateId);
+    if (q.actorId) add('actor_id = ?', q.actorId);
+    if (q.from) add('occurred_at >= ?', q.from);
+    if (q.to) add('occurred_at < ?', q.to);
+    if (q.cursor) add(desc ? 'seq < ?' : 'seq > ?', Number(q.cursor));
+    params.push(q.limit + 1);
+    const rows: LedgerRow[] = await inTenant(this.ds, q.tenantId ?? ALL_TENANTS, (m) =>
+      m.query(
+        `SELECT * FROM ${LEDGER} ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+         ORDER BY seq ${desc ? 'DESC' : 'ASC'} LIMIT $${params.length}`,
+        params,
+      ),
+    );
+    const more = rows.length > q.limit;
+    const items = rows.slice(0, q.limit).map(toEntry);
+    return { items, nextCursor: more ? String(items[items.length - 1]!.seq) : null };
+  }
+
+  async replay(afterSeq: number, limit: number, contexts?: string[]): Promise<ReplayPage> {
+    return this.ds.transaction('REPEATABLE READ', async (m) => {
+      await scopeTransaction(m, ALL_TENANTS);
+      const head = (await this.tail(m)).seq;
+      const params: unknown[] = [afterSeq, head, limit];
+      let filter = '';
+      if (contexts?.length) {
+        params.push(contexts);
+        filter = 'AND context = ANY($4)';
+      }
+      const rows: { seq: string; envelope: EventEnvelope }[] = await m.query(
+        `SELECT seq, envelope FROM ${LEDGER} WHERE seq > $1 AND seq <= $2 ${filter} ORDER BY seq LIMIT $3`,
+        params,
+      );
+      const events = rows.map((r) => ({ position: Number(r.seq), event: r.envelope }));
+      const scannedTo = rows.length < limit ? Math.max(head, afterSeq) : events[events.length - 1]!.position;
+      return { events, scannedTo, headSeq: head };
+    });
+  }
+
+  /**
+   * Recomputes the chain over [fromSeq, toSeq] and names the first entry that is not what
+   * the chain says: a gap, a wrong prev_hash link, a hash that does not match its envelope,
+   * or a column that disagrees with the envelope it was derived from.
+   */
+  async verify(fromSeq = 1, toSeq?: number): Promise<VerifyResult> {
+    return inTenant(this.ds, ALL_TENANTS, (m) => this.verifyIn(m, fromSeq, toSeq));
+  }
+
+  private async verifyIn(db: EntityManager, fromSeq: number, toSeq?: number): Promise<VerifyResult> {
+    let prev = GENESIS_HASH;
+    if (fromSeq > 1) {
+      const before = await db.query(`SELECT hash FROM ${LEDGER} WHERE seq = $1`, [fromSeq - 1]);
+      if (!before.length) {
+        return { ok: false, checked: 0, lastSeq: null, firstInvalidSeq: fromSeq - 1, problem: `entry ${fromSeq - 1} is missing` };
+      }
+      prev = before[0].hash;
+    }
+    let expected = fromSeq;
+    let checked = 0;
+    let lastSeq: number | null = null;
+    const fail = (seq: number, problem: string): VerifyResult => ({ ok: false, checked, lastSeq, firstInvalidSeq: seq, problem });
+    // Signed checkpoints in range: they catch a chain that was rewritten consistently.
+    const signed = new Map<number, Checkpoint & { jwk: PublicJwk }>();
+    const cps = await db.query(
+      `SELECT c.seq, c.hash, c.signed_at, c.key_id, c.signature, k.public_key_jwk FROM ${CHECKPOINTS} c JOIN ${KEYS} k USING (key_id)
+       WHERE c.seq >= $1 ${toSeq ? 'AND c.seq <= $2' : ''} ORDER BY c.seq`,
+      toSeq ? [fromSeq, toSeq] : [fromSeq],
+    );
+    for (const c of cps) {
+      signed.set(Number(c.seq), { seq: Number(c.seq), hash: c.hash, signedAt: c.signed_at.toISOString(), keyId: c.key_id, signature: c.signature, jwk: c.public_key_jwk });
+    }
+    let lastGoodCheckpoint = fromSeq - 1;
+    for (;;) {
+      const rows: LedgerRow[] = await db.query(
+        `SELECT * FROM ${LEDGER} WHERE seq >= $1 ${toSeq ? 'AND seq <= $3' : ''} ORDER BY seq LIMIT $2`,
+        toSeq ? [expected, 5_000, toSeq] : [expected, 5_000],
+      );
+      if (!rows.length) break;
+      for (const row of rows) {
+        const seq = Number(row.seq);
+        if (seq !== expected) return fail(expected, `entry ${expected} is missing (next present is ${seq})`);
+        if (row.prev_hash !== prev) return fail(seq, 'prev_hash does not link to the previous entry');
+        if (chainHash(prev, row.envelope) !== row.hash) return fail(seq, 'hash does not match the entry content');
+        const e = row.envelope;
+        if (
+          row.tenant_id !== e.tenantId || row.type !== e.type || row.aggregate_type !== e.aggregateType ||
+          row.aggregate_id !== e.aggregateId || row.actor_id !== e.actor.id || row.aggregate_version !== e.aggregateVersion ||
+          row.occurred_at.getTime() !== new Date(e.occurredAt).getTime()
+        ) {
+          return fail(seq, 'indexed columns disagree with the hashed envelope');
+        }
+        const cp = signed.get(seq);
+        if (cp) {
+          if (!verifyCheckpoint(cp.jwk, cp)) return fail(seq, `the signature of checkpoint ${seq} does not verify`);
+          if (cp.hash !== row.hash) {
+            return fail(
+              seq,
+              `entry ${seq} differs from its signed checkpoint: the chain was rewritten somewhere in ${lastGoodCheckpoint + 1}..${seq}`,
+            );
+          }
+          lastGoodCheckpoint = seq;
+        }
+        prev = row.hash;
+        expected++;
+        checked++;
+        lastSeq = seq;
+      }
+    }
+    // A signed checkpoint beyond the last entry proves entries were there that are gone now.
+    const beyond = [...signed.keys()].filter((seq) => seq > (lastSeq ?? fromSeq - 1));
+    if (beyond.length) {
+      const missing = (lastSeq ?? fromSeq - 1) + 1;
+      return fail(missing, `entry ${missing} is missing, yet checkpoint ${Math.max(...beyond)} was signed over it`);
+    }
+    if (toSeq !== undefined && lastSeq !== null && lastSeq < toSeq) {
+      const head = await this.tail(db);
+      if (head.seq > lastSeq) return fail(lastSeq + 1, `entry ${lastSeq + 1} is missing`);
+    }
+    return { ok: true, checked, lastSeq };
+  }
+}

@@ -1,0 +1,101 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { timingSafeEqual } from 'node:crypto';
+import { DataSource } from 'typeorm';
+import { z } from 'zod';
+import { ApiKeyInfo, authEventTypes as A, createApiKeySchema, KeelError, newEventId, parseOrThrow } from '@keel/contracts';
+import { randomToken, sha256Hex } from '@keel/crypto';
+import { ALL_TENANTS, inTenant, tenantQuery } from '@keel/database';
+import { RpcHandler } from '@keel/messaging';
+import { AUTH_SCHEMA } from '../database/schema';
+import { EventLog } from '../event-log';
+import { metaSchema } from '../users/users.service';
+
+const KEYS = `"${AUTH_SCHEMA}".api_keys`;
+const tenantId = z.string().min(1).max(64);
+const requests = {
+  create: z.object({ meta: metaSchema, payload: z.object({ tenantId, data: createApiKeySchema }).strict() }).strict(),
+  revoke: z.object({ meta: metaSchema, payload: z.object({ tenantId, keyId: z.uuid() }).strict() }).strict(),
+  list: z.object({ tenantId }).strict(),
+  verify: z.object({ secret: z.string().min(1).max(200) }).strict(),
+};
+
+/** `keel_<id without dashes>_<secret>`: the id finds the row, the whole string is the secret. */
+const SECRET = /^keel_([0-9a-f]{32})_[A-Za-z0-9_-]{32,}$/;
+
+function toInfo(r: Record<string, unknown>): ApiKeyInfo {
+  return {
+    id: r.id as string, tenantId: r.tenant_id as string, name: r.name as string, permissions: r.permissions as string[],
+    expiresAt: (r.expires_at as Date).toISOString(), createdBy: r.created_by as string, createdAt: (r.created_at as Date).toISOString(),
+    revokedAt: r.revoked_at ? (r.revoked_at as Date).toISOString() : null,
+  };
+}
+
+@Injectable()
+export class ApiKeysService {
+  constructor(
+    @Inject(DataSource) private readonly ds: DataSource,
+    private readonly log: EventLog,
+  ) {}
+
+  @RpcHandler('cmd.auth.create_api_key')
+  async create(body: unknown): Promise<ApiKeyInfo & { secret: string }> {
+    const { meta, payload } = parseOrThrow(requests.create, body, 'API key');
+    const { name, permissions, expiresAt } = payload.data;
+    if (new Date(expiresAt).getTime() <= Date.now()) {
+      throw new KeelError('validation_failed', 'expiresAt must be in the future.', [{ field: 'expiresAt', message: 'must be in the future' }]);
+    }
+    if (meta.permissions !== '*') {
+      const held = new Set(meta.permissions);
+      const missing = permissions.filter((p) => !held.has(p));
+      if (missing.length) throw new KeelError('forbidden', `An API key cannot hold permissions its creator lacks: ${missing.join(', ')}.`);
+    }
+    const id = newEventId();
+    const secret = `keel_${id.replace(/-/g, '')}_${randomToken(32)}`;
+    const row = await inTenant(this.ds, payload.tenantId, async (m) => {
+      const [inserted] = await m.query(
+        `INSERT INTO ${KEYS} (id, tenant_id, name, secret_hash, permissions, expires_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *`,
+        [id, payload.tenantId, name, sha256Hex(secret), [...new Set(permissions)], expiresAt, meta.actor.id],
+      );
+      // The event goes to the log before the row commits: no key exists that the log does not know.
+      await this.log.record('api_key', { tenantId: payload.tenantId, aggregateId: id }, { type: A.apiKeyCreated, data: { name, permissions, expiresAt } }, meta, true);
+      return inserted;
+    });
+    return { ...toInfo(row), secret };
+  }
+
+  @RpcHandler('cmd.auth.revoke_api_key')
+  async revoke(body: unknown): Promise<ApiKeyInfo> {
+    const { meta, payload } = parseOrThrow(requests.revoke, body, 'API key revocation');
+    const [rows] = await tenantQuery(
+      this.ds,
+      payload.tenantId,
+      `UPDATE ${KEYS} SET revoked_at = now() WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL RETURNING *`,
+      [payload.keyId, payload.tenantId],
+    );
+    if (!rows.length) throw new KeelError('not_found', 'No such active API key in this tenant.');
+    await this.log.record('api_key', { tenantId: payload.tenantId, aggregateId: payload.keyId }, { type: A.apiKeyRevoked, data: {} }, meta);
+    return toInfo(rows[0]);
+  }
+
+  @RpcHandler('qry.auth.api_keys')
+  async list(body: unknown): Promise<{ items: ApiKeyInfo[] }> {
+    const q = parseOrThrow(requests.list, body, 'API key listing');
+    const rows = await tenantQuery(this.ds, q.tenantId, `SELECT * FROM ${KEYS} WHERE tenant_id = $1 ORDER BY created_at DESC LIMIT 500`, [q.tenantId]);
+    return { items: rows.map(toInfo) };
+  }
+
+  /** For the gateway: who a presented key is, or invalid_token. */
+  @RpcHandler('qry.auth.verify_api_key')
+  async verify(body: unknown): Promise<ApiKeyInfo> {
+    const { secret } = parseOrThrow(requests.verify, body, 'API key');
+    const m = SECRET.exec(secret);
+    const invalid = new KeelError('invalid_token', 'The API key is not valid.');
+    if (!m) throw invalid;
+    const id = m[1]!.replace(/^(.{8})(.{4})(.{4})(.{4})(.{12})$/, '$1-$2-$3-$4-$5');
+    // The key is the credential: it is found in any tenant.
+    const [row] = await tenantQuery(this.ds, ALL_TENANTS, `SELECT * FROM ${KEYS} WHERE id = $1`, [id]);
+    if (!row || !timingSafeEqual(Buffer.from(row.secret_hash), Buffer.from(sha256Hex(secret)))) throw invalid;
+    if (row.revoked_at || (row.expires_at as Date).getTime() <= Date.now()) throw new KeelError('invalid_token', 'The API key is revoked or expired.');
+    return toInfo(row);
+  }
+}

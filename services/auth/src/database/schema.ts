@@ -1,0 +1,2 @@
+export const AUTH_SCHEMA = 'auth';
+export const AUTH_ROLE = 'keel_auth';

@@ -1,0 +1,214 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { randomBytes } from 'node:crypto';
+import { DataSource } from 'typeorm';
+import { z } from 'zod';
+import { KeelConfig } from '@keel/config';
+import { authEventTypes as A, CommandMeta, KeelError, parseOrThrow } from '@keel/contracts';
+import { kekFrom, open, seal, sha256Hex } from '@keel/crypto';
+import { inTenant, tenantQuery } from '@keel/database';
+import { RpcHandler } from '@keel/messaging';
+import { AUTH_SCHEMA } from '../database/schema';
+import { EventLog } from '../event-log';
+import { Lockout, Outcome } from '../users/lockout';
+import { AuthMeta, metaSchema, UsersService } from '../users/users.service';
+import { base32Encode, newTotpSecret, otpauthUrl, verifyTotp } from './totp';
+
+const FACTORS = `"${AUTH_SCHEMA}".mfa_factors`;
+const CODES = `"${AUTH_SCHEMA}".recovery_codes`;
+const ISSUER = 'Keel';
+const RECOVERY_CODES = 10;
+/** Wrong codes at confirmation or removal before the lockout steps in (a stolen session must not guess its way). */
+const CODE_ATTEMPTS = 5;
+
+const userRef = z.object({ tenantId: z.string().min(1).max(64), userId: z.uuid() });
+const code = z.string().regex(/^\d{6}$/, 'must be the 6-digit code from your authenticator');
+const requests = {
+  start: z.object({ meta: metaSchema, payload: userRef.strict() }).strict(),
+  withCode: z.object({ meta: metaSchema, payload: userRef.extend({ code }).strict() }).strict(),
+};
+
+/** What the second factor says about a sign-in whose password was right. */
+export type SecondFactor = 'not_enrolled' | 'missing' | 'passed' | 'refused';
+
+/** 50 random bits as `xxxxx-xxxxx` (base32, lower case): typed by hand, used once. */
+function newRecoveryCode(): string {
+  const text = base32Encode(randomBytes(7)).slice(0, 10).toLowerCase();
+  return `${text.slice(0, 5)}-${text.slice(5)}`;
+}
+
+/** Case, spaces and dashes do not matter when a code is typed back. */
+function recoveryCodeHash(code: string): string {
+  return sha256Hex(code.toLowerCase().replace(/[^a-z0-9]/g, ''));
+}
+
+function wrongCode(): KeelError {
+  return new KeelError('validation_failed', 'The code is not right or was already used; enter the current code from your authenticator.', [
+    { field: 'code', message: 'not the current code' },
+  ]);
+}
+
+/**
+ * Time-based one-time passwords (RFC 6238) as a second factor, with single-use recovery
+ * codes. A factor is pending until the user proves their authenticator holds the secret;
+ * only a confirmed factor is asked for at sign-in. Secrets are sealed under the KEK, bound
+ * to the user id, and never leave this service after enrolment.
+ */
+@Injectable()
+export class MfaService {
+  private readonly kek: Buffer;
+
+  constructor(
+    @Inject(DataSource) private readonly ds: DataSource,
+    private readonly users: UsersService,
+    private readonly log: EventLog,
+    private readonly lockout: Lockout,
+    @Inject('KEEL_AUTH_CONFIG') config: KeelConfig,
+  ) {
+    this.kek = kekFrom(config.KEEL_KEK);
+  }
+
+  /** Only the signed-in user manages their own factor: not an API key, not the operator, not an administrator. */
+  private ownFactor(meta: AuthMeta, payload: { userId: string }): void {
+    if (meta.actor.kind !== 'user' || meta.actor.id !== payload.userId) {
+      throw new KeelError('forbidden', 'Only the signed-in user can manage their own second factor.');
+    }
+  }
+
+  private secretOf(userId: string, sealed: Buffer): Buffer {
+    return open(this.kek, sealed, userId);
+  }
+
+  /**
+   * Runs a code check (confirmation or removal) as an attempt, as sign-in does: a slot is taken
+   * before the code is checked, and a wrong code counts towards the lock.
+   */
+  private async attempt<T>(userId: string, check: () => Promise<T>): Promise<T> {
+    const key = `mfa:${userId}`;
+    const decision = await this.lockout.begin(key, undefined, CODE_ATTEMPTS);
+    if (!decision.allowed) throw new KeelError('account_locked', `Too many wrong codes; try again in ${Math.ceil(decision.retryAfterMs! / 1000)} s.`);
+    let outcome: Outcome = 'neutral';
+    try {
+      const result = await check();
+      outcome = 'success';
+      return result;
+    } catch (error) {
+      if (error instanceof KeelError && error.code === 'validation_failed') outcome = 'failure';
+      throw error;
+    } finally {
+      await this.lockout.end(key, undefined, CODE_ATTEMPTS, outcome);
+    }
+  }
+
+  @RpcHandler('cmd.auth.mfa_totp_start')
+  async start(body: unknown): Promise<{ secret: string; otpauthUrl: string }> {
+    const { meta, payload } = parseOrThrow(requests.start, body, 'TOTP enrolment');
+    this.ownFactor(meta, payload);
+    const { tenantId, userId } = payload;
+    const user = await this.users.load(tenantId, userId);
+    if (user.state.status !== 'active') throw new KeelError('forbidden', 'This account is disabled.');
+    const secret = newTotpSecret();
+    await inTenant(this.ds, tenantId, async (m) => {
+      // A pending enrolment is replaced by a new one; a confirmed factor is never overwritten.
+      const stored = await m.query(
+        `INSERT INTO ${FACTORS} AS f (user_id, tenant_id, secret_enc) VALUES ($1, $2, $3)
+         ON CONFLICT (user_id) DO UPDATE SET secret_enc = EXCLUDED.secret_enc, created_at = now(), last_used_step = NULL
+         WHERE f.confirmed_at IS NULL RETURNING f.user_id`,
+        [userId, tenantId, seal(this.kek, secret, userId)],
+      );
+      if (!stored.length) {
+        throw new KeelError('conflict', 'A TOTP factor is already enrolled; remove it first (DELETE /api/v1/auth/mfa/totp with a current code).');
+      }
+      await this.log.record('user', { tenantId, aggregateId: userId }, { type: A.userMfaEnrolmentStarted, data: { method: 'totp' } }, meta);
+    });
+    return { secret: base32Encode(secret), otpauthUrl: otpauthUrl(ISSUER, user.state.email, secret) };
+  }
+
+  /** Confirms a pending factor with a current code; answers the recovery codes, which are never shown again. */
+  @RpcHandler('cmd.auth.mfa_totp_confirm')
+  async confirm(body: unknown): Promise<{ recoveryCodes: string[] }> {
+    const { meta, payload } = parseOrThrow(requests.withCode, body, 'TOTP confirmation');
+    this.ownFactor(meta, payload);
+    const { tenantId, userId } = payload;
+    const recoveryCodes = Array.from({ length: RECOVERY_CODES }, newRecoveryCode);
+    await this.attempt(userId, () => inTenant(this.ds, tenantId, async (m) => {
+      const [factor] = await m.query(`SELECT secret_enc, confirmed_at FROM ${FACTORS} WHERE user_id = $1 AND tenant_id = $2 FOR UPDATE`, [userId, tenantId]);
+      if (!factor) throw new KeelError('not_found', 'No TOTP enrolment is in progress; start one with POST /api/v1/auth/mfa/totp.');
+      if (factor.confirmed_at) throw new KeelError('conflict', 'The TOTP factor is already confirmed.');
+      const step = verifyTotp(this.secretOf(userId, factor.secret_enc), payload.code, Date.now());
+      if (step === null) throw wrongCode();
+      // The confirming code counts as used: it cannot sign anyone in afterwards.
+      await m.query(`UPDATE ${FACTORS} SET confirmed_at = now(), last_used_step = $2 WHERE user_id = $1`, [userId, step]);
+      await m.query(`DELETE FROM ${CODES} WHERE user_id = $1`, [userId]);
+      await m.query(`INSERT INTO ${CODES} (user_id, tenant_id, code_hash) SELECT $1, $2, unnest($3::text[])`, [userId, tenantId, recoveryCodes.map(recoveryCodeHash)]);
+      await this.log.record('user', { tenantId, aggregateId: userId }, { type: A.userMfaEnrolled, data: { method: 'totp', recoveryCodes: RECOVERY_CODES } }, meta);
+    }));
+    return { recoveryCodes };
+  }
+
+  /** Removes the factor and its recovery codes; needs a current, unused code. */
+  @RpcHandler('cmd.auth.mfa_totp_remove')
+  async remove(body: unknown): Promise<{ removed: true }> {
+    const { meta, payload } = parseOrThrow(requests.withCode, body, 'TOTP removal');
+    this.ownFactor(meta, payload);
+    const { tenantId, userId } = payload;
+    await this.attempt(userId, () => inTenant(this.ds, tenantId, async (m) => {
+      const [factor] = await m.query(
+        `SELECT secret_enc, last_used_step FROM ${FACTORS} WHERE user_id = $1 AND tenant_id = $2 AND confirmed_at IS NOT NULL FOR UPDATE`,
+        [userId, tenantId],
+      );
+      if (!factor) throw new KeelError('not_found', 'No TOTP factor is enrolled for this account.');
+      const step = verifyTotp(this.secretOf(userId, factor.secret_enc), payload.code, Date.now(), stepOf(factor.last_used_step));
+      if (step === null) throw wrongCode();
+      await m.query(`DELETE FROM ${FACTORS} WHERE user_id = $1`, [userId]);
+      await m.query(`DELETE FROM ${CODES} WHERE user_id = $1`, [userId]);
+      await this.log.record('user', { tenantId, aggregateId: userId }, { type: A.userMfaRemoved, data: { method: 'totp' } }, meta);
+    }));
+    return { removed: true };
+  }
+
+  /**
+   * The second factor of a sign-in whose password was right. A TOTP code is accepted once:
+   * its step is recorded with a conditional update, so two sign-ins racing with one code
+   * cannot both pass. A recovery code is spent in the same transaction as its event.
+   */
+  async atSignIn(tenantId: string, userId: string, presented: { totp?: string; recoveryCode?: string }, meta: CommandMeta): Promise<SecondFactor> {
+    const [factor] = await tenantQuery(
+      this.ds,
+      tenantId,
+      `SELECT secret_enc, last_used_step FROM ${FACTORS} WHERE user_id = $1 AND tenant_id = $2 AND confirmed_at IS NOT NULL`,
+      [userId, tenantId],
+    );
+    if (!factor) return 'not_enrolled';
+    if (presented.totp) {
+      const step = verifyTotp(this.secretOf(userId, factor.secret_enc), presented.totp, Date.now(), stepOf(factor.last_used_step));
+      if (step === null) return 'refused';
+      const [claimed] = await tenantQuery(
+        this.ds,
+        tenantId,
+        `UPDATE ${FACTORS} SET last_used_step = $2 WHERE user_id = $1 AND (last_used_step IS NULL OR last_used_step < $2) RETURNING user_id`,
+        [userId, step],
+      );
+      return claimed.length ? 'passed' : 'refused';
+    }
+    if (presented.recoveryCode) return (await this.spendRecoveryCode(tenantId, userId, presented.recoveryCode, meta)) ? 'passed' : 'refused';
+    return 'missing';
+  }
+
+  private async spendRecoveryCode(tenantId: string, userId: string, code: string, meta: CommandMeta): Promise<boolean> {
+    return inTenant(this.ds, tenantId, async (m) => {
+      const [spent] = await m.query(
+        `UPDATE ${CODES} SET used_at = now() WHERE user_id = $1 AND tenant_id = $2 AND code_hash = $3 AND used_at IS NULL RETURNING user_id`,
+        [userId, tenantId, recoveryCodeHash(code)],
+      );
+      if (!spent.length) return false;
+      const [{ n }] = await m.query(`SELECT count(*)::int AS n FROM ${CODES} WHERE user_id = $1 AND used_at IS NULL`, [userId]);
+      await this.log.record('user', { tenantId, aggregateId: userId }, { type: A.userRecoveryCodeUsed, data: { remaining: n } }, meta);
+      return true;
+    });
+  }
+}
+
+/** Postgres answers bigint as text. */
+function stepOf(value: string | null): number | null {
+  return value === null ? null : Number(value);
+}

@@ -1,0 +1,291 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { DataSource, EntityManager } from 'typeorm';
+import { z } from 'zod';
+import {
+  allPermissions,
+  authEventTypes as A,
+  customRoleSchema,
+  KeelError,
+  newEventId,
+  parseOrThrow,
+  roleAssignmentSchema,
+  roleNameSchema,
+  systemRoles,
+  teamSchema,
+  updateRoleSchema,
+  updateTeamSchema,
+} from '@keel/contracts';
+import { inTenant } from '@keel/database';
+import { RpcHandler } from '@keel/messaging';
+import { ProjectionRunner } from '@keel/projections';
+import { AUTH_SCHEMA } from '../database/schema';
+import { EventLog } from '../event-log';
+import { AuthMeta, grantable, metaSchema, UsersService } from '../users/users.service';
+import { RoleCatalog } from './role-catalog';
+
+const S = `"${AUTH_SCHEMA}"`;
+const READ_MODEL_WAIT_MS = 3_000;
+const tenantId = z.string().min(1).max(64);
+const cmd = <P extends z.ZodRawShape>(payload: P) => z.object({ meta: metaSchema, payload: z.object({ tenantId, ...payload }).strict() }).strict();
+const requests = {
+  createRole: cmd({ data: customRoleSchema }),
+  updateRole: cmd({ name: roleNameSchema, data: updateRoleSchema }),
+  deleteRole: cmd({ name: roleNameSchema }),
+  createTeam: cmd({ data: teamSchema }),
+  updateTeam: cmd({ teamId: z.uuid(), data: updateTeamSchema }),
+  deleteTeam: cmd({ teamId: z.uuid() }),
+  grant: cmd({ data: roleAssignmentSchema }),
+  revoke: cmd({ assignmentId: z.uuid() }),
+  scope: z.object({ tenantId }).strict(),
+  assignments: z.object({ tenantId, userId: z.uuid().optional() }).strict(),
+};
+
+interface Team {
+  id: string;
+  name: string;
+  parentId: string | null;
+}
+
+export interface PermissionMatrix {
+  permissions: readonly string[];
+  roles: { name: string; system: boolean; permissions: string[] }[];
+  users: { id: string; email: string; scope: string; teamName?: string; permissions: string[] }[];
+}
+
+/**
+ * Custom roles, teams (a hierarchy) and role assignments at tenant or team scope. A team-scope
+ * grant applies to that team and every team below it.
+ */
+@Injectable()
+export class RbacService {
+  constructor(
+    @Inject(DataSource) private readonly ds: DataSource,
+    private readonly log: EventLog,
+    private readonly catalog: RoleCatalog,
+    private readonly users: UsersService,
+    private readonly usersReadModel: ProjectionRunner,
+  ) {}
+
+  private holds(meta: AuthMeta, permissions: string[]): void {
+    if (meta.permissions === '*') return;
+    const held = new Set(meta.permissions);
+    const missing = permissions.filter((p) => !held.has(p));
+    if (missing.length) throw new KeelError('forbidden', `A role cannot hold permissions you lack: ${missing.join(', ')}.`);
+  }
+
+  @RpcHandler('cmd.auth.create_role')
+  async createRole(body: unknown) {
+    const { meta, payload } = parseOrThrow(requests.createRole, body, 'role');
+    this.holds(meta, payload.data.permissions);
+    const { name, description, permissions } = payload.data;
+    await inTenant(this.ds, payload.tenantId, async (m) => {
+      const inserted = await m.query(
+        `INSERT INTO ${S}.roles (tenant_id, name, description, permissions) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING name`,
+        [payload.tenantId, name, description, permissions],
+      );
+      if (!inserted.length) throw new KeelError('conflict', `A role "${name}" already exists in this tenant.`, [{ field: 'name', message: 'already exists' }]);
+      await this.log.record('role', { tenantId: payload.tenantId, aggregateId: name }, { type: A.roleCreated, data: { description, permissions } }, meta);
+    });
+    this.catalog.invalidate(payload.tenantId);
+    return { name, description, permissions, system: false };
+  }
+
+  @RpcHandler('cmd.auth.update_role')
+  async updateRole(body: unknown) {
+    const { meta, payload } = parseOrThrow(requests.updateRole, body, 'role');
+    this.holds(meta, payload.data.permissions);
+    const { description, permissions } = payload.data;
+    await inTenant(this.ds, payload.tenantId, async (m) => {
+      const [rows] = await m.query(
+        `UPDATE ${S}.roles SET description = $3, permissions = $4, updated_at = now() WHERE tenant_id = $1 AND name = $2 RETURNING name`,
+        [payload.tenantId, payload.name, description, permissions],
+      );
+      if (!rows.length) throw new KeelError('not_found', `No custom role "${payload.name}" in this tenant (system roles cannot change).`);
+      await this.log.record('role', { tenantId: payload.tenantId, aggregateId: payload.name }, { type: A.roleUpdated, data: { description, permissions } }, meta);
+    });
+    this.catalog.invalidate(payload.tenantId);
+    return { name: payload.name, description, permissions, system: false };
+  }
+
+  @RpcHandler('cmd.auth.delete_role')
+  async deleteRole(body: unknown): Promise<{ deleted: true }> {
+    const { meta, payload } = parseOrThrow(requests.deleteRole, body, 'role');
+    // Holders are counted in the users read model: bring it up to date first, so a user created
+    // with this role a moment ago counts.
+    await this.usersReadModel.catchUp(READ_MODEL_WAIT_MS);
+    await inTenant(this.ds, payload.tenantId, async (m) => {
+      const [use] = await m.query(
+        `SELECT (SELECT count(*) FROM ${S}.users WHERE tenant_id = $1 AND $2 = ANY(roles))
+              + (SELECT count(*) FROM ${S}.role_assignments WHERE tenant_id = $1 AND role = $2) AS n`,
+        [payload.tenantId, payload.name],
+      );
+      if (Number(use.n) > 0) throw new KeelError('conflict', `Role "${payload.name}" is still granted; take it away from its holders first.`);
+      const [rows] = await m.query(`DELETE FROM ${S}.roles WHERE tenant_id = $1 AND name = $2 RETURNING name`, [payload.tenantId, payload.name]);
+      if (!rows.length) throw new KeelError('not_found', `No custom role "${payload.name}" in this tenant.`);
+      await this.log.record('role', { tenantId: payload.tenantId, aggregateId: payload.name }, { type: A.roleDeleted, data: {} }, meta);
+    });
+    this.catalog.invalidate(payload.tenantId);
+    return { deleted: true };
+  }
+
+  @RpcHandler('qry.auth.roles')
+  async roles(body: unknown) {
+    const { tenantId: t } = parseOrThrow(requests.scope, body, 'role listing');
+    const catalog = await this.catalog.roles(t);
+    return {
+      items: [...catalog].map(([name, permissions]) => ({ name, system: name in systemRoles, permissions })),
+    };
+  }
+
+  private async teams(m: EntityManager, tenant: string): Promise<Team[]> {
+    const rows = await m.query(`SELECT id, name, parent_id FROM ${S}.teams WHERE tenant_id = $1 ORDER BY created_at`, [tenant]);
+    return rows.map((r: { id: string; name: string; parent_id: string | null }) => ({ id: r.id, name: r.name, parentId: r.parent_id }));
+  }
+
+  @RpcHandler('cmd.auth.create_team')
+  async createTeam(body: unknown): Promise<Team> {
+    const { meta, payload } = parseOrThrow(requests.createTeam, body, 'team');
+    const id = newEventId();
+    return inTenant(this.ds, payload.tenantId, async (m) => {
+      const teams = await this.teams(m, payload.tenantId);
+      if (payload.data.parentId && !teams.some((t) => t.id === payload.data.parentId)) {
+        throw new KeelError('validation_failed', 'The parent team is not in this tenant.', [{ field: 'parentId', message: 'no such team' }]);
+      }
+      await m.query(`INSERT INTO ${S}.teams (id, tenant_id, name, parent_id) VALUES ($1, $2, $3, $4)`, [id, payload.tenantId, payload.data.name, payload.data.parentId]);
+      await this.log.record('team', { tenantId: payload.tenantId, aggregateId: id }, { type: A.teamCreated, data: payload.data }, meta, true);
+      return { id, name: payload.data.name, parentId: payload.data.parentId };
+    });
+  }
+
+  @RpcHandler('cmd.auth.update_team')
+  async updateTeam(body: unknown): Promise<Team> {
+    const { meta, payload } = parseOrThrow(requests.updateTeam, body, 'team');
+    return inTenant(this.ds, payload.tenantId, async (m) => {
+      const teams = await this.teams(m, payload.tenantId);
+      const team = teams.find((t) => t.id === payload.teamId);
+      if (!team) throw new KeelError('not_found', 'No such team in this tenant.');
+      const parentId = payload.data.parentId === undefined ? team.parentId : payload.data.parentId;
+      // A team cannot move below itself: walk up from the new parent.
+      for (let p = parentId; p; p = teams.find((t) => t.id === p)?.parentId ?? null) {
+        if (!teams.some((t) => t.id === p)) throw new KeelError('validation_failed', 'The parent team is not in this tenant.', [{ field: 'parentId', message: 'no such team' }]);
+        if (p === team.id) throw new KeelError('conflict', 'A team cannot be moved below itself or its own sub-teams.');
+      }
+      const name = payload.data.name ?? team.name;
+      await m.query(`UPDATE ${S}.teams SET name = $2, parent_id = $3 WHERE id = $1`, [team.id, name, parentId]);
+      await this.log.record('team', { tenantId: payload.tenantId, aggregateId: team.id }, { type: A.teamUpdated, data: { name, parentId } }, meta);
+      return { id: team.id, name, parentId };
+    });
+  }
+
+  @RpcHandler('cmd.auth.delete_team')
+  async deleteTeam(body: unknown): Promise<{ deleted: true }> {
+    const { meta, payload } = parseOrThrow(requests.deleteTeam, body, 'team');
+    await inTenant(this.ds, payload.tenantId, async (m) => {
+      const [use] = await m.query(
+        `SELECT (SELECT count(*) FROM ${S}.teams WHERE parent_id = $1) + (SELECT count(*) FROM ${S}.role_assignments WHERE team_id = $1) AS n`,
+        [payload.teamId],
+      );
+      if (Number(use.n) > 0) throw new KeelError('conflict', 'The team still has sub-teams or role assignments; remove them first.');
+      const [rows] = await m.query(`DELETE FROM ${S}.teams WHERE id = $1 AND tenant_id = $2 RETURNING id`, [payload.teamId, payload.tenantId]);
+      if (!rows.length) throw new KeelError('not_found', 'No such team in this tenant.');
+      await this.log.record('team', { tenantId: payload.tenantId, aggregateId: payload.teamId }, { type: A.teamDeleted, data: {} }, meta);
+    });
+    return { deleted: true };
+  }
+
+  @RpcHandler('qry.auth.teams')
+  async listTeams(body: unknown): Promise<{ items: Team[] }> {
+    const q = parseOrThrow(requests.scope, body, 'team listing');
+    return { items: await inTenant(this.ds, q.tenantId, (m) => this.teams(m, q.tenantId)) };
+  }
+
+  @RpcHandler('cmd.auth.grant_role')
+  async grant(body: unknown) {
+    const { meta, payload } = parseOrThrow(requests.grant, body, 'role assignment');
+    const { userId, role, teamId } = payload.data;
+    await grantable(this.catalog, payload.tenantId, meta, [role]);
+    // The user's own log, not the users read model: a user created a moment ago may not be
+    // projected yet, and a grant right after creation is the common case.
+    await this.users.load(payload.tenantId, userId).catch((error: unknown) => {
+      if (error instanceof KeelError && error.code === 'not_found') {
+        throw new KeelError('validation_failed', 'No such user in this tenant.', [{ field: 'userId', message: 'no such user' }]);
+      }
+      throw error;
+    });
+    const id = newEventId();
+    await inTenant(this.ds, payload.tenantId, async (m) => {
+      if (teamId && !(await this.teams(m, payload.tenantId)).some((t) => t.id === teamId)) {
+        throw new KeelError('validation_failed', 'No such team in this tenant.', [{ field: 'teamId', message: 'no such team' }]);
+      }
+      const inserted = await m.query(
+        `INSERT INTO ${S}.role_assignments (id, tenant_id, user_id, role, team_id) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING id`,
+        [id, payload.tenantId, userId, role, teamId ?? null],
+      );
+      if (!inserted.length) throw new KeelError('conflict', 'This role is already granted to this user at this scope.');
+      await this.log.record('role_assignment', { tenantId: payload.tenantId, aggregateId: id }, { type: A.roleGranted, data: { userId, role, ...(teamId ? { teamId } : {}) } }, meta, true);
+    });
+    return { id, userId, role, teamId: teamId ?? null };
+  }
+
+  @RpcHandler('cmd.auth.revoke_role_assignment')
+  async revokeAssignment(body: unknown): Promise<{ revoked: true }> {
+    const { meta, payload } = parseOrThrow(requests.revoke, body, 'role assignment');
+    await inTenant(this.ds, payload.tenantId, async (m) => {
+      const [rows] = await m.query(`DELETE FROM ${S}.role_assignments WHERE id = $1 AND tenant_id = $2 RETURNING id`, [payload.assignmentId, payload.tenantId]);
+      if (!rows.length) throw new KeelError('not_found', 'No such role assignment in this tenant.');
+      await this.log.record('role_assignment', { tenantId: payload.tenantId, aggregateId: payload.assignmentId }, { type: A.roleRevoked, data: {} }, meta);
+    });
+    return { revoked: true };
+  }
+
+  @RpcHandler('qry.auth.role_assignments')
+  async assignments(body: unknown) {
+    const q = parseOrThrow(requests.assignments, body, 'role assignments');
+    const rows = await inTenant(this.ds, q.tenantId, (m) =>
+      m.query(
+        `SELECT id, user_id, role, team_id FROM ${S}.role_assignments WHERE tenant_id = $1 ${q.userId ? 'AND user_id = $2' : ''} ORDER BY created_at`,
+        q.userId ? [q.tenantId, q.userId] : [q.tenantId],
+      ),
+    );
+    return { items: rows.map((r: Record<string, string | null>) => ({ id: r.id, userId: r.user_id, role: r.role, teamId: r.team_id })) };
+  }
+
+  /**
+   * Roles × permissions, and users × effective permissions: at tenant scope (the user's roles
+   * and tenant-scope grants) and, where it adds to that, for each team (grants on the team or
+   * any team above it).
+   */
+  @RpcHandler('qry.auth.permission_matrix')
+  async matrix(body: unknown): Promise<PermissionMatrix> {
+    const { tenantId: t } = parseOrThrow(requests.scope, body, 'permission matrix');
+    return inTenant(this.ds, t, async (m) => {
+      const catalog = await this.catalog.roles(t, m);
+      const teams = await this.teams(m, t);
+      const users: { id: string; email: string; roles: string[] }[] = await m.query(`SELECT id, email, roles FROM ${S}.users WHERE tenant_id = $1 ORDER BY email`, [t]);
+      const grants: { user_id: string; role: string; team_id: string | null }[] = await m.query(`SELECT user_id, role, team_id FROM ${S}.role_assignments WHERE tenant_id = $1`, [t]);
+      const perms = (roles: string[]) => [...new Set(roles.flatMap((r) => catalog.get(r) ?? []))].sort();
+      const ancestors = (teamId: string): string[] => {
+        const chain: string[] = [];
+        for (let p: string | null = teamId; p; p = teams.find((x) => x.id === p)?.parentId ?? null) chain.push(p);
+        return chain;
+      };
+      const rows: PermissionMatrix['users'] = [];
+      for (const u of users) {
+        const mine = grants.filter((g) => g.user_id === u.id);
+        const tenantRoles = [...u.roles, ...mine.filter((g) => !g.team_id).map((g) => g.role)];
+        const tenantPerms = perms(tenantRoles);
+        rows.push({ id: u.id, email: u.email, scope: 'tenant', permissions: tenantPerms });
+        for (const team of teams) {
+          const chain = new Set(ancestors(team.id));
+          const teamPerms = perms([...tenantRoles, ...mine.filter((g) => g.team_id && chain.has(g.team_id)).map((g) => g.role)]);
+          if (teamPerms.length > tenantPerms.length) rows.push({ id: u.id, email: u.email, scope: team.id, teamName: team.name, permissions: teamPerms });
+        }
+      }
+      return {
+        permissions: allPermissions,
+        roles: [...catalog].map(([name, permissions]) => ({ name, system: name in systemRoles, permissions: [...permissions].sort() })),
+        users: rows,
+      };
+    });
+  }
+}

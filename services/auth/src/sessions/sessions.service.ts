@@ -1,0 +1,276 @@
+import { Inject, Injectable } from '@nestjs/common';
+import * as argon2 from 'argon2';
+import { DataSource } from 'typeorm';
+import { z } from 'zod';
+import {
+  ACCESS_TOKEN_SECONDS,
+  authEventTypes as A,
+  CommandMeta,
+  DEFAULT_TENANT_SETTINGS,
+  KeelError,
+  loginSchema,
+  newEventId,
+  parseOrThrow,
+  refreshSchema,
+  SessionInfo,
+  TenantSettings,
+  TokenPair,
+} from '@keel/contracts';
+import { randomToken, sha256Hex } from '@keel/crypto';
+import { ALL_TENANTS, tenantQuery } from '@keel/database';
+import { RpcHandler } from '@keel/messaging';
+import { ProjectionRunner } from '@keel/projections';
+import { AUTH_SCHEMA } from '../database/schema';
+import { EventLog } from '../event-log';
+import { TokenKeys } from '../keys/token-keys';
+import { MfaService } from '../mfa/mfa.service';
+import { Lockout, Outcome } from '../users/lockout';
+import { TenantLookup } from '../users/tenant-lookup';
+import { ARGON2_OPTIONS, metaSchema, UsersService } from '../users/users.service';
+import { RoleCatalog } from '../rbac/role-catalog';
+import { SessionRevoker } from './session-revoker';
+
+const SESSIONS = `"${AUTH_SCHEMA}".sessions`;
+/** How long a refresh waits for a just-created user to reach the users read model. */
+const READ_MODEL_WAIT_MS = 3_000;
+
+interface RotatedSession {
+  tenant_id: string;
+  user_id: string;
+  status: string;
+  seconds_left: string;
+  roles: string[];
+}
+const client = z.object({ ip: z.string().max(64).optional(), userAgent: z.string().max(512).optional(), correlationId: z.string().min(1).max(200) }).strict();
+const requests = {
+  login: z.object({ client, payload: loginSchema }).strict(),
+  refresh: z.object({ client, payload: refreshSchema }).strict(),
+  revoke: z.object({ meta: metaSchema, payload: z.object({ tenantId: z.string().min(1).max(64), sessionId: z.uuid(), onlyOfUser: z.uuid().optional() }).strict() }).strict(),
+  list: z.object({ tenantId: z.string().min(1).max(64), userId: z.uuid().optional(), activeOnly: z.boolean().default(true), limit: z.number().int().min(1).max(500).default(100) }).strict(),
+};
+
+/** A hash to verify against when the account does not exist, so timing does not tell. */
+let decoyHash: Promise<string> | undefined;
+
+@Injectable()
+export class SessionsService {
+  constructor(
+    @Inject(DataSource) private readonly ds: DataSource,
+    private readonly users: UsersService,
+    private readonly tenants: TenantLookup,
+    private readonly lockout: Lockout,
+    private readonly keys: TokenKeys,
+    private readonly log: EventLog,
+    private readonly revoker: SessionRevoker,
+    private readonly catalog: RoleCatalog,
+    private readonly mfa: MfaService,
+    private readonly usersReadModel: ProjectionRunner,
+  ) {}
+
+  private invalid(): KeelError {
+    return new KeelError('invalid_credentials', 'The email, password or tenant is not right.');
+  }
+
+  @RpcHandler('cmd.auth.login')
+  async login(body: unknown): Promise<TokenPair> {
+    const { client: c, payload } = parseOrThrow(requests.login, body, 'sign-in');
+    let tenantId = 'platform';
+    let settings: TenantSettings = DEFAULT_TENANT_SETTINGS;
+    if (payload.tenant) {
+      const tenant = await this.tenants.find(payload.tenant);
+      // A suspended or closed tenant's users cannot sign in; the answer does not say why.
+      if (!tenant || tenant.status !== 'active') throw this.invalid();
+      tenantId = tenant.id;
+      settings = { ...DEFAULT_TENANT_SETTINGS, ...tenant.settings };
+    }
+    const account = `${tenantId}:${payload.email}`;
+    const limit = settings.maxFailedLogins;
+    const attempt = await this.lockout.begin(account, c.ip, limit);
+    if (!attempt.allowed) {
+      throw new KeelError('account_locked', `Too many failed sign-ins; try again in ${Math.ceil(attempt.retryAfterMs! / 1000)} s.`);
+    }
+    const [found] = await tenantQuery(
+      this.ds,
+      tenantId,
+      `SELECT r.user_id, c.password_hash FROM "${AUTH_SCHEMA}".email_reservations r
+       LEFT JOIN "${AUTH_SCHEMA}".credentials c ON c.user_id = r.user_id WHERE r.tenant_id = $1 AND r.email = $2`,
+      [tenantId, payload.email],
+    );
+    const actor = (userId: string) => ({ kind: 'user' as const, id: userId, tenantId, ...(c.ip ? { ip: c.ip } : {}), ...(c.userAgent ? { userAgent: c.userAgent } : {}) });
+    const meta = (userId: string): CommandMeta => ({ actor: actor(userId), correlationId: c.correlationId });
+    // Every path ends the attempt: a failure counts towards the lock, a success clears it.
+    let outcome: Outcome = 'neutral';
+    let user;
+    try {
+      decoyHash ??= argon2.hash(randomToken(), ARGON2_OPTIONS);
+      const ok = await argon2.verify(found?.password_hash ?? (await decoyHash), payload.password);
+      if (!found || !found.password_hash || !ok) {
+        outcome = 'failure';
+        if (found) await this.users.run(tenantId, found.user_id, { type: 'record_login_failure', data: c.ip ? { ip: c.ip } : {} }, meta(found.user_id));
+        throw this.invalid();
+      }
+      user = await this.users.load(tenantId, found.user_id);
+      if (user.state.status !== 'active') throw this.invalid();
+      const secondFactor = await this.mfa.atSignIn(tenantId, found.user_id, payload, meta(found.user_id));
+      if (secondFactor === 'refused') {
+        outcome = 'failure';
+        await this.users.run(tenantId, found.user_id, { type: 'record_login_failure', data: c.ip ? { ip: c.ip } : {} }, meta(found.user_id));
+        throw new KeelError('mfa_required', 'The second factor is not right or was already used; send "totp" with the current code from your authenticator, or an unused "recoveryCode".');
+      }
+      if (secondFactor === 'missing') {
+        throw new KeelError('mfa_required', 'This account has a second factor; send "totp" with the code from your authenticator, or "recoveryCode" with one of your recovery codes.');
+      }
+      if (secondFactor === 'not_enrolled' && settings.mfaRequired) {
+        throw new KeelError('mfa_required', 'This tenant requires a second factor and this account has none enrolled; ask an administrator to let you enrol one.');
+      }
+      outcome = 'success';
+    } finally {
+      const { lockedForMs } = await this.lockout.end(account, c.ip, limit, outcome);
+      if (lockedForMs !== undefined && found) {
+        await this.users.run(tenantId, found.user_id, { type: 'record_lock', data: { until: new Date(Date.now() + lockedForMs).toISOString() } }, meta(found.user_id));
+      }
+    }
+
+    return this.startSession(tenantId, found.user_id, await this.tenantScopeRoles(tenantId, found.user_id, user.state.roles), settings, meta(found.user_id));
+  }
+
+  /**
+   * Starts a session for a user whose identity is proven (password and second factor here; the
+   * identity provider for single sign-on) and issues its first tokens.
+   */
+  async startSession(tenantId: string, userId: string, roles: string[], settings: TenantSettings, meta: CommandMeta): Promise<TokenPair> {
+    const sessionId = newEventId();
+    const secret = randomToken();
+    const timeoutSeconds = settings.sessionTimeoutMinutes * 60;
+    await tenantQuery(
+      this.ds,
+      tenantId,
+      `INSERT INTO ${SESSIONS} (id, tenant_id, user_id, refresh_hash, expires_at) VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))`,
+      [sessionId, tenantId, userId, sha256Hex(secret), timeoutSeconds],
+    );
+    await this.log.record('session', { tenantId, aggregateId: sessionId }, { type: A.sessionStarted, data: { userId } }, meta, true);
+    await this.revoker.keepNewest(tenantId, userId, settings.maxConcurrentSessions, meta);
+    return this.tokens(userId, tenantId, sessionId, secret, roles, timeoutSeconds);
+  }
+
+  /** The user's own roles and those granted at tenant scope (team-scope grants stay out of tokens). */
+  private async tenantScopeRoles(tenantId: string, userId: string, own: string[]): Promise<string[]> {
+    const granted: { role: string }[] = await tenantQuery(
+      this.ds,
+      tenantId,
+      `SELECT role FROM "${AUTH_SCHEMA}".role_assignments WHERE tenant_id = $1 AND user_id = $2 AND team_id IS NULL`,
+      [tenantId, userId],
+    );
+    return [...new Set([...own, ...granted.map((g) => g.role)])];
+  }
+
+  private async tokens(userId: string, tenantId: string, sessionId: string, secret: string, roles: string[], secondsLeft: number): Promise<TokenPair> {
+    const expiresIn = Math.min(ACCESS_TOKEN_SECONDS, Math.floor(secondsLeft));
+    // Custom roles resolve here, so gateways need no role lookups; changes apply at the next refresh.
+    const catalog = await this.catalog.roles(tenantId);
+    const perms = [...new Set(roles.flatMap((r) => catalog.get(r) ?? []))].sort();
+    const accessToken = await this.keys.sign({ sub: userId, tid: tenantId, sid: sessionId, roles, perms }, expiresIn);
+    return { accessToken, refreshToken: `${sessionId}.${secret}`, tokenType: 'Bearer', expiresIn };
+  }
+
+  /**
+   * One statement rotates the token and reads the user's current roles and status (from the
+   * users read model: disabling a user revokes its sessions at once, so a lag there is harmless).
+   * The refresh token is the credential: its session is found in any tenant.
+   */
+  private async rotateRefresh(sessionId: string, secret: string, next: string): Promise<RotatedSession[]> {
+    // An UPDATE answers [rows, count].
+    const [rows] = await tenantQuery(
+      this.ds,
+      ALL_TENANTS,
+      `UPDATE ${SESSIONS} s SET refresh_hash = $3, generation = s.generation + 1, last_used_at = now()
+       FROM "${AUTH_SCHEMA}".users u
+       WHERE s.id = $1 AND s.refresh_hash = $2 AND s.revoked_at IS NULL AND s.expires_at > now() AND u.id = s.user_id
+       RETURNING s.tenant_id, s.user_id, u.status, extract(epoch FROM s.expires_at - now()) AS seconds_left,
+         u.roles || coalesce((SELECT array_agg(a.role) FROM "${AUTH_SCHEMA}".role_assignments a
+                              WHERE a.user_id = s.user_id AND a.team_id IS NULL), '{}') AS roles`,
+      [sessionId, sha256Hex(secret), sha256Hex(next)],
+    );
+    return rows;
+  }
+
+  /**
+   * Rotates the refresh token. The token presented must be the session's current one; a
+   * token that was already used means it leaked, and the whole session is revoked.
+   */
+  @RpcHandler('cmd.auth.refresh')
+  async refresh(body: unknown): Promise<TokenPair> {
+    const { client: c, payload } = parseOrThrow(requests.refresh, body, 'refresh');
+    const [sessionId, secret] = payload.refreshToken.split('.');
+    if (!sessionId || !secret || !z.uuid().safeParse(sessionId).success) throw new KeelError('invalid_token', 'The refresh token is not valid.');
+    const next = randomToken();
+    let rotated = await this.rotateRefresh(sessionId, secret, next);
+    if (!rotated.length) {
+      const [session] = await tenantQuery(this.ds, ALL_TENANTS, `SELECT tenant_id, user_id, revoked_at, refresh_hash FROM ${SESSIONS} WHERE id = $1`, [sessionId]);
+      if (session && session.refresh_hash === sha256Hex(secret) && !session.revoked_at) {
+        // The current token, but the user is not in the read model yet (created a moment ago):
+        // wait for the read model to reach the user's last event, then rotate.
+        const user = await this.users.load(session.tenant_id, session.user_id);
+        await this.usersReadModel.waitFor(user.position, READ_MODEL_WAIT_MS);
+        rotated = await this.rotateRefresh(sessionId, secret, next);
+      } else if (session && !session.revoked_at) {
+        await this.revoker.revokeOne(session.tenant_id, sessionId, 'refresh_token_reuse', {
+          actor: { kind: 'system', id: 'auth', ...(c.ip ? { ip: c.ip } : {}) },
+          correlationId: c.correlationId,
+        });
+      }
+    }
+    if (!rotated.length) throw new KeelError('invalid_token', 'The refresh token is not valid (expired, revoked or already used); sign in again.');
+    const { tenant_id: tenantId, user_id: userId, roles, status, seconds_left: secondsLeft } = rotated[0];
+    if (status !== 'active') {
+      await this.revoker.revokeOne(tenantId, sessionId, 'user_disabled', { actor: { kind: 'system', id: 'auth' }, correlationId: c.correlationId });
+      throw new KeelError('invalid_token', 'This account is disabled.');
+    }
+    // A suspended or closed tenant's sessions end with it.
+    if (tenantId !== 'platform' && (await this.tenants.find(tenantId))?.status !== 'active') {
+      await this.revoker.revokeOne(tenantId, sessionId, 'tenant_inactive', { actor: { kind: 'system', id: 'auth' }, correlationId: c.correlationId });
+      throw new KeelError('invalid_token', 'This tenant is not active; its sessions have ended.');
+    }
+    return this.tokens(userId, tenantId, sessionId, next, [...new Set(roles as string[])], Number(secondsLeft));
+  }
+
+  @RpcHandler('cmd.auth.revoke_session')
+  async revoke(body: unknown): Promise<{ revoked: boolean }> {
+    const { meta, payload } = parseOrThrow(requests.revoke, body, 'session revocation');
+    const revoked = await this.revoker.revokeOne(payload.tenantId, payload.sessionId, 'revoked', meta, payload.onlyOfUser);
+    if (!revoked) throw new KeelError('not_found', 'No such active session.');
+    return { revoked };
+  }
+
+  @RpcHandler('qry.auth.sessions')
+  async list(body: unknown): Promise<{ items: SessionInfo[] }> {
+    const q = parseOrThrow(requests.list, body, 'session listing');
+    const rows = await tenantQuery(
+      this.ds,
+      q.tenantId,
+      `SELECT * FROM ${SESSIONS} WHERE tenant_id = $1 ${q.userId ? 'AND user_id = $3' : ''}
+       ${q.activeOnly ? 'AND revoked_at IS NULL AND expires_at > now()' : ''} ORDER BY created_at DESC LIMIT $2`,
+      q.userId ? [q.tenantId, q.limit, q.userId] : [q.tenantId, q.limit],
+    );
+    return {
+      items: rows.map((r: Record<string, Date | string | null>) => ({
+        id: r.id, tenantId: r.tenant_id, userId: r.user_id, createdAt: (r.created_at as Date).toISOString(),
+        lastUsedAt: (r.last_used_at as Date).toISOString(), expiresAt: (r.expires_at as Date).toISOString(),
+        revokedAt: r.revoked_at ? (r.revoked_at as Date).toISOString() : null,
+      })),
+    };
+  }
+
+  @RpcHandler('qry.auth.jwks')
+  async jwks() {
+    return this.keys.jwks();
+  }
+
+  @RpcHandler('cmd.auth.rotate_signing_key')
+  async rotate(body: unknown): Promise<{ kid: string }> {
+    const { meta } = parseOrThrow(z.object({ meta: metaSchema }).strict(), body, 'key rotation');
+    const rotated = await this.keys.rotate();
+    await this.log.record('signing_key', { tenantId: 'platform', aggregateId: rotated.kid }, { type: A.signingKeyRotated, data: { kid: rotated.kid, retired: rotated.retired } }, meta, true);
+    return { kid: rotated.kid };
+  }
+}

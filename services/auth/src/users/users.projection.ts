@@ -1,0 +1,50 @@
+import { EntityManager } from 'typeorm';
+import { authEventTypes as A, EventEnvelope, PositionedEvent } from '@keel/contracts';
+import { Projection } from '@keel/projections';
+import { AUTH_SCHEMA } from '../database/schema';
+
+const TABLE = `"${AUTH_SCHEMA}".users`;
+
+/** Users for listings (single-user reads come from the log itself). */
+export class UsersProjection implements Projection {
+  readonly name = 'users';
+  readonly contexts = ['auth'];
+  readonly tables = ['users'];
+
+  async apply(m: EntityManager, events: PositionedEvent[]): Promise<void> {
+    for (const { event } of events) {
+      const e = event as EventEnvelope;
+      if (e.aggregateType !== 'user') continue;
+      const common = [e.aggregateId, e.aggregateVersion, e.occurredAt];
+      switch (e.type) {
+        case A.userCreated: {
+          const d = e.data as { email: string; name: string; roles: string[] };
+          await m.query(
+            `INSERT INTO ${TABLE} (id, version, created_at, updated_at, tenant_id, email, name, roles, status)
+             VALUES ($1, $2, $3, $3, $4, $5, $6, $7, 'active') ON CONFLICT (id) DO NOTHING`,
+            [...common, e.tenantId, d.email, d.name, d.roles],
+          );
+          break;
+        }
+        case A.userDisabled:
+        case A.userEnabled:
+          await m.query(`UPDATE ${TABLE} SET status = $4, version = $2, updated_at = $3 WHERE id = $1 AND version < $2`, [
+            ...common, e.type === A.userDisabled ? 'disabled' : 'active',
+          ]);
+          break;
+        case A.userProfileUpdated:
+          await m.query(`UPDATE ${TABLE} SET name = $4, version = $2, updated_at = $3 WHERE id = $1 AND version < $2`, [
+            ...common, (e.data as { name: string }).name,
+          ]);
+          break;
+        case A.userRolesChanged:
+          await m.query(`UPDATE ${TABLE} SET roles = $4, version = $2, updated_at = $3 WHERE id = $1 AND version < $2`, [
+            ...common, (e.data as { roles: string[] }).roles,
+          ]);
+          break;
+        default:
+          await m.query(`UPDATE ${TABLE} SET version = $2 WHERE id = $1 AND version < $2`, [e.aggregateId, e.aggregateVersion]);
+      }
+    }
+  }
+}

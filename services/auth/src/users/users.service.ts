@@ -1,0 +1,247 @@
+import { Inject, Injectable } from '@nestjs/common';
+import * as argon2 from 'argon2';
+import { DataSource } from 'typeorm';
+import { z } from 'zod';
+import {
+  actorSchema,
+  AUTH_CONTEXT,
+  changePasswordSchema,
+  CommandMeta,
+  CommandResult,
+  createUserSchema,
+  KeelError,
+  newEventId,
+  Page,
+  parseOrThrow,
+  profileSchema,
+  resetPasswordSchema,
+  setRolesSchema,
+  User,
+} from '@keel/contracts';
+import { inTenant, tenantQuery } from '@keel/database';
+import { CommandHandler } from '@keel/event-sourcing';
+import { EventStore, RpcHandler } from '@keel/messaging';
+import { AUTH_SCHEMA } from '../database/schema';
+import { RoleCatalog } from '../rbac/role-catalog';
+import { SessionRevoker } from '../sessions/session-revoker';
+import { TenantLookup } from './tenant-lookup';
+import { UserCommand, userDecider, UserEvent, UserState } from './user.decider';
+
+/** OWASP's Argon2id minimum (19 MiB, 2 passes, 1 lane): ~35 sign-ins/s per core here. */
+export const ARGON2_OPTIONS = { type: argon2.argon2id, memoryCost: 19_456, timeCost: 2, parallelism: 1 } as const;
+
+export const metaSchema = z
+  .object({
+    actor: actorSchema,
+    correlationId: z.string().min(1).max(200),
+    expectedVersion: z.number().int().min(0).optional(),
+    /** What the caller holds ("*" for the operator), so nobody grants what they do not hold. */
+    permissions: z.union([z.literal('*'), z.array(z.string())]),
+  })
+  .strict();
+export type AuthMeta = z.infer<typeof metaSchema>;
+
+const scope = z.object({ tenantId: z.string().min(1).max(64) });
+const userRef = scope.extend({ userId: z.uuid() });
+const requests = {
+  create: z.object({ meta: metaSchema, payload: scope.extend({ data: createUserSchema }).strict() }).strict(),
+  status: z.object({ meta: metaSchema, payload: userRef.extend({ status: z.enum(['active', 'disabled']) }).strict() }).strict(),
+  roles: z.object({ meta: metaSchema, payload: userRef.extend({ data: setRolesSchema }).strict() }).strict(),
+  profile: z.object({ meta: metaSchema, payload: userRef.extend({ data: profileSchema }).strict() }).strict(),
+  reset: z.object({ meta: metaSchema, payload: userRef.extend({ data: resetPasswordSchema }).strict() }).strict(),
+  change: z.object({ meta: metaSchema, payload: userRef.extend({ data: changePasswordSchema }).strict() }).strict(),
+  get: userRef.strict(),
+  list: scope.extend({ cursor: z.uuid().optional(), limit: z.number().int().min(1).max(500).default(50) }).strict(),
+};
+
+/** Nobody grants what they do not hold: every permission of `roles` must be the caller's. */
+export async function grantable(catalog: RoleCatalog, tenantId: string, meta: AuthMeta, roles: string[]): Promise<void> {
+  const granted = await catalog.permissionsOf(tenantId, roles);
+  if (meta.permissions === '*') return;
+  const held = new Set(meta.permissions);
+  const missing = [...granted].filter((p) => !held.has(p));
+  if (missing.length) {
+    throw new KeelError('forbidden', `You cannot grant permissions you do not hold: ${missing.join(', ')}.`);
+  }
+}
+
+export function checkPassword(password: string, email: string): void {
+  const lower = password.toLowerCase();
+  if (lower === email || lower === email.split('@')[0]) {
+    throw new KeelError('validation_failed', 'The password must not be the email address.', [{ field: 'password', message: 'must not be the email address' }]);
+  }
+}
+
+@Injectable()
+export class UsersService {
+  readonly handler: CommandHandler<UserState, UserCommand, UserEvent>;
+
+  constructor(
+    store: EventStore,
+    @Inject(DataSource) private readonly ds: DataSource,
+    private readonly tenants: TenantLookup,
+    private readonly revoker: SessionRevoker,
+    private readonly catalog: RoleCatalog,
+  ) {
+    this.handler = new CommandHandler(store, { context: AUTH_CONTEXT, aggregateType: 'user', decider: userDecider });
+  }
+
+  view(tenantId: string, id: string, state: UserState, version: number): User {
+    if (state.status === 'none') throw new KeelError('not_found', 'No such user.');
+    return { id, tenantId, email: state.email, name: state.name, roles: state.roles, status: state.status, version, createdAt: state.createdAt, updatedAt: state.updatedAt };
+  }
+
+  /** The user as the log has it, checked to belong to `tenantId` (else 404: no cross-tenant hints). */
+  async load(tenantId: string, userId: string) {
+    const loaded = await this.handler.load({ tenantId, aggregateId: userId });
+    if (loaded.state.status === 'none') throw new KeelError('not_found', 'No such user in this tenant.');
+    return loaded;
+  }
+
+  /** Every role the user holds: its own, and those granted by assignment (any scope). */
+  async heldRoles(tenantId: string, userId: string): Promise<string[]> {
+    const user = await this.load(tenantId, userId);
+    const granted: { role: string }[] = await tenantQuery(
+      this.ds,
+      tenantId,
+      `SELECT role FROM "${AUTH_SCHEMA}".role_assignments WHERE tenant_id = $1 AND user_id = $2`,
+      [tenantId, userId],
+    );
+    const own = user.state.status === 'none' ? [] : user.state.roles;
+    return [...new Set([...own, ...granted.map((g) => g.role)])];
+  }
+
+  /**
+   * Changing someone's credentials or access (reset, disable, roles) needs everything that
+   * person holds: else resetting an administrator's password would make its holder one.
+   */
+  async mayActOn(meta: AuthMeta, tenantId: string, userId: string): Promise<void> {
+    if (meta.actor.kind === 'user' && meta.actor.id === userId) return;
+    await grantable(this.catalog, tenantId, meta, await this.heldRoles(tenantId, userId));
+  }
+
+  async run(tenantId: string, userId: string, command: UserCommand, meta: CommandMeta, fresh = false): Promise<CommandResult<User>> {
+    const r = await this.handler.handle({ tenantId, aggregateId: userId }, command, meta, fresh);
+    return { state: this.view(tenantId, userId, r.state, r.version), version: r.version, position: r.position };
+  }
+
+  @RpcHandler('cmd.auth.create_user')
+  async create(body: unknown): Promise<CommandResult<User>> {
+    const { meta, payload } = parseOrThrow(requests.create, body, 'user');
+    const { email, name, roles, password } = payload.data;
+    await grantable(this.catalog, payload.tenantId, meta, roles);
+    if (password) checkPassword(password, email);
+    return this.createUser(payload.tenantId, { email, name, roles, password }, meta);
+  }
+
+  /** Also used to create the first platform administrator. */
+  async createUser(tenantId: string, u: { email: string; name: string; roles: string[]; password?: string }, meta: CommandMeta): Promise<CommandResult<User>> {
+    let maxUsers = Number.MAX_SAFE_INTEGER;
+    if (tenantId !== 'platform') maxUsers = (await this.tenants.active(tenantId)).quotas.maxUsers;
+    const userId = newEventId();
+    const hash = u.password ? await argon2.hash(u.password, ARGON2_OPTIONS) : null;
+    await inTenant(this.ds, tenantId, async (m) => {
+      // Serialises creations per tenant, so the quota check and the reservation agree.
+      await m.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`keel.auth.users.${tenantId}`]);
+      const [{ n }] = await m.query(`SELECT count(*)::int AS n FROM "${AUTH_SCHEMA}".email_reservations WHERE tenant_id = $1`, [tenantId]);
+      if (n >= maxUsers) throw new KeelError('quota_exceeded', `This tenant's plan allows ${maxUsers} users; raise the plan's maxUsers first.`);
+      const inserted = await m.query(
+        `INSERT INTO "${AUTH_SCHEMA}".email_reservations (tenant_id, email, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING user_id`,
+        [tenantId, u.email, userId],
+      );
+      if (!inserted.length) {
+        throw new KeelError('conflict', 'A user with this email already exists in this tenant.', [{ field: 'email', message: 'already in use' }]);
+      }
+    });
+    try {
+      const result = await this.run(tenantId, userId, { type: 'create', data: { email: u.email, name: u.name, roles: [...new Set(u.roles)].sort() } }, meta, true);
+      if (hash) await this.setHash(tenantId, userId, hash);
+      return result;
+    } catch (error) {
+      await tenantQuery(this.ds, tenantId, `DELETE FROM "${AUTH_SCHEMA}".email_reservations WHERE user_id = $1`, [userId]);
+      throw error;
+    }
+  }
+
+  private async setHash(tenantId: string, userId: string, hash: string): Promise<void> {
+    await tenantQuery(
+      this.ds,
+      tenantId,
+      `INSERT INTO "${AUTH_SCHEMA}".credentials (user_id, tenant_id, password_hash) VALUES ($1, $2, $3)
+       ON CONFLICT (user_id) DO UPDATE SET password_hash = EXCLUDED.password_hash, updated_at = now()`,
+      [userId, tenantId, hash],
+    );
+  }
+
+  @RpcHandler('cmd.auth.set_user_status')
+  async setStatus(body: unknown): Promise<CommandResult<User>> {
+    const { meta, payload } = parseOrThrow(requests.status, body, 'user status');
+    await this.mayActOn(meta, payload.tenantId, payload.userId);
+    const result = await this.run(payload.tenantId, payload.userId, { type: payload.status === 'disabled' ? 'disable' : 'enable', data: {} }, meta);
+    if (payload.status === 'disabled') await this.revoker.revokeUser(payload.tenantId, payload.userId, 'user_disabled', meta);
+    return result;
+  }
+
+  @RpcHandler('cmd.auth.set_user_roles')
+  async setRoles(body: unknown): Promise<CommandResult<User>> {
+    const { meta, payload } = parseOrThrow(requests.roles, body, 'roles');
+    await grantable(this.catalog, payload.tenantId, meta, payload.data.roles);
+    await this.mayActOn(meta, payload.tenantId, payload.userId);
+    return this.run(payload.tenantId, payload.userId, { type: 'set_roles', data: payload.data }, meta);
+  }
+
+  @RpcHandler('cmd.auth.update_profile')
+  async updateProfile(body: unknown): Promise<CommandResult<User>> {
+    const { meta, payload } = parseOrThrow(requests.profile, body, 'profile');
+    await this.load(payload.tenantId, payload.userId);
+    return this.run(payload.tenantId, payload.userId, { type: 'update_profile', data: payload.data }, meta);
+  }
+
+  @RpcHandler('cmd.auth.reset_password')
+  async resetPassword(body: unknown): Promise<CommandResult<User>> {
+    const { meta, payload } = parseOrThrow(requests.reset, body, 'password reset');
+    await this.mayActOn(meta, payload.tenantId, payload.userId);
+    const user = await this.load(payload.tenantId, payload.userId);
+    if (user.state.status !== 'none') checkPassword(payload.data.password, user.state.email);
+    await this.setHash(payload.tenantId, payload.userId, await argon2.hash(payload.data.password, ARGON2_OPTIONS));
+    const result = await this.run(payload.tenantId, payload.userId, { type: 'record_password_change', data: { byAdmin: true } }, meta);
+    await this.revoker.revokeUser(payload.tenantId, payload.userId, 'password_reset', meta);
+    return result;
+  }
+
+  @RpcHandler('cmd.auth.change_password')
+  async changePassword(body: unknown): Promise<CommandResult<User>> {
+    const { meta, payload } = parseOrThrow(requests.change, body, 'password change');
+    const user = await this.load(payload.tenantId, payload.userId);
+    const [cred] = await tenantQuery(this.ds, payload.tenantId, `SELECT password_hash FROM "${AUTH_SCHEMA}".credentials WHERE user_id = $1`, [payload.userId]);
+    if (!cred || !(await argon2.verify(cred.password_hash, payload.data.currentPassword))) {
+      throw new KeelError('invalid_credentials', 'The current password is not right.');
+    }
+    if (user.state.status !== 'none') checkPassword(payload.data.newPassword, user.state.email);
+    await this.setHash(payload.tenantId, payload.userId, await argon2.hash(payload.data.newPassword, ARGON2_OPTIONS));
+    return this.run(payload.tenantId, payload.userId, { type: 'record_password_change', data: { byAdmin: false } }, meta);
+  }
+
+  @RpcHandler('qry.auth.user')
+  async get(body: unknown): Promise<User> {
+    const q = parseOrThrow(requests.get, body, 'user lookup');
+    const loaded = await this.load(q.tenantId, q.userId);
+    return this.view(q.tenantId, q.userId, loaded.state, loaded.version);
+  }
+
+  @RpcHandler('qry.auth.users')
+  async list(body: unknown): Promise<Page<User>> {
+    const q = parseOrThrow(requests.list, body, 'user listing');
+    const rows = await tenantQuery(
+      this.ds,
+      q.tenantId,
+      `SELECT * FROM "${AUTH_SCHEMA}".users WHERE tenant_id = $1 ${q.cursor ? 'AND id > $3' : ''} ORDER BY id LIMIT $2`,
+      q.cursor ? [q.tenantId, q.limit + 1, q.cursor] : [q.tenantId, q.limit + 1],
+    );
+    const items: User[] = rows.slice(0, q.limit).map((r: Record<string, unknown>) => ({
+      id: r.id, tenantId: r.tenant_id, email: r.email, name: r.name, roles: r.roles, status: r.status, version: r.version,
+      createdAt: (r.created_at as Date).toISOString(), updatedAt: (r.updated_at as Date).toISOString(),
+    }));
+    return { items, nextCursor: rows.length > q.limit ? items[items.length - 1]!.id : null };
+  }
+}

@@ -1,0 +1,49 @@
+import { Injectable, Module, OnApplicationShutdown } from '@nestjs/common';
+import { APP_FILTER, APP_GUARD, DiscoveryModule } from '@nestjs/core';
+import Redis from 'ioredis';
+import { KeelConfig } from '@keel/config';
+import { MessagingModule } from '@keel/messaging';
+import { Logger } from '@keel/observability';
+import { AdminController } from './admin/admin.controller';
+import { AuditController } from './audit/audit.controller';
+import { OpenApiController, OpenApiDocument } from './http/openapi';
+import { ProblemFilter } from './http/problem';
+import { IdempotencyInterceptor } from './http/idempotency.interceptor';
+import { RequestGuard } from './http/request.guard';
+import { OpsController } from './ops/ops.controller';
+import { TenantDirectory } from './tenants/tenant-directory';
+import { AuthController } from './identity/auth.controller';
+import { IdentityVerifier } from './identity/identity';
+import { RbacController } from './identity/rbac.controller';
+import { SsoController } from './identity/sso.controller';
+import { TenantIdentityController } from './identity/tenant-identity.controller';
+import { RateLimiter } from './http/rate-limiter';
+import { TenantsController } from './tenants/tenants.controller';
+
+@Injectable()
+class RedisLifecycle implements OnApplicationShutdown {
+  constructor(private readonly redis: Redis) {}
+  onApplicationShutdown(): void {
+    this.redis.disconnect();
+  }
+}
+
+export function gatewayModule(config: KeelConfig, logger: Logger) {
+  @Module({
+    imports: [MessagingModule.forRoot({ config, logger, service: 'gateway' }), DiscoveryModule],
+    controllers: [TenantsController, AuditController, AdminController, AuthController, TenantIdentityController, RbacController, SsoController, OpsController, OpenApiController],
+    providers: [
+      { provide: Redis, useFactory: () => new Redis(config.REDIS_URL, { maxRetriesPerRequest: 1, enableOfflineQueue: false }) },
+      RedisLifecycle,
+      OpenApiDocument,
+      { provide: APP_GUARD, useClass: RequestGuard },
+      IdempotencyInterceptor,
+      TenantDirectory,
+      IdentityVerifier,
+      { provide: RateLimiter, useFactory: (r: Redis) => new RateLimiter(r, config.KEEL_REDIS_PREFIX), inject: [Redis] },
+      { provide: APP_FILTER, useClass: ProblemFilter },
+    ],
+  })
+  class GatewayModule {}
+  return GatewayModule;
+}

@@ -1,0 +1,34 @@
+import { FastifyRequest } from 'fastify';
+import { Actor, CommandMeta } from '@keel/contracts';
+
+export interface Principal {
+  actor: Actor;
+  /** `*` holds every permission (the operator's break-glass token). */
+  permissions: ReadonlySet<string> | '*';
+  /** The tenant the credential belongs to (`platform` for platform users and the operator). */
+  tenantId: string;
+  sessionId?: string;
+  /** May act in any tenant (platform administrators only). */
+  crossTenant: boolean;
+}
+
+export type KeelRequest = FastifyRequest & {
+  principal?: Principal;
+  correlationId?: string;
+  valid?: { body: unknown; query: unknown; params: unknown };
+  expectedVersion?: number;
+};
+
+export function commandMeta(req: KeelRequest): CommandMeta {
+  return {
+    actor: req.principal!.actor,
+    correlationId: req.correlationId!,
+    ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
+  };
+}
+
+/** Command metadata for the identity service, which also needs what the caller holds. */
+export function authMeta(req: KeelRequest): CommandMeta & { permissions: '*' | string[] } {
+  const p = req.principal!.permissions;
+  return { ...commandMeta(req), permissions: p === '*' ? '*' : [...p] };
+}

@@ -1,0 +1,117 @@
+import { CanActivate, ExecutionContext, Inject, Injectable } from '@nestjs/common';
+import { Reflector } from '@nestjs/core';
+import { FastifyReply } from 'fastify';
+import { randomUUID, timingSafeEqual } from 'node:crypto';
+import { z } from 'zod';
+import { KeelConfig } from '@keel/config';
+import { KeelError, permissions as P, tenantIdSchema } from '@keel/contracts';
+import { KEEL_CONFIG, KEEL_LOGGER } from '@keel/messaging';
+import { Logger } from '@keel/observability';
+import { IdentityVerifier } from '../identity/identity';
+import { TenantDirectory } from '../tenants/tenant-directory';
+import { ENDPOINT, EndpointSpec } from './endpoint';
+import { RateLimiter, rateLimitHeaders, RateLimiterUnavailableError } from './rate-limiter';
+import { KeelRequest, Principal } from './request-context';
+import { validateRequest } from './validate-request';
+
+const requestIdSchema = z.string().regex(/^[A-Za-z0-9._:-]{1,128}$/);
+
+/**
+ * Every request, in one place: who the caller is (operator token, access token or API key),
+ * whether the route's declared permission is held, whether the tenant in the path is the
+ * caller's own (only platform administrators cross tenants), the tenant's rate limit, and
+ * the input against the route's declaration. A guard rather than interceptors: it runs once,
+ * before the handler, without the per-interceptor async scopes Nest creates. A route without
+ * a declaration is refused (fail closed).
+ */
+@Injectable()
+export class RequestGuard implements CanActivate {
+  private readonly bootstrapToken?: Buffer;
+  private lastStoreWarning = 0;
+
+  constructor(
+    private readonly reflector: Reflector,
+    @Inject(KEEL_CONFIG) config: KeelConfig,
+    @Inject(KEEL_LOGGER) private readonly logger: Logger,
+    private readonly identities: IdentityVerifier,
+    private readonly directory: TenantDirectory,
+    private readonly limiter: RateLimiter,
+  ) {
+    if (config.KEEL_BOOTSTRAP_TOKEN) this.bootstrapToken = Buffer.from(config.KEEL_BOOTSTRAP_TOKEN);
+  }
+
+  async canActivate(context: ExecutionContext): Promise<boolean> {
+    const req = context.switchToHttp().getRequest<KeelRequest>();
+    const reply = context.switchToHttp().getResponse<FastifyReply>();
+    const requestId = req.headers['x-request-id'];
+    req.correlationId = typeof requestId === 'string' && requestIdSchema.safeParse(requestId).success ? requestId : randomUUID();
+    void reply.header('x-request-id', req.correlationId);
+
+    const spec = this.reflector.get<EndpointSpec | undefined>(ENDPOINT, context.getHandler());
+    if (!spec) throw new KeelError('forbidden', 'This route declares no permission and is closed.');
+    if (spec.permission !== 'public') {
+      const principal = await this.authenticate(req);
+      req.principal = principal;
+      if (spec.permission !== 'authenticated' && principal.permissions !== '*' && !principal.permissions.has(spec.permission)) {
+        throw new KeelError('forbidden', `This needs the permission "${spec.permission}".`);
+      }
+      if (spec.tenantParam && !principal.crossTenant) await this.sameTenant(principal, (req.params as Record<string, string>)[spec.tenantParam]);
+      await this.rateLimit(principal, reply);
+    }
+    // Validation after authentication: an anonymous caller learns nothing about the contract.
+    validateRequest(spec, req);
+    return true;
+  }
+
+  private async authenticate(req: KeelRequest): Promise<Principal> {
+    const header = req.headers.authorization;
+    const match = typeof header === 'string' ? /^Bearer\s+(\S+)$/i.exec(header) : null;
+    if (!match) throw new KeelError('unauthorized', 'Send "Authorization: Bearer <token>".');
+    const credential = match[1]!;
+    const ip = req.ip;
+    const userAgent = typeof req.headers['user-agent'] === 'string' ? { userAgent: req.headers['user-agent'].slice(0, 512) } : {};
+    const presented = Buffer.from(credential);
+    // Constant time over the token's bytes; only its length can be learnt from timing.
+    if (this.bootstrapToken && presented.length === this.bootstrapToken.length && timingSafeEqual(presented, this.bootstrapToken)) {
+      return { actor: { kind: 'system', id: 'bootstrap-operator', ip, ...userAgent }, permissions: '*', tenantId: 'platform', crossTenant: true };
+    }
+    const identity = await this.identities.verify(credential);
+    return {
+      actor: { kind: identity.kind, id: identity.id, tenantId: identity.tenantId, ip, ...userAgent },
+      permissions: identity.permissions,
+      tenantId: identity.tenantId,
+      ...(identity.sessionId ? { sessionId: identity.sessionId } : {}),
+      crossTenant: identity.permissions.has(P.platformCrossTenant),
+    };
+  }
+
+  /** 404, not 403: a caller learns nothing about other tenants' resources. */
+  private async sameTenant(principal: Principal, value: string | undefined): Promise<void> {
+    let tenantId = value;
+    if (value && !tenantIdSchema.safeParse(value).success) tenantId = (await this.directory.get(value).catch(() => null))?.id;
+    if (!tenantId || tenantId !== principal.tenantId) throw new KeelError('not_found', 'No such resource in your tenant.');
+  }
+
+  /** Refuses inactive tenants; the tenant's plan sets its requests per minute, counted across all gateways in Redis. */
+  private async rateLimit(principal: Principal, reply: FastifyReply): Promise<void> {
+    if (principal.tenantId === 'platform') return;
+    const tenant = await this.directory.get(principal.tenantId).catch(() => null);
+    if (!tenant) return;
+    // A suspended or closed tenant's credentials stop working at once, not when they expire.
+    if (tenant.status !== 'active') throw new KeelError('forbidden', `Tenant ${tenant.slug} is ${tenant.status}; its users and keys cannot act.`);
+    const limit = tenant.quotas.requestsPerMinute;
+    const decision = await this.limiter.consume(tenant.id, limit).catch((err) => {
+      // Redis away: serve rather than refuse everyone (the limit protects, it does not bill).
+      if (!(err instanceof RateLimiterUnavailableError)) throw err;
+      if (Date.now() - this.lastStoreWarning > 10_000) {
+        this.lastStoreWarning = Date.now();
+        this.logger.warn({ err }, 'rate limit store unavailable; allowing requests');
+      }
+      return this.limiter.failOpen(limit);
+    });
+    void reply.headers(rateLimitHeaders(decision));
+    if (!decision.allowed) {
+      throw new KeelError('rate_limited', `This tenant's plan allows ${limit} requests per minute; retry in ${decision.retryAfterSeconds ?? 1} s.`);
+    }
+  }
+}

@@ -1,0 +1,38 @@
+import { z } from 'zod';
+import { FieldError } from '@keel/contracts';
+import { EndpointSpec } from './endpoint';
+import { validationError } from './problem';
+import { KeelRequest } from './request-context';
+
+const IF_MATCH = /^(?:W\/)?"?(\d{1,9})"?$/;
+
+function check(schema: z.ZodType | undefined, value: unknown, where: FieldError['in'], fields: FieldError[]): unknown {
+  if (!schema) return value;
+  const result = schema.safeParse(value ?? (where === 'body' ? undefined : {}));
+  if (result.success) return result.data;
+  for (const issue of result.error.issues) {
+    fields.push({ in: where, field: issue.path.length ? issue.path.join('.') : '(whole)', message: issue.message });
+  }
+  return undefined;
+}
+
+/** Validates body, query, path and If-Match against the endpoint's declaration, all at once. */
+export function validateRequest(spec: EndpointSpec, req: KeelRequest): void {
+  const fields: FieldError[] = [];
+  if (!spec.body && req.body !== undefined && req.body !== null && Object.keys(req.body as object).length > 0) {
+    fields.push({ in: 'body', field: '(whole)', message: 'this route takes no body' });
+  }
+  req.valid = {
+    params: check(spec.params, req.params, 'path', fields),
+    query: check(spec.query, req.query, 'query', fields),
+    body: check(spec.body, req.body, 'body', fields),
+  };
+  const ifMatch = req.headers['if-match'];
+  if (typeof ifMatch === 'string' && ifMatch.trim() !== '*') {
+    const m = spec.conditional ? IF_MATCH.exec(ifMatch.trim()) : null;
+    if (!spec.conditional) fields.push({ in: 'header', field: 'If-Match', message: 'this route is not conditional' });
+    else if (!m) fields.push({ in: 'header', field: 'If-Match', message: 'must be a version number, e.g. "3"' });
+    else req.expectedVersion = Number(m[1]);
+  }
+  if (fields.length) throw validationError(fields);
+}

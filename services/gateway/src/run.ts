@@ -1,0 +1,45 @@
+import { NestFactory } from '@nestjs/core';
+import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
+import { Histogram } from 'prom-client';
+import { KeelConfig } from '@keel/config';
+import { initMetrics, Logger, metricsRegistry, NestPinoLogger, stopTelemetry, tracedRequestListener } from '@keel/observability';
+import { createServer, RequestListener } from 'node:http';
+import { gatewayModule } from './app.module';
+
+const BODY_LIMIT = 64 * 1024;
+
+export async function runGateway(config: KeelConfig, logger: Logger): Promise<void> {
+  initMetrics('gateway');
+  const duration = new Histogram({
+    name: 'keel_http_request_duration_seconds',
+    help: 'HTTP request duration by route and status',
+    labelNames: ['method', 'route', 'status'],
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [metricsRegistry],
+  });
+  const adapter = new FastifyAdapter({
+    bodyLimit: BODY_LIMIT,
+    trustProxy: false,
+    serverFactory: (handler: RequestListener) => createServer(tracedRequestListener(handler)),
+  });
+  const fastify = adapter.getInstance();
+  fastify.addHook('onResponse', (req, reply, done) => {
+    duration.observe(
+      { method: req.method, route: req.routeOptions.url ?? 'unmatched', status: String(reply.statusCode) },
+      reply.elapsedTime / 1000,
+    );
+    done();
+  });
+  const app = await NestFactory.create<NestFastifyApplication>(gatewayModule(config, logger), adapter, {
+    logger: new NestPinoLogger(logger),
+  });
+  await app.listen(config.KEEL_HTTP_PORT, config.KEEL_HTTP_HOST);
+  logger.info({ url: `http://${config.KEEL_HTTP_HOST}:${config.KEEL_HTTP_PORT}` }, 'gateway listening');
+  const shutdown = async () => {
+    await app.close();
+    await stopTelemetry();
+    process.exit(0);
+  };
+  process.once('SIGTERM', () => void shutdown());
+  process.once('SIGINT', () => void shutdown());
+}

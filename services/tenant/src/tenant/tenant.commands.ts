@@ -1,0 +1,144 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { DataSource, EntityManager } from 'typeorm';
+import { ALL_TENANTS, inTenant } from '@keel/database';
+import { z } from 'zod';
+import {
+  actorSchema,
+  changePlanSchema,
+  closeTenantSchema,
+  CommandMeta,
+  CommandResult,
+  createTenantSchema,
+  KeelError,
+  newEventId,
+  parseOrThrow,
+  suspendTenantSchema,
+  Tenant,
+  TENANT_AGGREGATE,
+  TENANT_CONTEXT,
+  tenantIdSchema,
+  updateSettingsSchema,
+} from '@keel/contracts';
+import { CommandHandler } from '@keel/event-sourcing';
+import { EventStore, RpcHandler } from '@keel/messaging';
+import { TENANT_SCHEMA } from '../database/schema';
+import { TenantDecisionCommand, tenantDecider, TenantState, toTenant } from './tenant.decider';
+
+const metaSchema = z
+  .object({
+    actor: actorSchema,
+    correlationId: z.string().min(1).max(200),
+    expectedVersion: z.number().int().min(0).optional(),
+  })
+  .strict();
+
+const envelope = <P extends z.ZodType>(payload: P) => z.object({ meta: metaSchema, payload }).strict();
+const withId = <P extends z.ZodType>(data: P) => envelope(z.object({ tenantId: tenantIdSchema, data }).strict());
+
+// Built once: zod compiles a schema on its first use, so a schema made per request costs a compile each time.
+const requests = {
+  create: envelope(createTenantSchema),
+  changePlan: withId(changePlanSchema),
+  updateSettings: withId(updateSettingsSchema),
+  suspend: withId(suspendTenantSchema),
+  reactivate: withId(z.object({}).strict()),
+  close: withId(closeTenantSchema),
+};
+
+/** A reservation older than this whose tenant never reached the log is abandoned. */
+const STALE_RESERVATION_MS = 30_000;
+
+@Injectable()
+export class TenantCommands {
+  private readonly handler: CommandHandler<TenantState, TenantDecisionCommand, never>;
+
+  constructor(
+    private readonly store: EventStore,
+    @Inject(DataSource) private readonly ds: DataSource,
+  ) {
+    this.handler = new CommandHandler(store, {
+      context: TENANT_CONTEXT,
+      aggregateType: TENANT_AGGREGATE,
+      decider: tenantDecider as never,
+    });
+  }
+
+  @RpcHandler('cmd.tenant.create')
+  async create(body: unknown): Promise<CommandResult<Tenant>> {
+    const { meta, payload } = parseOrThrow(requests.create, body, 'tenant');
+    const tenantId = newEventId();
+    await this.reserveSlug(payload.slug, tenantId);
+    try {
+      return await this.run(tenantId, { type: 'create', data: payload }, meta, true);
+    } catch (error) {
+      await inTenant(this.ds, tenantId, (m) =>
+        m.query(`DELETE FROM "${TENANT_SCHEMA}".slug_reservations WHERE slug = $1 AND tenant_id = $2`, [payload.slug, tenantId]),
+      );
+      throw error;
+    }
+  }
+
+  @RpcHandler('cmd.tenant.change_plan')
+  async changePlan(body: unknown): Promise<CommandResult<Tenant>> {
+    const { meta, payload } = parseOrThrow(requests.changePlan, body, 'plan change');
+    return this.run(payload.tenantId, { type: 'change_plan', data: payload.data }, meta);
+  }
+
+  @RpcHandler('cmd.tenant.update_settings')
+  async updateSettings(body: unknown): Promise<CommandResult<Tenant>> {
+    const { meta, payload } = parseOrThrow(requests.updateSettings, body, 'settings');
+    return this.run(payload.tenantId, { type: 'update_settings', data: payload.data }, meta);
+  }
+
+  @RpcHandler('cmd.tenant.suspend')
+  async suspend(body: unknown): Promise<CommandResult<Tenant>> {
+    const { meta, payload } = parseOrThrow(requests.suspend, body, 'suspension');
+    return this.run(payload.tenantId, { type: 'suspend', data: payload.data }, meta);
+  }
+
+  @RpcHandler('cmd.tenant.reactivate')
+  async reactivate(body: unknown): Promise<CommandResult<Tenant>> {
+    const { meta, payload } = parseOrThrow(requests.reactivate, body, 'reactivation');
+    return this.run(payload.tenantId, { type: 'reactivate', data: {} }, meta);
+  }
+
+  @RpcHandler('cmd.tenant.close')
+  async close(body: unknown): Promise<CommandResult<Tenant>> {
+    const { meta, payload } = parseOrThrow(requests.close, body, 'closure');
+    return this.run(payload.tenantId, { type: 'close', data: payload.data }, meta);
+  }
+
+  private async run(tenantId: string, command: TenantDecisionCommand, meta: CommandMeta, fresh = false): Promise<CommandResult<Tenant>> {
+    const result = await this.handler.handle({ tenantId, aggregateId: tenantId }, command, meta, fresh);
+    return { state: toTenant(tenantId, result.state, result.version), version: result.version, position: result.position };
+  }
+
+  /** Reserves a slug atomically (unique key); takes over a reservation whose tenant never came to be. */
+  private async reserveSlug(slug: string, tenantId: string): Promise<void> {
+    // Slugs are unique across tenants: this platform operation sees every tenant's reservations.
+    await inTenant(this.ds, ALL_TENANTS, (m) => this.reserveIn(m, slug, tenantId));
+  }
+
+  private async reserveIn(m: EntityManager, slug: string, tenantId: string): Promise<void> {
+    const table = `"${TENANT_SCHEMA}".slug_reservations`;
+    const inserted = await m.query(
+      `INSERT INTO ${table} (slug, tenant_id) VALUES ($1, $2) ON CONFLICT (slug) DO NOTHING RETURNING slug`,
+      [slug, tenantId],
+    );
+    if (inserted.length) return;
+    const [held] = await m.query(`SELECT tenant_id, reserved_at FROM ${table} WHERE slug = $1`, [slug]);
+    if (held && Date.now() - new Date(held.reserved_at).getTime() > STALE_RESERVATION_MS) {
+      const owner = await this.handler.load({ tenantId: held.tenant_id, aggregateId: held.tenant_id });
+      if (owner.version === 0) {
+        const [, taken] = await m.query(
+          `UPDATE ${table} SET tenant_id = $2, reserved_at = now() WHERE slug = $1 AND tenant_id = $3`,
+          [slug, tenantId, held.tenant_id],
+        );
+        if (taken === 1) return;
+      }
+    }
+    throw new KeelError('slug_taken', `The slug "${slug}" is already taken; choose another.`, [
+      { field: 'slug', message: 'already taken' },
+    ]);
+  }
+}

@@ -1,0 +1,163 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import Ajv from 'ajv';
+import { parse, parseAllDocuments } from 'yaml';
+
+/**
+ * The deployment files: docker-compose.yml against the Compose Specification schema, the
+ * Kubernetes manifests, the NATS cluster example, and `npm start --check` against the servers
+ * running on this machine.
+ */
+
+const ROOT = join(__dirname, '..');
+const read = (path: string) => readFileSync(join(ROOT, path), 'utf8');
+const KEEL_SERVICES = ['audit', 'auth', 'tenant', 'gateway'];
+
+type Port = string | number | { target: string | number };
+interface ComposeService {
+  build?: string | { context?: string; dockerfile?: string };
+  command?: string | string[];
+  environment?: Record<string, string> | string[];
+  ports?: Port[];
+  volumes?: (string | { target: string })[];
+  depends_on?: string[] | Record<string, { condition: string }>;
+  healthcheck?: unknown;
+}
+
+// Compose files share settings through YAML merge keys (`<<: *anchor`), which the yaml
+// package resolves only when asked to.
+const compose = parse(read('docker-compose.yml'), { merge: true }) as { services: Record<string, ComposeService> };
+const services = compose.services;
+
+const environment = (s: ComposeService): Record<string, string> =>
+  Array.isArray(s.environment)
+    ? Object.fromEntries(s.environment.map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]))
+    : (s.environment ?? {});
+
+/** The container side of a port mapping: "4318", "4318:4318", "127.0.0.1:4318:4318/tcp" or { target }. */
+const containerPort = (p: Port) => Number(typeof p === 'object' ? p.target : String(p).split('/')[0].split(':').pop());
+
+/** The source file a built entry point comes from: services/x/dist/main.js ← services/x/src/main.ts. */
+const sourceOf = (script: string) => script.replace('/dist/', '/src/').replace(/\.js$/, '.ts');
+
+describe('docker-compose.yml', () => {
+  it('is valid under the Compose Specification schema', () => {
+    // The schema names draft-07 by an https URL that ajv does not map; draft-07 is ajv's default.
+    const { $schema, ...schema } = JSON.parse(read('infra/compose-spec.schema.json'));
+    expect($schema).toContain('draft-07');
+    const ajv = new Ajv({ allErrors: true, strict: false });
+    const validate = ajv.compile(schema);
+    validate(compose);
+    expect(ajv.errorsText(validate.errors, { dataVar: 'compose' })).toBe('No errors');
+  });
+
+  it('builds every image it builds from the repository Dockerfile', () => {
+    const built = Object.entries(services).filter(([, s]) => s.build);
+    expect(built.map(([name]) => name).sort()).toEqual([...KEEL_SERVICES].sort());
+    for (const [, { build }] of built) {
+      const { context = '.', dockerfile = 'Dockerfile' } = typeof build === 'string' ? { context: build } : build!;
+      expect(resolve(ROOT, context)).toBe(resolve(ROOT));
+      expect(dockerfile).toBe('Dockerfile');
+    }
+    expect(existsSync(join(ROOT, 'Dockerfile'))).toBe(true);
+  });
+
+  it.each(KEEL_SERVICES)('runs %s from its built entry point', (name) => {
+    const { command } = services[name];
+    expect(command).toEqual(['node', `services/${name}/dist/main.js`]);
+    expect(existsSync(join(ROOT, sourceOf((command as string[])[1])))).toBe(true);
+    expect(environment(services[name]).OTEL_EXPORTER_OTLP_ENDPOINT).toBe('http://jaeger:4318');
+  });
+
+  it('has the audit service require the key-encryption key that seals its signing key', () => {
+    expect(environment(services.audit).KEEL_KEK).toMatch(/^\$\{KEEL_KEK:\?.+\}$/);
+  });
+
+  it('has the gateway require an operator token and listen beyond loopback', () => {
+    const env = environment(services.gateway);
+    expect(env.KEEL_BOOTSTRAP_TOKEN).toMatch(/^\$\{KEEL_BOOTSTRAP_TOKEN:\?.+\}$/);
+    expect(env.KEEL_HTTP_HOST).toBe('0.0.0.0');
+    expect(services.gateway.ports?.map(containerPort)).toContain(8080);
+  });
+
+  it('waits only for services it has, and for health only where there is a health check', () => {
+    for (const service of Object.values(services)) {
+      const deps = service.depends_on ?? [];
+      const conditions = Array.isArray(deps) ? deps.map((d) => [d, 'service_started']) : Object.entries(deps).map(([d, c]) => [d, c.condition]);
+      for (const [dep, condition] of conditions) {
+        expect(Object.keys(services)).toContain(dep);
+        if (condition === 'service_healthy') expect(services[dep].healthcheck).toBeDefined();
+      }
+    }
+  });
+
+  it('has jaeger accept OTLP over HTTP on 4318', () => {
+    expect(services.jaeger.ports?.map(containerPort)).toContain(4318);
+    expect(String(environment(services.jaeger).COLLECTOR_OTLP_ENABLED)).toBe('true');
+  });
+
+  it('runs nats with JetStream on a volume', () => {
+    const command = services.nats.command as string[];
+    expect(command.includes('-js') || command.includes('--jetstream')).toBe(true);
+    const storeDir = command[command.indexOf('-sd') + 1];
+    expect(services.nats.volumes?.some((v) => (typeof v === 'string' ? v.split(':')[1] : v.target) === storeDir)).toBe(true);
+  });
+});
+
+describe('infra/k8s', () => {
+  const kustomization = parse(read('infra/k8s/kustomization.yaml')) as { resources: string[] };
+  const objects = kustomization.resources.flatMap((file) =>
+    parseAllDocuments(read(join('infra/k8s', file))).map((doc) => doc.toJS()),
+  );
+  const deployments = objects.filter((o) => o.kind === 'Deployment');
+
+  it('deploys audit, tenant and gateway with two replicas each', () => {
+    expect(deployments.map((d) => d.metadata.name).sort()).toEqual(KEEL_SERVICES.map((s) => `keel-${s}`).sort());
+    for (const d of deployments) {
+      expect(d.spec.replicas).toBe(2);
+      expect(d.spec.template.metadata.labels).toMatchObject(d.spec.selector.matchLabels);
+    }
+  });
+
+  it.each(KEEL_SERVICES)('probes %s on /ready and /health of a port it declares', (name) => {
+    const [container] = deployments.find((d) => d.metadata.name === `keel-${name}`).spec.template.spec.containers;
+    expect(existsSync(join(ROOT, sourceOf(container.command[1])))).toBe(true);
+    const ports = container.ports.map((p: { name: string }) => p.name);
+    expect(container.readinessProbe.httpGet.path).toBe('/ready');
+    expect(container.livenessProbe.httpGet.path).toBe('/health');
+    expect(ports).toContain(container.readinessProbe.httpGet.port);
+    expect(ports).toContain(container.livenessProbe.httpGet.port);
+  });
+
+  it('exposes the gateway through a Service', () => {
+    const service = objects.find((o) => o.kind === 'Service' && o.metadata.name === 'keel-gateway');
+    const gateway = deployments.find((d) => d.metadata.name === 'keel-gateway');
+    expect(gateway.spec.template.metadata.labels).toMatchObject(service.spec.selector);
+    expect(gateway.spec.template.spec.containers[0].ports.map((p: { name: string }) => p.name)).toContain(service.spec.ports[0].targetPort);
+  });
+});
+
+describe('infra/nats/nats-cluster.conf', () => {
+  it('is accepted by nats-server', () => {
+    const result = spawnSync('nats-server', ['-t', '-c', join(ROOT, 'infra/nats/nats-cluster.conf')], {
+      encoding: 'utf8',
+      env: { ...process.env, SERVER_NAME: 'nats-0' },
+    });
+    expect({ status: result.status, output: result.stdout + result.stderr }).toMatchObject({ status: 0 });
+  });
+});
+
+describe('infra/start.mjs --check', () => {
+  it('finds NATS with JetStream, Postgres and Redis on this machine', () => {
+    const result = spawnSync(process.execPath, [join(ROOT, 'infra/start.mjs'), '--check'], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect({ status: result.status, output: result.stdout + result.stderr }).toMatchObject({ status: 0 });
+    expect(result.stdout).toMatch(/^\[keel\] NATS: found at .* with JetStream\)$/m);
+    expect(result.stdout).toMatch(/^\[keel\] Postgres: found at /m);
+    expect(result.stdout).toMatch(/^\[keel\] Redis: found at /m);
+  });
+});

@@ -2,7 +2,10 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { Context, context, ContextManager, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, TraceFlags } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { EventEmitter } from 'node:events';
+import { IncomingMessage, ServerResponse } from 'node:http';
 import pino from 'pino';
+import { tracedRequestListener } from './http-tracing';
 import { createLogger } from './logger';
 import { extractTraceContext, HeaderCarrier, injectTraceContext, withSpan } from './trace-context';
 
@@ -190,5 +193,39 @@ describe('createLogger', () => {
     expect(lines[0]).toMatchObject({ service: 'gateway', msg: 'inside', traceId: ids!.traceId, spanId: ids!.spanId });
     expect(lines[1]).toMatchObject({ msg: 'outside' });
     expect(lines[1]).not.toHaveProperty('traceId');
+  });
+});
+
+describe('tracedRequestListener', () => {
+  /** Calls the wrapped listener as Node's HTTP server would, and answers the span it ran under. */
+  function serve(traceAll: boolean, url: string, headers: Record<string, string> = {}) {
+    let active: ReturnType<typeof trace.getSpan>;
+    const res = Object.assign(new EventEmitter(), { statusCode: 200 });
+    tracedRequestListener(() => (active = trace.getSpan(context.active())), { traceAll })(
+      { url, method: 'GET', headers } as unknown as IncomingMessage,
+      res as unknown as ServerResponse,
+    );
+    res.emit('finish');
+    return active;
+  }
+  const traceparent = `00-${remoteParent.traceId}-${remoteParent.spanId}-01`;
+
+  it('traces every request as a SERVER span when spans are exported', () => {
+    expect(serve(true, '/api/v1/tenants?limit=1')).toBeDefined();
+    expect(exporter.getFinishedSpans().map((s) => [s.name, s.kind, s.attributes['http.response.status_code']])).toEqual([
+      ['GET /api/v1/tenants', SpanKind.SERVER, 200],
+    ]);
+  });
+
+  it('without an exporter, traces only a request that brings a traceparent, as a child of it', () => {
+    expect(serve(false, '/api/v1/tenants')).toBeUndefined();
+    expect(exporter.getFinishedSpans()).toEqual([]);
+    expect(serve(false, '/api/v1/tenants', { traceparent })?.spanContext().traceId).toBe(remoteParent.traceId);
+    expect(exporter.getFinishedSpans().map((s) => s.parentSpanContext?.spanId)).toEqual([remoteParent.spanId]);
+  });
+
+  it('never traces health, readiness and metrics probes', () => {
+    for (const url of ['/health', '/ready', '/metrics']) expect(serve(true, url, { traceparent })).toBeUndefined();
+    expect(exporter.getFinishedSpans()).toEqual([]);
   });
 });

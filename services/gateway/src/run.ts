@@ -20,7 +20,8 @@ export async function runGateway(config: KeelConfig, logger: Logger): Promise<vo
   const adapter = new FastifyAdapter({
     bodyLimit: BODY_LIMIT,
     trustProxy: false,
-    serverFactory: (handler: RequestListener) => createServer(tracedRequestListener(handler)),
+    // Without an exporter, only requests that bring a traceparent are traced (see tracedRequestListener).
+    serverFactory: (handler: RequestListener) => createServer(tracedRequestListener(handler, { traceAll: Boolean(config.OTEL_EXPORTER_OTLP_ENDPOINT) })),
   });
   const fastify = adapter.getInstance();
   fastify.addHook('onResponse', (req, reply, done) => {

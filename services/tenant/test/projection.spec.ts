@@ -106,4 +106,16 @@ describe('tenant read model', () => {
     expect(ready.status).toBe(503);
     expect((await ready.json()).checks.projection.detail).toMatchObject({ deadLetters: 1, healthy: false });
   });
+
+  it('answers qry.tenant.current from the log, by id or slug, before the read model has the tenant', async () => {
+    const created = await command('create', { slug: 'current-co', name: 'Current', plan: 'starter' });
+    const changed = await command('change_plan', { tenantId: created.state.id, data: { plan: 'enterprise' } });
+    // Asked straight after the command: the log answers, whatever the projection has applied.
+    for (const idOrSlug of [created.state.id, 'current-co']) {
+      expect(await rpc.request<Tenant>('qry.tenant.current', { idOrSlug })).toEqual(changed.state);
+    }
+    await expect(rpc.request('qry.tenant.current', { idOrSlug: 'nobody-co' })).rejects.toMatchObject({ code: 'not_found' });
+    await expect(rpc.request('qry.tenant.current', { idOrSlug: newEventId() })).rejects.toMatchObject({ code: 'not_found' });
+    await expect(rpc.request('qry.tenant.current', { idOrSlug: '' })).rejects.toMatchObject({ code: 'validation_failed' });
+  });
 });

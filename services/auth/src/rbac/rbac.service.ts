@@ -258,6 +258,8 @@ export class RbacService {
   @RpcHandler('qry.auth.permission_matrix')
   async matrix(body: unknown): Promise<PermissionMatrix> {
     const { tenantId: t } = parseOrThrow(requests.scope, body, 'permission matrix');
+    // An access review: every user appended so far is in it, not only those projected.
+    await this.usersReadModel.catchUp(READ_MODEL_WAIT_MS);
     return inTenant(this.ds, t, async (m) => {
       const catalog = await this.catalog.roles(t, m);
       const teams = await this.teams(m, t);

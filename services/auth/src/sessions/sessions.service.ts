@@ -19,7 +19,6 @@ import {
 import { randomToken, sha256Hex } from '@keel/crypto';
 import { ALL_TENANTS, tenantQuery } from '@keel/database';
 import { RpcHandler } from '@keel/messaging';
-import { ProjectionRunner } from '@keel/projections';
 import { AUTH_SCHEMA } from '../database/schema';
 import { EventLog } from '../event-log';
 import { TokenKeys } from '../keys/token-keys';
@@ -31,16 +30,6 @@ import { RoleCatalog } from '../rbac/role-catalog';
 import { SessionRevoker } from './session-revoker';
 
 const SESSIONS = `"${AUTH_SCHEMA}".sessions`;
-/** How long a refresh waits for a just-created user to reach the users read model. */
-const READ_MODEL_WAIT_MS = 3_000;
-
-interface RotatedSession {
-  tenant_id: string;
-  user_id: string;
-  status: string;
-  seconds_left: string;
-  roles: string[];
-}
 const client = z.object({ ip: z.string().max(64).optional(), userAgent: z.string().max(512).optional(), correlationId: z.string().min(1).max(200) }).strict();
 const requests = {
   login: z.object({ client, payload: loginSchema }).strict(),
@@ -64,7 +53,6 @@ export class SessionsService {
     private readonly revoker: SessionRevoker,
     private readonly catalog: RoleCatalog,
     private readonly mfa: MfaService,
-    private readonly usersReadModel: ProjectionRunner,
   ) {}
 
   private invalid(): KeelError {
@@ -174,55 +162,33 @@ export class SessionsService {
   }
 
   /**
-   * One statement rotates the token and reads the user's current roles and status (from the
-   * users read model: disabling a user revokes its sessions at once, so a lag there is harmless).
-   * The refresh token is the credential: its session is found in any tenant.
-   */
-  private async rotateRefresh(sessionId: string, secret: string, next: string): Promise<RotatedSession[]> {
-    // An UPDATE answers [rows, count].
-    const [rows] = await tenantQuery(
-      this.ds,
-      ALL_TENANTS,
-      `UPDATE ${SESSIONS} s SET refresh_hash = $3, generation = s.generation + 1, last_used_at = now()
-       FROM "${AUTH_SCHEMA}".users u
-       WHERE s.id = $1 AND s.refresh_hash = $2 AND s.revoked_at IS NULL AND s.expires_at > now() AND u.id = s.user_id
-       RETURNING s.tenant_id, s.user_id, u.status, extract(epoch FROM s.expires_at - now()) AS seconds_left,
-         u.roles || coalesce((SELECT array_agg(a.role) FROM "${AUTH_SCHEMA}".role_assignments a
-                              WHERE a.user_id = s.user_id AND a.team_id IS NULL), '{}') AS roles`,
-      [sessionId, sha256Hex(secret), sha256Hex(next)],
-    );
-    return rows;
-  }
-
-  /**
    * Rotates the refresh token. The token presented must be the session's current one; a
-   * token that was already used means it leaked, and the whole session is revoked.
+   * token that was already used means it leaked, and the whole session is revoked. The
+   * user's status and roles come from its log (not the users read model, which may lag a
+   * role change or a re-enable), and are read before the token turns: a failure there leaves
+   * the presented token valid.
    */
   @RpcHandler('cmd.auth.refresh')
   async refresh(body: unknown): Promise<TokenPair> {
     const { client: c, payload } = parseOrThrow(requests.refresh, body, 'refresh');
     const [sessionId, secret] = payload.refreshToken.split('.');
     if (!sessionId || !secret || !z.uuid().safeParse(sessionId).success) throw new KeelError('invalid_token', 'The refresh token is not valid.');
-    const next = randomToken();
-    let rotated = await this.rotateRefresh(sessionId, secret, next);
-    if (!rotated.length) {
-      const [session] = await tenantQuery(this.ds, ALL_TENANTS, `SELECT tenant_id, user_id, revoked_at, refresh_hash FROM ${SESSIONS} WHERE id = $1`, [sessionId]);
-      if (session && session.refresh_hash === sha256Hex(secret) && !session.revoked_at) {
-        // The current token, but the user is not in the read model yet (created a moment ago):
-        // wait for the read model to reach the user's last event, then rotate.
-        const user = await this.users.load(session.tenant_id, session.user_id);
-        await this.usersReadModel.waitFor(user.position, READ_MODEL_WAIT_MS);
-        rotated = await this.rotateRefresh(sessionId, secret, next);
-      } else if (session && !session.revoked_at) {
-        await this.revoker.revokeOne(session.tenant_id, sessionId, 'refresh_token_reuse', {
-          actor: { kind: 'system', id: 'auth', ...(c.ip ? { ip: c.ip } : {}) },
-          correlationId: c.correlationId,
-        });
-      }
+    const invalid = () => new KeelError('invalid_token', 'The refresh token is not valid (expired, revoked or already used); sign in again.');
+    // The refresh token is the credential: its session is found in any tenant.
+    const [session] = await tenantQuery(this.ds, ALL_TENANTS, `SELECT tenant_id, user_id, revoked_at, refresh_hash FROM ${SESSIONS} WHERE id = $1`, [sessionId]);
+    if (!session || session.revoked_at) throw invalid();
+    const { tenant_id: tenantId, user_id: userId } = session as { tenant_id: string; user_id: string };
+    if (session.refresh_hash !== sha256Hex(secret)) {
+      await this.revoker.revokeOne(tenantId, sessionId, 'refresh_token_reuse', {
+        actor: { kind: 'system', id: 'auth', ...(c.ip ? { ip: c.ip } : {}) },
+        correlationId: c.correlationId,
+      });
+      throw invalid();
     }
-    if (!rotated.length) throw new KeelError('invalid_token', 'The refresh token is not valid (expired, revoked or already used); sign in again.');
-    const { tenant_id: tenantId, user_id: userId, roles, status, seconds_left: secondsLeft } = rotated[0];
-    if (status !== 'active') {
+    const user = await this.users.load(tenantId, userId).catch((error: unknown) => {
+      throw error instanceof KeelError && error.code === 'not_found' ? invalid() : error;
+    });
+    if (user.state.status !== 'active') {
       await this.revoker.revokeOne(tenantId, sessionId, 'user_disabled', { actor: { kind: 'system', id: 'auth' }, correlationId: c.correlationId });
       throw new KeelError('invalid_token', 'This account is disabled.');
     }
@@ -231,7 +197,21 @@ export class SessionsService {
       await this.revoker.revokeOne(tenantId, sessionId, 'tenant_inactive', { actor: { kind: 'system', id: 'auth' }, correlationId: c.correlationId });
       throw new KeelError('invalid_token', 'This tenant is not active; its sessions have ended.');
     }
-    return this.tokens(userId, tenantId, sessionId, next, [...new Set(roles as string[])], Number(secondsLeft));
+    const next = randomToken();
+    // One statement turns the token (only if it is still the current one: two refreshes racing
+    // with the same token, one wins) and reads the tenant-scope role grants.
+    const [rotated]: [{ seconds_left: string; granted: string[] | null }[]] = await tenantQuery(
+      this.ds,
+      tenantId,
+      `UPDATE ${SESSIONS} SET refresh_hash = $3, generation = generation + 1, last_used_at = now()
+       WHERE id = $1 AND refresh_hash = $2 AND revoked_at IS NULL AND expires_at > now()
+       RETURNING extract(epoch FROM expires_at - now()) AS seconds_left,
+         (SELECT array_agg(a.role) FROM "${AUTH_SCHEMA}".role_assignments a WHERE a.user_id = $4 AND a.team_id IS NULL) AS granted`,
+      [sessionId, sha256Hex(secret), sha256Hex(next), userId],
+    );
+    if (!rotated.length) throw invalid();
+    const roles = [...new Set([...(user.state.status === 'active' ? user.state.roles : []), ...(rotated[0]!.granted ?? [])])];
+    return this.tokens(userId, tenantId, sessionId, next, roles, Number(rotated[0]!.seconds_left));
   }
 
   @RpcHandler('cmd.auth.revoke_session')

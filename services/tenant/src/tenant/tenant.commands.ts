@@ -43,6 +43,7 @@ const requests = {
   suspend: withId(suspendTenantSchema),
   reactivate: withId(z.object({}).strict()),
   close: withId(closeTenantSchema),
+  current: z.object({ idOrSlug: z.string().min(1).max(64) }).strict(),
 };
 
 /** A reservation older than this whose tenant never reached the log is abandoned. */
@@ -61,6 +62,25 @@ export class TenantCommands {
       aggregateType: TENANT_AGGREGATE,
       decider: tenantDecider as never,
     });
+  }
+
+  /**
+   * The tenant as its log has it now, by id or slug: for commands in other services that must
+   * see a tenant created or changed a moment ago (the read model may not have it yet).
+   */
+  @RpcHandler('qry.tenant.current')
+  async current(body: unknown): Promise<Tenant> {
+    const { idOrSlug } = parseOrThrow(requests.current, body, 'tenant lookup');
+    let tenantId: string | undefined = idOrSlug;
+    if (!tenantIdSchema.safeParse(idOrSlug).success) {
+      const [held] = await inTenant(this.ds, ALL_TENANTS, (m) =>
+        m.query(`SELECT tenant_id FROM "${TENANT_SCHEMA}".slug_reservations WHERE slug = $1`, [idOrSlug]),
+      );
+      tenantId = held?.tenant_id;
+    }
+    if (!tenantId) throw new KeelError('not_found', 'No such tenant.');
+    const loaded = await this.handler.load({ tenantId, aggregateId: tenantId });
+    return toTenant(tenantId, loaded.state, loaded.version);
   }
 
   @RpcHandler('cmd.tenant.create')

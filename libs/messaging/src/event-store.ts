@@ -57,22 +57,39 @@ export class EventStore {
       const h = natsHeaders();
       injectTraceContext(h);
       h.set(CORRELATION_HEADER, event.correlationId);
-      let ack: PubAck;
-      try {
-        ack = await this.js.publish(subject, encodeJson(event), {
-          msgID: event.id,
-          expect: { lastSubjectSequence: expected },
-          headers: h,
-          timeout: this.m.requestTimeoutMs,
-        });
-      } catch (error) {
-        if (isWrongLastSequence(error)) throw new ConcurrencyConflict(subject, expected);
-        throw new KeelError('service_unavailable', `The event log did not accept the event: ${(error as Error).message}`);
-      }
+      const ack = await this.publish(subject, event, expected, h);
       positions.push(ack.seq);
       expected = ack.seq;
     }
     return positions;
+  }
+
+  /**
+   * One publish, retried while the server does not answer (a restart, a lost ack) with the
+   * same `Nats-Msg-Id`: a copy that did land answers as a duplicate with its first sequence,
+   * so a retry never stores the event twice. It gives up well inside the caller's own request
+   * timeout, so a caller told "unavailable" is not also answered by a late success.
+   */
+  private async publish(subject: string, event: EventEnvelope, expected: number, h: MsgHdrs): Promise<PubAck> {
+    const budget = Math.max(200, Math.floor(this.m.requestTimeoutMs * 0.6));
+    const deadline = Date.now() + budget;
+    const attemptTimeout = Math.max(100, Math.floor(budget / 3));
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.js.publish(subject, encodeJson(event), {
+          msgID: event.id,
+          expect: { lastSubjectSequence: expected },
+          headers: h,
+          timeout: Math.min(attemptTimeout, Math.max(50, deadline - Date.now())),
+        });
+      } catch (error) {
+        if (isWrongLastSequence(error)) throw new ConcurrencyConflict(subject, expected);
+        if (Date.now() + 50 >= deadline) {
+          throw new KeelError('service_unavailable', `The event log did not accept the event after ${attempt} attempts: ${(error as Error).message}`);
+        }
+        await new Promise((r) => setTimeout(r, Math.min(50 * attempt, 250)));
+      }
+    }
   }
 
   /** Every event of one aggregate after `afterPosition`, in order. */

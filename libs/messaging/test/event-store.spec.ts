@@ -87,6 +87,14 @@ describe('EventStore', () => {
     expect(read.map((p) => p.event.id)).toEqual(events.map((e) => e.id));
   });
 
+  it('retries a publish nobody answers, then reports the log unavailable', async () => {
+    // No stream captures this prefix: every publish is refused at once (no responders).
+    const orphan = new EventStore({ ...m, prefix: 'nostream.', requestTimeoutMs: 600 });
+    const error = await orphan.append([event('a9', 1)], 0).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(KeelError);
+    expect(error).toMatchObject({ code: 'service_unavailable', message: expect.stringMatching(/after ([2-9]|\d\d+) attempts/) });
+  });
+
   it('refuses an invalid envelope before publishing anything of the batch', async () => {
     const count = await messages();
     const last = await store.lastPosition();

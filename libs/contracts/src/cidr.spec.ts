@@ -1,4 +1,4 @@
-import { checkCidr } from './cidr';
+import { checkCidr, ipAllowed } from './cidr';
 
 describe('checkCidr', () => {
   describe('accepts a network block', () => {
@@ -85,5 +85,37 @@ describe('checkCidr with IPv6 zone ids', () => {
   it('refuses a zone id instead of crashing or letting it through', () => {
     expect(checkCidr('fe80::%eth0/64')).toEqual({ ok: false, reason: expect.stringContaining('zone id') });
     expect(checkCidr('fe80::1%eth0/128').ok).toBe(false);
+  });
+});
+
+describe('ipAllowed', () => {
+  const ranges = ['10.0.0.0/8', '192.168.1.0/24', '2001:db8::/32', '203.0.113.7/32'];
+
+  it('allows everyone when the tenant lists no ranges', () => {
+    expect(ipAllowed('198.51.100.1', [])).toBe(true);
+    expect(ipAllowed(undefined, [])).toBe(true);
+  });
+
+  it.each([
+    ['10.1.2.3', true],
+    ['10.255.255.255', true],
+    ['11.0.0.1', false],
+    ['192.168.1.77', true],
+    ['192.168.2.1', false],
+    ['203.0.113.7', true],
+    ['203.0.113.8', false],
+    ['::ffff:10.9.8.7', true],
+    ['::ffff:172.16.0.1', false],
+    ['2001:db8:1::5', true],
+    ['2001:db9::1', false],
+    ['::1', false],
+    ['not-an-ip', false],
+    ['', false],
+  ])('%s → %s', (ip, allowed) => {
+    expect(ipAllowed(ip, ranges)).toBe(allowed);
+  });
+
+  it('refuses a caller whose address is unknown when ranges are set', () => {
+    expect(ipAllowed(undefined, ranges)).toBe(false);
   });
 });

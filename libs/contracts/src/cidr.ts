@@ -1,4 +1,4 @@
-import { isIPv4, isIPv6 } from 'node:net';
+import { BlockList, isIPv4, isIPv6 } from 'node:net';
 
 export type CidrCheck = { ok: true; normalized: string } | { ok: false; reason: string };
 
@@ -43,4 +43,34 @@ export function checkCidr(value: string): CidrCheck {
   const hostMask = (1n << BigInt(bits - prefix)) - 1n;
   if ((n & hostMask) !== 0n) return { ok: false, reason: 'host bits are set; use the network address' };
   return { ok: true, normalized: `${address.toLowerCase()}/${prefix}` };
+}
+
+const compiled = new WeakMap<readonly string[], BlockList>();
+
+function blockListOf(ranges: readonly string[]): BlockList {
+  let list = compiled.get(ranges);
+  if (!list) {
+    list = new BlockList();
+    for (const range of ranges) {
+      const [address, prefix] = range.split('/') as [string, string];
+      list.addSubnet(address, Number(prefix), isIPv4(address) ? 'ipv4' : 'ipv6');
+    }
+    compiled.set(ranges, list);
+  }
+  return list;
+}
+
+/**
+ * Whether `ip` lies in one of `ranges` (validated CIDR blocks, as tenant settings hold them).
+ * No ranges means no restriction. An IPv4 address mapped into IPv6 (`::ffff:10.1.2.3`, as a
+ * dual-stack socket reports it) counts as the IPv4 address. An unknown address is outside.
+ */
+export function ipAllowed(ip: string | undefined, ranges: readonly string[]): boolean {
+  if (ranges.length === 0) return true;
+  if (!ip) return false;
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+  const address = mapped ? mapped[1]! : ip;
+  if (isIPv4(address)) return blockListOf(ranges).check(address, 'ipv4');
+  if (isIPv6(address)) return blockListOf(ranges).check(address, 'ipv6');
+  return false;
 }

@@ -18,6 +18,9 @@ export async function connectMessaging(config: KeelConfig, name: string): Promis
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
     waitOnFirstConnect: true,
+    // Failures are reported with the subject and what was asked; the async stack trace each
+    // request would otherwise capture up front costs more than it tells.
+    noAsyncTraces: true,
   });
   const jsm = await nc.jetstreamManager();
   return {

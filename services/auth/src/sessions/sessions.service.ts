@@ -7,6 +7,7 @@ import {
   authEventTypes as A,
   CommandMeta,
   DEFAULT_TENANT_SETTINGS,
+  ipAllowed,
   KeelError,
   loginSchema,
   newEventId,
@@ -70,6 +71,8 @@ export class SessionsService {
       if (!tenant || tenant.status !== 'active') throw this.invalid();
       tenantId = tenant.id;
       settings = { ...DEFAULT_TENANT_SETTINGS, ...tenant.settings };
+      // Before the password is tried: an attempt from outside the tenant's networks counts for nothing.
+      this.fromAllowedNetwork(c.ip, settings);
     }
     const account = `${tenantId}:${payload.email}`;
     const limit = settings.maxFailedLogins;
@@ -122,11 +125,19 @@ export class SessionsService {
     return this.startSession(tenantId, found.user_id, await this.tenantScopeRoles(tenantId, found.user_id, user.state.roles), settings, meta(found.user_id));
   }
 
+  /** A tenant that lists allowed IP ranges takes sign-ins and refreshes only from them. */
+  private fromAllowedNetwork(ip: string | undefined, settings: TenantSettings): void {
+    if (!ipAllowed(ip, settings.allowedIpRanges)) {
+      throw new KeelError('forbidden', `Signing in from ${ip ?? 'an unknown address'} is not allowed by this tenant's IP ranges.`);
+    }
+  }
+
   /**
    * Starts a session for a user whose identity is proven (password and second factor here; the
    * identity provider for single sign-on) and issues its first tokens.
    */
   async startSession(tenantId: string, userId: string, roles: string[], settings: TenantSettings, meta: CommandMeta): Promise<TokenPair> {
+    this.fromAllowedNetwork(meta.actor.ip, settings);
     const sessionId = newEventId();
     const secret = randomToken();
     const timeoutSeconds = settings.sessionTimeoutMinutes * 60;
@@ -193,9 +204,14 @@ export class SessionsService {
       throw new KeelError('invalid_token', 'This account is disabled.');
     }
     // A suspended or closed tenant's sessions end with it.
-    if (tenantId !== 'platform' && (await this.tenants.find(tenantId))?.status !== 'active') {
-      await this.revoker.revokeOne(tenantId, sessionId, 'tenant_inactive', { actor: { kind: 'system', id: 'auth' }, correlationId: c.correlationId });
-      throw new KeelError('invalid_token', 'This tenant is not active; its sessions have ended.');
+    if (tenantId !== 'platform') {
+      const tenant = await this.tenants.find(tenantId);
+      if (tenant?.status !== 'active') {
+        await this.revoker.revokeOne(tenantId, sessionId, 'tenant_inactive', { actor: { kind: 'system', id: 'auth' }, correlationId: c.correlationId });
+        throw new KeelError('invalid_token', 'This tenant is not active; its sessions have ended.');
+      }
+      // The session stays; it refreshes again from an allowed network.
+      this.fromAllowedNetwork(c.ip, tenant.settings);
     }
     const next = randomToken();
     // One statement turns the token (only if it is still the current one: two refreshes racing

@@ -4,7 +4,7 @@ import { FastifyReply } from 'fastify';
 import { randomUUID, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
 import { KeelConfig } from '@keel/config';
-import { KeelError, permissions as P, tenantIdSchema } from '@keel/contracts';
+import { ipAllowed, KeelError, permissions as P, tenantIdSchema } from '@keel/contracts';
 import { KEEL_CONFIG, KEEL_LOGGER } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { IdentityVerifier } from '../identity/identity';
@@ -56,7 +56,7 @@ export class RequestGuard implements CanActivate {
         throw new KeelError('forbidden', `This needs the permission "${spec.permission}".`);
       }
       if (spec.tenantParam && !principal.crossTenant) await this.sameTenant(principal, (req.params as Record<string, string>)[spec.tenantParam]);
-      await this.rateLimit(principal, reply);
+      await this.tenantPolicy(principal, req, reply);
     }
     // Validation after authentication: an anonymous caller learns nothing about the contract.
     validateRequest(spec, req);
@@ -92,13 +92,20 @@ export class RequestGuard implements CanActivate {
     if (!tenantId || tenantId !== principal.tenantId) throw new KeelError('not_found', 'No such resource in your tenant.');
   }
 
-  /** Refuses inactive tenants; the tenant's plan sets its requests per minute, counted across all gateways in Redis. */
-  private async rateLimit(principal: Principal, reply: FastifyReply): Promise<void> {
+  /**
+   * The caller's tenant's own rules: an inactive tenant's credentials stop working; a caller
+   * outside the tenant's allowed IP ranges is refused; the plan sets the requests per minute,
+   * counted across all gateways in Redis. Platform principals are not bound by a tenant's rules.
+   */
+  private async tenantPolicy(principal: Principal, req: KeelRequest, reply: FastifyReply): Promise<void> {
     if (principal.tenantId === 'platform') return;
     const tenant = await this.directory.get(principal.tenantId).catch(() => null);
     if (!tenant) return;
     // A suspended or closed tenant's credentials stop working at once, not when they expire.
     if (tenant.status !== 'active') throw new KeelError('forbidden', `Tenant ${tenant.slug} is ${tenant.status}; its users and keys cannot act.`);
+    if (!ipAllowed(req.ip, tenant.settings.allowedIpRanges)) {
+      throw new KeelError('forbidden', `Your address ${req.ip} is outside tenant ${tenant.slug}'s allowed IP ranges.`);
+    }
     const limit = tenant.quotas.requestsPerMinute;
     const decision = await this.limiter.consume(tenant.id, limit).catch((err) => {
       // Redis away: serve rather than refuse everyone (the limit protects, it does not bill).

@@ -12,7 +12,8 @@ const MAX_ENTRIES = 50_000;
  * It is fenced by version: every tenant event is also heard here (a plain NATS subscription
  * on the event subjects), which records the newest version of that tenant; an entry older
  * than that is never served nor stored. A reconnect (events may have been missed) empties
- * it, and entries expire after a minute in any case. `consistentWith` reads bypass it.
+ * it, and entries expire after a minute in any case. `consistentWith` reads bypass it. An
+ * entry found older than a heard event is replaced from the tenant's log, not the read model.
  */
 @Injectable()
 export class TenantDirectory implements OnModuleInit, OnModuleDestroy {
@@ -53,11 +54,18 @@ export class TenantDirectory implements OnModuleInit, OnModuleDestroy {
     if (consistentWith === undefined) {
       const id = tenantIdSchema.safeParse(idOrSlug).success ? idOrSlug : this.idBySlug.get(idOrSlug);
       const entry = id ? this.byId.get(id) : undefined;
-      if (entry && Date.now() - entry.at < TTL_MS && entry.tenant.version >= (this.latest.get(entry.tenant.id) ?? 0)) {
-        return entry.tenant;
+      const newest = id ? (this.latest.get(id) ?? 0) : 0;
+      if (entry && Date.now() - entry.at < TTL_MS && entry.tenant.version >= newest) return entry.tenant;
+      if (id && newest > (entry?.tenant.version ?? 0)) {
+        // A change was heard that the read model may not have applied yet (a suspension, new
+        // IP ranges): ask the tenant's log, so it applies here at once.
+        const tenant = await this.rpc.request<Tenant>('qry.tenant.current', { idOrSlug: id });
+        this.remember(tenant);
+        return tenant;
       }
     }
-    const tenant = await this.rpc.request<Tenant>('qry.tenant.get', { idOrSlug, ...(consistentWith !== undefined ? { consistentWith } : {}) });
+    let tenant = await this.rpc.request<Tenant>('qry.tenant.get', { idOrSlug, ...(consistentWith !== undefined ? { consistentWith } : {}) });
+    if (tenant.version < (this.latest.get(tenant.id) ?? 0)) tenant = await this.rpc.request<Tenant>('qry.tenant.current', { idOrSlug: tenant.id });
     this.remember(tenant);
     return tenant;
   }

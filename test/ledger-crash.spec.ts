@@ -1,7 +1,7 @@
 import { Client } from 'pg';
 import { connect, NatsConnection } from 'nats';
 import { fold } from '@keel/event-sourcing';
-import { cleanupEnv, httpClient, isolatedEnv, Stack } from '@keel/testing';
+import { cleanupEnv, eventually, httpClient, isolatedEnv, Stack } from '@keel/testing';
 import { tenantDecider } from '../services/tenant/src/tenant/tenant.decider';
 
 const COMMANDS = 2_000;
@@ -72,11 +72,12 @@ describe('ledger across a SIGKILL of the audit service', () => {
 
     const streamLast = (await (await nc.jetstreamManager()).streams.info(env.KEEL_STREAM!)).state.last_seq;
     expect(streamLast).toBeGreaterThanOrEqual(lastPosition);
-    for (let i = 0; i < 600; i++) {
-      const { rows } = await db.query('SELECT max(seq) AS max FROM audit.ledger');
-      if (Number(rows[0].max) >= streamLast) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    // The restarted audit service catches up on the stream: wait until the ledger reaches its end.
+    await eventually(
+      async () => Number((await db.query('SELECT max(seq) AS max FROM audit.ledger')).rows[0].max),
+      (max) => max >= streamLast,
+      { timeoutMs: 120_000, intervalMs: 100, what: `the ledger to reach position ${streamLast}` },
+    );
     const { rows: stats } = await db.query(
       'SELECT count(*)::int AS n, count(DISTINCT seq)::int AS seqs, count(DISTINCT event_id)::int AS ids, min(seq)::int AS first, max(seq)::int AS last FROM audit.ledger',
     );
@@ -85,7 +86,14 @@ describe('ledger across a SIGKILL of the audit service', () => {
     const verify = await http('GET', '/api/v1/audit/verify');
     expect(verify.body).toEqual({ ok: true, checked: streamLast, lastSeq: streamLast });
 
-    await http('GET', `/api/v1/tenants/${ids[0]}?consistentWith=${streamLast}`);
+    // The read model must have applied the whole stream before it is compared with the ledger
+    // (asked again after a consistency_timeout while the projection catches up).
+    const caughtUp = await eventually(
+      () => http('GET', `/api/v1/tenants/${ids[0]}?consistentWith=${streamLast}`),
+      (r) => r.status === 200,
+      { timeoutMs: 60_000, intervalMs: 200, what: `the tenant read model at position ${streamLast}` },
+    );
+    expect(caughtUp.status).toBe(200);
     const { rows: ledger } = await db.query('SELECT envelope FROM audit.ledger ORDER BY seq');
     const byTenant = new Map<string, { type: string; data: Record<string, unknown>; occurredAt: string }[]>();
     for (const { envelope } of ledger) {

@@ -1,4 +1,4 @@
-import { cleanupEnv, httpClient, isolatedEnv, Stack } from '@keel/testing';
+import { cleanupEnv, eventually, httpClient, isolatedEnv, Stack } from '@keel/testing';
 import { base32Decode, hotp, totpStep } from '../services/auth/src/mfa/totp';
 
 const PASSWORD = 'correct horse battery staple';
@@ -48,7 +48,13 @@ describe('multi-factor authentication (TOTP)', () => {
   const createTenant = async (slug: string) => {
     const res = await operator('POST', '/api/v1/tenants', { body: { slug, name: slug, plan: 'professional' } });
     expect(res.status).toBe(201);
-    await operator('GET', `/api/v1/tenants/${res.body.tenant.id}?consistentWith=${res.body.position}`);
+    // The read model fills asynchronously: ask again after a consistency_timeout (503).
+    const read = await eventually(
+      () => operator('GET', `/api/v1/tenants/${res.body.tenant.id}?consistentWith=${res.body.position}`),
+      (r) => r.status === 200,
+      { timeoutMs: 30_000, intervalMs: 100, what: `tenant ${slug} in the read model` },
+    );
+    expect(read.status).toBe(200);
     return { id: res.body.tenant.id as string, slug };
   };
   const createUser = async (tenantId: string, email: string) => {
@@ -75,14 +81,18 @@ describe('multi-factor authentication (TOTP)', () => {
   const refusedWithChallenge = (res: { status: number; body: Record<string, unknown> }) => {
     expect({ status: res.status, code: res.body.code, accessToken: res.body.accessToken }).toEqual({ status: 401, code: 'mfa_required', accessToken: undefined });
   };
-  /** Events the ledger holds for a tenant, waiting briefly for the audit consumer. */
-  const trail = async (tenantId: string, type: string, expected: number) => {
-    let items: { event: { type: string; aggregateId: string; actor: { kind: string; id: string }; data: Record<string, unknown> } }[] = [];
-    for (let i = 0; i < 80 && items.length < expected; i++) {
-      if (i) await sleep(50);
-      items = (await operator('GET', `/api/v1/audit/events?tenantId=${tenantId}&type=${type}`)).body.items ?? [];
-    }
-    return items;
+  type TrailItem = { event: { type: string; aggregateId: string; actor: { kind: string; id: string }; data: Record<string, unknown> } };
+  /**
+   * Events of a type the ledger holds for a tenant, once `ready` holds for them (the audit
+   * consumer fills the ledger asynchronously); the caller then asserts on exactly what is there.
+   */
+  const trail = async (tenantId: string, type: string, ready: (items: TrailItem[]) => boolean) => {
+    const res = await eventually(
+      () => operator('GET', `/api/v1/audit/events?tenantId=${tenantId}&type=${type}`),
+      (r) => r.status === 200 && Array.isArray(r.body.items) && ready(r.body.items),
+      { what: `${type} audit entries of tenant ${tenantId}` },
+    );
+    return res.body.items as TrailItem[];
   };
 
   beforeAll(async () => {
@@ -130,7 +140,7 @@ describe('multi-factor authentication (TOTP)', () => {
     // Only a signed-in user has a second factor: not the operator token.
     expect((await operator('POST', '/api/v1/auth/mfa/totp')).status).toBe(403);
 
-    const enrolled = await trail(acme.id, 'auth.user.mfa_enrolled', 1);
+    const enrolled = await trail(acme.id, 'auth.user.mfa_enrolled', (items) => items.length >= 1);
     expect(enrolled).toHaveLength(1);
     expect(enrolled[0]!.event).toMatchObject({ aggregateId: id, actor: { kind: 'user', id }, data: { method: 'totp', recoveryCodes: 10 } });
     expect(JSON.stringify(enrolled)).not.toContain(started.body.secret);
@@ -157,7 +167,7 @@ describe('multi-factor authentication (TOTP)', () => {
     expect(both.status).toBe(400);
 
     // Wrong and replayed codes are failed sign-ins, like a wrong password.
-    const failures = await trail(acme.id, 'auth.user.login_failed', 3);
+    const failures = await trail(acme.id, 'auth.user.login_failed', (items) => items.filter((f) => f.event.aggregateId === ada.id).length >= 3);
     expect(failures.filter((f) => f.event.aggregateId === ada.id)).toHaveLength(3);
   });
 
@@ -171,7 +181,7 @@ describe('multi-factor authentication (TOTP)', () => {
     // Typed back in capitals without the dash, it is the same code.
     expect((await login('acme', 'ada@acme.test', { recoveryCode: second!.replace('-', '').toUpperCase() })).status).toBe(200);
 
-    const used = await trail(acme.id, 'auth.user.recovery_code_used', 2);
+    const used = await trail(acme.id, 'auth.user.recovery_code_used', (items) => items.length >= 2);
     expect(used.map((u) => u.event.data.remaining).sort()).toEqual([8, 9]);
     expect(used[0]!.event.actor).toMatchObject({ kind: 'user', id: ada.id });
   });
@@ -189,7 +199,7 @@ describe('multi-factor authentication (TOTP)', () => {
     expect((await user('DELETE', '/api/v1/auth/mfa/totp', { body: { code: app.wrong } })).status).toBe(404);
 
     expect((await login('acme', 'bob@acme.test')).status).toBe(200);
-    const removed = await trail(acme.id, 'auth.user.mfa_removed', 1);
+    const removed = await trail(acme.id, 'auth.user.mfa_removed', (items) => items.some((r) => r.event.aggregateId === id));
     expect(removed[0]!.event).toMatchObject({ aggregateId: id, actor: { kind: 'user', id } });
 
     // Enrolling again issues new recovery codes; the old ones are gone.
@@ -216,9 +226,13 @@ describe('multi-factor authentication (TOTP)', () => {
     const { app } = await enrol(await session('strict-co', 'carol@strict.test'));
 
     expect((await operator('PATCH', `/api/v1/tenants/${strict.id}/settings`, { body: { mfaRequired: true } })).status).toBe(200);
-    await sleep(2_100);
-
-    const none = await login('strict-co', 'dave@strict.test');
+    // The auth service keeps a found tenant up to 2 s: sign in until the setting reaches sign-ins
+    // (the password alone signs in until then; a refusal for want of a factor is no failed sign-in).
+    const none = await eventually(() => login('strict-co', 'dave@strict.test'), (r) => r.status === 401, {
+      timeoutMs: 20_000,
+      intervalMs: 200,
+      what: 'the MFA requirement to reach sign-ins',
+    });
     refusedWithChallenge(none);
     expect(none.body.detail ?? none.body.message).toMatch(/administrator/);
     refusedWithChallenge(await login('strict-co', 'dave@strict.test', { totp: '123456' }));

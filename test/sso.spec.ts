@@ -1,14 +1,13 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { cleanupEnv, freePort, httpClient, isolatedEnv, Stack, waitForReady } from '@keel/testing';
+import { cleanupEnv, eventually, freePort, httpClient, isolatedEnv, Stack, waitForReady } from '@keel/testing';
 
 const PASSWORD = 'correct horse battery staple';
 const CLIENT_ID = 'keel-sso-spec';
 const CLIENT_SECRET = `client-secret-${randomBytes(12).toString('hex')}`;
 const CALLBACK_PATH = '/api/v1/auth/sso/callback';
 const APP_REDIRECT = 'https://console.alpha.test/signed-in';
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The people at the identity provider (claims as its UserInfo endpoint releases them). */
 const ACCOUNTS = {
@@ -146,12 +145,18 @@ describe('single sign-on (OpenID Connect)', () => {
     ...overrides,
   });
 
-  const auditOf = async (tenantId: string, type: string, count = 1) => {
-    for (let i = 0; ; i++) {
-      const res = await operator('GET', `/api/v1/audit/events?tenantId=${tenantId}&type=${type}`);
-      if (res.body.items?.length >= count || i > 60) return res.body.items as { event: { actor: Record<string, string>; data: Record<string, unknown> } }[];
-      await sleep(50);
-    }
+  type AuditItem = { event: { actor: Record<string, string>; data: Record<string, unknown> } };
+  /**
+   * A tenant's audit entries of one type, once `ready` holds for them (the audit consumer fills
+   * the ledger asynchronously); the caller then asserts on exactly what is there.
+   */
+  const auditOf = async (tenantId: string, type: string, ready: (items: AuditItem[]) => boolean = (items) => items.length >= 1) => {
+    const res = await eventually(
+      () => operator('GET', `/api/v1/audit/events?tenantId=${tenantId}&type=${type}`),
+      (r) => r.status === 200 && Array.isArray(r.body.items) && ready(r.body.items),
+      { what: `${type} audit entries of tenant ${tenantId}` },
+    );
+    return res.body.items as AuditItem[];
   };
 
   beforeAll(async () => {
@@ -161,6 +166,13 @@ describe('single sign-on (OpenID Connect)', () => {
       const res = await operator('POST', '/api/v1/tenants', { body: { slug, name: slug, plan: 'professional', ...extra } });
       expect(res.status).toBe(201);
       tenants[slug] = res.body.tenant.id;
+      // Users are created only once the tenant is in the read model (asked again after a consistency_timeout).
+      const read = await eventually(
+        () => operator('GET', `/api/v1/tenants/${res.body.tenant.id}?consistentWith=${res.body.position}`),
+        (r) => r.status === 200,
+        { timeoutMs: 30_000, intervalMs: 100, what: `tenant ${slug} in the read model` },
+      );
+      expect(read.status).toBe(200);
     }
     for (const [slug, email] of [['alpha', 'admin@alpha.test'], ['bravo', 'admin@bravo.test'], ['alpha', 'dave@alpha.test'], ['alpha', 'eve@alpha.test'], ['tiny-co', 'admin@tiny.test']]) {
       const res = await operator('POST', `/api/v1/tenants/${tenants[slug!]}/users`, { body: { email, name: email, password: PASSWORD, roles: ['tenant_admin'] } });
@@ -351,12 +363,13 @@ describe('single sign-on (OpenID Connect)', () => {
       const [entry] = await auditOf(a, type);
       expect(entry!.event.actor).toMatchObject({ kind: 'user', id: adminId });
     }
-    expect(await auditOf(a, 'auth.identity_provider.updated', 2)).toHaveLength(2);
-    const provisioned = (await auditOf(a, 'auth.user.created', 5)).filter((e) => e.event.actor.id === `identity-provider:${providerId}`);
+    expect(await auditOf(a, 'auth.identity_provider.updated', (items) => items.length >= 2)).toHaveLength(2);
+    const byProvider = (items: AuditItem[]) => items.filter((e) => e.event.actor.id === `identity-provider:${providerId}`);
+    const provisioned = byProvider(await auditOf(a, 'auth.user.created', (items) => byProvider(items).length >= 2));
     expect(provisioned.map((e) => e.event.data.email).sort()).toEqual(['alice@alpha.test', 'bob@alpha.test']);
-    const linked = await auditOf(a, 'auth.external_identity.linked', 3);
+    const linked = await auditOf(a, 'auth.external_identity.linked', (items) => items.length >= 3);
     expect(linked.map((e) => e.event.data.provisioned).sort()).toEqual([false, true, true]);
-    const signedIn = await auditOf(a, 'auth.external_identity.signed_in', 5);
+    const signedIn = await auditOf(a, 'auth.external_identity.signed_in', (items) => items.length >= 5);
     expect(signedIn[0]!.event.actor).toMatchObject({ kind: 'user', tenantId: a });
     const all = await operator('GET', `/api/v1/audit/events?tenantId=${a}&limit=500`);
     expect(JSON.stringify(all.body)).not.toContain(CLIENT_SECRET);

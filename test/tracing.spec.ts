@@ -1,6 +1,7 @@
 import { createServer, Server } from 'node:http';
+import { AddressInfo } from 'node:net';
 import { randomBytes } from 'node:crypto';
-import { cleanupEnv, freePort, httpClient, isolatedEnv, Stack } from '@keel/testing';
+import { cleanupEnv, eventually, httpClient, isolatedEnv, Stack } from '@keel/testing';
 
 interface Span {
   traceId: string;
@@ -34,8 +35,15 @@ describe('tracing', () => {
   let stack: Stack;
 
   beforeAll(async () => {
-    const port = await freePort();
-    await new Promise<void>((r) => receiver.listen(port, '127.0.0.1', r));
+    // A port the system picks as it binds (none picked in advance that another process could take).
+    await new Promise<void>((resolve, reject) => {
+      receiver.once('error', reject);
+      receiver.listen(0, '127.0.0.1', () => {
+        receiver.off('error', reject);
+        resolve();
+      });
+    });
+    const { port } = receiver.address() as AddressInfo;
     stack = new Stack(env, { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}` });
     await stack.start('audit', 'tenant', 'gateway');
   });
@@ -54,15 +62,30 @@ describe('tracing', () => {
       headers: { traceparent: `00-${traceId}-${randomBytes(8).toString('hex')}-01` },
     });
     expect(res.status).toBe(201);
-    const services = () => new Set(spans.filter((s) => s.traceId === traceId).map((s) => s.service));
-    for (let i = 0; i < 100 && services().size < 3; i++) await new Promise((r) => setTimeout(r, 100));
-    expect([...services()].sort()).toEqual(['keel-audit', 'keel-gateway', 'keel-tenant']);
-    const trace = spans.filter((s) => s.traceId === traceId);
-    const ids = new Set(trace.map((s) => s.spanId));
-    const ledgerSpan = trace.find((s) => s.service === 'keel-audit' && s.name === 'consume audit-ledger');
+    // The services export in batches, and one service's spans may come in several exports: wait
+    // until everything asserted below has arrived (the spans and their parents), then assert it;
+    // on timeout, assert on what did arrive, so the failure says precisely what is missing.
+    const traced = () => {
+      const trace = spans.filter((s) => s.traceId === traceId);
+      const ids = new Set(trace.map((s) => s.spanId));
+      return {
+        services: [...new Set(trace.map((s) => s.service))].sort(),
+        ids,
+        ledgerSpan: trace.find((s) => s.service === 'keel-audit' && s.name === 'consume audit-ledger'),
+        commandSpan: trace.find((s) => s.service === 'keel-tenant' && s.name === 'cmd.tenant.create'),
+      };
+    };
+    const { services, ids, ledgerSpan, commandSpan } = await eventually(
+      async () => traced(),
+      (t) =>
+        ['keel-audit', 'keel-gateway', 'keel-tenant'].every((name) => t.services.includes(name)) &&
+        !!t.ledgerSpan && t.ids.has(t.ledgerSpan.parentSpanId!) &&
+        !!t.commandSpan && t.ids.has(t.commandSpan.parentSpanId!),
+      { timeoutMs: 20_000, intervalMs: 100, what: `the spans of trace ${traceId}` },
+    ).catch(() => traced());
+    expect(services).toEqual(['keel-audit', 'keel-gateway', 'keel-tenant']);
     expect(ledgerSpan).toBeDefined();
     expect(ids.has(ledgerSpan!.parentSpanId!)).toBe(true);
-    const commandSpan = trace.find((s) => s.service === 'keel-tenant' && s.name === 'cmd.tenant.create');
     expect(commandSpan).toBeDefined();
     expect(ids.has(commandSpan!.parentSpanId!)).toBe(true);
   });

@@ -19,7 +19,7 @@ import {
 const logger = createLogger('consumer-test', 'silent');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function until(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
+async function until(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
@@ -130,7 +130,17 @@ describe('DurableEventConsumer', () => {
       handle: async (batch) => {
         if (crashed) throw new Error('the process is dying');
         batches.push(batch.map((d) => d.position));
-        if (batches.length === 1) await sleep(150); // let the rest arrive: the next batch is full
+        if (batches.length === 1) {
+          // Hold the first batch until the 8 events after it have arrived, so the next batch is
+          // full: the server has delivered them (the consumer's delivered sequence), and a round
+          // trip on the same connection (flush) comes back only after what the server sent before.
+          const eighthAfter = first.positions[batch.length + 7]!;
+          await until(
+            async () => (await m.jsm.consumers.info(config.KEEL_STREAM, name)).delivered.stream_seq >= eighthAfter,
+            'the 8 events after the first batch to be delivered',
+          );
+          await m.nc.flush();
+        }
         if (batches.length === 2) await secondBatch.promise;
         if (batches.length === 3) {
           await thirdBatch.promise;

@@ -107,9 +107,10 @@ describe('request/reply', () => {
   });
 
   it('turns "no responders" into service_unavailable at once', async () => {
+    // "At once": long before the request's own timeout, which would also end in service_unavailable.
     const started = Date.now();
-    const error = await rejection(client.request('cmd.nobody.listens', {}));
-    expect(Date.now() - started).toBeLessThan(1_000);
+    const error = await rejection(client.request('cmd.nobody.listens', {}, 20_000));
+    expect(Date.now() - started).toBeLessThan(5_000);
     expect(error).toBeInstanceOf(KeelError);
     expect(error.code).toBe('service_unavailable');
     expect(error.message).toContain('cmd.nobody.listens');

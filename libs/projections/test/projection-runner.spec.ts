@@ -213,11 +213,13 @@ describe('ProjectionRunner', () => {
     expect(await positionsIn('items')).toContain(position);
     expect(await r.readCheckpoint()).toBeGreaterThanOrEqual(position);
 
-    // An event of another context: nothing of this projection lies before it.
+    // An event of another context: nothing of this projection lies before it. It resolves (a
+    // wait for the checkpoint would reject at the deadline), and long before its deadline: "at
+    // once" is told from "at the deadline" with room for a loaded machine's round trips.
     const { position: foreign } = await publish('other', 'wait');
     const started = Date.now();
-    await r.waitFor(foreign, 5_000);
-    expect(Date.now() - started).toBeLessThan(2_000);
+    await r.waitFor(foreign, 20_000);
+    expect(Date.now() - started).toBeLessThan(5_000);
     expect(await r.readCheckpoint()).toBeLessThan(foreign);
   });
 
@@ -231,8 +233,10 @@ describe('ProjectionRunner', () => {
     expect(error.code).toBe('consistency_timeout');
     expect(error.status).toBe(503);
     expect(error.message).toContain(String(beyond));
+    // Never before its timeout; after it, it gives up (one poll's overshoot) rather than hanging,
+    // and well before the 3 s default: the timeout given is the one used.
     expect(took).toBeGreaterThanOrEqual(300);
-    expect(took).toBeLessThan(2_000);
+    expect(took).toBeLessThan(2_500);
   });
 
   it('waitFor answers consistency_timeout while its event is still being applied, then resolves once it is', async () => {

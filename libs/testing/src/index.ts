@@ -1,3 +1,4 @@
 export * from './environment';
 export * from './stack';
 export * from './http';
+export * from './eventually';

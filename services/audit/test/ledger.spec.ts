@@ -2,7 +2,7 @@ import { Client } from 'pg';
 import { connectMessaging, EventStore, Messaging, RpcClient } from '@keel/messaging';
 import { parseConfig } from '@keel/config';
 import { EventEnvelope, newEventId, VerifyResult } from '@keel/contracts';
-import { cleanupEnv, isolatedEnv, Stack } from '@keel/testing';
+import { cleanupEnv, eventually, isolatedEnv, Stack } from '@keel/testing';
 import { createDecipheriv, createHash, createPrivateKey, createPublicKey, verify as verifySignature } from 'node:crypto';
 import canonicalize from 'canonicalize';
 
@@ -44,11 +44,11 @@ describe('audit ledger', () => {
     for (let v = 1; v <= EVENTS; v++) [position] = await store.append([event(id, v)], position) as [number];
     admin = new Client({ connectionString: env.DATABASE_URL });
     await admin.connect();
-    for (let i = 0; i < 100; i++) {
-      const { rows } = await admin.query('SELECT count(*)::int AS n FROM audit.ledger');
-      if (rows[0].n === EVENTS) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await eventually(
+      async () => (await admin.query('SELECT count(*)::int AS n FROM audit.ledger')).rows[0].n as number,
+      (n) => n >= EVENTS,
+      { timeoutMs: 60_000, intervalMs: 100, what: `the ledger to hold the ${EVENTS} events` },
+    );
   });
 
   afterAll(async () => {

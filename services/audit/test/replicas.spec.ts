@@ -2,7 +2,7 @@ import { Client } from 'pg';
 import { parseConfig } from '@keel/config';
 import { EventEnvelope, newEventId, VerifyResult } from '@keel/contracts';
 import { connectMessaging, EventStore, Messaging, RpcClient } from '@keel/messaging';
-import { cleanupEnv, isolatedEnv, Stack } from '@keel/testing';
+import { cleanupEnv, eventually, isolatedEnv, Stack } from '@keel/testing';
 
 const EVENTS = 600;
 
@@ -52,7 +52,7 @@ describe('audit replicas', () => {
     const aggregate = newEventId();
     let position = 0;
     for (let v = 1; v <= EVENTS / 2; v++) [position] = (await store.append([event(aggregate, v)], position)) as [number];
-    for (let i = 0; i < 100 && (await ledger()).last < position; i++) await new Promise((r) => setTimeout(r, 50));
+    await eventually(ledger, (l) => l.last >= position, { timeoutMs: 60_000, what: `the ledger to reach ${position}` });
     const leader = await leaderOf();
     expect(leader).toBeDefined();
     const standby = leader === first ? second : first;
@@ -60,7 +60,8 @@ describe('audit replicas', () => {
 
     await leader!.kill('audit', 'SIGKILL');
     for (let v = EVENTS / 2 + 1; v <= EVENTS; v++) [position] = (await store.append([event(aggregate, v)], position)) as [number];
-    for (let i = 0; i < 300 && (await ledger()).last < position; i++) await new Promise((r) => setTimeout(r, 50));
+    // The standby takes the lock over and catches up: wait for the ledger to reach the end, then check it whole.
+    await eventually(ledger, (l) => l.last >= position, { timeoutMs: 60_000, what: `the standby to bring the ledger to ${position}` });
 
     expect(await ledger()).toEqual({ n: EVENTS, seqs: EVENTS, last: EVENTS });
     expect((await (await fetch(`${standby.opsUrl('audit')}/ready`)).json()).checks.ledger.detail.leader).toBe(true);

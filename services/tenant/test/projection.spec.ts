@@ -1,8 +1,8 @@
 import { Client } from 'pg';
 import { parseConfig } from '@keel/config';
-import { CommandResult, newEventId, Tenant } from '@keel/contracts';
+import { CommandResult, KeelError, newEventId, Tenant } from '@keel/contracts';
 import { connectMessaging, EventStore, Messaging, RpcClient } from '@keel/messaging';
-import { cleanupEnv, isolatedEnv, Stack } from '@keel/testing';
+import { cleanupEnv, eventually, isolatedEnv, Stack } from '@keel/testing';
 
 const meta = { actor: { kind: 'system' as const, id: 'projection-test' }, correlationId: 'projection-test' };
 
@@ -19,11 +19,23 @@ describe('tenant read model', () => {
   const snapshot = async () => (await db.query('SELECT * FROM tenant.tenants ORDER BY id')).rows;
   const ledgerHead = async () => Number((await db.query('SELECT coalesce(max(seq), 0) AS s FROM audit.ledger')).rows[0].s);
   const until = async (check: () => Promise<boolean>, what: string) => {
-    for (let i = 0; i < 200; i++) {
-      if (await check()) return;
-      await new Promise((r) => setTimeout(r, 50));
+    await eventually(check, (ok) => ok, { timeoutMs: 30_000, what });
+  };
+  /**
+   * qry.tenant.get with consistentWith, asked again while it answers consistency_timeout or
+   * service_unavailable (the read model catching up); any other answer is final.
+   */
+  const getConsistent = async (idOrSlug: string, consistentWith: number): Promise<Tenant> => {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      try {
+        return await rpc.request<Tenant>('qry.tenant.get', { idOrSlug, consistentWith });
+      } catch (error) {
+        const retry = error instanceof KeelError && ['consistency_timeout', 'service_unavailable'].includes(error.code);
+        if (!retry || Date.now() > deadline) throw error;
+        await new Promise((r) => setTimeout(r, 100));
+      }
     }
-    throw new Error(`timed out waiting for ${what}`);
   };
 
   beforeAll(async () => {
@@ -50,7 +62,7 @@ describe('tenant read model', () => {
       if (i % 3 === 0) last = (await command('suspend', { tenantId: created.state.id, data: { reason: `r${i}` } })).position;
       if (i % 4 === 0) last = (await command('update_settings', { tenantId: created.state.id, data: { allowedIpRanges: ['192.168.0.0/16'] } })).position;
     }
-    await rpc.request('qry.tenant.get', { idOrSlug: 'rebuild-0', consistentWith: last });
+    await getConsistent('rebuild-0', last);
     await until(async () => (await ledgerHead()) >= last, 'the ledger');
     const live = await snapshot();
     expect(live).toHaveLength(12);
@@ -62,14 +74,14 @@ describe('tenant read model', () => {
     expect(await snapshot()).toEqual(live);
 
     const after = await command('create', { slug: 'after-rebuild', name: 'After', plan: 'professional' });
-    const read = await rpc.request<Tenant>('qry.tenant.get', { idOrSlug: 'after-rebuild', consistentWith: after.position });
+    const read = await getConsistent('after-rebuild', after.position);
     expect(read).toMatchObject({ id: after.state.id, plan: 'professional', version: 1 });
     expect(await snapshot()).toHaveLength(13);
   });
 
   it('answers from the Redis cache and stays correct when Redis forgets', async () => {
     const created = await command('create', { slug: 'cached-co', name: 'Cached', plan: 'starter' });
-    await rpc.request('qry.tenant.get', { idOrSlug: created.state.id, consistentWith: created.position });
+    await getConsistent(created.state.id, created.position);
     const Redis = (await import('ioredis')).default;
     const redis = new Redis(env.REDIS_URL!);
     try {
@@ -98,7 +110,7 @@ describe('tenant read model', () => {
       0,
     );
     const good = await command('create', { slug: 'after-poison', name: 'After poison', plan: 'starter' });
-    const read = await rpc.request<Tenant>('qry.tenant.get', { idOrSlug: 'after-poison', consistentWith: good.position });
+    const read = await getConsistent('after-poison', good.position);
     expect(read.id).toBe(good.state.id);
     const { rows } = await db.query('SELECT position::int, reason FROM tenant.dead_letters');
     expect(rows).toEqual([{ position: bad, reason: expect.stringContaining('unknown tenant') }]);

@@ -4,12 +4,12 @@ import Redis from 'ioredis';
 import { Subscription } from 'nats';
 import { KeelConfig, serviceDatabaseUrl } from '@keel/config';
 import { kekFrom } from '@keel/crypto';
-import { openDataSource, tenantQuery } from '@keel/database';
+import { ALL_TENANTS, openDataSource, tenantQuery } from '@keel/database';
 import { EventStore, KEEL_LOGGER, MESSAGING, Messaging, MessagingModule, RpcClient } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { ProjectionRunner } from '@keel/projections';
 import { ApiKeysService } from './api-keys/api-keys.service';
-import { AUTH_ROLE, AUTH_SCHEMA } from './database/schema';
+import { AUTH_ROLE, AUTH_SCHEMA, CROSS_TENANT_DS } from './database/schema';
 import { EventLog } from './event-log';
 import { TokenKeys } from './keys/token-keys';
 import { MfaService } from './mfa/mfa.service';
@@ -37,6 +37,7 @@ class AuthLifecycle implements OnApplicationBootstrap, OnApplicationShutdown {
     private readonly keys: TokenKeys,
     private readonly users: UsersService,
     @Inject(DataSource) private readonly ds: DataSource,
+    @Inject(CROSS_TENANT_DS) private readonly crossTenant: DataSource,
     private readonly redis: Redis,
     @Inject(MESSAGING) private readonly m: Messaging,
     @Inject('KEEL_AUTH_CONFIG') private readonly config: KeelConfig,
@@ -72,6 +73,7 @@ class AuthLifecycle implements OnApplicationBootstrap, OnApplicationShutdown {
     this.sub?.unsubscribe();
     await this.runner.stop();
     await this.ds.destroy();
+    await this.crossTenant.destroy();
     this.redis.disconnect();
   }
 }
@@ -85,7 +87,12 @@ export function authModule(config: KeelConfig, logger: Logger) {
         provide: DataSource,
         useFactory: () => openDataSource({ url: serviceDatabaseUrl(config, AUTH_ROLE), schema: AUTH_SCHEMA, applicationName: 'keel-auth' }),
       },
-      { provide: Redis, useFactory: () => new Redis(config.REDIS_URL, { maxRetriesPerRequest: 1, enableOfflineQueue: false }) },
+      {
+        provide: CROSS_TENANT_DS,
+        useFactory: () =>
+          openDataSource({ url: serviceDatabaseUrl(config, AUTH_ROLE), schema: AUTH_SCHEMA, applicationName: 'keel-auth-cross-tenant', poolSize: 4, scope: ALL_TENANTS }),
+      },
+      { provide: Redis, useFactory: () => new Redis(config.REDIS_URL, { maxRetriesPerRequest: 1, enableOfflineQueue: false, enableAutoPipelining: true }) },
       { provide: Lockout, useFactory: (r: Redis) => new Lockout(r, config.KEEL_REDIS_PREFIX), inject: [Redis] },
       { provide: TenantLookup, useFactory: (rpc: RpcClient) => new TenantLookup(rpc), inject: [RpcClient] },
       { provide: EventLog, useFactory: (store: EventStore) => new EventLog(store, 'auth'), inject: [EventStore] },

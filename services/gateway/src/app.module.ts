@@ -33,7 +33,7 @@ export function gatewayModule(config: KeelConfig, logger: Logger) {
     imports: [MessagingModule.forRoot({ config, logger, service: 'gateway' }), DiscoveryModule],
     controllers: [TenantsController, AuditController, AdminController, AuthController, TenantIdentityController, RbacController, SsoController, OpsController, OpenApiController],
     providers: [
-      { provide: Redis, useFactory: () => new Redis(config.REDIS_URL, { maxRetriesPerRequest: 1, enableOfflineQueue: false }) },
+      { provide: Redis, useFactory: () => new Redis(config.REDIS_URL, { maxRetriesPerRequest: 1, enableOfflineQueue: false, enableAutoPipelining: true }) },
       RedisLifecycle,
       OpenApiDocument,
       { provide: APP_GUARD, useClass: RequestGuard },

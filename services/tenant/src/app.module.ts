@@ -41,7 +41,7 @@ export function tenantModule(config: KeelConfig, logger: Logger) {
       {
         provide: Redis,
         // Fail fast when Redis is away: the cache is optional, Postgres answers instead.
-        useFactory: () => new Redis(config.REDIS_URL, { maxRetriesPerRequest: 1, enableOfflineQueue: false }),
+        useFactory: () => new Redis(config.REDIS_URL, { maxRetriesPerRequest: 1, enableOfflineQueue: false, enableAutoPipelining: true }),
       },
       { provide: TenantCache, useFactory: (r: Redis) => new TenantCache(r, config.KEEL_REDIS_PREFIX), inject: [Redis] },
       {

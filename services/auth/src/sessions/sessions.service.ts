@@ -20,7 +20,7 @@ import {
 import { randomToken, sha256Hex } from '@keel/crypto';
 import { ALL_TENANTS, tenantQuery } from '@keel/database';
 import { RpcHandler } from '@keel/messaging';
-import { AUTH_SCHEMA } from '../database/schema';
+import { AUTH_SCHEMA, CROSS_TENANT_DS } from '../database/schema';
 import { EventLog } from '../event-log';
 import { TokenKeys } from '../keys/token-keys';
 import { MfaService } from '../mfa/mfa.service';
@@ -46,6 +46,7 @@ let decoyHash: Promise<string> | undefined;
 export class SessionsService {
   constructor(
     @Inject(DataSource) private readonly ds: DataSource,
+    @Inject(CROSS_TENANT_DS) private readonly crossTenant: DataSource,
     private readonly users: UsersService,
     private readonly tenants: TenantLookup,
     private readonly lockout: Lockout,
@@ -186,7 +187,7 @@ export class SessionsService {
     if (!sessionId || !secret || !z.uuid().safeParse(sessionId).success) throw new KeelError('invalid_token', 'The refresh token is not valid.');
     const invalid = () => new KeelError('invalid_token', 'The refresh token is not valid (expired, revoked or already used); sign in again.');
     // The refresh token is the credential: its session is found in any tenant.
-    const [session] = await tenantQuery(this.ds, ALL_TENANTS, `SELECT tenant_id, user_id, revoked_at, refresh_hash FROM ${SESSIONS} WHERE id = $1`, [sessionId]);
+    const [session] = await this.crossTenant.query(`SELECT tenant_id, user_id, revoked_at, refresh_hash FROM ${SESSIONS} WHERE id = $1`, [sessionId]);
     if (!session || session.revoked_at) throw invalid();
     const { tenant_id: tenantId, user_id: userId } = session as { tenant_id: string; user_id: string };
     if (session.refresh_hash !== sha256Hex(secret)) {
@@ -216,9 +217,7 @@ export class SessionsService {
     const next = randomToken();
     // One statement turns the token (only if it is still the current one: two refreshes racing
     // with the same token, one wins) and reads the tenant-scope role grants.
-    const [rotated]: [{ seconds_left: string; granted: string[] | null }[]] = await tenantQuery(
-      this.ds,
-      tenantId,
+    const [rotated]: [{ seconds_left: string; granted: string[] | null }[]] = await this.crossTenant.query(
       `UPDATE ${SESSIONS} SET refresh_hash = $3, generation = generation + 1, last_used_at = now()
        WHERE id = $1 AND refresh_hash = $2 AND revoked_at IS NULL AND expires_at > now()
        RETURNING extract(epoch FROM expires_at - now()) AS seconds_left,

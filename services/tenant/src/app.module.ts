@@ -2,11 +2,11 @@ import { Inject, Injectable, Module, OnApplicationBootstrap, OnApplicationShutdo
 import { DataSource } from 'typeorm';
 import Redis from 'ioredis';
 import { KeelConfig, serviceDatabaseUrl } from '@keel/config';
-import { openDataSource } from '@keel/database';
+import { ALL_TENANTS, openDataSource } from '@keel/database';
 import { KEEL_LOGGER, MESSAGING, Messaging, MessagingModule, RpcClient } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { ProjectionRunner } from '@keel/projections';
-import { TENANT_ROLE, TENANT_SCHEMA } from './database/schema';
+import { CROSS_TENANT_DS, TENANT_ROLE, TENANT_SCHEMA } from './database/schema';
 import { TenantCache } from './tenant/tenant-cache';
 import { TenantCommands } from './tenant/tenant.commands';
 import { TenantQueries } from './tenant/tenant.queries';
@@ -17,6 +17,7 @@ class TenantLifecycle implements OnApplicationBootstrap, OnApplicationShutdown {
   constructor(
     private readonly runner: ProjectionRunner,
     @Inject(DataSource) private readonly ds: DataSource,
+    @Inject(CROSS_TENANT_DS) private readonly crossTenant: DataSource,
     private readonly redis: Redis,
   ) {}
   async onApplicationBootstrap(): Promise<void> {
@@ -25,6 +26,7 @@ class TenantLifecycle implements OnApplicationBootstrap, OnApplicationShutdown {
   async onApplicationShutdown(): Promise<void> {
     await this.runner.stop();
     await this.ds.destroy();
+    await this.crossTenant.destroy();
     this.redis.disconnect();
   }
 }
@@ -37,6 +39,11 @@ export function tenantModule(config: KeelConfig, logger: Logger) {
         provide: DataSource,
         useFactory: () =>
           openDataSource({ url: serviceDatabaseUrl(config, TENANT_ROLE), schema: TENANT_SCHEMA, applicationName: 'keel-tenant' }),
+      },
+      {
+        provide: CROSS_TENANT_DS,
+        useFactory: () =>
+          openDataSource({ url: serviceDatabaseUrl(config, TENANT_ROLE), schema: TENANT_SCHEMA, applicationName: 'keel-tenant-cross-tenant', poolSize: 4, scope: ALL_TENANTS }),
       },
       {
         provide: Redis,

@@ -130,4 +130,16 @@ describe('tenant read model', () => {
     await expect(rpc.request('qry.tenant.current', { idOrSlug: newEventId() })).rejects.toMatchObject({ code: 'not_found' });
     await expect(rpc.request('qry.tenant.current', { idOrSlug: '' })).rejects.toMatchObject({ code: 'validation_failed' });
   });
+
+  it('takes over a slug whose reservation is stale and never became a tenant, but not a fresh one', async () => {
+    await db.query(`INSERT INTO tenant.slug_reservations (slug, tenant_id, reserved_at) VALUES ('orphan-co', $1, now() - interval '5 minutes'), ('pending-co', $2, now())`, [
+      newEventId(),
+      newEventId(),
+    ]);
+    const taken = await command('create', { slug: 'orphan-co', name: 'Orphan', plan: 'starter' });
+    expect(taken.state.slug).toBe('orphan-co');
+    expect((await db.query(`SELECT tenant_id FROM tenant.slug_reservations WHERE slug = 'orphan-co'`)).rows).toEqual([{ tenant_id: taken.state.id }]);
+    await expect(command('create', { slug: 'pending-co', name: 'Pending', plan: 'starter' })).rejects.toMatchObject({ code: 'slug_taken' });
+    await expect(command('create', { slug: 'orphan-co', name: 'Again', plan: 'starter' })).rejects.toMatchObject({ code: 'slug_taken' });
+  });
 });

@@ -1,6 +1,5 @@
 import { Inject, Injectable } from '@nestjs/common';
-import { DataSource, EntityManager } from 'typeorm';
-import { ALL_TENANTS, inTenant } from '@keel/database';
+import { DataSource } from 'typeorm';
 import { z } from 'zod';
 import {
   actorSchema,
@@ -21,7 +20,7 @@ import {
 } from '@keel/contracts';
 import { CommandHandler } from '@keel/event-sourcing';
 import { EventStore, RpcHandler } from '@keel/messaging';
-import { TENANT_SCHEMA } from '../database/schema';
+import { CROSS_TENANT_DS, TENANT_SCHEMA } from '../database/schema';
 import { TenantDecisionCommand, tenantDecider, TenantState, toTenant } from './tenant.decider';
 
 const metaSchema = z
@@ -55,7 +54,7 @@ export class TenantCommands {
 
   constructor(
     private readonly store: EventStore,
-    @Inject(DataSource) private readonly ds: DataSource,
+    @Inject(CROSS_TENANT_DS) private readonly crossTenant: DataSource,
   ) {
     this.handler = new CommandHandler(store, {
       context: TENANT_CONTEXT,
@@ -73,9 +72,7 @@ export class TenantCommands {
     const { idOrSlug } = parseOrThrow(requests.current, body, 'tenant lookup');
     let tenantId: string | undefined = idOrSlug;
     if (!tenantIdSchema.safeParse(idOrSlug).success) {
-      const [held] = await inTenant(this.ds, ALL_TENANTS, (m) =>
-        m.query(`SELECT tenant_id FROM "${TENANT_SCHEMA}".slug_reservations WHERE slug = $1`, [idOrSlug]),
-      );
+      const [held] = await this.crossTenant.query(`SELECT tenant_id FROM "${TENANT_SCHEMA}".slug_reservations WHERE slug = $1`, [idOrSlug]);
       tenantId = held?.tenant_id;
     }
     if (!tenantId) throw new KeelError('not_found', 'No such tenant.');
@@ -91,9 +88,7 @@ export class TenantCommands {
     try {
       return await this.run(tenantId, { type: 'create', data: payload }, meta, true);
     } catch (error) {
-      await inTenant(this.ds, tenantId, (m) =>
-        m.query(`DELETE FROM "${TENANT_SCHEMA}".slug_reservations WHERE slug = $1 AND tenant_id = $2`, [payload.slug, tenantId]),
-      );
+      await this.crossTenant.query(`DELETE FROM "${TENANT_SCHEMA}".slug_reservations WHERE slug = $1 AND tenant_id = $2`, [payload.slug, tenantId]);
       throw error;
     }
   }
@@ -133,13 +128,13 @@ export class TenantCommands {
     return { state: toTenant(tenantId, result.state, result.version), version: result.version, position: result.position };
   }
 
-  /** Reserves a slug atomically (unique key); takes over a reservation whose tenant never came to be. */
+  /**
+   * Reserves a slug atomically (unique key); takes over a reservation whose tenant never came
+   * to be. Slugs are unique across tenants: this platform operation sees every tenant's
+   * reservations. Each statement stands alone (the take-over is conditional on the holder).
+   */
   private async reserveSlug(slug: string, tenantId: string): Promise<void> {
-    // Slugs are unique across tenants: this platform operation sees every tenant's reservations.
-    await inTenant(this.ds, ALL_TENANTS, (m) => this.reserveIn(m, slug, tenantId));
-  }
-
-  private async reserveIn(m: EntityManager, slug: string, tenantId: string): Promise<void> {
+    const m = this.crossTenant;
     const table = `"${TENANT_SCHEMA}".slug_reservations`;
     const inserted = await m.query(
       `INSERT INTO ${table} (slug, tenant_id) VALUES ($1, $2) ON CONFLICT (slug) DO NOTHING RETURNING slug`,

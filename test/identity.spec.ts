@@ -155,6 +155,18 @@ describe('identity and access', () => {
     expect((await anonymous('POST', '/api/v1/auth/refresh', { body: { refreshToken: second.body.refreshToken } })).status).toBe(401);
   });
 
+  it('ends the session when two refreshes race with one token: exactly one is answered, then neither token works', async () => {
+    const first = (await login('alpha', 'admin@alpha.test')).body;
+    const racing = await Promise.all(
+      Array.from({ length: 6 }, () => anonymous('POST', '/api/v1/auth/refresh', { body: { refreshToken: first.refreshToken } })),
+    );
+    const won = racing.filter((r) => r.status === 200);
+    expect(won).toHaveLength(1);
+    expect(racing.filter((r) => r.status !== 200).map((r) => r.status)).toEqual(Array(racing.length - won.length).fill(401));
+    // Whoever won holds a token of a session that a losing holder has ended.
+    for (const w of won) expect((await anonymous('POST', '/api/v1/auth/refresh', { body: { refreshToken: w.body.refreshToken } })).status).toBe(401);
+  });
+
   it('signs out, and lists and revokes sessions', async () => {
     const session = (await login('alpha', 'admin@alpha.test')).body;
     const client = as(session.accessToken);

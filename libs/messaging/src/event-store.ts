@@ -24,6 +24,12 @@ function isWrongLastSequence(error: unknown): boolean {
   return e?.api_error?.err_code === 10071 || /wrong last sequence/i.test(String(e?.message));
 }
 
+/** No answer from the server (timeout, no responders, a connection going away): worth a retry. */
+function isUnanswered(error: unknown): boolean {
+  const e = error as { code?: string; api_error?: { err_code?: number } };
+  return ['TIMEOUT', '503', 'DISCONNECT', 'CONNECTION_REFUSED', 'CONNECTION_CLOSED'].includes(String(e?.code)) || e?.api_error?.err_code === 10158;
+}
+
 /** The event log on JetStream: optimistic appends per aggregate subject and reads back. */
 export class EventStore {
   private readonly js: JetStreamClient;
@@ -50,6 +56,7 @@ export class EventStore {
    */
   async append(events: EventEnvelope[], expectedLastPosition: number): Promise<number[]> {
     for (const e of events) validateEnvelope(e);
+    const deadline = Date.now() + Math.max(200, Math.floor(this.m.requestTimeoutMs * 0.6));
     const positions: number[] = [];
     let expected = expectedLastPosition;
     for (const event of events) {
@@ -57,7 +64,7 @@ export class EventStore {
       const h = natsHeaders();
       injectTraceContext(h);
       h.set(CORRELATION_HEADER, event.correlationId);
-      const ack = await this.publish(subject, event, expected, h);
+      const ack = await this.publish(subject, event, expected, h, deadline);
       positions.push(ack.seq);
       expected = ack.seq;
     }
@@ -67,13 +74,11 @@ export class EventStore {
   /**
    * One publish, retried while the server does not answer (a restart, a lost ack) with the
    * same `Nats-Msg-Id`: a copy that did land answers as a duplicate with its first sequence,
-   * so a retry never stores the event twice. It gives up well inside the caller's own request
-   * timeout, so a caller told "unavailable" is not also answered by a late success.
+   * so a retry never stores the event twice. Only "no answer" is retried; a refusal is final.
+   * The whole append shares one deadline, well inside the caller's request timeout.
    */
-  private async publish(subject: string, event: EventEnvelope, expected: number, h: MsgHdrs): Promise<PubAck> {
-    const budget = Math.max(200, Math.floor(this.m.requestTimeoutMs * 0.6));
-    const deadline = Date.now() + budget;
-    const attemptTimeout = Math.max(100, Math.floor(budget / 3));
+  private async publish(subject: string, event: EventEnvelope, expected: number, h: MsgHdrs, deadline: number): Promise<PubAck> {
+    const attemptTimeout = Math.max(100, Math.floor(this.m.requestTimeoutMs / 5));
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.js.publish(subject, encodeJson(event), {
@@ -84,8 +89,9 @@ export class EventStore {
         });
       } catch (error) {
         if (isWrongLastSequence(error)) throw new ConcurrencyConflict(subject, expected);
-        if (Date.now() + 50 >= deadline) {
-          throw new KeelError('service_unavailable', `The event log did not accept the event after ${attempt} attempts: ${(error as Error).message}`);
+        const unanswered = isUnanswered(error);
+        if (!unanswered || Date.now() + 50 >= deadline) {
+          throw new KeelError('service_unavailable', `The event log did not accept the event${unanswered ? ` after ${attempt} attempts` : ''}: ${(error as Error).message}`);
         }
         await new Promise((r) => setTimeout(r, Math.min(50 * attempt, 250)));
       }

@@ -18,7 +18,7 @@ import {
   TokenPair,
 } from '@keel/contracts';
 import { randomToken, sha256Hex } from '@keel/crypto';
-import { ALL_TENANTS, tenantQuery } from '@keel/database';
+import { tenantQuery } from '@keel/database';
 import { RpcHandler } from '@keel/messaging';
 import { AUTH_SCHEMA, CROSS_TENANT_DS } from '../database/schema';
 import { EventLog } from '../event-log';
@@ -190,13 +190,14 @@ export class SessionsService {
     const [session] = await this.crossTenant.query(`SELECT tenant_id, user_id, revoked_at, refresh_hash FROM ${SESSIONS} WHERE id = $1`, [sessionId]);
     if (!session || session.revoked_at) throw invalid();
     const { tenant_id: tenantId, user_id: userId } = session as { tenant_id: string; user_id: string };
-    if (session.refresh_hash !== sha256Hex(secret)) {
+    const reused = async () => {
       await this.revoker.revokeOne(tenantId, sessionId, 'refresh_token_reuse', {
         actor: { kind: 'system', id: 'auth', ...(c.ip ? { ip: c.ip } : {}) },
         correlationId: c.correlationId,
       });
-      throw invalid();
-    }
+      return invalid();
+    };
+    if (session.refresh_hash !== sha256Hex(secret)) throw await reused();
     const user = await this.users.load(tenantId, userId).catch((error: unknown) => {
       throw error instanceof KeelError && error.code === 'not_found' ? invalid() : error;
     });
@@ -221,10 +222,17 @@ export class SessionsService {
       `UPDATE ${SESSIONS} SET refresh_hash = $3, generation = generation + 1, last_used_at = now()
        WHERE id = $1 AND refresh_hash = $2 AND revoked_at IS NULL AND expires_at > now()
        RETURNING extract(epoch FROM expires_at - now()) AS seconds_left,
-         (SELECT array_agg(a.role) FROM "${AUTH_SCHEMA}".role_assignments a WHERE a.user_id = $4 AND a.team_id IS NULL) AS granted`,
-      [sessionId, sha256Hex(secret), sha256Hex(next), userId],
+         (SELECT array_agg(a.role) FROM "${AUTH_SCHEMA}".role_assignments a
+          WHERE a.tenant_id = $5 AND a.user_id = $4 AND a.team_id IS NULL) AS granted`,
+      [sessionId, sha256Hex(secret), sha256Hex(next), userId, tenantId],
     );
-    if (!rotated.length) throw invalid();
+    if (!rotated.length) {
+      // Another refresh with the same token turned it in the meantime: that is a reuse too
+      // (one of the two holders is not the client), so the session ends.
+      const [now] = await this.crossTenant.query(`SELECT revoked_at, refresh_hash, expires_at > now() AS live FROM ${SESSIONS} WHERE id = $1`, [sessionId]);
+      if (now && !now.revoked_at && now.live && now.refresh_hash !== sha256Hex(secret)) throw await reused();
+      throw invalid();
+    }
     const roles = [...new Set([...(user.state.status === 'active' ? user.state.roles : []), ...(rotated[0]!.granted ?? [])])];
     return this.tokens(userId, tenantId, sessionId, next, roles, Number(rotated[0]!.seconds_left));
   }

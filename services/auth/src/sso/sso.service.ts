@@ -1,6 +1,6 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { z } from 'zod';
-import { Actor, CommandMeta, DEFAULT_TENANT_SETTINGS, KeelError, parseOrThrow, slugSchema, Tenant, TokenPair } from '@keel/contracts';
+import { Actor, CommandMeta, DEFAULT_TENANT_SETTINGS, ipAllowed, KeelError, parseOrThrow, slugSchema, Tenant, TokenPair } from '@keel/contracts';
 import { randomToken, sha256Hex } from '@keel/crypto';
 import { RpcHandler } from '@keel/messaging';
 import { TenantLookup } from '../users/tenant-lookup';
@@ -121,6 +121,10 @@ export class SsoService {
       throw new KeelError('validation_failed', 'The callback carries no authorization code; start the sign-in again.', [{ field: 'code', message: 'required' }]);
     }
     const tenant = await this.activeTenant(pending.tenantId);
+    // Before anything is provisioned or granted: a sign-in from outside the tenant's networks does nothing.
+    if (!ipAllowed(c.ip, tenant.settings.allowedIpRanges)) {
+      throw new KeelError('forbidden', `Signing in from ${c.ip ?? 'an unknown address'} is not allowed by this tenant's IP ranges.`);
+    }
     const { provider, clientSecret } = await this.providers.withSecret(tenant.id, pending.providerId);
     const claims = await this.oidc.redeem(provider.config, clientSecret, {
       code: payload.code,

@@ -99,8 +99,11 @@ export class RequestGuard implements CanActivate {
    */
   private async tenantPolicy(principal: Principal, req: KeelRequest, reply: FastifyReply): Promise<void> {
     if (principal.tenantId === 'platform') return;
-    const tenant = await this.directory.get(principal.tenantId).catch(() => null);
-    if (!tenant) return;
+    // Fail closed: without the tenant, its rules (status, networks, limit) cannot be applied.
+    const tenant = await this.directory.get(principal.tenantId).catch((error: unknown) => {
+      if (error instanceof KeelError && error.code === 'not_found') throw new KeelError('forbidden', 'The tenant of this credential no longer exists.');
+      throw error instanceof KeelError ? error : new KeelError('service_unavailable', "The caller's tenant cannot be looked up right now; retry shortly.");
+    });
     // A suspended or closed tenant's credentials stop working at once, not when they expire.
     if (tenant.status !== 'active') throw new KeelError('forbidden', `Tenant ${tenant.slug} is ${tenant.status}; its users and keys cannot act.`);
     if (!ipAllowed(req.ip, tenant.settings.allowedIpRanges)) {

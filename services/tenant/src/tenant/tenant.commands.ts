@@ -88,7 +88,12 @@ export class TenantCommands {
     try {
       return await this.run(tenantId, { type: 'create', data: payload }, meta, true);
     } catch (error) {
-      await this.crossTenant.query(`DELETE FROM "${TENANT_SCHEMA}".slug_reservations WHERE slug = $1 AND tenant_id = $2`, [payload.slug, tenantId]);
+      // A refusal frees the slug. An unavailable log may still store the event (a copy in
+      // flight): the reservation stays, and is taken over once stale only if the log never got
+      // the tenant (see reserveSlug).
+      if (!(error instanceof KeelError && error.code === 'service_unavailable')) {
+        await this.crossTenant.query(`DELETE FROM "${TENANT_SCHEMA}".slug_reservations WHERE slug = $1 AND tenant_id = $2`, [payload.slug, tenantId]);
+      }
       throw error;
     }
   }

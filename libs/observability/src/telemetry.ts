@@ -3,7 +3,10 @@ import { AlwaysOffSampler, BatchSpanProcessor, ParentBasedSampler, ReadableSpan,
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 
-/** Keeps trace context alive (ids in logs, headers on NATS) when nothing exports spans. */
+/**
+ * Keeps trace context alive (ids in logs, headers on NATS) when nothing exports spans, for
+ * work that has a context: NATS deliveries, and HTTP requests that bring a `traceparent`.
+ */
 class DiscardingSpanProcessor implements SpanProcessor {
   onStart(): void {}
   onEnd(_span: ReadableSpan): void {}

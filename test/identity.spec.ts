@@ -1,4 +1,4 @@
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { Client } from 'pg';
 import { SignJWT, decodeProtectedHeader } from 'jose';
 import { cleanupEnv, eventually, httpClient, isolatedEnv, Stack } from '@keel/testing';
@@ -153,6 +153,28 @@ describe('identity and access', () => {
     expect(reuse.status).toBe(401);
     expect(await refusedWithin(client, `/api/v1/tenants/${tenants.alpha!.id}`, revokedAt, 1_000)).toBeLessThan(1_000);
     expect((await anonymous('POST', '/api/v1/auth/refresh', { body: { refreshToken: second.body.refreshToken } })).status).toBe(401);
+  });
+
+  it('takes over an email whose reservation is stale and never became a user, but not a pending one', async () => {
+    const a = tenants.alpha!.id;
+    const admin = new Client({ connectionString: env.DATABASE_URL });
+    await admin.connect();
+    try {
+      // What a creation whose event never reached the log leaves behind (the service answered 503).
+      await admin.query(
+        `INSERT INTO auth.email_reservations (tenant_id, email, user_id, reserved_at)
+         VALUES ($1, 'ghost@alpha.test', $2, now() - interval '5 minutes'), ($1, 'pending@alpha.test', $3, now())`,
+        [a, randomUUID(), randomUUID()],
+      );
+    } finally {
+      await admin.end();
+    }
+    // Signing in as the pending one is an ordinary failure, not an error.
+    expect((await login('alpha', 'pending@alpha.test')).status).toBe(401);
+    expect((await operator('POST', `/api/v1/tenants/${a}/users`, { body: { email: 'pending@alpha.test', name: 'P', password: PASSWORD } })).status).toBe(409);
+    const ghost = await createUser(a, 'ghost@alpha.test', ['viewer']);
+    expect((await login('alpha', 'ghost@alpha.test')).status).toBe(200);
+    expect((await operator('GET', `/api/v1/tenants/${a}/users/${ghost.id}`)).body.email).toBe('ghost@alpha.test');
   });
 
   it('ends the session when two refreshes race with one token: exactly one is answered, then neither token works', async () => {

@@ -98,7 +98,12 @@ export class SessionsService {
       const ok = await argon2.verify(found?.password_hash ?? (await decoyHash), payload.password);
       if (!found || !found.password_hash || !ok) {
         outcome = 'failure';
-        if (found) await this.users.run(tenantId, found.user_id, { type: 'record_login_failure', data: c.ip ? { ip: c.ip } : {} }, meta(found.user_id));
+        // A reservation whose user never reached the log (its creation failed) has nobody to charge.
+        if (found) {
+          await this.users.run(tenantId, found.user_id, { type: 'record_login_failure', data: c.ip ? { ip: c.ip } : {} }, meta(found.user_id)).catch((error: unknown) => {
+            if (!(error instanceof KeelError && error.code === 'not_found')) throw error;
+          });
+        }
         throw this.invalid();
       }
       user = await this.users.load(tenantId, found.user_id);

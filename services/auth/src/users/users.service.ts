@@ -1,6 +1,6 @@
 import { Inject, Injectable } from '@nestjs/common';
 import * as argon2 from 'argon2';
-import { DataSource } from 'typeorm';
+import { DataSource, EntityManager } from 'typeorm';
 import { z } from 'zod';
 import {
   actorSchema,
@@ -55,6 +55,9 @@ const requests = {
 };
 
 /** Nobody grants what they do not hold: every permission of `roles` must be the caller's. */
+/** A reservation older than this whose user never reached the log is abandoned. */
+const STALE_RESERVATION_MS = 30_000;
+
 export async function grantable(catalog: RoleCatalog, tenantId: string, meta: AuthMeta, roles: string[]): Promise<void> {
   const granted = await catalog.permissionsOf(tenantId, roles);
   if (meta.permissions === '*') return;
@@ -149,7 +152,7 @@ export class UsersService {
         `INSERT INTO "${AUTH_SCHEMA}".email_reservations (tenant_id, email, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING user_id`,
         [tenantId, u.email, userId],
       );
-      if (!inserted.length) {
+      if (!inserted.length && !(await this.takeOverStale(m, tenantId, u.email, userId))) {
         throw new KeelError('conflict', 'A user with this email already exists in this tenant.', [{ field: 'email', message: 'already in use' }]);
       }
     });
@@ -158,9 +161,29 @@ export class UsersService {
       if (hash) await this.setHash(tenantId, userId, hash);
       return result;
     } catch (error) {
-      await tenantQuery(this.ds, tenantId, `DELETE FROM "${AUTH_SCHEMA}".email_reservations WHERE user_id = $1`, [userId]);
+      // A refusal frees the email. An unavailable log may still store the event (a copy in
+      // flight): the reservation stays, and is taken over once stale only if the log never got
+      // the user.
+      if (!(error instanceof KeelError && error.code === 'service_unavailable')) {
+        await tenantQuery(this.ds, tenantId, `DELETE FROM "${AUTH_SCHEMA}".email_reservations WHERE user_id = $1`, [userId]);
+      }
       throw error;
     }
+  }
+
+  /** Takes over a reservation older than STALE_RESERVATION_MS whose user never reached the log. */
+  private async takeOverStale(m: EntityManager, tenantId: string, email: string, userId: string): Promise<boolean> {
+    const [held] = await m.query(
+      `SELECT user_id, reserved_at FROM "${AUTH_SCHEMA}".email_reservations WHERE tenant_id = $1 AND email = $2`,
+      [tenantId, email],
+    );
+    if (!held || Date.now() - new Date(held.reserved_at).getTime() <= STALE_RESERVATION_MS) return false;
+    if ((await this.handler.load({ tenantId, aggregateId: held.user_id })).version !== 0) return false;
+    const [, taken] = await m.query(
+      `UPDATE "${AUTH_SCHEMA}".email_reservations SET user_id = $3, reserved_at = now() WHERE tenant_id = $1 AND email = $2 AND user_id = $4`,
+      [tenantId, email, userId, held.user_id],
+    );
+    return taken === 1;
   }
 
   private async setHash(tenantId: string, userId: string, hash: string): Promise<void> {

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { kekFrom, open, randomToken, seal, sha256Hex } from './index';
+import { kekFrom, open, randomToken, seal, SealedValueError, sha256Hex } from './index';
 
 describe('seal / open', () => {
   const kek = randomBytes(32);
@@ -15,7 +15,8 @@ describe('seal / open', () => {
 
   it('refuses another key, another context, or a changed byte', () => {
     const sealed = seal(kek, Buffer.from('x'), 'user-1');
-    expect(() => open(randomBytes(32), sealed, 'user-1')).toThrow();
+    expect(() => open(randomBytes(32), sealed, 'user-1')).toThrow(SealedValueError);
+    expect(() => open(randomBytes(32), sealed, 'user-1')).toThrow(/user-1.*another KEEL_KEK/);
     expect(() => open(kek, sealed, 'user-2')).toThrow();
     const tampered = Buffer.from(sealed);
     tampered[tampered.length - 1]! ^= 1;

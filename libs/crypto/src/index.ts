@@ -13,12 +13,28 @@ export function seal(kek: Buffer, plain: Buffer, context = ''): Buffer {
   return Buffer.concat([iv, cipher.getAuthTag(), body]);
 }
 
-export function open(kek: Buffer, sealed: Buffer, context = ''): Buffer {
-  const decipher = createDecipheriv('aes-256-gcm', kek, sealed.subarray(0, 12));
-  decipher.setAAD(Buffer.from(context));
-  decipher.setAuthTag(sealed.subarray(12, 28));
-  return Buffer.concat([decipher.update(sealed.subarray(28)), decipher.final()]);
+/** A sealed value that does not open: another key-encryption key sealed it, or it was altered. */
+export class SealedValueError extends Error {
+  constructor(context: string) {
+    super(`A secret sealed under KEEL_KEK${context ? ` (${context})` : ''} does not open: it was sealed under another KEEL_KEK, or altered.`);
+    this.name = 'SealedValueError';
+  }
 }
+
+export function open(kek: Buffer, sealed: Buffer, context = ''): Buffer {
+  try {
+    const decipher = createDecipheriv('aes-256-gcm', kek, sealed.subarray(0, 12));
+    decipher.setAAD(Buffer.from(context));
+    decipher.setAuthTag(sealed.subarray(12, 28));
+    return Buffer.concat([decipher.update(sealed.subarray(28)), decipher.final()]);
+  } catch {
+    throw new SealedValueError(context);
+  }
+}
+
+/** What to tell an operator whose service cannot open its own signing key at start. */
+export const WRONG_KEK_HINT =
+  'Start with the KEEL_KEK that sealed it (with `npm start`, the .keel/kek of the checkout that first started Keel on this database), or point DATABASE_URL at another database.';
 
 export function kekFrom(base64: string | undefined): Buffer {
   const kek = Buffer.from(base64 ?? '', 'base64');

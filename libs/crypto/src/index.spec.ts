@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { kekFrom, open, randomToken, seal, SealedValueError, sha256Hex } from './index';
+import { kekFrom, open, openStoredKey, randomToken, seal, SealedValueError, sha256Hex } from './index';
 
 describe('seal / open', () => {
   const kek = randomBytes(32);
@@ -39,5 +39,14 @@ describe('sha256Hex and randomToken', () => {
     const t = randomToken(32);
     expect(t).toMatch(/^[A-Za-z0-9_-]{43}$/);
     expect(randomToken(32)).not.toBe(t);
+  });
+});
+
+describe('openStoredKey', () => {
+  it('opens a key sealed under the same KEK, and otherwise says what to do', () => {
+    const kek = randomBytes(32);
+    const sealed = seal(kek, Buffer.from('private'), 'kid-1');
+    expect(openStoredKey(kek, sealed, 'kid-1', 'The key kid-1').toString()).toBe('private');
+    expect(() => openStoredKey(randomBytes(32), sealed, 'kid-1', 'The key kid-1')).toThrow(/^The key kid-1 in this database does not open with this KEEL_KEK\. Start with the KEEL_KEK that sealed it/);
   });
 });

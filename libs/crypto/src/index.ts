@@ -32,9 +32,20 @@ export function open(kek: Buffer, sealed: Buffer, context = ''): Buffer {
   }
 }
 
-/** What to tell an operator whose service cannot open its own signing key at start. */
-export const WRONG_KEK_HINT =
-  'Start with the KEEL_KEK that sealed it (with `npm start`, the .keel/kek of the checkout that first started Keel on this database), or point DATABASE_URL at another database.';
+/**
+ * Opens a service's own stored key (a signing key). When it does not open, the error tells
+ * the operator what to do: the usual cause is a database started under another KEEL_KEK.
+ */
+export function openStoredKey(kek: Buffer, sealed: Buffer, context: string, what: string): Buffer {
+  try {
+    return open(kek, sealed, context);
+  } catch (error) {
+    throw new Error(
+      `${what} in this database does not open with this KEEL_KEK. Start with the KEEL_KEK that sealed it (with \`npm start\`, the .keel/kek of the checkout that first started Keel on this database), or point DATABASE_URL at another database.`,
+      { cause: error },
+    );
+  }
+}
 
 export function kekFrom(base64: string | undefined): Buffer {
   const kek = Buffer.from(base64 ?? '', 'base64');

@@ -1,5 +1,5 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync, KeyObject, randomBytes, sign, verify } from 'node:crypto';
-import { open, seal, WRONG_KEK_HINT } from '@keel/crypto';
+import { openStoredKey, seal } from '@keel/crypto';
 import { DataSource } from 'typeorm';
 import { AUDIT_SCHEMA } from '../database/schema';
 import { canonicalJson } from '../ledger/hash-chain';
@@ -47,12 +47,7 @@ export class SigningKeys {
     if (this.current) return this.current;
     const rows = await this.ds.query(`SELECT key_id, private_key_enc FROM ${KEYS} ORDER BY created_at DESC LIMIT 1`);
     if (rows.length) {
-      let der: Buffer;
-      try {
-        der = open(this.kek, rows[0].private_key_enc);
-      } catch (error) {
-        throw new Error(`The ledger signing key ${rows[0].key_id} in this database does not open with this KEEL_KEK. ${WRONG_KEK_HINT}`, { cause: error });
-      }
+      const der = openStoredKey(this.kek, rows[0].private_key_enc, '', `The ledger signing key ${rows[0].key_id}`);
       this.current = { keyId: rows[0].key_id, privateKey: createPrivateKey({ key: der, format: 'der', type: 'pkcs8' }) };
       return this.current;
     }

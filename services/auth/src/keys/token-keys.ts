@@ -2,7 +2,7 @@ import { generateKeyPairSync, createPrivateKey, KeyObject, randomBytes } from 'n
 import { DataSource } from 'typeorm';
 import { SignJWT } from 'jose';
 import { ACCESS_TOKEN_SECONDS, AccessClaims, TOKEN_AUDIENCE, TOKEN_ISSUER } from '@keel/contracts';
-import { open, seal, WRONG_KEK_HINT } from '@keel/crypto';
+import { openStoredKey, seal } from '@keel/crypto';
 import { AUTH_SCHEMA } from '../database/schema';
 
 const KEYS = `"${AUTH_SCHEMA}".signing_keys`;
@@ -41,16 +41,10 @@ export class TokenKeys {
   async active(): Promise<{ kid: string; key: KeyObject }> {
     if (this.current) return this.current;
     const rows = await this.ds.query(`SELECT kid, private_key_enc FROM ${KEYS} WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1`);
-    this.current = rows.length ? { kid: rows[0].kid, key: createPrivateKey({ key: this.unseal(rows[0]), format: 'der', type: 'pkcs8' }) } : await this.create();
+    this.current = rows.length
+      ? { kid: rows[0].kid, key: createPrivateKey({ key: openStoredKey(this.kek, rows[0].private_key_enc, rows[0].kid, `The token signing key ${rows[0].kid}`), format: 'der', type: 'pkcs8' }) }
+      : await this.create();
     return this.current;
-  }
-
-  private unseal(row: { kid: string; private_key_enc: Buffer }): Buffer {
-    try {
-      return open(this.kek, row.private_key_enc, row.kid);
-    } catch (error) {
-      throw new Error(`The token signing key ${row.kid} in this database does not open with this KEEL_KEK. ${WRONG_KEK_HINT}`, { cause: error });
-    }
   }
 
   /** Forgets the cached key (another replica rotated). */

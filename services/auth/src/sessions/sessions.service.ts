@@ -7,7 +7,6 @@ import {
   authEventTypes as A,
   CommandMeta,
   DEFAULT_TENANT_SETTINGS,
-  ipAllowed,
   KeelError,
   loginSchema,
   newEventId,
@@ -28,6 +27,7 @@ import { Lockout, Outcome } from '../users/lockout';
 import { TenantLookup } from '../users/tenant-lookup';
 import { ARGON2_OPTIONS, metaSchema, UsersService } from '../users/users.service';
 import { RoleCatalog } from '../rbac/role-catalog';
+import { requireAllowedNetwork } from './allowed-network';
 import { SessionRevoker } from './session-revoker';
 
 const SESSIONS = `"${AUTH_SCHEMA}".sessions`;
@@ -73,7 +73,7 @@ export class SessionsService {
       tenantId = tenant.id;
       settings = { ...DEFAULT_TENANT_SETTINGS, ...tenant.settings };
       // Before the password is tried: an attempt from outside the tenant's networks counts for nothing.
-      this.fromAllowedNetwork(c.ip, settings);
+      requireAllowedNetwork(c.ip, settings.allowedIpRanges);
     }
     const account = `${tenantId}:${payload.email}`;
     const limit = settings.maxFailedLogins;
@@ -131,19 +131,12 @@ export class SessionsService {
     return this.startSession(tenantId, found.user_id, await this.tenantScopeRoles(tenantId, found.user_id, user.state.roles), settings, meta(found.user_id));
   }
 
-  /** A tenant that lists allowed IP ranges takes sign-ins and refreshes only from them. */
-  private fromAllowedNetwork(ip: string | undefined, settings: TenantSettings): void {
-    if (!ipAllowed(ip, settings.allowedIpRanges)) {
-      throw new KeelError('forbidden', `Signing in from ${ip ?? 'an unknown address'} is not allowed by this tenant's IP ranges.`);
-    }
-  }
-
   /**
    * Starts a session for a user whose identity is proven (password and second factor here; the
    * identity provider for single sign-on) and issues its first tokens.
    */
   async startSession(tenantId: string, userId: string, roles: string[], settings: TenantSettings, meta: CommandMeta): Promise<TokenPair> {
-    this.fromAllowedNetwork(meta.actor.ip, settings);
+    requireAllowedNetwork(meta.actor.ip, settings.allowedIpRanges);
     const sessionId = newEventId();
     const secret = randomToken();
     const timeoutSeconds = settings.sessionTimeoutMinutes * 60;
@@ -218,7 +211,7 @@ export class SessionsService {
         throw new KeelError('invalid_token', 'This tenant is not active; its sessions have ended.');
       }
       // The session stays; it refreshes again from an allowed network.
-      this.fromAllowedNetwork(c.ip, tenant.settings);
+      requireAllowedNetwork(c.ip, tenant.settings.allowedIpRanges);
     }
     const next = randomToken();
     // One statement turns the token (only if it is still the current one: two refreshes racing

@@ -1,8 +1,9 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { z } from 'zod';
-import { Actor, CommandMeta, DEFAULT_TENANT_SETTINGS, ipAllowed, KeelError, parseOrThrow, slugSchema, Tenant, TokenPair } from '@keel/contracts';
+import { Actor, CommandMeta, DEFAULT_TENANT_SETTINGS, KeelError, parseOrThrow, slugSchema, Tenant, TokenPair } from '@keel/contracts';
 import { randomToken, sha256Hex } from '@keel/crypto';
 import { RpcHandler } from '@keel/messaging';
+import { requireAllowedNetwork } from '../sessions/allowed-network';
 import { TenantLookup } from '../users/tenant-lookup';
 import { AuthMeta } from '../users/users.service';
 import { mapClaims } from './claim-mapping';
@@ -122,9 +123,7 @@ export class SsoService {
     }
     const tenant = await this.activeTenant(pending.tenantId);
     // Before anything is provisioned or granted: a sign-in from outside the tenant's networks does nothing.
-    if (!ipAllowed(c.ip, tenant.settings.allowedIpRanges)) {
-      throw new KeelError('forbidden', `Signing in from ${c.ip ?? 'an unknown address'} is not allowed by this tenant's IP ranges.`);
-    }
+    requireAllowedNetwork(c.ip, tenant.settings.allowedIpRanges);
     const { provider, clientSecret } = await this.providers.withSecret(tenant.id, pending.providerId);
     const claims = await this.oidc.redeem(provider.config, clientSecret, {
       code: payload.code,

@@ -54,10 +54,10 @@ const requests = {
   list: scope.extend({ cursor: z.uuid().optional(), limit: z.number().int().min(1).max(500).default(50) }).strict(),
 };
 
-/** Nobody grants what they do not hold: every permission of `roles` must be the caller's. */
 /** A reservation older than this whose user never reached the log is abandoned. */
 const STALE_RESERVATION_MS = 30_000;
 
+/** Nobody grants what they do not hold: every permission of `roles` must be the caller's. */
 export async function grantable(catalog: RoleCatalog, tenantId: string, meta: AuthMeta, roles: string[]): Promise<void> {
   const granted = await catalog.permissionsOf(tenantId, roles);
   if (meta.permissions === '*') return;

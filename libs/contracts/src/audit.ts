@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { EventEnvelope } from './envelope';
+import { text } from './text';
 
 export const AUDIT_SERVICE = 'audit';
 
@@ -15,14 +16,14 @@ export const auditQueries = { events: 'events', verify: 'verify', replay: 'repla
 
 export const auditEventsQuerySchema = z
   .object({
-    tenantId: z.string().min(1).max(128).optional(),
-    type: z.string().min(1).max(200).optional(),
-    aggregateType: z.string().min(1).max(128).optional(),
-    aggregateId: z.string().min(1).max(128).optional(),
-    actorId: z.string().min(1).max(200).optional(),
+    tenantId: text().min(1).max(128).optional(),
+    type: text().min(1).max(200).optional(),
+    aggregateType: text().min(1).max(128).optional(),
+    aggregateId: text().min(1).max(128).optional(),
+    actorId: text().min(1).max(200).optional(),
     from: z.iso.datetime().optional(),
     to: z.iso.datetime().optional(),
-    cursor: z.string().regex(/^\d{1,18}$/, 'must be a cursor this API returned').optional(),
+    cursor: text().regex(/^\d{1,18}$/, 'must be a cursor this API returned').optional(),
     limit: z.number().int().min(1).max(1_000).default(100),
     /** Newest first unless asked otherwise. */
     order: z.enum(['asc', 'desc']).default('desc'),
@@ -53,7 +54,7 @@ export const replayQuerySchema = z
     afterSeq: z.number().int().min(0),
     limit: z.number().int().min(1).max(5_000).default(1_000),
     /** Only events of these contexts (e.g. `["tenant"]`); all when omitted. */
-    contexts: z.array(z.string().min(1).max(64)).max(32).optional(),
+    contexts: z.array(text().min(1).max(64)).max(32).optional(),
   })
   .strict();
 export type ReplayQuery = z.infer<typeof replayQuerySchema>;

@@ -1,30 +1,30 @@
 import { z } from 'zod';
 import { allPermissions, systemRoleNames } from './permissions';
+import { text } from './text';
 
 export const AUTH_CONTEXT = 'auth';
 
-export const emailSchema = z
-  .string()
+export const emailSchema = text()
   .trim()
   .toLowerCase()
   .max(254)
   .pipe(z.email('must be an email address'));
 
 /** Length ≥ 12 and not the email (checked where the email is known). */
-export const passwordSchema = z.string().min(12, 'must be at least 12 characters').max(256);
+export const passwordSchema = text().min(12, 'must be at least 12 characters').max(256);
 /** A system role or one of the tenant's custom roles (checked by the auth service). */
-export const roleNameSchema = z.string().regex(/^[a-z][a-z0-9_-]{1,62}$/, 'a role name: lowercase letters, digits, "_" or "-"');
+export const roleNameSchema = text().regex(/^[a-z][a-z0-9_-]{1,62}$/, 'a role name: lowercase letters, digits, "_" or "-"');
 export const customRoleSchema = z
   .object({
     name: roleNameSchema.refine((n) => !(systemRoleNames as string[]).includes(n), 'is the name of a system role'),
-    description: z.string().max(500).default(''),
+    description: text({ multiline: true }).max(500).default(''),
     permissions: z.array(z.enum(allPermissions as unknown as [string, ...string[]])).min(1).max(64),
   })
   .strict();
 export const updateRoleSchema = customRoleSchema.omit({ name: true });
-export const teamSchema = z.object({ name: z.string().trim().min(1).max(100), parentId: z.uuid().nullable().default(null) }).strict();
+export const teamSchema = z.object({ name: text().trim().min(1).max(100), parentId: z.uuid().nullable().default(null) }).strict();
 export const updateTeamSchema = z
-  .object({ name: z.string().trim().min(1).max(100).optional(), parentId: z.uuid().nullable().optional() })
+  .object({ name: text().trim().min(1).max(100).optional(), parentId: z.uuid().nullable().optional() })
   .strict()
   .refine((v) => v.name !== undefined || v.parentId !== undefined, { message: 'name a field to change' });
 /** A role granted at tenant scope (no team) or at team scope (that team and its sub-teams). */
@@ -34,36 +34,36 @@ export const permissionSchema = z.enum(allPermissions as unknown as [string, ...
 export const createUserSchema = z
   .object({
     email: emailSchema,
-    name: z.string().trim().min(1, 'must not be empty').max(200),
+    name: text().trim().min(1, 'must not be empty').max(200),
     password: passwordSchema.optional(),
     roles: z.array(roleNameSchema).max(16).default(['viewer']),
   })
   .strict();
 export type CreateUser = z.infer<typeof createUserSchema>;
 
-export const profileSchema = z.object({ name: z.string().trim().min(1, 'must not be empty').max(200) }).strict();
+export const profileSchema = z.object({ name: text().trim().min(1, 'must not be empty').max(200) }).strict();
 export const setRolesSchema = z.object({ roles: z.array(roleNameSchema).max(16) }).strict();
 export const resetPasswordSchema = z.object({ password: passwordSchema }).strict();
-export const changePasswordSchema = z.object({ currentPassword: z.string().min(1).max(256), newPassword: passwordSchema }).strict();
+export const changePasswordSchema = z.object({ currentPassword: text().min(1).max(256), newPassword: passwordSchema }).strict();
 
 export const loginSchema = z
   .object({
-    tenant: z.string().min(1).max(63).optional(),
+    tenant: text().min(1).max(63).optional(),
     email: emailSchema,
-    password: z.string().min(1).max(256),
-    totp: z.string().regex(/^\d{6}$/, 'must be the 6-digit code from your authenticator').optional(),
+    password: text().min(1).max(256),
+    totp: text().regex(/^\d{6}$/, 'must be the 6-digit code from your authenticator').optional(),
     /** One of the account's single-use recovery codes, instead of `totp`. */
-    recoveryCode: z.string().trim().min(10).max(32).regex(/^[A-Za-z0-9 -]+$/, 'must be a recovery code as shown at enrolment').optional(),
+    recoveryCode: text().trim().min(10).max(32).regex(/^[A-Za-z0-9 -]+$/, 'must be a recovery code as shown at enrolment').optional(),
   })
   .strict()
   .refine((login) => !(login.totp && login.recoveryCode), { path: ['recoveryCode'], message: 'send either totp or recoveryCode, not both' });
 export type LoginRequest = z.infer<typeof loginSchema>;
 
-export const refreshSchema = z.object({ refreshToken: z.string().min(10).max(512) }).strict();
+export const refreshSchema = z.object({ refreshToken: text().min(10).max(512) }).strict();
 
 export const createApiKeySchema = z
   .object({
-    name: z.string().trim().min(1).max(100),
+    name: text().trim().min(1).max(100),
     permissions: z.array(permissionSchema).min(1).max(64),
     expiresAt: z.iso.datetime(),
   })

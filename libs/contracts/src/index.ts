@@ -9,3 +9,4 @@ export * from './audit';
 export * from './permissions';
 export * from './auth';
 export * from './sso';
+export * from './text';

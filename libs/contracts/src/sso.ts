@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { systemRoleNames } from './permissions';
+import { recordKeyError, text } from './text';
 
 /**
  * A tenant's identity provider. `type` selects the protocol and the shape of `config`; SAML
@@ -21,16 +22,16 @@ function isSecureUrl(value: string, { query }: { query: boolean }): boolean {
   return url.protocol === 'https:' || (url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname));
 }
 
-const claimName = z.string().min(1).max(200);
-const groupName = z.string().min(1).max(256);
+const claimName = text().min(1).max(200);
+const groupName = text().min(1).max(256);
 
 const oidcConfigSchema = z
   .object({
     /** Exactly as the provider's discovery document states it (`${issuer}/.well-known/openid-configuration`). */
-    issuer: z.string().max(2048).refine((v) => isSecureUrl(v, { query: false }), 'must be an https URL without query or fragment (http only on localhost)'),
-    clientId: z.string().min(1).max(255),
+    issuer: text().max(2048).refine((v) => isSecureUrl(v, { query: false }), 'must be an https URL without query or fragment (http only on localhost)'),
+    clientId: text().min(1).max(255),
     /** Requested beyond `openid email profile`, e.g. `groups`. */
-    scopes: z.array(z.string().regex(/^[\x21\x23-\x5B\x5D-\x7E]{1,100}$/, 'must be one OAuth scope token')).max(20).default([]),
+    scopes: z.array(text().regex(/^[\x21\x23-\x5B\x5D-\x7E]{1,100}$/, 'must be one OAuth scope token')).max(20).default([]),
   })
   .strict();
 export type OidcConfig = z.infer<typeof oidcConfigSchema>;
@@ -42,7 +43,7 @@ export const claimMappingSchema = z
     /** The claim listing the user's groups (a string or an array of strings), e.g. `groups`. */
     roleClaim: claimName.optional(),
     /** Group → Keel role. With `roleClaim` set, the user's roles follow the provider at every sign-in. */
-    roleMapping: z.record(groupName, mappableRole).default({}),
+    roleMapping: z.record(groupName, mappableRole, recordKeyError).default({}),
     /** The roles of a user none of whose groups is mapped; empty refuses such users. */
     defaultRoles: z.array(mappableRole).max(16).default(['viewer']),
     /** The claim whose groups `teamMapping` maps (often the same as `roleClaim`). */
@@ -51,7 +52,7 @@ export const claimMappingSchema = z
      * Group → a role on a Keel team (and its sub-teams). These team-scope grants follow the
      * provider at every sign-in; grants made by hand are left alone.
      */
-    teamMapping: z.record(groupName, z.object({ teamId: z.uuid(), role: mappableRole }).strict()).default({}),
+    teamMapping: z.record(groupName, z.object({ teamId: z.uuid(), role: mappableRole }).strict(), recordKeyError).default({}),
   })
   .strict()
   .refine((m) => m.roleClaim || !Object.keys(m.roleMapping).length, { path: ['roleClaim'], message: 'is needed when roleMapping is given' })
@@ -60,18 +61,18 @@ export type ClaimMapping = z.infer<typeof claimMappingSchema>;
 
 /** Where the callback may send the browser on with the tokens (exact match, against open redirects). */
 const redirectUris = z
-  .array(z.string().max(2048).refine((v) => isSecureUrl(v, { query: true }), 'must be an https URL without a fragment (http only on localhost)'))
+  .array(text().max(2048).refine((v) => isSecureUrl(v, { query: true }), 'must be an https URL without a fragment (http only on localhost)'))
   .max(20)
   .default([]);
 
 const oidcProvider = z
   .object({
     type: z.literal('oidc'),
-    name: z.string().trim().min(1).max(100),
+    name: text().trim().min(1).max(100),
     config: oidcConfigSchema,
     mapping: claimMappingSchema.prefault({}),
     redirectUris,
-    clientSecret: z.string().min(1).max(2048),
+    clientSecret: text().min(1).max(2048),
   })
   .strict();
 

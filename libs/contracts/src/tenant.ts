@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { checkCidr } from './cidr';
+import { text } from './text';
 
 export const TENANT_CONTEXT = 'tenant';
 export const TENANT_AGGREGATE = 'tenant';
@@ -29,7 +30,7 @@ export const PLAN_QUOTAS: Record<Exclude<Plan, 'custom'>, Quotas> = {
   enterprise: { maxUsers: 10_000, maxGpus: 64, maxGpuMemoryGb: 5_120, monthlyTokenQuota: 2_000_000_000, requestsPerMinute: 60_000 },
 };
 
-export const cidrSchema = z.string().transform((value, ctx) => {
+export const cidrSchema = text().transform((value, ctx) => {
   const check = checkCidr(value);
   if (!check.ok) {
     ctx.addIssue({ code: 'custom', message: `"${value}": ${check.reason}` });
@@ -82,8 +83,8 @@ export interface Tenant {
   updatedAt: string;
 }
 
-const nameSchema = z.string().trim().min(1, 'must not be empty').max(200);
-const reasonSchema = z.string().trim().min(1, 'must not be empty').max(1_000);
+const nameSchema = text().trim().min(1, 'must not be empty').max(200);
+const reasonSchema = text({ multiline: true }).trim().min(1, 'must not be empty').max(1_000);
 
 // ---- commands (payloads as they cross NATS; the gateway validates with the same schemas) ----
 
@@ -168,12 +169,12 @@ export type TenantEvent =
 export const tenantQueries = { get: 'get', list: 'list' } as const;
 
 export const getTenantQuerySchema = z
-  .object({ idOrSlug: z.string().min(1).max(200), consistentWith: z.number().int().min(0).optional() })
+  .object({ idOrSlug: text().min(1).max(200), consistentWith: z.number().int().min(0).optional() })
   .strict();
 
 export const listTenantsQuerySchema = z
   .object({
-    cursor: z.string().max(200).optional(),
+    cursor: text().max(200).optional(),
     limit: z.number().int().min(1).max(500).default(50),
     status: tenantStatusSchema.optional(),
     consistentWith: z.number().int().min(0).optional(),

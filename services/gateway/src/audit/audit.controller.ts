@@ -1,6 +1,6 @@
 import { Controller, Get, Req } from '@nestjs/common';
 import { z } from 'zod';
-import { auditEventsQuerySchema, KeelError, LedgerEntry, Page, permissions as P, VerifyResult } from '@keel/contracts';
+import { auditEventsQuerySchema, KeelError, LedgerEntry, Page, permissions as P, text, VerifyResult } from '@keel/contracts';
 import { RpcClient } from '@keel/messaging';
 import { Endpoint, Input, ValidInput } from '../http/endpoint';
 import { KeelRequest } from '../http/request-context';
@@ -22,7 +22,7 @@ const verifyQuery = z
 
 const checkpointsQuery = z
   .object({
-    cursor: z.string().regex(/^\d{1,18}$/, 'must be a cursor this API returned').optional(),
+    cursor: text().regex(/^\d{1,18}$/, 'must be a cursor this API returned').optional(),
     limit: z.coerce.number().int().min(1).max(1_000).default(100),
   })
   .strict();

@@ -5,6 +5,7 @@ import { FastifyReply } from 'fastify';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { text } from '@keel/contracts';
 import { ENDPOINT, Endpoint, EndpointSpec, Input, ValidInput } from './endpoint';
 import { responseSchemas } from './openapi-components';
 
@@ -127,7 +128,7 @@ export class OpenApiController {
   }
 
   @Get('docs/assets/:file')
-  @Endpoint({ permission: 'public', tag: 'operations', summary: 'API explorer assets', params: z.object({ file: z.string() }) })
+  @Endpoint({ permission: 'public', tag: 'operations', summary: 'API explorer assets', params: z.object({ file: text().max(100) }) })
   asset(@Res({ passthrough: true }) reply: FastifyReply, @Input() input: ValidInput<unknown, unknown, { file: string }>) {
     const file = input.params.file;
     if (file === 'init.js') {

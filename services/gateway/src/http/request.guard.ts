@@ -12,7 +12,7 @@ import { TenantDirectory } from '../tenants/tenant-directory';
 import { ENDPOINT, EndpointSpec } from './endpoint';
 import { RateLimiter, rateLimitHeaders, RateLimiterUnavailableError } from './rate-limiter';
 import { KeelRequest, Principal } from './request-context';
-import { validateRequest } from './validate-request';
+import { refuseBadTenantParam, validateRequest } from './validate-request';
 
 const requestIdSchema = z.string().regex(/^[A-Za-z0-9._:-]{1,128}$/);
 
@@ -55,6 +55,7 @@ export class RequestGuard implements CanActivate {
       if (spec.permission !== 'authenticated' && principal.permissions !== '*' && !principal.permissions.has(spec.permission)) {
         throw new KeelError('forbidden', `This needs the permission "${spec.permission}".`);
       }
+      refuseBadTenantParam(spec, req);
       if (spec.tenantParam && !principal.crossTenant) await this.sameTenant(principal, (req.params as Record<string, string>)[spec.tenantParam]);
       await this.tenantPolicy(principal, req, reply);
     }

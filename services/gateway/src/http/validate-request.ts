@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { FieldError } from '@keel/contracts';
+import { FieldError, textProblem, textProblemMessage } from '@keel/contracts';
 import { EndpointSpec } from './endpoint';
 import { validationError } from './problem';
 import { KeelRequest } from './request-context';
@@ -14,6 +14,18 @@ function check(schema: z.ZodType | undefined, value: unknown, where: FieldError[
     fields.push({ in: where, field: issue.path.length ? issue.path.join('.') : '(whole)', message: issue.message });
   }
   return undefined;
+}
+
+/**
+ * The path parameter naming the tenant is looked up before the rest is validated (a caller of
+ * another tenant gets 404, not the contract): text no field can hold is refused first, so it
+ * never reaches a lookup.
+ */
+export function refuseBadTenantParam(spec: EndpointSpec, req: KeelRequest): void {
+  if (!spec.tenantParam) return;
+  const value = (req.params as Record<string, unknown> | undefined)?.[spec.tenantParam];
+  const problem = typeof value === 'string' ? textProblem(value) : null;
+  if (problem) throw validationError([{ in: 'path', field: spec.tenantParam, message: textProblemMessage(problem) }]);
 }
 
 /** Validates body, query, path and If-Match against the endpoint's declaration, all at once. */

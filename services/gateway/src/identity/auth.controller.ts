@@ -1,13 +1,13 @@
 import { Controller, Delete, Get, HttpCode, Patch, Post, Req } from '@nestjs/common';
 import { z } from 'zod';
-import { changePasswordSchema, KeelError, loginSchema, permissions as P, profileSchema, refreshSchema, SessionInfo, TokenPair, TOKEN_ISSUER } from '@keel/contracts';
+import { changePasswordSchema, KeelError, loginSchema, permissions as P, profileSchema, refreshSchema, SessionInfo, text, TokenPair, TOKEN_ISSUER } from '@keel/contracts';
 import { RpcClient } from '@keel/messaging';
 import { Endpoint, Input, ValidInput } from '../http/endpoint';
 import { authMeta, KeelRequest } from '../http/request-context';
 import { userAnswer } from './tenant-identity.controller';
 
 const sessionParams = z.object({ sessionId: z.uuid() }).strict();
-const totpCode = z.object({ code: z.string().regex(/^\d{6}$/, 'must be the 6-digit code from your authenticator') }).strict();
+const totpCode = z.object({ code: text().regex(/^\d{6}$/, 'must be the 6-digit code from your authenticator') }).strict();
 
 function client(req: KeelRequest) {
   const ua = req.headers['user-agent'];

@@ -2,7 +2,7 @@ import { Controller, Delete, Get, HttpCode, Post, Put, Req, Res } from '@nestjs/
 import { FastifyReply } from 'fastify';
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
-import { CommandResult, createIdentityProviderSchema, permissions as P, slugSchema, TokenPair, updateIdentityProviderSchema } from '@keel/contracts';
+import { CommandResult, createIdentityProviderSchema, permissions as P, slugSchema, text, TokenPair, updateIdentityProviderSchema } from '@keel/contracts';
 import { RpcClient } from '@keel/messaging';
 import { Endpoint, Input, ValidInput } from '../http/endpoint';
 import { authMeta, KeelRequest } from '../http/request-context';
@@ -10,15 +10,15 @@ import { authMeta, KeelRequest } from '../http/request-context';
 const tenantParams = z.object({ tenantId: z.uuid() }).strict();
 const providerParams = tenantParams.extend({ providerId: z.uuid() }).strict();
 const startParams = z.object({ tenantSlug: slugSchema, providerId: z.uuid() }).strict();
-const startQuery = z.object({ redirectUri: z.url().max(2048).optional().describe('Send the browser there with the tokens in the fragment; one of the provider\'s redirectUris') }).strict();
+const startQuery = z.object({ redirectUri: text().max(2048).pipe(z.url()).optional().describe('Send the browser there with the tokens in the fragment; one of the provider\'s redirectUris') }).strict();
 // Not strict: providers add their own parameters to the callback (session_state, …).
 const callbackQuery = z
   .object({
-    state: z.string().min(1).max(128),
-    code: z.string().min(1).max(4096).optional(),
-    error: z.string().max(256).optional(),
-    error_description: z.string().max(1024).optional(),
-    iss: z.string().max(2048).optional(),
+    state: text().min(1).max(128),
+    code: text().min(1).max(4096).optional(),
+    error: text().max(256).optional(),
+    error_description: text({ multiline: true }).max(1024).optional(),
+    iss: text().max(2048).optional(),
   })
   .loose();
 

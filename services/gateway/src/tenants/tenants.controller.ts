@@ -10,6 +10,7 @@ import {
   permissions as P,
   suspendTenantSchema,
   Tenant,
+  text,
   tenantStatusSchema,
   updateSettingsSchema,
 } from '@keel/contracts';
@@ -21,10 +22,10 @@ import { TenantDirectory } from './tenant-directory';
 
 const consistentWith = z.coerce.number().int().min(0).optional().describe('Answer once the read model has applied this position');
 const idParams = z.object({ id: z.uuid() }).strict();
-const idOrSlugParams = z.object({ idOrSlug: z.string().min(1).max(200) }).strict();
+const idOrSlugParams = z.object({ idOrSlug: text().min(1).max(200) }).strict();
 const listQuery = z
   .object({
-    cursor: z.string().max(200).optional(),
+    cursor: text().max(200).optional(),
     limit: z.coerce.number().int().min(1).max(500).default(50),
     status: tenantStatusSchema.optional(),
     consistentWith,

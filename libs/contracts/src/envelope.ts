@@ -37,6 +37,7 @@ export const envelopeSchema = z
     actor: actorSchema,
     correlationId: z.string().min(1).max(200),
     causationId: z.string().min(1).max(200).optional(),
+    commandId: z.string().min(1).max(200).optional(),
     data: z.record(z.string(), z.unknown()),
   })
   .strict();

@@ -7,6 +7,8 @@ export interface CommandMeta {
   correlationId: string;
   /** When set, the command applies only if the aggregate is at this version (else 412). */
   expectedVersion?: number;
+  /** The command's own id (from an `Idempotency-Key`): a retry of an applied command answers its first outcome. */
+  commandId?: string;
 }
 
 export interface CommandRequest<P> {

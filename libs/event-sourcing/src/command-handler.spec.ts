@@ -1,6 +1,6 @@
 import { CommandMeta, EventEnvelope, eventSubject, KeelError, PositionedEvent, validateEnvelope } from '@keel/contracts';
 import { ConcurrencyConflict, EventStore } from '@keel/messaging';
-import { AggregateSpec, CommandHandler } from './command-handler';
+import { aggregateIdFor, AggregateSpec, CommandHandler, deterministicUuid, REMEMBERED_COMMANDS } from './command-handler';
 import { Decider } from './decider';
 
 // ---- a tiny counter aggregate, just enough to drive the handler ----
@@ -58,6 +58,10 @@ class FakeEventStore {
   readonly appendCalls: { subject: string; expected: number; count: number }[] = [];
   readonly readCalls: { subject: string; after: number }[] = [];
   conflicts = 0;
+  /** Publishes answered as duplicates of an earlier message id (stored nothing). */
+  duplicates = 0;
+  /** `Nats-Msg-Id` → position, as the stream's duplicate window holds them. */
+  private readonly window = new Map<string, number>();
   /** Runs at the start of every append, before the optimistic check: "another replica" acts here. */
   beforeAppend?: () => void;
   /** Thrown by the next append instead of appending. */
@@ -89,12 +93,22 @@ class FakeEventStore {
     let expected = expectedLastPosition;
     for (const event of events) {
       const subject = this.subjectOf(event);
+      // As JetStream: a message id inside the duplicate window is acknowledged with the first
+      // copy's position before any expectation is checked, and stores nothing.
+      const duplicate = this.window.get(event.id);
+      if (duplicate !== undefined) {
+        this.duplicates++;
+        positions.push(duplicate);
+        expected = duplicate;
+        continue;
+      }
       if (this.lastPositionOf(subject) !== expected) {
         this.conflicts++;
         throw new ConcurrencyConflict(subject, expected);
       }
       const position = this.log.length + 1;
       this.log.push({ position, event: JSON.parse(JSON.stringify(event)) });
+      this.window.set(event.id, position);
       positions.push(position);
       expected = position;
     }
@@ -105,6 +119,17 @@ class FakeEventStore {
     this.readCalls.push({ subject, after: afterPosition });
     await new Promise((resolve) => setImmediate(resolve));
     return this.log.filter((p) => p.position > afterPosition && this.subjectOf(p.event) === subject).map((p) => JSON.parse(JSON.stringify(p)));
+  }
+
+  async readPosition(position: number): Promise<{ event: unknown } | null> {
+    await new Promise((resolve) => setImmediate(resolve));
+    const found = this.log.find((p) => p.position === position);
+    return found ? { event: JSON.parse(JSON.stringify(found.event)) } : null;
+  }
+
+  /** The stream's 2-minute duplicate window has passed: message ids are no longer remembered. */
+  expireDuplicateWindow(): void {
+    this.window.clear();
   }
 
   /** An event of some other aggregate, so positions and versions differ. */
@@ -479,6 +504,221 @@ describe('CommandHandler', () => {
       expect(result).toMatchObject({ version: 2, state: { count: 2 } });
       expect(store.readCalls.at(-1)).toEqual({ subject, after: 0 });
       expect(store.conflicts).toBe(0);
+    });
+  });
+
+  describe('a command with a commandId (applied at most once)', () => {
+    const once = (commandId: string, extra: Partial<CommandMeta> = {}): CommandMeta => ({ ...meta, commandId, ...extra });
+    /** A handler whose decisions are counted. */
+    const counted = (store: FakeEventStore) => {
+      const calls = { decide: 0 };
+      const handler = handlerOn(store, {
+        decider: { ...counterDecider, decide: (c, s) => (calls.decide++, counterDecider.decide(c, s)) },
+      });
+      return { handler, calls };
+    };
+    const outcome = (r: { state: CounterState; version: number; position: number }) => ({ state: r.state, version: r.version, position: r.position });
+
+    it('gives its events ids derived from the command id and the aggregate, and the command id in the envelope', async () => {
+      const a = new FakeEventStore();
+      const b = new FakeEventStore();
+      const other = { tenantId: 't1', aggregateId: 'c2' };
+
+      const first = await handlerOn(a).handle(target, { type: 'add_twice', by: 1 }, once('cmd-1'));
+      const again = await handlerOn(b).handle(target, { type: 'add_twice', by: 1 }, once('cmd-1'));
+      const elsewhere = await handlerOn(b).handle(other, { type: 'add_twice', by: 1 }, once('cmd-1'));
+      const plain = await handlerOn(b).handle(target, { type: 'add', by: 1 }, meta);
+
+      const ids = first.events.map((e) => e.id);
+      expect(again.events.map((e) => e.id)).toEqual(ids);
+      expect(new Set(ids).size).toBe(2);
+      expect(elsewhere.events.map((e) => e.id).filter((id) => ids.includes(id))).toEqual([]);
+      expect(b.eventsOf('c2')).toHaveLength(2);
+      expect(a.log.map((p) => p.event.commandId)).toEqual(['cmd-1', 'cmd-1']);
+      for (const e of [...first.events, ...elsewhere.events]) expect(() => validateEnvelope(e)).not.toThrow();
+      expect('commandId' in plain.events[0]!).toBe(false);
+      expect(ids).not.toContain(plain.events[0]!.id);
+    });
+
+    it('answers a retry in the same process with the first outcome, deciding and appending nothing', async () => {
+      const store = new FakeEventStore();
+      const { handler, calls } = counted(store);
+      const first = await handler.handle(target, { type: 'add', by: 5 }, once('cmd-1'));
+
+      const retry = await handler.handle(target, { type: 'add', by: 5 }, { ...once('cmd-1'), correlationId: 'req-2' });
+
+      expect(retry).toEqual({ ...outcome(first), events: [] });
+      expect(calls.decide).toBe(1);
+      expect(store.appendCalls).toHaveLength(1);
+      expect(store.log).toHaveLength(1);
+    });
+
+    it('answers a retry in another replica or after a restart from the log (the command id is in it)', async () => {
+      const store = new FakeEventStore();
+      const first = await handlerOn(store).handle(target, { type: 'add', by: 5 }, once('cmd-1'));
+      store.expireDuplicateWindow();
+      const restarted = counted(store);
+      const readsBefore = store.readCalls.length;
+
+      const retry = await restarted.handler.handle(target, { type: 'add', by: 5 }, once('cmd-1'));
+
+      expect(retry).toEqual({ ...outcome(first), events: [] });
+      expect(restarted.calls.decide).toBe(0);
+      expect(store.readCalls.slice(readsBefore)).toEqual([{ subject, after: 0 }]);
+      expect(store.log).toHaveLength(1);
+    });
+
+    it('answers the earlier outcome after later commands moved the aggregate on', async () => {
+      const store = new FakeEventStore();
+      const handler = handlerOn(store);
+      const first = await handler.handle(target, { type: 'add', by: 1 }, once('cmd-1'));
+      await handler.handle(target, { type: 'add', by: 10 }, once('cmd-2'));
+      await handler.handle(target, { type: 'add', by: 100 }, meta);
+
+      const inProcess = await handler.handle(target, { type: 'add', by: 1 }, once('cmd-1'));
+      const fromLog = await handlerOn(store).handle(target, { type: 'add', by: 1 }, once('cmd-1'));
+
+      expect(first).toMatchObject({ state: { count: 1 }, version: 1, position: 1 });
+      expect(inProcess).toEqual({ ...outcome(first), events: [] });
+      expect(fromLog).toEqual({ ...outcome(first), events: [] });
+      expect(store.log).toHaveLength(3);
+    });
+
+    it('keeps the outcome of a decision with several events at its last event', async () => {
+      const store = new FakeEventStore();
+      store.appendUnrelated();
+      await handlerOn(store).handle(target, { type: 'add_twice', by: 2 }, once('cmd-1'));
+
+      const retry = await handlerOn(store).handle(target, { type: 'add_twice', by: 2 }, once('cmd-1'));
+
+      expect(retry).toEqual({ state: { started: false, count: 4 }, version: 2, position: 3, events: [] });
+      expect(store.log).toHaveLength(3);
+    });
+
+    it('answers the first outcome, not 412, to a retry whose expectedVersion the command itself moved past', async () => {
+      const store = new FakeEventStore();
+      const handler = handlerOn(store);
+      await handler.handle(target, { type: 'add', by: 1 }, meta);
+      const first = await handler.handle(target, { type: 'add', by: 1 }, once('cmd-1', { expectedVersion: 1 }));
+
+      const inProcess = await handler.handle(target, { type: 'add', by: 1 }, once('cmd-1', { expectedVersion: 1 }));
+      const fromLog = await handlerOn(store).handle(target, { type: 'add', by: 1 }, once('cmd-1', { expectedVersion: 1 }));
+      const stranger = await rejection(handler.handle(target, { type: 'add', by: 1 }, once('cmd-2', { expectedVersion: 1 })));
+
+      expect(first.version).toBe(2);
+      expect(inProcess).toEqual({ ...outcome(first), events: [] });
+      expect(fromLog).toEqual({ ...outcome(first), events: [] });
+      expect(stranger.code).toBe('version_mismatch');
+      expect(store.log).toHaveLength(2);
+    });
+
+    it('stores a republish inside the duplicate window once and answers what the log holds', async () => {
+      const store = new FakeEventStore();
+      const a = handlerOn(store);
+      const b = counted(store);
+      await b.handler.handle(target, { type: 'add', by: 1 }, meta); // B's view stays at version 1.
+      const first = await a.handle(target, { type: 'add', by: 5 }, once('cmd-1'));
+
+      // B decides on its stale view and republishes the same event ids: JetStream acknowledges the
+      // first copy's position without checking the expectation, and stores nothing.
+      const retry = await b.handler.handle(target, { type: 'add', by: 5 }, { ...once('cmd-1'), correlationId: 'req-2' });
+
+      expect(b.calls.decide).toBe(2);
+      expect(store.duplicates).toBe(1);
+      expect(store.log).toHaveLength(2);
+      expect(first).toMatchObject({ version: 2, position: 2, state: { count: 6 } });
+      expect(retry).toEqual({ ...outcome(first), events: [] });
+      const next = await b.handler.handle(target, { type: 'add', by: 1 }, meta);
+      expect(next).toMatchObject({ version: 3, state: { count: 7 } });
+      expect(store.conflicts).toBe(0);
+    });
+
+    it('after the duplicate window, a stale replica meets the optimistic check and answers from the log', async () => {
+      const store = new FakeEventStore();
+      const a = handlerOn(store);
+      const b = handlerOn(store);
+      await b.handle(target, { type: 'add', by: 1 }, meta); // B's view stays at version 1.
+      const first = await a.handle(target, { type: 'add', by: 5 }, once('cmd-1'));
+      store.expireDuplicateWindow();
+
+      const retry = await b.handle(target, { type: 'add', by: 5 }, once('cmd-1'));
+
+      expect(store.conflicts).toBe(1);
+      expect(store.duplicates).toBe(0);
+      expect(store.log).toHaveLength(2);
+      expect(retry).toEqual({ ...outcome(first), events: [] });
+    });
+
+    it('makes a create with an id derived from the command id read the log, so its retry finds the aggregate', async () => {
+      const store = new FakeEventStore();
+      const created = { tenantId: 't1', aggregateId: aggregateIdFor('cmd-1', 'counter') };
+      const first = await handlerOn(store).handle(created, { type: 'start' }, once('cmd-1'), true);
+      store.expireDuplicateWindow();
+
+      // 'start' refuses an existing counter: the retry must not decide again.
+      const retry = await handlerOn(store).handle(created, { type: 'start' }, once('cmd-1'), true);
+
+      expect(retry).toEqual({ ...outcome(first), events: [] });
+      expect(store.readCalls.map((r) => r.after)).toEqual([0, 0]);
+      expect(store.eventsOf(created.aggregateId)).toHaveLength(1);
+    });
+
+    it('serialises a command and its concurrent retries in one process: one event, every answer the same', async () => {
+      const store = new FakeEventStore();
+      const handler = handlerOn(store);
+
+      const results = await Promise.all([1, 2, 3].map(() => handler.handle(target, { type: 'add', by: 1 }, once('cmd-1'))));
+
+      expect(store.log).toHaveLength(1);
+      expect(results.map(outcome)).toEqual([outcome(results[0]!), outcome(results[0]!), outcome(results[0]!)]);
+      expect(results.map((r) => r.events.length)).toEqual([1, 0, 0]);
+    });
+
+    it('records no outcome for a refused command: its retry is decided again and refused again', async () => {
+      const store = new FakeEventStore();
+      const { handler, calls } = counted(store);
+
+      const first = await rejection(handler.handle(target, { type: 'fail' }, once('cmd-1')));
+      const retry = await rejection(handler.handle(target, { type: 'fail' }, once('cmd-1')));
+
+      expect([first.code, retry.code]).toEqual(['invalid_transition', 'invalid_transition']);
+      expect(calls.decide).toBe(2);
+      expect(store.log).toEqual([]);
+    });
+
+    it(`remembers the last ${REMEMBERED_COMMANDS} command ids of an aggregate, not more`, async () => {
+      const store = new FakeEventStore();
+      const handler = handlerOn(store);
+      for (let i = 0; i <= REMEMBERED_COMMANDS; i++) await handler.handle(target, { type: 'add', by: 1 }, once(`cmd-${i}`));
+      store.expireDuplicateWindow();
+      const restarted = counted(store);
+
+      const oldestKept = await restarted.handler.handle(target, { type: 'add', by: 1 }, once('cmd-1'));
+      expect(oldestKept).toMatchObject({ version: 2, position: 2, events: [] });
+      expect(restarted.calls.decide).toBe(0);
+      expect((await handler.handle(target, { type: 'add', by: 1 }, once('cmd-1'))).events).toEqual([]);
+
+      const forgotten = await restarted.handler.handle(target, { type: 'add', by: 1 }, once('cmd-0'));
+      expect(restarted.calls.decide).toBe(1);
+      expect(forgotten.version).toBe(REMEMBERED_COMMANDS + 2);
+    });
+  });
+
+  describe('deterministic ids', () => {
+    const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+    it('are UUIDs (version 8), the same for the same parts and different for different ones', () => {
+      expect(deterministicUuid('a', 'b')).toMatch(uuid);
+      expect(deterministicUuid('a', 'b')).toBe(deterministicUuid('a', 'b'));
+      expect(deterministicUuid('a', 'b')).not.toBe(deterministicUuid('a', 'c'));
+      expect(deterministicUuid('a', 'b')).not.toBe(deterministicUuid('ab'));
+    });
+
+    it('give a create the same aggregate id for the same command id, per aggregate type', () => {
+      expect(aggregateIdFor('cmd-1', 'tenant')).toMatch(uuid);
+      expect(aggregateIdFor('cmd-1', 'tenant')).toBe(aggregateIdFor('cmd-1', 'tenant'));
+      expect(aggregateIdFor('cmd-1', 'tenant')).not.toBe(aggregateIdFor('cmd-2', 'tenant'));
+      expect(aggregateIdFor('cmd-1', 'tenant')).not.toBe(aggregateIdFor('cmd-1', 'user'));
     });
   });
 });

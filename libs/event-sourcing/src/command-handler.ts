@@ -1,6 +1,28 @@
+import { createHash } from 'node:crypto';
 import { CommandMeta, EventEnvelope, KeelError, newEventId } from '@keel/contracts';
 import { ConcurrencyConflict, EventStore } from '@keel/messaging';
 import { Decider, DomainEvent } from './decider';
+
+/**
+ * A UUID (version 8, RFC 9562) derived from SHA-256 of `parts`: the same parts give the same
+ * id in every process and after every restart. Used for the ids a command derives from its
+ * `commandId` (its events' ids, a created aggregate's id).
+ */
+export function deterministicUuid(...parts: string[]): string {
+  const b = createHash('sha256').update(parts.join('\n')).digest().subarray(0, 16);
+  b[6] = (b[6]! & 0x0f) | 0x80;
+  b[8] = (b[8]! & 0x3f) | 0x80;
+  const h = b.toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+/** The id of the aggregate a create command with `commandId` makes: a retry finds the same one. */
+export function aggregateIdFor(commandId: string, aggregateType: string): string {
+  return deterministicUuid('keel.aggregate', aggregateType, commandId);
+}
+
+/** Command ids an aggregate remembers (with the outcome of each), newest kept. */
+export const REMEMBERED_COMMANDS = 100;
 
 export interface AggregateTarget {
   tenantId: string;
@@ -31,15 +53,34 @@ export interface HandledCommand<State> {
   state: State;
   version: number;
   position: number;
+  /** The events this call appended: none when the decision had none, or the command was applied before. */
   events: EventEnvelope[];
+}
+
+/** What a command left the aggregate at: answered again to a retry of the same command id. */
+interface Outcome<State> {
+  state: State;
+  version: number;
+  position: number;
+}
+
+/** An aggregate in memory: its state and the outcomes of the last command ids found in its log. */
+interface Entry<State> extends Loaded<State> {
+  commands: Map<string, Outcome<State>>;
 }
 
 /**
  * Load → decide → append with the aggregate's last stream sequence as the expected one.
  * A conflict reloads from the log and decides again, a bounded number of times.
+ *
+ * A command with `meta.commandId` is applied at most once: its events carry the id (and have
+ * ids derived from it, so a republish inside the stream's duplicate window is stored once), the
+ * aggregate remembers the last REMEMBERED_COMMANDS command ids of its log with the outcome of
+ * each, and a command whose id is among them answers that outcome without deciding again —
+ * in any replica, after any restart, since it comes from the log.
  */
 export class CommandHandler<State, Command, Event extends DomainEvent> {
-  private readonly cache = new Map<string, Loaded<State>>();
+  private readonly cache = new Map<string, Entry<State>>();
   /** Commands on one aggregate run one after another in this process; replicas rely on the check. */
   private readonly queues = new Map<string, Promise<unknown>>();
   private readonly maxAttempts: number;
@@ -64,19 +105,29 @@ export class CommandHandler<State, Command, Event extends DomainEvent> {
 
   /** The aggregate as the log has it now. */
   async load(target: AggregateTarget): Promise<Loaded<State>> {
-    const key = this.subject(target);
-    const cached = this.cache.get(key);
-    const base: Loaded<State> = cached ?? { state: this.spec.decider.initialState(), version: 0, position: 0 };
+    const { state, version, position } = await this.loadEntry(this.subject(target));
+    return { state, version, position };
+  }
+
+  private empty(): Entry<State> {
+    return { state: this.spec.decider.initialState(), version: 0, position: 0, commands: new Map() };
+  }
+
+  private async loadEntry(key: string): Promise<Entry<State>> {
+    const base = this.cache.get(key) ?? this.empty();
     const newer = await this.store.readSubject(key, base.position);
     if (newer.length === 0) return base;
     let { state, version, position } = base;
+    const commands = base.commands; // superseded by the entry made here, so it may grow in place
     for (const { position: p, event } of newer) {
       const e = this.spec.upcast ? this.spec.upcast(event) : event;
       state = this.spec.decider.evolve(state, { type: e.type, data: e.data, occurredAt: e.occurredAt } as Event);
       version = e.aggregateVersion;
       position = p;
+      // The last event of a command's decision holds its outcome (each event overwrites the one before).
+      if (event.commandId) recordOutcome(commands, event.commandId, { state, version, position });
     }
-    const loaded = { state, version, position };
+    const loaded = { state, version, position, commands };
     this.remember(key, loaded);
     return loaded;
   }
@@ -107,14 +158,20 @@ export class CommandHandler<State, Command, Event extends DomainEvent> {
     meta: CommandMeta,
     fresh: boolean,
   ): Promise<HandledCommand<State>> {
+    const { commandId } = meta;
     for (let attempt = 1; ; attempt++) {
-      const current: Loaded<State> =
-        fresh && attempt === 1
-          ? { state: this.spec.decider.initialState(), version: 0, position: 0 }
-          : (this.cache.get(key) ?? (await this.load(target)));
+      // An id derived from a command id is not fresh: a retry of that command finds it in the log.
+      const current: Entry<State> =
+        fresh && attempt === 1 && !commandId ? this.empty() : (this.cache.get(key) ?? (await this.loadEntry(key)));
+      if (commandId) {
+        const done = current.commands.get(commandId);
+        if (done) return { ...done, events: [] };
+      }
       if (meta.expectedVersion !== undefined && meta.expectedVersion !== current.version) {
         // A stale cache must not answer 412: check against the log before refusing.
-        const fromLog = await this.load(target);
+        const fromLog = await this.loadEntry(key);
+        const done = commandId ? fromLog.commands.get(commandId) : undefined;
+        if (done) return { ...done, events: [] };
         if (meta.expectedVersion !== fromLog.version) {
           throw new KeelError(
             'version_mismatch',
@@ -124,14 +181,24 @@ export class CommandHandler<State, Command, Event extends DomainEvent> {
         continue;
       }
       const domainEvents = this.spec.decider.decide(command, current.state);
-      if (domainEvents.length === 0) return { ...current, events: [] };
-      const envelopes = domainEvents.map((e, i) => this.envelope(target, e, current.version + i + 1, meta));
+      if (domainEvents.length === 0) return { state: current.state, version: current.version, position: current.position, events: [] };
+      const envelopes = domainEvents.map((e, i) => this.envelope(key, target, e, i, current.version + i + 1, meta));
       try {
         const positions = await this.store.append(envelopes, current.position);
+        if (commandId && !(await this.storedAsSent(envelopes, positions))) {
+          // The log answered with events an earlier run of this command stored (inside the duplicate
+          // window, a republish of the same event id is acknowledged with the first copy's position):
+          // that run's outcome is the answer, as the log has it.
+          this.cache.delete(key);
+          const fromLog = await this.loadEntry(key);
+          const done = fromLog.commands.get(commandId);
+          return { ...(done ?? { state: fromLog.state, version: fromLog.version, position: fromLog.position }), events: [] };
+        }
         let state = current.state;
         envelopes.forEach((env, i) => (state = this.spec.decider.evolve(state, { ...domainEvents[i]!, occurredAt: env.occurredAt })));
         const next = { state, version: current.version + domainEvents.length, position: positions[positions.length - 1]! };
-        this.remember(key, next);
+        if (commandId) recordOutcome(current.commands, commandId, next);
+        this.remember(key, { ...next, commands: current.commands });
         return { ...next, events: envelopes };
       } catch (error) {
         if (!(error instanceof ConcurrencyConflict)) throw error;
@@ -143,9 +210,19 @@ export class CommandHandler<State, Command, Event extends DomainEvent> {
     }
   }
 
-  private envelope(t: AggregateTarget, e: Event, aggregateVersion: number, meta: CommandMeta): EventEnvelope {
+  /** Whether the log holds, at `positions`, the very events of this run (not an earlier run's with the same ids). */
+  private async storedAsSent(envelopes: EventEnvelope[], positions: number[]): Promise<boolean> {
+    const stored = await Promise.all(positions.map((p) => this.store.readPosition(p)));
+    return stored.every((s, i) => {
+      const e = s?.event as Partial<EventEnvelope> | undefined;
+      return e?.id === envelopes[i]!.id && e?.occurredAt === envelopes[i]!.occurredAt && e?.correlationId === envelopes[i]!.correlationId;
+    });
+  }
+
+  private envelope(key: string, t: AggregateTarget, e: Event, index: number, aggregateVersion: number, meta: CommandMeta): EventEnvelope {
     return {
-      id: newEventId(),
+      // From a command id: the same command's events have the same ids however often it is retried.
+      id: meta.commandId ? deterministicUuid('keel.event', key, meta.commandId, String(index)) : newEventId(),
       type: e.type,
       schemaVersion: this.spec.schemaVersions?.[e.type] ?? 1,
       tenantId: t.tenantId,
@@ -156,13 +233,21 @@ export class CommandHandler<State, Command, Event extends DomainEvent> {
       actor: meta.actor,
       correlationId: meta.correlationId,
       causationId: meta.correlationId,
+      ...(meta.commandId ? { commandId: meta.commandId } : {}),
       data: e.data,
     };
   }
 
-  private remember(key: string, loaded: Loaded<State>): void {
+  private remember(key: string, entry: Entry<State>): void {
     this.cache.delete(key);
-    this.cache.set(key, loaded);
+    this.cache.set(key, entry);
     if (this.cache.size > this.cacheSize) this.cache.delete(this.cache.keys().next().value!);
   }
+}
+
+/** Records a command's outcome, keeping the newest REMEMBERED_COMMANDS. */
+function recordOutcome<State>(commands: Map<string, Outcome<State>>, commandId: string, outcome: Outcome<State>): void {
+  commands.delete(commandId);
+  commands.set(commandId, outcome);
+  if (commands.size > REMEMBERED_COMMANDS) commands.delete(commands.keys().next().value!);
 }

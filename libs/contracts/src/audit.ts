@@ -4,13 +4,14 @@ import { text } from './text';
 
 export const AUDIT_SERVICE = 'audit';
 
-export interface LedgerEntry {
-  seq: number;
-  hash: string;
-  prevHash: string;
-  recordedAt: string;
-  event: EventEnvelope;
-}
+/**
+ * One entry of the ledger. An entry with a `problem` is an incident: what was published there is not
+ * a valid envelope; `event` is then the published JSON as it was (or null), `payload` the bytes (base64)
+ * when they were not JSON. It is chained and verified like any other entry.
+ */
+export type LedgerEntry =
+  | { seq: number; hash: string; prevHash: string; recordedAt: string; event: EventEnvelope; problem?: undefined }
+  | { seq: number; hash: string; prevHash: string; recordedAt: string; event: unknown; problem: string; payload?: string };
 
 export const auditQueries = { events: 'events', verify: 'verify', replay: 'replay', head: 'head' } as const;
 
@@ -46,6 +47,8 @@ export interface VerifyResult {
   lastSeq: number | null;
   firstInvalidSeq?: number;
   problem?: string;
+  /** Entries in the range that are incidents (not valid envelopes): chained and verified, but not events. */
+  incidents?: number;
 }
 
 /** A page of the ledger for rebuilding a projection: events after `afterSeq`, in order. */

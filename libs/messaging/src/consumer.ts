@@ -20,6 +20,15 @@ export class PermanentEventError extends Error {
   }
 }
 
+/** A message exactly as the stream holds it, for consumers that must take any content (the ledger). */
+export interface RawDelivery {
+  position: number;
+  subject: string;
+  data: Uint8Array;
+  /** `Nats-Msg-Id` of the message, when it had one. */
+  msgId?: string;
+}
+
 export interface DeadLetter {
   position: number;
   subject: string;
@@ -34,7 +43,12 @@ export interface DurableConsumerOptions {
   /** Where the handler's committed effects reach (its checkpoint); delivery resumes after it. */
   position(): Promise<number>;
   /** Applies events in order and commits their effect (and the new position) durably. */
-  handle(batch: DeliveredEvent[]): Promise<void>;
+  handle?(batch: DeliveredEvent[]): Promise<void>;
+  /**
+   * Instead of `handle`: receives every message undecoded, whatever it holds, so no content can
+   * stop the consumer (the ledger stores what was published, valid envelope or not).
+   */
+  handleRaw?(batch: RawDelivery[]): Promise<void>;
   /**
    * Records an event that can never apply and moves the position past it, durably.
    * Omit it for a consumer that must never skip an event (the ledger): it then retries forever.
@@ -88,7 +102,8 @@ export class DurableEventConsumer {
   private applied = 0;
   private lastError?: string;
   private deadLetters = 0;
-  private failures = new Map<number, number>();
+  /** Attempts of the event that is failing now (only one fails at a time: delivery is in order). */
+  private failure?: { position: number; attempts: number };
   private readonly batchSize: number;
   private readonly maxDeliver: number;
 
@@ -269,6 +284,7 @@ export class DurableEventConsumer {
 
   /** Applies a batch; falls back to one by one to isolate a failing event. */
   private async process(batch: JsMsg[]): Promise<boolean> {
+    if (this.o.handleRaw) return this.processRaw(batch);
     const decoded = batch.map((msg) => this.decode(msg));
     if (decoded.every((d) => d.event)) {
       try {
@@ -302,7 +318,26 @@ export class DurableEventConsumer {
     return true;
   }
 
-  private async traced(msgs: JsMsg[], events: DeliveredEvent[]): Promise<void> {
+  private async processRaw(batch: JsMsg[]): Promise<boolean> {
+    const raw = batch.map((msg): RawDelivery => {
+      const msgId = msg.headers?.get('Nats-Msg-Id');
+      return { position: msg.seq, subject: msg.subject, data: msg.data, ...(msgId ? { msgId } : {}) };
+    });
+    try {
+      await this.traced(batch, () => this.o.handleRaw!(raw));
+    } catch (error) {
+      // Content cannot make a raw handler fail, so this is transient (the database, say): retry from the position.
+      return this.onFailure(batch[0]!, raw[0]!, error);
+    }
+    batch[batch.length - 1]!.ack();
+    this.applied = batch[batch.length - 1]!.seq;
+    this.progressed = true;
+    this.failure = undefined;
+    this.lastError = undefined;
+    return true;
+  }
+
+  private async traced(msgs: JsMsg[], events: DeliveredEvent[] | (() => Promise<void>)): Promise<void> {
     // One span per event, each a child of the trace that published the event.
     const tracer = trace.getTracer('keel');
     const spans = msgs.map((msg) =>
@@ -313,7 +348,7 @@ export class DurableEventConsumer {
       ),
     );
     try {
-      await this.o.handle(events);
+      await (typeof events === 'function' ? events() : this.o.handle!(events));
     } catch (error) {
       for (const span of spans) span.setStatus({ code: SpanStatusCode.ERROR, message: (error as Error).message });
       throw error;
@@ -333,8 +368,8 @@ export class DurableEventConsumer {
   /** Returns true when the consumer may go on (the event was dead-lettered). */
   private async onFailure(msg: JsMsg, d: { position: number; subject: string }, error: unknown): Promise<boolean> {
     const reason = (error as Error).message ?? String(error);
-    const attempts = (this.failures.get(d.position) ?? 0) + 1;
-    this.failures.set(d.position, attempts);
+    const attempts = this.failure?.position === d.position ? this.failure.attempts + 1 : 1;
+    this.failure = { position: d.position, attempts };
     const permanent = error instanceof PermanentEventError;
     this.lastError = `position ${d.position}: ${reason}`;
     if (!this.o.deadLetter || (!permanent && attempts < this.maxDeliver)) {
@@ -349,7 +384,7 @@ export class DurableEventConsumer {
     }
     msg.term();
     this.applied = Math.max(this.applied, d.position);
-    this.failures.delete(d.position);
+    this.failure = undefined;
     this.deadLetters++;
     this.progressed = true;
     this.o.logger.error({ consumer: this.o.name, position: d.position, reason }, 'event dead-lettered');

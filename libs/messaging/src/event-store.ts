@@ -126,6 +126,17 @@ export class EventStore {
     }
   }
 
+  /** The stored bytes at a stream sequence, undecoded, or null if there is none. */
+  async readRawPosition(position: number): Promise<{ subject: string; data: Uint8Array } | null> {
+    try {
+      const msg = await this.direct.getMessage(this.m.stream, { seq: position });
+      return { subject: msg.subject, data: msg.data };
+    } catch (error) {
+      if (isNotFound(error)) return null;
+      throw error;
+    }
+  }
+
   /** The stream's last sequence (0 when empty). */
   async lastPosition(): Promise<number> {
     const info = await this.jsm.streams.info(this.m.stream);

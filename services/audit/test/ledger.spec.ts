@@ -62,8 +62,8 @@ describe('audit ledger', () => {
     const { rows } = await admin.query('SELECT seq::int, prev_hash, hash FROM audit.ledger ORDER BY seq');
     expect(rows.map((r) => r.seq)).toEqual(Array.from({ length: EVENTS }, (_, i) => i + 1));
     for (let i = 1; i < rows.length; i++) expect(rows[i].prev_hash).toBe(rows[i - 1].hash);
-    expect(await verify()).toEqual({ ok: true, checked: EVENTS, lastSeq: EVENTS });
-    expect(await verify({ fromSeq: 10, toSeq: 20 })).toEqual({ ok: true, checked: 11, lastSeq: 20 });
+    expect(await verify()).toEqual({ ok: true, checked: EVENTS, lastSeq: EVENTS, incidents: 0 });
+    expect(await verify({ fromSeq: 10, toSeq: 20 })).toEqual({ ok: true, checked: 11, lastSeq: 20, incidents: 0 });
   });
 
   it('signs a checkpoint every 10 entries that verifies with the published key', async () => {
@@ -132,7 +132,7 @@ describe('audit ledger', () => {
   it('names the sequence a superuser changed with the triggers disabled, and a deleted one', async () => {
     await admin.query('ALTER TABLE audit.ledger DISABLE TRIGGER ledger_append_only');
     try {
-      await admin.query(`UPDATE audit.ledger SET envelope = jsonb_set(envelope, '{data,n}', '999') WHERE seq = 17`);
+      await admin.query(`UPDATE audit.ledger SET envelope = jsonb_set(envelope::jsonb, '{data,n}', '999')::json WHERE seq = 17`);
       await admin.query('DELETE FROM audit.ledger WHERE seq = 24');
     } finally {
       await admin.query('ALTER TABLE audit.ledger ENABLE TRIGGER ledger_append_only');
@@ -143,7 +143,7 @@ describe('audit ledger', () => {
     const after = await verify({ fromSeq: 21 });
     expect(after).toMatchObject({ ok: false, firstInvalidSeq: 24 });
     expect(after.problem).toMatch(/missing/);
-    expect(await verify({ fromSeq: 1, toSeq: 16 })).toEqual({ ok: true, checked: 16, lastSeq: 16 });
+    expect(await verify({ fromSeq: 1, toSeq: 16 })).toEqual({ ok: true, checked: 16, lastSeq: 16, incidents: 0 });
   });
 
   it('finds entries deleted at the end of the ledger by the checkpoint that was signed over them', async () => {

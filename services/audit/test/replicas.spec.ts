@@ -66,6 +66,6 @@ describe('audit replicas', () => {
     expect(await ledger()).toEqual({ n: EVENTS, seqs: EVENTS, last: EVENTS });
     expect((await (await fetch(`${standby.opsUrl('audit')}/ready`)).json()).checks.ledger.detail.leader).toBe(true);
     const verify = await new RpcClient(m).request<VerifyResult>('qry.audit.verify', {});
-    expect(verify).toEqual({ ok: true, checked: EVENTS, lastSeq: EVENTS });
+    expect(verify).toEqual({ ok: true, checked: EVENTS, lastSeq: EVENTS, incidents: 0 });
   });
 });

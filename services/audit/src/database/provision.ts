@@ -3,6 +3,7 @@ import { provisionServiceSchema } from '@keel/database';
 import { CreateLedger1700000000000 } from './migrations/1700000000000-create-ledger';
 import { CreateCheckpoints1700000000002 } from './migrations/1700000000002-create-checkpoints';
 import { LedgerRls1700000000004 } from './migrations/1700000000004-ledger-rls';
+import { LedgerHoldsAnyEvent1700000000005 } from './migrations/1700000000005-ledger-holds-any-event';
 import { AUDIT_ROLE, AUDIT_SCHEMA } from './schema';
 
 export async function provisionAudit(config: KeelConfig): Promise<void> {
@@ -10,6 +11,6 @@ export async function provisionAudit(config: KeelConfig): Promise<void> {
     schema: AUDIT_SCHEMA,
     role: AUDIT_ROLE,
     password: config.KEEL_DB_PASSWORD,
-    migrations: [CreateLedger1700000000000, CreateCheckpoints1700000000002, LedgerRls1700000000004],
+    migrations: [CreateLedger1700000000000, CreateCheckpoints1700000000002, LedgerRls1700000000004, LedgerHoldsAnyEvent1700000000005],
   });
 }

@@ -1,19 +1,27 @@
 import { DataSource, EntityManager } from 'typeorm';
 import { Counter } from 'prom-client';
-import { EventEnvelope, subjects, validateEnvelope } from '@keel/contracts';
-import { DeliveredEvent, DurableEventConsumer, EventStore, Messaging } from '@keel/messaging';
+import { subjects } from '@keel/contracts';
+import { DurableEventConsumer, EventStore, Messaging, RawDelivery } from '@keel/messaging';
 import { Logger, metricsRegistry } from '@keel/observability';
 import { AdvisoryLeadership, ALL_TENANTS, scopeTransaction } from '@keel/database';
 import { SigningKeys, signCheckpoint } from '../signing/signing-keys';
+import { LedgerRecord, toLedgerRecord } from './ledger-entry';
 import { LedgerRepository, Tail } from './ledger.repository';
 
 const appended = new Counter({ name: 'keel_ledger_appended_total', help: 'Events appended to the ledger', registers: [metricsRegistry] });
+const incidents = new Counter({
+  name: 'keel_ledger_incidents_total',
+  help: 'Messages appended to the ledger that are not valid event envelopes',
+  registers: [metricsRegistry],
+});
 
 /**
- * Appends every event of the stream to the ledger, in stream order, exactly once: a single
+ * Appends every message of the stream to the ledger, in stream order, exactly once: a single
  * active writer (advisory lock), the tail re-read under a transaction lock, positions at or
  * below the tail skipped, and any gap filled from the stream by sequence before going on.
- * It never skips an event: one it cannot append stops it (unhealthy) until repaired.
+ * It takes messages undecoded: whatever a message holds is stored and chained (an invalid one as
+ * an incident, reported), so only the database or the stream being unavailable can hold it up,
+ * and then it retries from its tail.
  */
 export class LedgerWriter {
   readonly consumer: DurableEventConsumer;
@@ -36,7 +44,7 @@ export class LedgerWriter {
       logger,
       batchSize: 500,
       position: async () => (await this.repo.tail()).seq,
-      handle: (batch) => this.append(batch),
+      handleRaw: (batch) => this.append(batch),
       acquireLeadership: () => this.leadership.acquire(),
       releaseLeadership: () => this.leadership.release(),
       confirmLeadership: () => this.leadership.stillHeld(),
@@ -72,37 +80,49 @@ export class LedgerWriter {
     await this.repo.insertCheckpoint(manager, { seq: entry.seq, hash: entry.hash, signedAt, keyId: key.keyId, signature });
   }
 
-  private async append(batch: DeliveredEvent[]): Promise<void> {
+  private async append(batch: RawDelivery[]): Promise<void> {
+    const sorted = [...batch].sort((a, b) => a.position - b.position);
+    // A gap in delivery is repaired from the stream itself, read before the transaction opens
+    // (no network call inside it); the tail read under the lock decides what is still needed.
+    let tail = await this.repo.tail();
+    const records = await this.withGapsFilled(tail.seq, sorted);
+    let flagged: LedgerRecord[] = [];
     await this.ds.transaction(async (manager) => {
       await scopeTransaction(manager, ALL_TENANTS);
       await manager.query('SELECT pg_advisory_xact_lock(hashtext($1))', ['keel.ledger.append']);
-      const tail: Tail = await this.repo.tail(manager);
-      const fresh = batch.filter((d) => d.position > tail.seq).sort((a, b) => a.position - b.position);
+      tail = await this.repo.tail(manager);
+      const fresh = records.filter((r) => r.position > tail.seq);
       if (!fresh.length) return;
-      const rows: { position: number; event: EventEnvelope }[] = [];
-      let expected = tail.seq + 1;
-      for (const d of fresh) {
-        if (d.position < expected) continue;
-        while (expected < d.position) {
-          rows.push({ position: expected, event: await this.fromStream(expected) });
-          expected++;
-        }
-        rows.push({ position: d.position, event: d.event });
-        expected = d.position + 1;
-      }
-      const written = await this.repo.append(manager, tail, rows);
+      if (fresh[0]!.position !== tail.seq + 1) throw new Error(`the ledger tail moved to ${tail.seq} while a batch from ${fresh[0]!.position} was prepared; retrying`);
+      const written = await this.repo.append(manager, tail, fresh);
       // The fixed cadence: every `every`-th sequence is signed, in the same transaction.
       for (const entry of written) if (entry.seq % this.checkpoints.every === 0) await this.sign(manager, entry);
-      appended.inc(rows.length);
+      appended.inc(fresh.length);
+      flagged = fresh.filter((r) => r.problem !== null);
     });
+    for (const r of flagged) {
+      incidents.inc();
+      this.logger.error({ position: r.position, problem: r.problem }, 'ledger incident: a message that is not a valid event envelope was appended');
+    }
   }
 
-  /** A gap in delivery is repaired from the stream itself; a sequence it lacks is an incident. */
-  private async fromStream(position: number): Promise<EventEnvelope> {
-    const stored = await this.store.readPosition(position);
-    if (!stored) throw new Error(`ledger incident: stream sequence ${position} is missing from the stream`);
-    this.logger.warn({ position }, 'ledger gap repaired from the stream');
-    return validateEnvelope(stored.event);
+  /** The batch's records with any missing sequence between the tail and them read from the stream. */
+  private async withGapsFilled(tailSeq: number, sorted: RawDelivery[]): Promise<LedgerRecord[]> {
+    const records: LedgerRecord[] = [];
+    let expected = tailSeq + 1;
+    for (const d of sorted) {
+      if (d.position < expected) continue;
+      while (expected < d.position) {
+        const stored = await this.store.readRawPosition(expected);
+        if (!stored) throw new Error(`ledger incident: stream sequence ${expected} is missing from the stream`);
+        this.logger.warn({ position: expected }, 'ledger gap repaired from the stream');
+        records.push(toLedgerRecord(expected, stored.data));
+        expected++;
+      }
+      records.push(toLedgerRecord(d.position, d.data));
+      expected = d.position + 1;
+    }
+    return records;
   }
 
   health() {

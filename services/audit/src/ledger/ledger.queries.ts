@@ -39,6 +39,13 @@ export class LedgerQueries {
     return this.repo.checkpoints(q.cursor ? Number(q.cursor) : 0, q.limit);
   }
 
+  /** Entries that are not valid envelopes, oldest first: each one is an incident to look into. */
+  @RpcHandler('qry.audit.incidents')
+  async incidents(body: unknown): Promise<Page<LedgerEntry>> {
+    const q = parseOrThrow(checkpointsSchema, body, 'incident listing');
+    return this.repo.incidents(q.cursor ? Number(q.cursor) : 0, q.limit);
+  }
+
   @RpcHandler('qry.audit.keys')
   async keys(): Promise<{ keys: PublicJwk[] }> {
     return { keys: await this.signingKeys.publicKeys() };

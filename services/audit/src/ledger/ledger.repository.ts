@@ -4,6 +4,7 @@ import { AUDIT_SCHEMA } from '../database/schema';
 import { ALL_TENANTS, inTenant, scopeTransaction } from '@keel/database';
 import { PublicJwk, verifyCheckpoint } from '../signing/signing-keys';
 import { chainHash, GENESIS_HASH } from './hash-chain';
+import { asRawRecord, entryHash, indexedColumns, LedgerRecord } from './ledger-entry';
 
 const LEDGER = `"${AUDIT_SCHEMA}".ledger`;
 const CHECKPOINTS = `"${AUDIT_SCHEMA}".checkpoints`;
@@ -18,8 +19,16 @@ export interface Checkpoint {
 }
 const COLUMNS = [
   'seq', 'event_id', 'tenant_id', 'type', 'context', 'aggregate_type', 'aggregate_id',
-  'aggregate_version', 'actor_kind', 'actor_id', 'occurred_at', 'envelope', 'prev_hash', 'hash',
+  'aggregate_version', 'actor_kind', 'actor_id', 'occurred_at', 'envelope', 'payload', 'problem', 'prev_hash', 'hash',
 ] as const;
+
+/** A value Postgres refuses (SQLSTATE class 22, data exception; 54, a limit such as nesting depth). */
+function isDataError(error: unknown): boolean {
+  const code = String((error as { code?: string })?.code ?? '');
+  return code.startsWith('22') || code.startsWith('54');
+}
+
+let savepoints = 0;
 
 export interface Tail {
   seq: number;
@@ -28,29 +37,38 @@ export interface Tail {
 
 interface LedgerRow {
   seq: string;
-  tenant_id: string;
-  type: string;
-  context: string;
-  aggregate_type: string;
-  aggregate_id: string;
-  aggregate_version: number;
-  actor_kind: string;
-  actor_id: string;
-  occurred_at: Date;
+  event_id: string | null;
+  tenant_id: string | null;
+  type: string | null;
+  context: string | null;
+  aggregate_type: string | null;
+  aggregate_id: string | null;
+  aggregate_version: number | null;
+  actor_kind: string | null;
+  actor_id: string | null;
+  occurred_at: Date | null;
   recorded_at: Date;
-  envelope: EventEnvelope;
+  envelope: EventEnvelope | null;
+  payload: Buffer | null;
+  problem: string | null;
   prev_hash: string;
   hash: string;
 }
 
 function toEntry(row: LedgerRow): LedgerEntry {
+  const base = { seq: Number(row.seq), hash: row.hash, prevHash: row.prev_hash, recordedAt: row.recorded_at.toISOString() };
+  if (row.problem === null) return { ...base, event: row.envelope! };
   return {
-    seq: Number(row.seq),
-    hash: row.hash,
-    prevHash: row.prev_hash,
-    recordedAt: row.recorded_at.toISOString(),
-    event: row.envelope,
+    ...base,
+    event: row.payload === null ? row.envelope : null,
+    problem: row.problem,
+    ...(row.payload !== null ? { payload: row.payload.toString('base64') } : {}),
   };
+}
+
+/** The chain link a stored row must have, computed the way it was appended. */
+function rowHash(prev: string, row: Pick<LedgerRow, 'envelope' | 'payload'>): string {
+  return row.payload !== null ? entryHash(prev, { json: null, payload: row.payload }) : chainHash(prev, row.envelope);
 }
 
 export class LedgerRepository {
@@ -63,31 +81,85 @@ export class LedgerRepository {
   }
 
   /**
-   * Chains and inserts events that directly follow `tail`, in one multi-row statement.
-   * Returns each new entry's sequence and hash. The caller guarantees contiguity (positions tail.seq+1, +2, …).
+   * Chains and inserts records that directly follow `tail`, in one multi-row statement. Returns
+   * each new entry's sequence and hash. The caller guarantees contiguity (positions tail.seq+1, +2, …).
+   * A record Postgres refuses (a data exception) is kept as raw bytes and flagged instead: nothing a
+   * message holds can stop the append.
    */
-  async append(manager: EntityManager, tail: Tail, events: { position: number; event: EventEnvelope }[]): Promise<Tail[]> {
+  async append(manager: EntityManager, tail: Tail, records: LedgerRecord[]): Promise<Tail[]> {
+    if (!records.length) return [];
+    const savepoint = `ledger_append_${++savepoints}`;
+    await manager.query(`SAVEPOINT ${savepoint}`);
+    try {
+      const written = await this.insert(manager, tail, records);
+      await manager.query(`RELEASE SAVEPOINT ${savepoint}`);
+      return written;
+    } catch (error) {
+      if (!isDataError(error)) throw error;
+      await manager.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
+    }
+    // One of them is refused: insert one by one, each refused one as bytes.
+    const written: Tail[] = [];
+    let prev = tail;
+    for (const record of records) {
+      await manager.query(`SAVEPOINT ${savepoint}`);
+      try {
+        [prev] = (await this.insert(manager, prev, [record])) as [Tail];
+        await manager.query(`RELEASE SAVEPOINT ${savepoint}`);
+      } catch (error) {
+        if (!isDataError(error)) throw error;
+        await manager.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
+        [prev] = (await this.insert(manager, prev, [asRawRecord(record, (error as Error).message)])) as [Tail];
+      }
+      written.push(prev);
+    }
+    return written;
+  }
+
+  private async insert(manager: EntityManager, tail: Tail, records: LedgerRecord[]): Promise<Tail[]> {
     let prev = tail.hash;
     let expected = tail.seq + 1;
     const params: unknown[] = [];
     const tuples: string[] = [];
     const written: Tail[] = [];
-    for (const { position, event } of events) {
-      if (position !== expected) throw new Error(`ledger would not be contiguous: got ${position}, expected ${expected}`);
-      const hash = chainHash(prev, event);
+    for (let record of records) {
+      if (record.position !== expected) throw new Error(`ledger would not be contiguous: got ${record.position}, expected ${expected}`);
+      let hash: string;
+      try {
+        hash = entryHash(prev, record);
+      } catch (error) {
+        // A JSON value that has no canonical form here (nesting too deep for the canonicaliser): keep the bytes.
+        record = asRawRecord(record, (error as Error).message);
+        hash = entryHash(prev, record);
+      }
+      const c = record.columns;
       const values = [
-        position, event.id, event.tenantId, event.type, contextOf(event.type), event.aggregateType, event.aggregateId,
-        event.aggregateVersion, event.actor.kind, event.actor.id, event.occurredAt, JSON.stringify(event), prev, hash,
+        record.position, c.eventId, c.tenantId, c.type, c.context, c.aggregateType, c.aggregateId,
+        c.aggregateVersion, c.actorKind, c.actorId, c.occurredAt, record.json, record.payload, record.problem, prev, hash,
       ];
       const base = params.length;
       tuples.push(`(${values.map((_, i) => `$${base + i + 1}`).join(', ')})`);
       params.push(...values);
-      written.push({ seq: position, hash });
+      written.push({ seq: record.position, hash });
       prev = hash;
       expected++;
     }
-    if (tuples.length) await manager.query(`INSERT INTO ${LEDGER} (${COLUMNS.join(', ')}) VALUES ${tuples.join(', ')}`, params);
+    await manager.query(`INSERT INTO ${LEDGER} (${COLUMNS.join(', ')}) VALUES ${tuples.join(', ')}`, params);
     return written;
+  }
+
+  /** Entries that are not valid envelopes (incidents), oldest first. */
+  async incidents(afterSeq: number, limit: number): Promise<Page<LedgerEntry>> {
+    const rows: LedgerRow[] = await inTenant(this.ds, ALL_TENANTS, (m) =>
+      m.query(`SELECT * FROM ${LEDGER} WHERE problem IS NOT NULL AND seq > $1 ORDER BY seq LIMIT $2`, [afterSeq, limit + 1]),
+    );
+    const items = rows.slice(0, limit).map(toEntry);
+    return { items, nextCursor: rows.length > limit ? String(items[items.length - 1]!.seq) : null };
+  }
+
+  async incidentCount(): Promise<number> {
+    const [row] = await inTenant(this.ds, ALL_TENANTS, (m) => m.query(`SELECT count(*)::int AS n FROM ${LEDGER} WHERE problem IS NOT NULL`));
+    return row.n;
   }
 
   async lastCheckpointSeq(manager: EntityManager = this.ds.manager): Promise<number> {
@@ -152,7 +224,8 @@ export class LedgerRepository {
         filter = 'AND context = ANY($4)';
       }
       const rows: { seq: string; envelope: EventEnvelope }[] = await m.query(
-        `SELECT seq, envelope FROM ${LEDGER} WHERE seq > $1 AND seq <= $2 ${filter} ORDER BY seq LIMIT $3`,
+        // Incidents are not envelopes: no projection can apply them (live, they are dead-lettered).
+        `SELECT seq, envelope FROM ${LEDGER} WHERE seq > $1 AND seq <= $2 AND problem IS NULL ${filter} ORDER BY seq LIMIT $3`,
         params,
       );
       const events = rows.map((r) => ({ position: Number(r.seq), event: r.envelope }));
@@ -204,12 +277,13 @@ export class LedgerRepository {
         const seq = Number(row.seq);
         if (seq !== expected) return fail(expected, `entry ${expected} is missing (next present is ${seq})`);
         if (row.prev_hash !== prev) return fail(seq, 'prev_hash does not link to the previous entry');
-        if (chainHash(prev, row.envelope) !== row.hash) return fail(seq, 'hash does not match the entry content');
-        const e = row.envelope;
+        if (rowHash(prev, row) !== row.hash) return fail(seq, 'hash does not match the entry content');
+        const c = indexedColumns(row.payload === null ? row.envelope : null, row.problem === null);
         if (
-          row.tenant_id !== e.tenantId || row.type !== e.type || row.aggregate_type !== e.aggregateType ||
-          row.aggregate_id !== e.aggregateId || row.actor_id !== e.actor.id || row.aggregate_version !== e.aggregateVersion ||
-          row.occurred_at.getTime() !== new Date(e.occurredAt).getTime()
+          row.tenant_id !== c.tenantId || row.type !== c.type || row.aggregate_type !== c.aggregateType ||
+          row.aggregate_id !== c.aggregateId || row.actor_id !== c.actorId || row.aggregate_version !== c.aggregateVersion ||
+          (row.occurred_at?.getTime() ?? null) !== (c.occurredAt === null ? null : new Date(c.occurredAt).getTime()) ||
+          (row.event_id ?? null) !== c.eventId
         ) {
           return fail(seq, 'indexed columns disagree with the hashed envelope');
         }
@@ -240,6 +314,10 @@ export class LedgerRepository {
       const head = await this.tail(db);
       if (head.seq > lastSeq) return fail(lastSeq + 1, `entry ${lastSeq + 1} is missing`);
     }
-    return { ok: true, checked, lastSeq };
+    const [incidents] = await db.query(
+      `SELECT count(*)::int AS n FROM ${LEDGER} WHERE problem IS NOT NULL AND seq >= $1 ${toSeq ? 'AND seq <= $2' : ''}`,
+      toSeq ? [fromSeq, toSeq] : [fromSeq],
+    );
+    return { ok: true, checked, lastSeq, incidents: incidents.n };
   }
 }

@@ -1,0 +1,122 @@
+import { createHash } from 'node:crypto';
+import { contextOf, envelopeSchema } from '@keel/contracts';
+import { chainHash } from './hash-chain';
+
+/**
+ * What the ledger makes of one stream message. The ledger holds whatever was published: a valid
+ * envelope is an ordinary entry; anything else (not UTF-8, not JSON, not an envelope, or a value
+ * Postgres refuses) is still appended, hashed and chained, and flagged as an incident with its
+ * `problem`, so no content of a message can stop the trail or leave a gap in it.
+ */
+export interface LedgerRecord {
+  position: number;
+  /** The published JSON text, stored verbatim (`json`, not `jsonb`: `\u0000` and lone surrogates are kept). */
+  json: string | null;
+  /** That text parsed: what the hash covers (canonical JSON) when there is one. */
+  parsed: unknown;
+  /** The published bytes, kept only when they are not JSON text at all (the hash then covers them). */
+  payload: Buffer | null;
+  /** Set when the message is not a valid envelope: why. */
+  problem: string | null;
+  columns: IndexedColumns;
+  /** The message as published (not stored unless it is the payload). */
+  data: Uint8Array;
+}
+
+/** Columns derived from the envelope for queries; null where the message does not have a usable value. */
+export interface IndexedColumns {
+  eventId: string | null;
+  tenantId: string | null;
+  type: string | null;
+  context: string | null;
+  aggregateType: string | null;
+  aggregateId: string | null;
+  aggregateVersion: number | null;
+  actorKind: string | null;
+  actorId: string | null;
+  occurredAt: string | null;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** A text column cannot hold NUL; lone surrogates become U+FFFD when encoded anyway. */
+export function columnText(value: unknown, max = 1_000): string | null {
+  if (typeof value !== 'string') return null;
+  return value.slice(0, max).replace(/\u0000/g, '\uFFFD').replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, '\uFFFD');
+}
+
+function record(value: unknown): Record<string, unknown> | null {
+  return value !== null && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : null;
+}
+
+/** The indexed columns of a (possibly invalid) envelope, derived the same way at append and at verification. */
+export function indexedColumns(value: unknown, valid: boolean): IndexedColumns {
+  const e = record(value) ?? {};
+  const actor = record(e.actor) ?? {};
+  const type = columnText(e.type, 200);
+  const version = e.aggregateVersion;
+  const occurredAt = valid && typeof e.occurredAt === 'string' ? e.occurredAt : null;
+  return {
+    eventId: typeof e.id === 'string' && UUID.test(e.id) ? e.id.toLowerCase() : null,
+    tenantId: columnText(e.tenantId, 200),
+    type,
+    context: type && type.includes('.') ? contextOf(type) : null,
+    aggregateType: columnText(e.aggregateType, 200),
+    aggregateId: columnText(e.aggregateId, 200),
+    aggregateVersion: typeof version === 'number' && Number.isInteger(version) && version > 0 && version <= 2_147_483_647 ? version : null,
+    actorKind: columnText(actor.kind, 64),
+    actorId: columnText(actor.id, 500),
+    occurredAt,
+  };
+}
+
+/** A record from an envelope this process made itself (repairs, tests): the bytes are its JSON. */
+export function envelopeRecord(position: number, envelope: unknown): LedgerRecord {
+  return toLedgerRecord(position, new TextEncoder().encode(JSON.stringify(envelope)));
+}
+
+/** Classifies a published message; never throws. */
+export function toLedgerRecord(position: number, data: Uint8Array): LedgerRecord {
+  const bytes = (): Buffer => Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  let text: string;
+  try {
+    text = utf8.decode(data);
+  } catch {
+    return { position, json: null, parsed: undefined, payload: bytes(), problem: 'the message is not UTF-8 text', columns: indexedColumns(null, false), data };
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    return { position, json: null, parsed: undefined, payload: bytes(), problem: `the message is not JSON: ${(error as Error).message}`, columns: indexedColumns(null, false), data };
+  }
+  const result = envelopeSchema.safeParse(parsed);
+  const problem = result.success
+    ? null
+    : `not a valid event envelope: ${result.error.issues.map((i) => `${i.path.join('.') || '(message)'}: ${i.message}`).join('; ')}`.slice(0, 2_000);
+  return { position, json: text, parsed, payload: null, problem, columns: indexedColumns(parsed, result.success), data };
+}
+
+/** The same message, held as raw bytes only: for a JSON text Postgres itself refuses (too deeply nested, say). */
+export function asRawRecord(r: LedgerRecord, reason: string): LedgerRecord {
+  return {
+    position: r.position,
+    data: r.data,
+    json: null,
+    parsed: undefined,
+    payload: Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength),
+    problem: `${r.problem ? `${r.problem}; ` : ''}the ledger could not hold it as JSON: ${reason}`.slice(0, 2_000),
+    columns: indexedColumns(null, false),
+  };
+}
+
+/**
+ * The chain link of an entry. JSON: SHA-256(prev ‖ canonical JSON), as every entry has had from the
+ * start. Raw bytes: SHA-256(prev ‖ 0x00 ‖ bytes); canonical JSON never starts with a NUL byte, so the
+ * two forms cannot be confused.
+ */
+export function entryHash(prev: string, entry: { json: string | null; parsed?: unknown; payload: Buffer | null }): string {
+  if (entry.json !== null) return chainHash(prev, entry.parsed !== undefined ? entry.parsed : JSON.parse(entry.json));
+  return createHash('sha256').update(prev).update(Buffer.from([0])).update(entry.payload ?? Buffer.alloc(0)).digest('hex');
+}

@@ -23,6 +23,9 @@ describe('parseConfig', () => {
       KEEL_REDIS_PREFIX: 'keel:',
       KEEL_HTTP_HOST: '127.0.0.1',
       KEEL_HTTP_PORT: 8080,
+      KEEL_DB_CONNECT_TIMEOUT_MS: 5000,
+      KEEL_DB_STATEMENT_TIMEOUT_MS: 30000,
+      KEEL_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: 15000,
       KEEL_REQUEST_TIMEOUT_MS: 5000,
       KEEL_CONSISTENCY_WAIT_MS: 3000,
       KEEL_CHECKPOINT_EVERY: 1000,
@@ -119,11 +122,30 @@ describe('serviceDatabaseUrl', () => {
     expect(url.hostname).toBe('db.internal');
     expect(url.port).toBe('6543');
     expect(url.pathname).toBe('/keel_prod');
-    expect(serviceDatabaseUrl(config, 'keel_tenant')).toBe('postgres://keel_tenant:s3cret@db.internal:6543/keel_prod');
+    expect(serviceDatabaseUrl(config, 'keel_tenant')).toBe(
+      'postgres://keel_tenant:s3cret@db.internal:6543/keel_prod?connect_timeout=5&statement_timeout=30000&idle_in_transaction_session_timeout=15000',
+    );
   });
 
   it('adds a password when the admin URL has none', () => {
-    expect(serviceDatabaseUrl(parseConfig({}), 'keel_audit')).toBe('postgres://keel_audit:keel@127.0.0.1:5432/keel');
+    expect(new URL(serviceDatabaseUrl(parseConfig({}), 'keel_audit')).password).toBe('keel');
+  });
+
+  it('carries the pool timeouts from the configuration, and keeps one the URL already sets', () => {
+    const config = parseConfig({
+      DATABASE_URL: 'postgres://admin@db:5432/keel?statement_timeout=900',
+      KEEL_DB_CONNECT_TIMEOUT_MS: '2500',
+      KEEL_DB_STATEMENT_TIMEOUT_MS: '1000',
+      KEEL_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: '4000',
+    });
+    const params = new URL(serviceDatabaseUrl(config, 'keel_audit')).searchParams;
+    expect(params.get('connect_timeout')).toBe('3');
+    expect(params.get('statement_timeout')).toBe('900');
+    expect(params.get('idle_in_transaction_session_timeout')).toBe('4000');
+  });
+
+  it.each([['KEEL_DB_CONNECT_TIMEOUT_MS'], ['KEEL_DB_STATEMENT_TIMEOUT_MS'], ['KEEL_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS']])('refuses %s of 0 (no limit)', (key) => {
+    expect(configError({ [key]: '0' }).issues.join()).toContain(key);
   });
 
   it('keeps query parameters such as sslmode', () => {

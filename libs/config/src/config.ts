@@ -25,6 +25,10 @@ export const configSchema = z.object({
   /** The first platform administrator, created at the auth service's start when none exists. */
   KEEL_ADMIN_EMAIL: z.email().optional(),
   KEEL_ADMIN_PASSWORD: z.string().min(12).optional(),
+  /** Every Postgres pool: how long a new connection may take, a statement may run, a transaction may sit idle. */
+  KEEL_DB_CONNECT_TIMEOUT_MS: z.coerce.number().int().min(100).default(5_000),
+  KEEL_DB_STATEMENT_TIMEOUT_MS: z.coerce.number().int().min(100).default(30_000),
+  KEEL_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: z.coerce.number().int().min(100).default(15_000),
   KEEL_REQUEST_TIMEOUT_MS: z.coerce.number().int().min(100).default(5000),
   KEEL_CONSISTENCY_WAIT_MS: z.coerce.number().int().min(0).default(3000),
   /** A signed ledger checkpoint after this many entries (and at least every KEEL_CHECKPOINT_INTERVAL_MS). */
@@ -70,5 +74,22 @@ export function serviceDatabaseUrl(config: KeelConfig, role: string): string {
   const url = new URL(config.DATABASE_URL);
   url.username = role;
   url.password = config.KEEL_DB_PASSWORD;
-  return url.toString();
+  return withPoolTimeouts(url, config).toString();
+}
+
+/**
+ * The pool timeouts as connection-string parameters, which `openDataSource` reads:
+ * `connect_timeout` (seconds, as libpq reads it), and `statement_timeout` and
+ * `idle_in_transaction_session_timeout` (milliseconds, Postgres's own settings). A parameter
+ * already in the URL is kept.
+ */
+export function withPoolTimeouts(url: URL, config: KeelConfig): URL {
+  const u = new URL(url.toString());
+  const set = (k: string, v: number) => {
+    if (!u.searchParams.has(k)) u.searchParams.set(k, String(v));
+  };
+  set('connect_timeout', Math.ceil(config.KEEL_DB_CONNECT_TIMEOUT_MS / 1000));
+  set('statement_timeout', config.KEEL_DB_STATEMENT_TIMEOUT_MS);
+  set('idle_in_transaction_session_timeout', config.KEEL_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS);
+  return u;
 }

@@ -3,6 +3,9 @@ import { extractTraceContext, injectTraceContext, SpanKind, withSpan, Logger } f
 import { ErrorCode as NatsErrorCode, headers as natsHeaders, Msg, NatsError, Subscription } from 'nats';
 import { decodeJson, encodeJson } from './codec';
 import { Messaging } from './connection';
+import { outageReason } from './outage';
+
+export { isDependencyOutage, isPostgresOutageState, outageReason } from './outage';
 
 /** Request/reply over core NATS (never JetStream): the caller waits for one answer. */
 export class RpcClient {
@@ -35,7 +38,9 @@ export type RpcHandlerFn = (body: unknown) => Promise<unknown>;
 
 /**
  * Serves `subject` in queue group `queue`, so N replicas share the requests. A handler's
- * KeelError is answered as such; anything else is logged and answered as `internal`.
+ * KeelError is answered as such; an unreachable dependency (Postgres, Redis or NATS down or
+ * restarting) as `service_unavailable`, which the gateway answers 503 with `Retry-After`;
+ * anything else is logged and answered as `internal`.
  */
 export function serveRpc(m: Messaging, subject: string, queue: string, handler: RpcHandlerFn, logger: Logger): Subscription {
   const full = `${m.prefix}${subject}`;
@@ -60,9 +65,23 @@ export function serveRpc(m: Messaging, subject: string, queue: string, handler: 
   });
 }
 
-function toErrorBody(error: unknown, subject: string, logger: Logger): { code: ErrorCode; message: string } {
+const outageWarnings = new Map<string, number>();
+
+/** What a handler's error is answered as. Exported for the unit tests. */
+export function toErrorBody(error: unknown, subject: string, logger: Logger): { code: ErrorCode; message: string } {
   if (error instanceof KeelError) return error.toBody();
   if (error instanceof SyntaxError) return { code: 'validation_failed', message: 'The request body is not valid JSON.' };
+  const outage = outageReason(error);
+  if (outage !== undefined) {
+    // One warning per subject and 10 s: an outage fails every request at once.
+    const last = outageWarnings.get(subject) ?? 0;
+    if (Date.now() - last > 10_000) {
+      if (outageWarnings.size > 1_000) outageWarnings.clear();
+      outageWarnings.set(subject, Date.now());
+      logger.warn({ err: error, subject }, `rpc handler: dependency unavailable (${outage})`);
+    }
+    return { code: 'service_unavailable', message: 'A dependency of this service is unavailable right now; retry shortly.' };
+  }
   logger.error({ err: error, subject }, 'rpc handler failed');
   return { code: 'internal', message: 'An internal error occurred; it has been logged.' };
 }

@@ -1,8 +1,8 @@
-import { AddressInfo } from 'node:net';
+import { AddressInfo, connect } from 'node:net';
 import { Server } from 'node:http';
 import { Counter } from 'prom-client';
 import { metricsRegistry } from './metrics';
-import { readiness, ReadinessCheck, startOpsServer } from './ops-server';
+import { closeOpsServer, readiness, ReadinessCheck, startOpsServer, TimeoutError, withTimeout } from './ops-server';
 
 const check = (name: string, fn: ReadinessCheck['check']): ReadinessCheck => ({ name, check: fn });
 
@@ -127,5 +127,51 @@ describe('startOpsServer', () => {
   it('rejects when the port is taken', async () => {
     const port = (server.address() as AddressInfo).port;
     await expect(startOpsServer('127.0.0.1', port, [])).rejects.toMatchObject({ code: 'EADDRINUSE' });
+  });
+});
+
+describe('bounded readiness and close', () => {
+  it('counts a check that never answers as failed, within its timeout, and still reports the others', async () => {
+    const started = Date.now();
+    const r = await readiness([check('stuck', () => new Promise<boolean>(() => undefined)), check('fine', async () => true)], 200);
+    expect(Date.now() - started).toBeLessThan(2_000);
+    expect(r.status).toBe(503);
+    expect(r.body).toEqual({
+      status: 'not_ready',
+      checks: { stuck: { ok: false, detail: 'readiness check stuck did not finish within 200 ms' }, fine: { ok: true } },
+    });
+  });
+
+  it('answers /ready 503 while a dependency hangs, instead of never', async () => {
+    const server = await startOpsServer('127.0.0.1', 0, [check('stuck', () => new Promise<boolean>(() => undefined))], { checkTimeoutMs: 150 });
+    try {
+      const res = await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/ready`, { signal: AbortSignal.timeout(5_000) });
+      expect(res.status).toBe(503);
+      expect(((await res.json()) as { checks: Record<string, { ok: boolean }> }).checks.stuck!.ok).toBe(false);
+    } finally {
+      await closeOpsServer(server);
+    }
+  });
+
+  it('closes within its timeout even while a client holds a connection open', async () => {
+    const server = await startOpsServer('127.0.0.1', 0, []);
+    const port = (server.address() as AddressInfo).port;
+    // A client that sends half a request and waits: server.close() alone would wait for it.
+    const socket = connect(port, '127.0.0.1');
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+    socket.write('GET /health HTTP/1.1\r\nHost: x\r\n');
+    const closedByServer = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    const started = Date.now();
+    await closeOpsServer(server, 300);
+    expect(Date.now() - started).toBeLessThan(2_000);
+    await closedByServer;
+    expect(server.listening).toBe(false);
+  });
+});
+
+describe('withTimeout', () => {
+  it('passes a value through and rejects with TimeoutError once the time is up', async () => {
+    await expect(withTimeout(Promise.resolve(7), 100, 'x')).resolves.toBe(7);
+    await expect(withTimeout(new Promise(() => undefined), 50, 'the thing')).rejects.toEqual(new TimeoutError('the thing did not finish within 50 ms'));
   });
 });

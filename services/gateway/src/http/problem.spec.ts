@@ -10,6 +10,8 @@ import {
   UnauthorizedException,
   UnsupportedMediaTypeException,
 } from '@nestjs/common';
+import { AddressInfo, createServer } from 'node:net';
+import Redis from 'ioredis';
 import { trace } from '@opentelemetry/api';
 import { errorCodes, FastifyError } from 'fastify';
 import { ErrorCode, errorCatalogue, KeelError } from '@keel/contracts';
@@ -251,5 +253,51 @@ describe('validationError', () => {
     expect(error.code).toBe('validation_failed');
     expect(error.fields).toHaveLength(2);
     expect(error.message).toBe('The request is invalid: body slug: too short; query limit: too big');
+  });
+});
+
+describe('an outage of what the gateway reaches itself', () => {
+  it('answers an error of an unreachable Redis as 503 with Retry-After, not 500', async () => {
+    // A real ioredis client towards a port nothing listens on, configured as the gateway's is.
+    const port = await new Promise<number>((resolve) => {
+      const s = createServer();
+      s.listen(0, '127.0.0.1', () => {
+        const p = (s.address() as AddressInfo).port;
+        s.close(() => resolve(p));
+      });
+    });
+    const redis = new Redis(`redis://127.0.0.1:${port}`, { maxRetriesPerRequest: 1, enableOfflineQueue: false, lazyConnect: true, retryStrategy: () => null });
+    redis.on('error', () => undefined);
+    try {
+      const error = await redis.get('k').then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(Error);
+      expect(toKeelError(error)).toMatchObject({ code: 'service_unavailable', status: 503 });
+
+      const logger = { error: jest.fn() };
+      const { reply, sent } = fakeReply();
+      const host = { switchToHttp: () => ({ getRequest: () => ({ url: '/api/v1/auth/sign-in' }), getResponse: () => reply }) };
+      new ProblemFilter(logger as never).catch(error, host as never);
+      expect(sent.status).toBe(503);
+      expect(sent.headers['retry-after']).toBe('1');
+      expect(sent.body).toMatchObject({ code: 'service_unavailable' });
+      expect(logger.error).not.toHaveBeenCalled();
+    } finally {
+      redis.disconnect();
+    }
+  });
+
+  it.each([
+    ['a refused TCP connection', Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:6379'), { code: 'ECONNREFUSED', errno: -111, syscall: 'connect' })],
+    ['a Postgres shutdown', Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01' })],
+  ])('answers %s as service_unavailable', (_what, error) => {
+    expect(toKeelError(error)).toMatchObject({ code: 'service_unavailable', status: 503 });
+  });
+
+  it('keeps a bug a bug', () => {
+    expect(toKeelError(Object.assign(new Error('duplicate key'), { code: '23505' }))).toBeUndefined();
+    expect(toKeelError(new RangeError('Invalid time value'))).toBeUndefined();
   });
 });

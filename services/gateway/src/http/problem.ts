@@ -2,7 +2,7 @@ import { ArgumentsHost, Catch, ExceptionFilter, HttpException, Inject } from '@n
 import { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { trace } from '@opentelemetry/api';
 import { ErrorCode, errorCatalogue, FieldError, KeelError } from '@keel/contracts';
-import { KEEL_LOGGER } from '@keel/messaging';
+import { isDependencyOutage, KEEL_LOGGER } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { ReplayedResponse } from './replayed-response';
 
@@ -85,6 +85,8 @@ export function toKeelError(error: unknown): KeelError | undefined {
     const code = (Object.keys(errorCatalogue) as ErrorCode[]).find((c) => errorCatalogue[c] === status);
     if (code) return new KeelError(code, error.message);
   }
+  // Redis (or anything the gateway reaches itself) down or restarting: an outage, not a bug.
+  if (isDependencyOutage(error)) return new KeelError('service_unavailable', 'A dependency of the gateway is unavailable right now; retry shortly.');
   const fe = error as FastifyError;
   if (fe && typeof fe === 'object' && (typeof fe.code === 'string' || fe instanceof SyntaxError)) return fromFastifyError(fe);
   return undefined;

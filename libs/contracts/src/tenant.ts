@@ -5,8 +5,7 @@ import { text } from './text';
 export const TENANT_CONTEXT = 'tenant';
 export const TENANT_AGGREGATE = 'tenant';
 
-export const slugSchema = z
-  .string()
+export const slugSchema = text()
   .regex(/^[a-z][a-z0-9-]{2,62}$/, 'must match ^[a-z][a-z0-9-]{2,62}$ (lowercase letter first, then letters, digits or "-")');
 
 export const planSchema = z.enum(['starter', 'professional', 'enterprise', 'custom']);

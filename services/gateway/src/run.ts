@@ -5,6 +5,7 @@ import { KeelConfig } from '@keel/config';
 import { initMetrics, Logger, metricsRegistry, NestPinoLogger, stopTelemetry, tracedRequestListener } from '@keel/observability';
 import { createServer, RequestListener } from 'node:http';
 import { gatewayModule } from './app.module';
+import { refuseBadUrl } from './http/validate-request';
 
 const BODY_LIMIT = 64 * 1024;
 
@@ -20,6 +21,7 @@ export async function runGateway(config: KeelConfig, logger: Logger): Promise<vo
   const adapter = new FastifyAdapter({
     bodyLimit: BODY_LIMIT,
     trustProxy: false,
+    frameworkErrors: refuseBadUrl,
     // Without an exporter, only requests that bring a traceparent are traced (see tracedRequestListener).
     serverFactory: (handler: RequestListener) => createServer(tracedRequestListener(handler, { traceAll: Boolean(config.OTEL_EXPORTER_OTLP_ENDPOINT) })),
   });

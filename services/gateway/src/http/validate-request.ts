@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import { FieldError, textProblem, textProblemMessage } from '@keel/contracts';
 import { EndpointSpec } from './endpoint';
-import { validationError } from './problem';
+import { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { sendProblem, validationError } from './problem';
 import { KeelRequest } from './request-context';
 
 const IF_MATCH = /^(?:W\/)?"?(\d{1,9})"?$/;
@@ -14,6 +15,21 @@ function check(schema: z.ZodType | undefined, value: unknown, where: FieldError[
     fields.push({ in: where, field: issue.path.length ? issue.path.join('.') : '(whole)', message: issue.message });
   }
   return undefined;
+}
+
+/**
+ * Fastify's own refusals before routing (`frameworkErrors`): a path whose percent-encoding is not
+ * UTF-8 (how a client would try to send an unpaired surrogate) or a path parameter over the
+ * router's length limit. A problem+json 400 like any other bad input, not Fastify's plain JSON.
+ */
+export function refuseBadUrl(error: FastifyError, req: FastifyRequest, reply: FastifyReply): void {
+  const message =
+    error.code === 'FST_ERR_MAX_PARAM_LENGTH'
+      ? 'a path parameter is longer than this API accepts'
+      : error.code === 'FST_ERR_BAD_URL'
+        ? 'must be percent-encoded UTF-8 (no unpaired surrogates, no invalid bytes)'
+        : 'cannot be routed';
+  sendProblem(reply, validationError([{ in: 'path', field: '(path)', message }]), req.url);
 }
 
 /**

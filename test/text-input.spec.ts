@@ -117,6 +117,7 @@ interface Operation {
   template: string;
   operationId: string;
   params: { name: string; in: 'path' | 'query'; required: boolean; schema: Json }[];
+  headers: string[];
   body?: Json;
 }
 
@@ -130,6 +131,7 @@ function operations(doc: Json): Operation[] {
         template,
         operationId: op.operationId,
         params: ((op.parameters ?? []) as Json[]).filter((p) => p.in === 'path' || p.in === 'query') as Operation['params'],
+        headers: ((op.parameters ?? []) as Json[]).filter((p) => p.in === 'header' && chosen(p.schema).type === 'string').map((p) => p.name),
         body: op.requestBody?.content?.['application/json']?.schema,
       });
     }
@@ -238,12 +240,13 @@ describe('text no field can hold', () => {
     expect(await lastSeq()).toBe(before);
   });
 
-  it('every string in every request body, path and query of the OpenAPI document is refused with 400 naming it, and nothing is written', async () => {
+  it('every string in every request body, path, query and header of the OpenAPI document is refused with 400 naming it, and nothing is written', async () => {
     const ops = operations(doc);
     expect(ops.length).toBeGreaterThan(30);
     const before = await lastSeq();
     let bodies = 0;
     let params = 0;
+    let headers = 0;
     const covered = new Set<string>();
     for (const op of ops) {
       const slots = op.body ? stringSlots(op.body) : [];
@@ -282,12 +285,25 @@ describe('text no field can hold', () => {
         }
       }
     }
+    // Request headers the document declares (Idempotency-Key, If-Match), with what HTTP can carry in
+    // a header value: a tab and a C1 control (as its Latin-1 byte); a valid request otherwise.
+    for (const op of ops) {
+      for (const header of op.headers) {
+        for (const value of ['a\tb', 'a\u0085b']) {
+          const options = { headers: { [header]: value }, ...(op.body ? { rawBody: JSON.stringify(sample(op.body)) } : {}) };
+          const res = await operator(op.method, urlOf(op), options);
+          expectRefused(res, 'header', header, `${op.method} ${op.template} header ${header}: ${JSON.stringify(value)}`);
+          headers++;
+        }
+      }
+    }
     // The routes the issue names are among those the document yields.
     for (const id of ['auth.updateProfile', 'auth.login', 'tenants.create', 'tenants.get', 'users.createUser', 'identity-providers.create', 'audit.events']) {
       expect([...covered]).toContain(id);
     }
     expect(bodies).toBeGreaterThan(100);
     expect(params).toBeGreaterThan(50);
+    expect(headers).toBeGreaterThan(10);
     expect(await lastSeq()).toBe(before);
   });
 

@@ -31,6 +31,21 @@ export interface Identity {
 const API_KEY_CACHE_MS = 30_000;
 const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
 const MAX_CACHE = 20_000;
+/**
+ * How long a revoked API key is refused here on its own. The auth service refuses a revoked key
+ * itself; this covers a verification that was in flight, or answered from a read model that had
+ * not yet applied the revocation, when the revocation was heard. Far longer than both.
+ */
+const REVOKED_KEY_MEMORY_MS = 10 * 60_000;
+
+/** Size limits of the verifier's caches and revocation sets; a field so that tests can make them small. */
+export interface IdentityLimits {
+  /** Verified access tokens, and verified API keys, kept each. */
+  maxCache: number;
+  /** Session revocations, and API key revocations, remembered each. */
+  maxRevocations: number;
+  revokedKeyMemoryMs: number;
+}
 
 /**
  * Who a bearer credential is. Access tokens (JWT, EdDSA) are verified locally against the
@@ -38,6 +53,14 @@ const MAX_CACHE = 20_000;
  * costs no signature check. API keys are checked with the auth service and cached briefly.
  * Revocations are pushed, not polled: every session or API key revocation is an event that
  * each gateway hears on NATS and applies at once.
+ *
+ * Everything here is bounded. A revocation only needs remembering while what it guards can
+ * still be presented: a session's until its last access token expires, an API key's until
+ * the auth service's own refusal is certain (`REVOKED_KEY_MEMORY_MS`). Expired revocations go
+ * first; when more than `maxRevocations` are still current, the oldest go, and the verifier
+ * remembers until when they mattered: till then, a token that could belong to a forgotten
+ * session is checked in Redis and refused (503) if Redis cannot say, instead of passing, and
+ * API keys are verified with the auth service on every request instead of from the cache.
  */
 @Injectable()
 export class IdentityVerifier implements OnModuleInit, OnModuleDestroy {
@@ -45,9 +68,15 @@ export class IdentityVerifier implements OnModuleInit, OnModuleDestroy {
   private jwksFetchedAt = 0;
   private readonly tokens = new Map<string, Identity>();
   private readonly apiKeys = new Map<string, { identity: Identity; at: number }>();
+  /** Revoked session id → until when a token of it could still be valid (ms since epoch). */
   private readonly revokedSessions = new Map<string, number>();
-  private readonly revokedKeys = new Set<string>();
+  /** Revoked API key id → until when it is remembered here (ms since epoch). */
+  private readonly revokedKeys = new Map<string, number>();
+  /** The latest `until` among session revocations evicted before it passed; 0 when none. */
+  private sessionsForgottenUntil = 0;
+  private keysForgottenUntil = 0;
   private sub?: Subscription;
+  readonly limits: IdentityLimits = { maxCache: MAX_CACHE, maxRevocations: 100_000, revokedKeyMemoryMs: REVOKED_KEY_MEMORY_MS };
 
   constructor(
     @Inject(MESSAGING) private readonly m: Messaging,
@@ -85,10 +114,15 @@ export class IdentityVerifier implements OnModuleInit, OnModuleDestroy {
 
   private onEvent(e: EventEnvelope): void {
     if (e.type === A.sessionRevoked) {
-      this.revokedSessions.set(e.aggregateId, Date.now() + (ACCESS_TOKEN_SECONDS + 60) * 1000);
+      this.revokeSession(e.aggregateId, Date.now() + (ACCESS_TOKEN_SECONDS + 60) * 1000);
       for (const [token, id] of this.tokens) if (id.sessionId === e.aggregateId) this.tokens.delete(token);
     } else if (e.type === A.apiKeyRevoked) {
-      this.revokedKeys.add(e.aggregateId);
+      const forgotten = remember(this.revokedKeys, e.aggregateId, Date.now() + this.limits.revokedKeyMemoryMs, this.limits.maxRevocations);
+      if (forgotten) {
+        // The cache may hold a key whose revocation was just forgotten: verify every key afresh.
+        this.keysForgottenUntil = Math.max(this.keysForgottenUntil, forgotten);
+        this.apiKeys.clear();
+      }
       for (const [secret, entry] of this.apiKeys) if (entry.identity.id === e.aggregateId) this.apiKeys.delete(secret);
     } else if (e.type === A.signingKeyRotated) {
       this.jwks = undefined;
@@ -101,18 +135,26 @@ export class IdentityVerifier implements OnModuleInit, OnModuleDestroy {
     }
     const identity = credential.startsWith('keel_') ? await this.apiKey(credential) : await this.accessToken(credential);
     if (identity.sessionId && this.isRevoked(identity.sessionId)) throw new KeelError('invalid_token', 'This session has been revoked; sign in again.');
-    if (identity.kind === 'api_key' && this.revokedKeys.has(identity.id)) throw new KeelError('invalid_token', 'This API key has been revoked.');
+    if (identity.kind === 'api_key' && isCurrent(this.revokedKeys, identity.id)) throw new KeelError('invalid_token', 'This API key has been revoked.');
     return identity;
   }
 
+  /** How many entries each cache and set holds (for tests and metrics). */
+  get size(): { tokens: number; apiKeys: number; revokedSessions: number; revokedKeys: number } {
+    return { tokens: this.tokens.size, apiKeys: this.apiKeys.size, revokedSessions: this.revokedSessions.size, revokedKeys: this.revokedKeys.size };
+  }
+
   private isRevoked(sessionId: string): boolean {
-    const until = this.revokedSessions.get(sessionId);
-    if (until === undefined) return false;
-    if (until < Date.now()) {
-      this.revokedSessions.delete(sessionId);
-      return false;
+    return isCurrent(this.revokedSessions, sessionId);
+  }
+
+  private revokeSession(sessionId: string, until: number): void {
+    const forgotten = remember(this.revokedSessions, sessionId, until, this.limits.maxRevocations);
+    if (forgotten) {
+      // The cache may hold a token of a session whose revocation was just forgotten: verify afresh.
+      this.sessionsForgottenUntil = Math.max(this.sessionsForgottenUntil, forgotten);
+      this.tokens.clear();
     }
-    return true;
   }
 
   private async keySet(refresh = false) {
@@ -143,9 +185,16 @@ export class IdentityVerifier implements OnModuleInit, OnModuleDestroy {
     }
     // A revocation this gateway did not hear (it was away, or started later) is in Redis.
     // Redis away: the pushed revocations still apply; a gateway that missed one while Redis is also away would not know.
-    const revoked = await this.redis.exists(revokedSessionKey(this.config.KEEL_REDIS_PREFIX, String(payload.sid))).catch(() => 0);
+    // Unless this gateway has had to forget revocations this token could be under: then Redis
+    // must answer, and a token it cannot clear is refused for now (503), not let through.
+    const revoked = await this.redis.exists(revokedSessionKey(this.config.KEEL_REDIS_PREFIX, String(payload.sid))).catch(() => {
+      if (payload.exp! * 1000 <= this.sessionsForgottenUntil && Date.now() < this.sessionsForgottenUntil) {
+        throw new KeelError('service_unavailable', 'Sessions cannot be checked for revocation right now; retry shortly.');
+      }
+      return 0;
+    });
     if (revoked) {
-      this.revokedSessions.set(String(payload.sid), payload.exp! * 1000);
+      this.revokeSession(String(payload.sid), payload.exp! * 1000);
       throw new KeelError('invalid_token', 'This session has been revoked; sign in again.');
     }
     const roles = Array.isArray(payload.roles) ? (payload.roles as string[]) : [];
@@ -160,7 +209,8 @@ export class IdentityVerifier implements OnModuleInit, OnModuleDestroy {
       permissions: perms,
       expiresAt: payload.exp!,
     };
-    this.remember(this.tokens, token, identity);
+    // A revoked session's token is never cached: the cache must hold only what the sets need not guard.
+    if (!this.isRevoked(identity.sessionId!)) this.remember(this.tokens, token, identity);
     return identity;
   }
 
@@ -176,12 +226,46 @@ export class IdentityVerifier implements OnModuleInit, OnModuleDestroy {
       permissions: new Set(info.permissions as Permission[]),
       expiresAt: Math.floor(new Date(info.expiresAt).getTime() / 1000),
     };
-    this.remember(this.apiKeys, secret, { identity, at: Date.now() });
+    // While forgotten revocations could matter, every use asks the auth service, which refuses a revoked key itself.
+    if (Date.now() >= this.keysForgottenUntil && !isCurrent(this.revokedKeys, identity.id)) this.remember(this.apiKeys, secret, { identity, at: Date.now() });
     return identity;
   }
 
   private remember<V>(map: Map<string, V>, key: string, value: V): void {
+    map.delete(key);
     map.set(key, value);
-    if (map.size > MAX_CACHE) map.delete(map.keys().next().value!);
+    while (map.size > this.limits.maxCache) map.delete(map.keys().next().value!);
   }
+}
+
+/** True while `key` is in `set` and its time has not passed (a passed one is dropped). */
+function isCurrent(set: Map<string, number>, key: string): boolean {
+  const until = set.get(key);
+  if (until === undefined) return false;
+  if (until <= Date.now()) {
+    set.delete(key);
+    return false;
+  }
+  return true;
+}
+
+/**
+ * Remembers `key` until `until` in a set of at most `max`: when full, the passed entries go
+ * first, then the oldest current ones. Answers the latest `until` of a current entry it had to
+ * evict (0 when none), which the caller must treat as "may have forgotten a revocation till then".
+ */
+function remember(set: Map<string, number>, key: string, until: number, max: number): number {
+  const previous = set.get(key) ?? 0;
+  set.delete(key);
+  set.set(key, Math.max(until, previous));
+  const now = Date.now();
+  let forgotten = 0;
+  // Oldest first (entries are added in roughly the order they pass); a passed entry deeper in
+  // the set is dropped when it is next looked up.
+  for (const [k, u] of set) {
+    if (set.size <= max || k === key) break;
+    set.delete(k);
+    if (u > now) forgotten = Math.max(forgotten, u);
+  }
+  return forgotten;
 }

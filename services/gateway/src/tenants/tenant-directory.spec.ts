@@ -4,9 +4,12 @@ import { TenantDirectory } from './tenant-directory';
 
 const ID = '01a20186-4df0-76d5-bf99-e87be230bc1a';
 
-function tenant(version: number, status: Tenant['status'] = 'active'): Tenant {
-  return { id: ID, slug: 'acme', name: 'Acme', plan: 'starter', status, version } as Tenant;
+function tenant(version: number, status: Tenant['status'] = 'active', id = ID, slug = 'acme'): Tenant {
+  return { id, slug, name: 'Acme', plan: 'starter', status, version } as Tenant;
 }
+
+/** A tenant id (UUIDv7 shape) numbered n. */
+const idOf = (n: number) => `01a20186-4df0-76d5-bf99-${n.toString(16).padStart(12, '0')}`;
 
 /** The directory over a stubbed NATS connection (events are delivered by hand) and RPC client. */
 function directory(answers: Record<string, Tenant>) {
@@ -30,7 +33,7 @@ function directory(answers: Record<string, Tenant>) {
   } as unknown as RpcClient;
   const dir = new TenantDirectory(m, rpc);
   dir.onModuleInit();
-  const hear = (version: number) => deliver({ aggregateId: ID, aggregateVersion: version });
+  const hear = (version: number, id = ID) => deliver({ aggregateId: id, aggregateVersion: version });
   return { dir, asked, hear };
 }
 
@@ -68,5 +71,62 @@ describe('TenantDirectory', () => {
     dir.remember(tenant(4));
     expect((await dir.get(ID, 17)).version).toBe(4);
     expect(asked).toEqual(['qry.tenant.get']);
+  });
+
+  describe('bounded', () => {
+    it('keeps at most maxEntries tenants and their slugs, evicting the least recently stored', async () => {
+      const { dir, asked } = directory({});
+      dir.limits.maxEntries = 3;
+      for (let n = 1; n <= 10; n++) dir.remember(tenant(1, 'active', idOf(n), `t-${n}`));
+      expect(dir.size).toMatchObject({ entries: 3, slugs: 3 });
+      expect((await dir.get('t-10')).id).toBe(idOf(10));
+      expect(asked).toEqual([]);
+    });
+
+    it('keeps at most maxFences fences', () => {
+      const { dir, hear } = directory({});
+      dir.limits.maxFences = 5;
+      for (let n = 1; n <= 50; n++) hear(2, idOf(n));
+      expect(dir.size.fences).toBe(5);
+    });
+
+    it('drops a slug that was renamed away, so the size stays bounded', async () => {
+      const { dir } = directory({});
+      dir.remember(tenant(1, 'active', ID, 'old-name'));
+      dir.remember(tenant(2, 'active', ID, 'new-name'));
+      expect(dir.size.slugs).toBe(1);
+      expect((await dir.get('new-name')).version).toBe(2);
+    });
+
+    it('never serves a version older than a heard one, even after the fence that knew of it was evicted', async () => {
+      // The read model lags: it still has version 1; the log has the suspension (version 2).
+      const { dir, asked, hear } = directory({ 'qry.tenant.get': tenant(1), 'qry.tenant.current': tenant(2, 'suspended') });
+      dir.limits.maxFences = 3;
+      dir.remember(tenant(1));
+      hear(2);
+      // Other tenants' events push this tenant's fence (and its entry) out.
+      for (let n = 1; n <= 10; n++) hear(1, idOf(n));
+      expect(dir.size.fences).toBe(3);
+      expect(await dir.get(ID)).toMatchObject({ version: 2, status: 'suspended' });
+      expect(asked).toEqual(['qry.tenant.current']);
+    });
+
+    it('by slug too: a tenant without a fence is re-read from its log while evicted fences may matter', async () => {
+      const { dir, asked, hear } = directory({ 'qry.tenant.get': tenant(1), 'qry.tenant.current': tenant(2, 'suspended') });
+      dir.limits.maxFences = 2;
+      hear(2);
+      for (let n = 1; n <= 5; n++) hear(1, idOf(n));
+      expect(await dir.get('acme')).toMatchObject({ version: 2, status: 'suspended' });
+      expect(asked).toEqual(['qry.tenant.get', 'qry.tenant.current']);
+    });
+
+    it('reads the read model again once no fence has been evicted for forgottenFenceMs', async () => {
+      const { dir, asked, hear } = directory({ 'qry.tenant.get': tenant(1) });
+      dir.limits.maxFences = 2;
+      dir.limits.forgottenFenceMs = 0;
+      for (let n = 1; n <= 5; n++) hear(1, idOf(n));
+      expect((await dir.get(ID)).version).toBe(1);
+      expect(asked).toEqual(['qry.tenant.get']);
+    });
   });
 });

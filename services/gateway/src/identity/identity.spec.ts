@@ -1,0 +1,190 @@
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { ACCESS_TOKEN_SECONDS, authEventTypes as A, KeelError, TOKEN_AUDIENCE, TOKEN_ISSUER } from '@keel/contracts';
+import { parseConfig } from '@keel/config';
+import { encodeJson, Messaging, RpcClient } from '@keel/messaging';
+import { IdentityVerifier } from './identity';
+
+const TENANT = '01a20186-4df0-76d5-bf99-e87be230bc1a';
+
+/** The verifier over a stubbed NATS connection (events delivered by hand), RPC client and Redis. */
+async function verifier() {
+  const { publicKey, privateKey } = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
+  const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'EdDSA' };
+  let deliver: (data: unknown) => void = () => undefined;
+  const m = {
+    prefix: 'p.',
+    nc: {
+      subscribe: (_subject: string, opts: { callback: (err: unknown, msg: { data: Uint8Array }) => void }) => {
+        deliver = (data) => opts.callback(null, { data: encodeJson(data) });
+        return { unsubscribe: () => undefined };
+      },
+      status: () => ({ [Symbol.asyncIterator]: () => ({ next: () => new Promise(() => undefined) }) }),
+    },
+  } as unknown as Messaging;
+  const apiKeyAnswers = new Map<string, unknown>();
+  const asked: string[] = [];
+  const rpc = {
+    request: async (subject: string, body: { secret?: string }) => {
+      asked.push(subject);
+      if (subject === 'qry.auth.jwks') return { keys: [jwk] };
+      const answer = apiKeyAnswers.get(body.secret!);
+      if (answer instanceof Error) throw answer;
+      return answer;
+    },
+  } as unknown as RpcClient;
+  /** Redis: the revoked session keys it holds, or down. */
+  const redisState = { down: false, revoked: new Set<string>() };
+  const redis = {
+    exists: async (key: string) => {
+      if (redisState.down) throw new Error("Stream isn't writeable and enableOfflineQueue options is false");
+      return redisState.revoked.has(key) ? 1 : 0;
+    },
+  };
+  const config = parseConfig({ KEEL_REDIS_PREFIX: 't:' });
+  const v = new IdentityVerifier(m, rpc, redis as never, config);
+  v.onModuleInit();
+  const token = (sid: string, expiresInSeconds = ACCESS_TOKEN_SECONDS) =>
+    new SignJWT({ tid: TENANT, sid, roles: ['member'] })
+      .setProtectedHeader({ alg: 'EdDSA', kid: 'k1' })
+      .setSubject(`user-${sid}`)
+      .setIssuer(TOKEN_ISSUER)
+      .setAudience(TOKEN_AUDIENCE)
+      .setIssuedAt()
+      .setExpirationTime(Math.floor(Date.now() / 1000) + expiresInSeconds)
+      .sign(privateKey);
+  const revokeSession = (sid: string) => deliver({ type: A.sessionRevoked, aggregateId: sid });
+  const revokeKey = (id: string) => deliver({ type: A.apiKeyRevoked, aggregateId: id });
+  return { v, token, revokeSession, revokeKey, redisState, apiKeyAnswers, asked };
+}
+
+async function codeOf(p: Promise<unknown>): Promise<string> {
+  return p.then(
+    () => 'accepted',
+    (e: unknown) => (e instanceof KeelError ? e.code : `not a KeelError: ${String(e)}`),
+  );
+}
+
+afterEach(() => jest.restoreAllMocks());
+
+describe('IdentityVerifier, bounded', () => {
+  it('keeps at most maxCache verified tokens', async () => {
+    const { v, token } = await verifier();
+    v.limits.maxCache = 5;
+    for (let n = 0; n < 20; n++) await v.verify(await token(`s${n}`));
+    expect(v.size.tokens).toBe(5);
+  });
+
+  it('refuses a revoked session at once, and keeps at most maxRevocations revocations', async () => {
+    const { v, token, revokeSession } = await verifier();
+    v.limits.maxRevocations = 10;
+    const t = await token('s-1');
+    await v.verify(t);
+    revokeSession('s-1');
+    expect(await codeOf(v.verify(t))).toBe('invalid_token');
+    for (let n = 0; n < 100; n++) revokeSession(`other-${n}`);
+    expect(v.size.revokedSessions).toBe(10);
+  });
+
+  it('still refuses a session whose revocation was evicted: from Redis, and with Redis down 503, never accepted', async () => {
+    const { v, token, revokeSession, redisState } = await verifier();
+    v.limits.maxRevocations = 3;
+    const t = await token('victim');
+    await v.verify(t);
+    revokeSession('victim');
+    redisState.revoked.add('t:revoked:session:victim');
+    for (let n = 0; n < 10; n++) revokeSession(`other-${n}`);
+    expect(v.size.revokedSessions).toBe(3);
+    // Not in the set any more: Redis knows.
+    expect(await codeOf(v.verify(t))).toBe('invalid_token');
+
+    // A fresh gateway state of the same kind, with Redis away: refused for now, not let through.
+    const g = await verifier();
+    g.v.limits.maxRevocations = 3;
+    const t2 = await g.token('victim');
+    await g.v.verify(t2);
+    g.revokeSession('victim');
+    for (let n = 0; n < 10; n++) g.revokeSession(`other-${n}`);
+    g.redisState.down = true;
+    expect(await codeOf(g.v.verify(t2))).toBe('service_unavailable');
+  });
+
+  it('with Redis down, accepts a token that no forgotten revocation can concern (one that outlives them all)', async () => {
+    const { v, token, revokeSession, redisState } = await verifier();
+    v.limits.maxRevocations = 3;
+    for (let n = 0; n < 10; n++) revokeSession(`other-${n}`);
+    redisState.down = true;
+    // Issued later than every forgotten revocation could matter for: no revoked session can hold it.
+    const later = await token('new-session', ACCESS_TOKEN_SECONDS + 120);
+    expect(await codeOf(v.verify(later))).toBe('accepted');
+    // One that could belong to a forgotten session is not.
+    expect(await codeOf(v.verify(await token('unknown')))).toBe('service_unavailable');
+  });
+
+  it('drops passed revocations first, so a full set of old ones forgets nothing that matters', async () => {
+    const { v, token, revokeSession, redisState } = await verifier();
+    v.limits.maxRevocations = 3;
+    const now = Date.now();
+    const clock = jest.spyOn(Date, 'now').mockReturnValue(now);
+    for (let n = 0; n < 3; n++) revokeSession(`old-${n}`);
+    // Past the lifetime of every token of those sessions.
+    clock.mockReturnValue(now + (ACCESS_TOKEN_SECONDS + 61) * 1000);
+    for (let n = 0; n < 3; n++) revokeSession(`new-${n}`);
+    expect(v.size.revokedSessions).toBe(3);
+    clock.mockRestore();
+    redisState.down = true;
+    // Nothing current was forgotten: Redis away is no reason to refuse (fail open, as before).
+    expect(await codeOf(v.verify(await token('fine')))).toBe('accepted');
+  });
+
+  it('remembers a revoked API key while the auth service could still answer stale, bounded, and stops caching keys once it had to forget one', async () => {
+    const { v, revokeKey, apiKeyAnswers, asked } = await verifier();
+    v.limits.maxRevocations = 3;
+    const info = (id: string) => ({ id, tenantId: TENANT, permissions: [], expiresAt: new Date(Date.now() + 3_600_000).toISOString() });
+    // The auth service answers as if the key were still valid (a read model not caught up yet).
+    apiKeyAnswers.set('keel_secret_a', info('key-a'));
+    await v.verify('keel_secret_a');
+    revokeKey('key-a');
+    expect(await codeOf(v.verify('keel_secret_a'))).toBe('invalid_token');
+
+    for (let n = 0; n < 10; n++) revokeKey(`other-${n}`);
+    expect(v.size.revokedKeys).toBe(3);
+    // The revocation of key-a was forgotten early: every use of a key now asks the auth service,
+    // whose own refusal applies.
+    apiKeyAnswers.set('keel_secret_a', new KeelError('invalid_token', 'This API key has been revoked.'));
+    expect(await codeOf(v.verify('keel_secret_a'))).toBe('invalid_token');
+    apiKeyAnswers.set('keel_secret_b', info('key-b'));
+    const before = asked.length;
+    await v.verify('keel_secret_b');
+    await v.verify('keel_secret_b');
+    expect(asked.length - before).toBe(2);
+  });
+
+  it('caches API keys again once no forgotten revocation can matter', async () => {
+    const { v, revokeKey, apiKeyAnswers, asked } = await verifier();
+    v.limits.maxRevocations = 2;
+    v.limits.revokedKeyMemoryMs = 1;
+    revokeKey('x');
+    revokeKey('y');
+    revokeKey('z');
+    apiKeyAnswers.set('keel_secret_c', { id: 'key-c', tenantId: TENANT, permissions: [], expiresAt: new Date(Date.now() + 3_600_000).toISOString() });
+    const now = Date.now();
+    jest.spyOn(Date, 'now').mockReturnValue(now + 10);
+    const before = asked.length;
+    await v.verify('keel_secret_c');
+    await v.verify('keel_secret_c');
+    expect(asked.length - before).toBe(1);
+  });
+});
+
+describe('IdentityVerifier, a revoked credential is never cached', () => {
+  it('a token of a revoked session verified while Redis is away is refused, and refused again after its revocation was evicted', async () => {
+    const { v, token, revokeSession, redisState } = await verifier();
+    v.limits.maxRevocations = 2;
+    const t = await token('victim');
+    revokeSession('victim');
+    redisState.down = true;
+    expect(await codeOf(v.verify(t))).toBe('invalid_token');
+    for (let n = 0; n < 5; n++) revokeSession(`other-${n}`);
+    expect(await codeOf(v.verify(t))).toBe('service_unavailable');
+  });
+});

@@ -48,6 +48,15 @@ describe('mapClaims', () => {
     expect(mapClaims({ ...alice, groups: ['constructor', 'toString'] }, mapping).roles).toEqual(['viewer']);
   });
 
+  it('never takes text a profile cannot hold from the provider: a name with control characters falls back to the email, a subject with them is refused', () => {
+    expect(mapClaims({ sub: 'x', email: 'x@corp.test', name: 'Eve\u0000' }, mapping).name).toBe('x@corp.test');
+    expect(mapClaims({ sub: 'x', email: 'x@corp.test', name: 'E\ud800ve' }, mapping).name).toBe('x@corp.test');
+    // Cut at 200 code units without leaving half of a surrogate pair.
+    expect(mapClaims({ sub: 'x', email: 'x@corp.test', name: `${'a'.repeat(199)}😀` }, mapping).name).toBe('a'.repeat(199));
+    expect(refusal(() => mapClaims({ sub: 'x\u0000', email: 'x@corp.test' }, mapping)).code).toBe('invalid_token');
+    expect(refusal(() => mapClaims({ sub: 'x', email: 'x\u0000@corp.test' }, mapping)).code).toBe('forbidden');
+  });
+
   it('treats a missing or non-boolean email_verified as unverified, and falls back to the email for the name', () => {
     expect(mapClaims({ sub: 'x', email: 'x@corp.test', email_verified: 'true' }, mapping)).toMatchObject({ emailVerified: false, name: 'x@corp.test' });
   });

@@ -1,4 +1,4 @@
-import { ClaimMapping, emailSchema, KeelError } from '@keel/contracts';
+import { ClaimMapping, emailSchema, isText, KeelError } from '@keel/contracts';
 
 /** Who the identity provider says the user is, in Keel's terms. */
 export interface MappedIdentity {
@@ -52,14 +52,16 @@ const sortedUnique = (values: string[]) => [...new Set(values)].sort();
 /** Turns verified claims into a Keel identity, or refuses the sign-in saying what the provider must send. */
 export function mapClaims(claims: Record<string, unknown>, mapping: ClaimMapping): MappedIdentity {
   const subject = claims.sub;
-  if (typeof subject !== 'string' || !subject || subject.length > 255) {
+  if (typeof subject !== 'string' || !subject || subject.length > 255 || !isText(subject)) {
     throw new KeelError('invalid_token', 'The identity provider sent no usable subject ("sub"); ask your administrator to check the provider.');
   }
   const email = emailSchema.safeParse(claimAt(claims, mapping.emailClaim));
   if (!email.success) {
     throw new KeelError('forbidden', `The identity provider sent no email address in the "${mapping.emailClaim}" claim; ask your administrator to release it to Keel.`);
   }
-  const name = claimAt(claims, mapping.nameClaim);
+  // The provider's name as a Keel profile name holds it (no control characters, no half of a pair cut at 200), else the email.
+  const claimedName = claimAt(claims, mapping.nameClaim);
+  const name = typeof claimedName === 'string' ? claimedName.trim().slice(0, 200).replace(/[\uD800-\uDBFF]$/, '') : '';
   const groupRoles = sortedUnique(mapped(valuesOf(claims, mapping.roleClaim), mapping.roleMapping));
   const roles = groupRoles.length ? groupRoles : sortedUnique(mapping.defaultRoles);
   if (!roles.length) {
@@ -69,7 +71,7 @@ export function mapClaims(claims: Record<string, unknown>, mapping: ClaimMapping
     subject,
     email: email.data,
     emailVerified: claims.email_verified === true,
-    name: typeof name === 'string' && name.trim() ? name.trim().slice(0, 200) : email.data,
+    name: name && isText(name) ? name : email.data,
     roles,
     teamRoles: [...new Map(mapped(valuesOf(claims, mapping.teamClaim), mapping.teamMapping).map((t) => [teamRoleKey(t), t])).values()],
   };

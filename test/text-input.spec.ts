@@ -273,8 +273,9 @@ describe('text no field can hold', () => {
             // Bytes that are not UTF-8 in the path: refused while the URL is decoded, before any route runs.
             expectRefused(res, 'path', '(path)', what);
           } else if (poison.label === 'an unpaired surrogate') {
-            // In a query string they decode to well-formed text (no URL can carry a lone surrogate):
-            // whatever the route answers, it is not a failure of Keel's (and, below, nothing is written).
+            // A query string keeps bytes that are not UTF-8 as they were sent ("a%ED%A0%80b"), which is
+            // well-formed text (no URL can carry a lone surrogate): whatever the route answers, it is not
+            // a failure of Keel's, and (below) nothing is written.
             expect({ what, status: res.status, body: res.body }).toEqual({ what, status: expect.any(Number), body: expect.anything() });
             expect({ what, serverError: res.status >= 500 }).toEqual({ what, serverError: false });
           } else {

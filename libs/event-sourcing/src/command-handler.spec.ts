@@ -714,11 +714,13 @@ describe('CommandHandler', () => {
       expect(deterministicUuid('a', 'b')).not.toBe(deterministicUuid('ab'));
     });
 
-    it('give a create the same aggregate id for the same command id, per aggregate type', () => {
+    it('give a create the same aggregate id for the same command id, per aggregate type and scope', () => {
       expect(aggregateIdFor('cmd-1', 'tenant')).toMatch(uuid);
       expect(aggregateIdFor('cmd-1', 'tenant')).toBe(aggregateIdFor('cmd-1', 'tenant'));
       expect(aggregateIdFor('cmd-1', 'tenant')).not.toBe(aggregateIdFor('cmd-2', 'tenant'));
       expect(aggregateIdFor('cmd-1', 'tenant')).not.toBe(aggregateIdFor('cmd-1', 'user'));
+      expect(aggregateIdFor('cmd-1', 'user', 't1')).toBe(aggregateIdFor('cmd-1', 'user', 't1'));
+      expect(aggregateIdFor('cmd-1', 'user', 't1')).not.toBe(aggregateIdFor('cmd-1', 'user', 't2'));
     });
   });
 });

@@ -16,9 +16,12 @@ export function deterministicUuid(...parts: string[]): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
-/** The id of the aggregate a create command with `commandId` makes: a retry finds the same one. */
-export function aggregateIdFor(commandId: string, aggregateType: string): string {
-  return deterministicUuid('keel.aggregate', aggregateType, commandId);
+/**
+ * The id of the aggregate a create command with `commandId` makes, so a retry finds the same
+ * one; `scope` (say the tenant) keeps one command id from naming the same id in two places.
+ */
+export function aggregateIdFor(commandId: string, aggregateType: string, ...scope: string[]): string {
+  return deterministicUuid('keel.aggregate', aggregateType, ...scope, commandId);
 }
 
 /** Command ids an aggregate remembers (with the outcome of each), newest kept. */

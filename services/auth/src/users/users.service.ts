@@ -19,7 +19,7 @@ import {
   User,
 } from '@keel/contracts';
 import { inTenant, tenantQuery } from '@keel/database';
-import { CommandHandler } from '@keel/event-sourcing';
+import { aggregateIdFor, CommandHandler } from '@keel/event-sourcing';
 import { EventStore, RpcHandler } from '@keel/messaging';
 import { AUTH_SCHEMA } from '../database/schema';
 import { RoleCatalog } from '../rbac/role-catalog';
@@ -35,6 +35,7 @@ export const metaSchema = z
     actor: actorSchema,
     correlationId: z.string().min(1).max(200),
     expectedVersion: z.number().int().min(0).optional(),
+    commandId: z.string().min(1).max(200).optional(),
     /** What the caller holds ("*" for the operator), so nobody grants what they do not hold. */
     permissions: z.union([z.literal('*'), z.array(z.string())]),
   })
@@ -141,11 +142,17 @@ export class UsersService {
   async createUser(tenantId: string, u: { email: string; name: string; roles: string[]; password?: string }, meta: CommandMeta): Promise<CommandResult<User>> {
     let maxUsers = Number.MAX_SAFE_INTEGER;
     if (tenantId !== 'platform') maxUsers = (await this.tenants.active(tenantId)).quotas.maxUsers;
-    const userId = newEventId();
+    // With a command id the user's id comes from it: a retry of this create finds this user (and
+    // holds its email reservation) and is answered the first outcome from the log.
+    const userId = meta.commandId ? aggregateIdFor(meta.commandId, 'user', tenantId) : newEventId();
     const hash = u.password ? await argon2.hash(u.password, ARGON2_OPTIONS) : null;
     await inTenant(this.ds, tenantId, async (m) => {
       // Serialises creations per tenant, so the quota check and the reservation agree.
       await m.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`keel.auth.users.${tenantId}`]);
+      if (meta.commandId) {
+        const [held] = await m.query(`SELECT user_id FROM "${AUTH_SCHEMA}".email_reservations WHERE tenant_id = $1 AND email = $2`, [tenantId, u.email]);
+        if (held?.user_id === userId) return; // a retry of the create that reserved it: already counted
+      }
       const [{ n }] = await m.query(`SELECT count(*)::int AS n FROM "${AUTH_SCHEMA}".email_reservations WHERE tenant_id = $1`, [tenantId]);
       if (n >= maxUsers) throw new KeelError('quota_exceeded', `This tenant's plan allows ${maxUsers} users; raise the plan's maxUsers first.`);
       const inserted = await m.query(
@@ -157,8 +164,23 @@ export class UsersService {
       }
     });
     try {
-      const result = await this.run(tenantId, userId, { type: 'create', data: { email: u.email, name: u.name, roles: [...new Set(u.roles)].sort() } }, meta, true);
-      if (hash) await this.setHash(tenantId, userId, hash);
+      const r = await this.handler.handle(
+        { tenantId, aggregateId: userId },
+        { type: 'create', data: { email: u.email, name: u.name, roles: [...new Set(u.roles)].sort() } },
+        meta,
+        !meta.commandId,
+      );
+      const result = { state: this.view(tenantId, userId, r.state, r.version), version: r.version, position: r.position };
+      if (r.events.length === 0) {
+        // A retry answered from the log: the email asked for now stays free if the first create took
+        // another, and the first create's password stands (set here only if it never was).
+        if (result.state.email !== u.email) {
+          await tenantQuery(this.ds, tenantId, `DELETE FROM "${AUTH_SCHEMA}".email_reservations WHERE tenant_id = $1 AND email = $2 AND user_id = $3`, [tenantId, u.email, userId]);
+        }
+        if (hash) {
+          await tenantQuery(this.ds, tenantId, `INSERT INTO "${AUTH_SCHEMA}".credentials (user_id, tenant_id, password_hash) VALUES ($1, $2, $3) ON CONFLICT (user_id) DO NOTHING`, [userId, tenantId, hash]);
+        }
+      } else if (hash) await this.setHash(tenantId, userId, hash);
       return result;
     } catch (error) {
       // A refusal frees the email. An unavailable log may still store the event (a copy in

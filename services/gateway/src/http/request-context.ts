@@ -17,6 +17,8 @@ export type KeelRequest = FastifyRequest & {
   correlationId?: string;
   valid?: { body: unknown; query: unknown; params: unknown };
   expectedVersion?: number;
+  /** From the `Idempotency-Key` (see IdempotencyInterceptor): the command's own id. */
+  commandId?: string;
 };
 
 export function commandMeta(req: KeelRequest): CommandMeta {
@@ -24,6 +26,7 @@ export function commandMeta(req: KeelRequest): CommandMeta {
     actor: req.principal!.actor,
     correlationId: req.correlationId!,
     ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
+    ...(req.commandId !== undefined ? { commandId: req.commandId } : {}),
   };
 }
 

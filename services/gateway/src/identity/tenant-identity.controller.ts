@@ -1,8 +1,9 @@
-import { Controller, Delete, Get, HttpCode, Patch, Post, Put, Req } from '@nestjs/common';
+import { Controller, Delete, Get, HttpCode, Patch, Post, Put, Req, UseInterceptors } from '@nestjs/common';
 import { z } from 'zod';
 import { createApiKeySchema, createUserSchema, permissions as P, profileSchema, resetPasswordSchema, setRolesSchema } from '@keel/contracts';
 import { RpcClient } from '@keel/messaging';
 import { Endpoint, Input, ValidInput } from '../http/endpoint';
+import { IdempotencyInterceptor } from '../http/idempotency.interceptor';
 import { authMeta, KeelRequest } from '../http/request-context';
 
 const tenantParams = z.object({ tenantId: z.uuid() }).strict();
@@ -26,7 +27,8 @@ export class TenantIdentityController {
 
   @Post('users')
   @HttpCode(201)
-  @Endpoint({ permission: P.usersWrite, tenantParam: 'tenantId', tag: 'users', summary: 'Create a user (email unique in the tenant; the plan caps the number)', params: tenantParams, body: createUserSchema, status: 201, response: 'UserCommandResult' })
+  @Endpoint({ permission: P.usersWrite, tenantParam: 'tenantId', tag: 'users', summary: 'Create a user (email unique in the tenant; the plan caps the number)', params: tenantParams, body: createUserSchema, status: 201, idempotent: true, response: 'UserCommandResult' })
+  @UseInterceptors(IdempotencyInterceptor)
   async createUser(@Req() req: KeelRequest, @Input() input: ValidInput<unknown, unknown, T>) {
     return userAnswer(
       await this.rpc.request('cmd.auth.create_user', { meta: authMeta(req), payload: { tenantId: input.params.tenantId, data: input.body } }),

@@ -18,7 +18,7 @@ import {
   tenantIdSchema,
   updateSettingsSchema,
 } from '@keel/contracts';
-import { CommandHandler } from '@keel/event-sourcing';
+import { aggregateIdFor, CommandHandler } from '@keel/event-sourcing';
 import { EventStore, RpcHandler } from '@keel/messaging';
 import { CROSS_TENANT_DS, TENANT_SCHEMA } from '../database/schema';
 import { TenantDecisionCommand, tenantDecider, TenantState, toTenant } from './tenant.decider';
@@ -28,6 +28,7 @@ const metaSchema = z
     actor: actorSchema,
     correlationId: z.string().min(1).max(200),
     expectedVersion: z.number().int().min(0).optional(),
+    commandId: z.string().min(1).max(200).optional(),
   })
   .strict();
 
@@ -83,10 +84,18 @@ export class TenantCommands {
   @RpcHandler('cmd.tenant.create')
   async create(body: unknown): Promise<CommandResult<Tenant>> {
     const { meta, payload } = parseOrThrow(requests.create, body, 'tenant');
-    const tenantId = newEventId();
+    // With a command id the tenant's id comes from it: a retry of this create finds this tenant
+    // (and holds its slug reservation) and is answered the first outcome from the log.
+    const tenantId = meta.commandId ? aggregateIdFor(meta.commandId, TENANT_AGGREGATE) : newEventId();
     await this.reserveSlug(payload.slug, tenantId);
     try {
-      return await this.run(tenantId, { type: 'create', data: payload }, meta, true);
+      const result = await this.run(tenantId, { type: 'create', data: payload }, meta, !meta.commandId);
+      if (result.state.slug !== payload.slug) {
+        // The command id was used before with another slug: that first tenant is the answer, and
+        // the slug asked for now stays free.
+        await this.crossTenant.query(`DELETE FROM "${TENANT_SCHEMA}".slug_reservations WHERE slug = $1 AND tenant_id = $2`, [payload.slug, tenantId]);
+      }
+      return result;
     } catch (error) {
       // A refusal frees the slug. An unavailable log may still store the event (a copy in
       // flight): the reservation stays, and is taken over once stale only if the log never got
@@ -147,6 +156,8 @@ export class TenantCommands {
     );
     if (inserted.length) return;
     const [held] = await m.query(`SELECT tenant_id, reserved_at FROM ${table} WHERE slug = $1`, [slug]);
+    // Held for this very tenant: a retry of the create that reserved it (its id comes from the command id).
+    if (held?.tenant_id === tenantId) return;
     if (held && Date.now() - new Date(held.reserved_at).getTime() > STALE_RESERVATION_MS) {
       const owner = await this.handler.load({ tenantId: held.tenant_id, aggregateId: held.tenant_id });
       if (owner.version === 0) {

@@ -10,3 +10,4 @@ export * from './permissions';
 export * from './auth';
 export * from './sso';
 export * from './text';
+export * from './projections';

@@ -1,18 +1,35 @@
 import { DataSource, EntityManager } from 'typeorm';
 import { Gauge } from 'prom-client';
-import { auditQueries, KeelError, PositionedEvent, ReplayPage, subjects } from '@keel/contracts';
-import { DeadLetter, DeliveredEvent, DurableEventConsumer, durableName, Messaging, RpcClient } from '@keel/messaging';
+import { createHash } from 'node:crypto';
+import {
+  Actor, auditQueries, DeadLetterInfo, EventEnvelope, KeelError, opsEventTypes, PLATFORM_TENANT, PositionedEvent, ProjectionStatus,
+  RebuildResult, ReplayPage, subjects, validateEnvelope,
+} from '@keel/contracts';
+import { ConcurrencyConflict, DeadLetter, DeliveredEvent, DurableEventConsumer, durableName, EventStore, Messaging, RpcClient } from '@keel/messaging';
 import { Logger, metricsRegistry } from '@keel/observability';
 import { AdvisoryLeadership, ALL_TENANTS, scopeTransaction } from '@keel/database';
 import { Projection } from './projection';
+import { shadowSchema } from './shadow';
+import { registerRunner, unregisterRunner } from './projection-admin';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+let deadLetterGauge: Gauge | undefined;
+function projectionDeadLetters(): Gauge {
+  deadLetterGauge ??= new Gauge({
+    name: 'keel_projection_dead_letters',
+    help: 'Unresolved dead letters of a projection (an operator retries or skips them)',
+    labelNames: ['projection'],
+    registers: [metricsRegistry],
+  });
+  return deadLetterGauge;
+}
 
 let lagGauge: Gauge | undefined;
 function projectionLag(): Gauge {
   lagGauge ??= new Gauge({
     name: 'keel_projection_lag_events',
-    help: 'Stream last sequence minus the projection checkpoint',
+    help: 'Events of the projection\'s own subjects not yet applied',
     labelNames: ['projection'],
     registers: [metricsRegistry],
   });
@@ -27,7 +44,29 @@ export interface ProjectionRunnerOptions {
   schema: string;
   projection: Projection;
   batchSize?: number;
+  /** The service it belongs to: operators name it `<service>.<projection>`. Defaults to the schema. */
+  service?: string;
 }
+
+/** A deterministic UUID (v8 layout) from a name: the same operator action always gets the same event id. */
+function nameUuid(name: string): string {
+  const h = createHash('sha256').update(name).digest();
+  h[6] = (h[6]! & 0x0f) | 0x80;
+  h[8] = (h[8]! & 0x3f) | 0x80;
+  const x = h.subarray(0, 16).toString('hex');
+  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20, 32)}`;
+}
+
+/** The live model is held for a rebuild's swap: not applied now, retried from the checkpoint. */
+class HeldForRebuild extends Error {
+  constructor(name: string) {
+    super(`${name} is held while its rebuilt read model replaces the live one`);
+    this.name = 'HeldForRebuild';
+  }
+}
+
+const HOLD_SECONDS = 30;
+const STALE_REBUILD_MINUTES = 15;
 
 /**
  * Runs one projection: a single active replica consumes its events, applying each batch and
@@ -40,10 +79,14 @@ export class ProjectionRunner {
   private checkpoint = 0;
   private readonly table: string;
   private lagTimer?: NodeJS.Timeout;
+  /** Unresolved dead letters, as the database has them (refreshed on start, on change and with the lag). */
+  private unresolved = 0;
+  private readonly store: EventStore;
 
   constructor(private readonly o: ProjectionRunnerOptions) {
     const p = o.projection;
     this.table = `"${o.schema}".projection_checkpoints`;
+    this.store = new EventStore(o.messaging);
     this.leadership = new AdvisoryLeadership(o.ds, `keel.projection.${o.messaging.stream}.${o.schema}.${p.name}`);
     const filter = p.contexts.length === 1 ? subjects.contextEvents(o.messaging.prefix, p.contexts[0]!) : subjects.allEvents(o.messaging.prefix);
     this.consumer = new DurableEventConsumer(o.messaging, {
@@ -64,22 +107,45 @@ export class ProjectionRunner {
     return this.o.projection.name;
   }
 
+  get service(): string {
+    return this.o.service ?? this.o.schema;
+  }
+
+  /** `<service>.<projection>`, as operators see it. */
+  get qualifiedName(): string {
+    return `${this.service}.${this.name}`;
+  }
+
+  get messaging(): Messaging {
+    return this.o.messaging;
+  }
+
   async start(): Promise<void> {
     await this.o.ds.query(`INSERT INTO ${this.table} (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING`, [this.name]);
     this.checkpoint = await this.readCheckpoint();
+    await this.refreshDeadLetters();
     this.consumer.start();
+    registerRunner(this, this.o.logger);
     const gauge = projectionLag();
     this.lagTimer = setInterval(() => {
       void this.lag()
         .then((lag) => gauge.set({ projection: this.name }, lag))
         .catch(() => undefined);
+      void this.refreshDeadLetters().catch(() => undefined);
     }, 5_000);
     this.lagTimer.unref();
   }
 
   async stop(): Promise<void> {
     clearInterval(this.lagTimer);
+    unregisterRunner(this);
     await this.consumer.stop();
+  }
+
+  private async refreshDeadLetters(): Promise<void> {
+    const [row] = await this.o.ds.query(`SELECT count(*)::int AS n FROM "${this.o.schema}".dead_letters WHERE consumer = $1 AND resolution IS NULL`, [this.name]);
+    this.unresolved = row.n;
+    projectionDeadLetters().set({ projection: this.name }, this.unresolved);
   }
 
   async readCheckpoint(manager: EntityManager = this.o.ds.manager): Promise<number> {
@@ -87,9 +153,16 @@ export class ProjectionRunner {
     return rows.length ? Number(rows[0].position) : 0;
   }
 
+  /**
+   * Events of its own subjects it has not applied: not yet delivered to its consumer, or delivered and
+   * not yet settled. Events of other subjects are not its lag.
+   */
   async lag(): Promise<number> {
-    const info = await this.o.messaging.jsm.streams.info(this.o.messaging.stream);
-    return Math.max(0, info.state.last_seq - (await this.readCheckpoint()));
+    const info = await this.o.messaging.jsm.consumers.info(this.o.messaging.stream, this.consumer.health().name).catch(() => null);
+    if (info) return info.num_pending + info.num_ack_pending;
+    // Its consumer is not there (being recreated): at most everything after its checkpoint.
+    const stream = await this.o.messaging.jsm.streams.info(this.o.messaging.stream);
+    return Math.max(0, stream.state.last_seq - (await this.readCheckpoint()));
   }
 
   private async applyBatch(batch: DeliveredEvent[]): Promise<void> {
@@ -98,7 +171,8 @@ export class ProjectionRunner {
     await this.o.ds.transaction(async (manager) => {
       await scopeTransaction(manager, ALL_TENANTS);
       // The row lock serialises writers; the position read under it is the truth.
-      const [row] = await manager.query(`SELECT position FROM ${this.table} WHERE name = $1 FOR UPDATE`, [this.name]);
+      const [row] = await manager.query(`SELECT position, coalesce(held_until > now(), false) AS held FROM ${this.table} WHERE name = $1 FOR UPDATE`, [this.name]);
+      if (row.held) throw new HeldForRebuild(this.name);
       const position = Number(row.position);
       fresh = batch.filter((d) => d.position > position).map((d) => ({ position: d.position, event: d.event }));
       if (!fresh.length) return;
@@ -122,6 +196,8 @@ export class ProjectionRunner {
       );
       await manager.query(`UPDATE ${this.table} SET position = GREATEST(position, $2), updated_at = now() WHERE name = $1`, [this.name, letter.position]);
     });
+    this.unresolved++;
+    projectionDeadLetters().set({ projection: this.name }, this.unresolved);
   }
 
   /** Resolves once the projection has applied every event appended before this call. */
@@ -161,52 +237,267 @@ export class ProjectionRunner {
   }
 
   /**
-   * Drops the read model and rebuilds it from the ledger (the audit service's replay query)
-   * in one transaction, then continues live from the stream right after the last replayed
-   * position. Returns that position.
+   * Rebuilds the read model from the ledger beside the live one, then replaces it; reads go on against
+   * the live tables meanwhile, and live events keep being applied until the last moment. Any replica
+   * may run it: the checkpoint row coordinates.
+   *
+   * 1. Claim the rebuild (one at a time per projection; a claim older than 15 minutes is stale).
+   * 2. Empty the shadow tables and replay the ledger into them, page by page, each page in its own
+   *    short transaction (no transaction is open during a replay request).
+   * 3. Hold the live projection (it stops applying; its consumer retries from its checkpoint), catch
+   *    the shadow up to at least the live checkpoint, and in one transaction replace the live rows with
+   *    the shadow's and move the checkpoint to where the shadow is. The live consumer then continues
+   *    after that position: nothing is skipped, nothing applied twice.
+   * Dead letters stay as they were: a skipped event is skipped by the rebuild too; an event that fails
+   * in the rebuild is dead-lettered if it was not already.
    */
-  async rebuild(): Promise<number> {
-    const p = this.o.projection;
-    await this.consumer.stop();
+  async rebuild(): Promise<RebuildResult> {
+    // TypeORM answers an UPDATE with [rows, count].
+    const [claimed] = await this.o.ds.query(
+      `UPDATE ${this.table} SET rebuilding_since = now()
+       WHERE name = $1 AND (rebuilding_since IS NULL OR rebuilding_since < now() - interval '${STALE_REBUILD_MINUTES} minutes') RETURNING name`,
+      [this.name],
+    );
+    if (!claimed.length) throw new KeelError('conflict', `A rebuild of ${this.qualifiedName} is already running.`);
+    const shadow = shadowSchema(this.o.schema);
+    const tables = this.o.projection.tables;
     try {
-      const position = await this.o.ds.transaction(async (manager) => {
-        await scopeTransaction(manager, ALL_TENANTS);
-        await manager.query(`SELECT position FROM ${this.table} WHERE name = $1 FOR UPDATE`, [this.name]);
-        if (p.tables.length) await manager.query(`TRUNCATE ${p.tables.map((t) => `"${this.o.schema}".${t}`).join(', ')}`);
-        let after = 0;
-        for (;;) {
-          const page = await this.o.rpc.request<ReplayPage>(`qry.audit.${auditQueries.replay}`, {
-            afterSeq: after,
-            limit: 2_000,
-            contexts: p.contexts,
-          });
-          if (page.events.length) await p.apply(manager, page.events);
-          if (page.scannedTo <= after || page.scannedTo >= page.headSeq) {
-            after = Math.max(after, page.scannedTo);
-            break;
-          }
-          after = page.scannedTo;
-        }
-        await manager.query(`UPDATE ${this.table} SET position = $2, updated_at = now() WHERE name = $1`, [this.name, after]);
-        return after;
+      await this.inShadow(async (m) => {
+        if (tables.length) await m.query(`TRUNCATE ${tables.map((t) => `"${shadow}".${t}`).join(', ')}`);
       });
-      this.checkpoint = position;
-      await p.afterRebuild?.();
-      await this.consumer.reposition(position);
-      this.o.logger.info({ projection: this.name, position }, 'projection rebuilt from the ledger');
-      return position;
+      const skipped = new Set<number>(
+        (await this.o.ds.query(`SELECT position FROM "${this.o.schema}".dead_letters WHERE consumer = $1 AND resolution = 'skipped'`, [this.name])).map(
+          (r: { position: string }) => Number(r.position),
+        ),
+      );
+      let at = 0;
+      let replayed = 0;
+      const replayTo = async (target: number) => {
+        const deadline = Date.now() + 30_000;
+        for (;;) {
+          const r = await this.replayIntoShadow(at, skipped);
+          at = r.at;
+          replayed += r.applied;
+          if (at >= target) return;
+          // The ledger is behind the live checkpoint: it follows the same stream, give it a moment.
+          if (Date.now() > deadline) throw new KeelError('service_unavailable', `The ledger has not reached position ${target} yet; retry the rebuild.`);
+          await sleep(50);
+        }
+      };
+      await replayTo(0);
+      for (let attempt = 1; attempt <= 5; attempt++) {
+        await replayTo(await this.readCheckpoint());
+        await this.o.ds.query(`UPDATE ${this.table} SET held_until = now() + interval '${HOLD_SECONDS} seconds' WHERE name = $1`, [this.name]);
+        // Held: whatever batch was being applied has committed (the row lock), and no new one starts.
+        await replayTo(await this.readCheckpoint());
+        const swapped = await this.o.ds.transaction(async (m) => {
+          await scopeTransaction(m, ALL_TENANTS);
+          const [row] = await m.query(`SELECT position, coalesce(held_until > now(), false) AS held FROM ${this.table} WHERE name = $1 FOR UPDATE`, [this.name]);
+          if (!row.held || Number(row.position) > at) return false;
+          for (const t of tables) {
+            await m.query(`DELETE FROM "${this.o.schema}".${t}`);
+            await m.query(`INSERT INTO "${this.o.schema}".${t} SELECT * FROM "${shadow}".${t}`);
+            await m.query(`DELETE FROM "${shadow}".${t}`);
+          }
+          await m.query(`UPDATE ${this.table} SET position = $2, held_until = NULL, rebuilding_since = NULL, updated_at = now() WHERE name = $1`, [this.name, at]);
+          return true;
+        });
+        if (swapped) {
+          this.checkpoint = Math.max(this.checkpoint, at);
+          await this.o.projection.afterRebuild?.();
+          this.o.logger.info({ projection: this.qualifiedName, position: at, replayed }, 'projection rebuilt from the ledger beside the live one, and swapped in');
+          return { name: this.qualifiedName, position: at, replayed };
+        }
+        this.o.logger.warn({ projection: this.qualifiedName, attempt }, 'the hold ran out before the swap; catching up again');
+      }
+      throw new KeelError('service_unavailable', `The rebuilt ${this.qualifiedName} could not catch up with the live one; retry the rebuild.`);
     } finally {
-      this.consumer.start();
+      await this.o.ds
+        .query(`UPDATE ${this.table} SET held_until = NULL, rebuilding_since = NULL WHERE name = $1`, [this.name])
+        .catch((err) => this.o.logger.warn({ err }, 'could not release a rebuild claim; it goes stale by itself'));
     }
   }
 
+  /** A transaction whose unqualified table names are the shadow tables, scoped to every tenant. */
+  private inShadow<T>(work: (m: EntityManager) => Promise<T>): Promise<T> {
+    return this.o.ds.transaction(async (m) => {
+      await m.query(`SELECT set_config('search_path', $1, true)`, [`"${shadowSchema(this.o.schema)}", "${this.o.schema}"`]);
+      await scopeTransaction(m, ALL_TENANTS);
+      return work(m);
+    });
+  }
+
+  /** Replays the ledger after `after` into the shadow until its head; returns where it got and how many it applied. */
+  private async replayIntoShadow(after: number, skipped: Set<number>): Promise<{ at: number; applied: number }> {
+    const p = this.o.projection;
+    let applied = 0;
+    for (;;) {
+      const page = await this.o.rpc.request<ReplayPage>(`qry.audit.${auditQueries.replay}`, { afterSeq: after, limit: 2_000, contexts: p.contexts });
+      const events = page.events.filter((e) => !skipped.has(e.position));
+      if (events.length) {
+        try {
+          await this.inShadow((m) => p.apply(m, events));
+        } catch {
+          // Isolate what fails: each event on its own; one that still fails is a dead letter.
+          for (const e of events) {
+            try {
+              await this.inShadow((m) => p.apply(m, [e]));
+            } catch (error) {
+              await this.deadLetterOnce(e, (error as Error).message);
+              continue;
+            }
+          }
+        }
+        applied += events.length;
+      }
+      const next = Math.max(after, page.scannedTo);
+      if (next <= after || next >= page.headSeq) return { at: next, applied };
+      after = next;
+    }
+  }
+
+  private async deadLetterOnce(e: PositionedEvent, reason: string): Promise<void> {
+    const existing = await this.o.ds.query(`SELECT 1 FROM "${this.o.schema}".dead_letters WHERE consumer = $1 AND position = $2`, [this.name, e.position]);
+    if (existing.length) return;
+    await this.o.ds.query(
+      `INSERT INTO "${this.o.schema}".dead_letters (consumer, position, subject, payload, reason) VALUES ($1, $2, $3, $4, $5)`,
+      [this.name, e.position, this.store.subjectOf(e.event), JSON.stringify(e.event), `rebuild: ${reason}`],
+    );
+    this.unresolved++;
+  }
+
+  /** What an operator sees of it. */
+  async status(): Promise<ProjectionStatus> {
+    const [row] = await this.o.ds.query(`SELECT position, rebuilding_since FROM ${this.table} WHERE name = $1`, [this.name]);
+    await this.refreshDeadLetters();
+    const h = this.health();
+    return {
+      name: this.qualifiedName,
+      service: this.service,
+      checkpoint: Number(row?.position ?? 0),
+      lag: await this.lag(),
+      healthy: h.healthy,
+      deadLetters: this.unresolved,
+      leader: h.leader,
+      ...(h.lastError ? { lastError: h.lastError } : {}),
+      ...(row?.rebuilding_since ? { rebuildingSince: (row.rebuilding_since as Date).toISOString() } : {}),
+    };
+  }
+
+  async deadLetters(resolved: boolean, limit: number): Promise<DeadLetterInfo[]> {
+    const rows = await this.o.ds.query(
+      `SELECT * FROM "${this.o.schema}".dead_letters WHERE consumer = $1 AND (resolution IS NOT NULL) = $2 ORDER BY position LIMIT $3`,
+      [this.name, resolved, limit],
+    );
+    return rows.map((r: Record<string, unknown>) => this.toDeadLetter(r));
+  }
+
+  private toDeadLetter(r: Record<string, unknown>): DeadLetterInfo {
+    return {
+      id: Number(r.id), projection: this.qualifiedName, position: Number(r.position), subject: r.subject as string, reason: r.reason as string,
+      payload: r.payload as string, recordedAt: (r.recorded_at as Date).toISOString(), resolution: (r.resolution as DeadLetterInfo['resolution']) ?? null,
+      resolvedAt: r.resolved_at ? (r.resolved_at as Date).toISOString() : null, resolvedBy: (r.resolved_by as string | null) ?? null,
+    };
+  }
+
+  private async unresolvedLetter(id: number): Promise<Record<string, unknown>> {
+    const [row] = await this.o.ds.query(`SELECT * FROM "${this.o.schema}".dead_letters WHERE id = $1 AND consumer = $2`, [id, this.name]);
+    if (!row) throw new KeelError('not_found', `${this.qualifiedName} has no dead letter ${id}.`);
+    if (row.resolution) throw new KeelError('conflict', `Dead letter ${id} of ${this.qualifiedName} was already ${row.resolution}.`);
+    return row;
+  }
+
+  /**
+   * Applies a dead-lettered event again (after a fix), in one transaction with its resolution. It is
+   * applied where it stands now (the model has moved on since); an event that still fails stays a dead
+   * letter and the answer says why.
+   */
+  async retryDeadLetter(id: number, actor: Actor): Promise<DeadLetterInfo> {
+    const row = await this.unresolvedLetter(id);
+    let event: EventEnvelope;
+    try {
+      event = validateEnvelope(JSON.parse(row.payload as string));
+    } catch (error) {
+      throw new KeelError('conflict', `Dead letter ${id} is not a valid event envelope (${(error as Error).message}); it can only be skipped.`);
+    }
+    let result: unknown;
+    let resolved: Record<string, unknown> | undefined;
+    try {
+      await this.o.ds.transaction(async (m) => {
+        await scopeTransaction(m, ALL_TENANTS);
+        const [locked] = await m.query(`SELECT resolution FROM "${this.o.schema}".dead_letters WHERE id = $1 FOR UPDATE`, [id]);
+        if (locked.resolution) throw new KeelError('conflict', `Dead letter ${id} of ${this.qualifiedName} was already ${locked.resolution}.`);
+        result = await this.o.projection.apply(m, [{ position: Number(row.position), event }]);
+        [[resolved]] = await m.query(
+          `UPDATE "${this.o.schema}".dead_letters SET resolution = 'retried', resolved_at = now(), resolved_by = $2 WHERE id = $1 RETURNING *`,
+          [id, `${actor.kind}:${actor.id}`],
+        );
+      });
+    } catch (error) {
+      if (error instanceof KeelError) throw error;
+      throw new KeelError('conflict', `Dead letter ${id} still does not apply: ${(error as Error).message}`);
+    }
+    await this.o.projection.afterCommit?.(result).catch((err) => this.o.logger.warn({ err }, 'afterCommit failed'));
+    await this.refreshDeadLetters();
+    return this.toDeadLetter(resolved!);
+  }
+
+  /**
+   * Gives a dead letter up for good. The skip is an event first (`ops.dead_letter.skipped`, with the
+   * operator as actor and a deterministic id, so asking twice records it once), then the letter is
+   * marked skipped; a rebuild skips it too.
+   */
+  async skipDeadLetter(id: number, meta: { actor: Actor; correlationId: string }): Promise<DeadLetterInfo & { eventPosition: number }> {
+    const row = await this.unresolvedLetter(id);
+    const aggregateId = `${this.o.schema}-${this.name}-${id}`.replace(/[^A-Za-z0-9_-]/g, '_');
+    const event: EventEnvelope = {
+      id: nameUuid(`keel.dead_letter.skipped/${this.o.messaging.stream}/${aggregateId}`),
+      type: opsEventTypes.deadLetterSkipped,
+      schemaVersion: 1,
+      tenantId: PLATFORM_TENANT,
+      aggregateType: 'dead_letter',
+      aggregateId,
+      aggregateVersion: 1,
+      occurredAt: new Date().toISOString(),
+      actor: meta.actor,
+      correlationId: meta.correlationId,
+      data: { projection: this.qualifiedName, position: Number(row.position), subject: row.subject, reason: row.reason },
+    };
+    let eventPosition: number;
+    try {
+      [eventPosition] = (await this.store.append([event], 0)) as [number];
+    } catch (error) {
+      if (!(error instanceof ConcurrencyConflict)) throw error;
+      // Recorded by an earlier attempt that did not get to mark the letter.
+      const [earlier] = await this.store.readSubject(this.store.subjectOf(event));
+      eventPosition = earlier!.position;
+    }
+    const [[resolved]] = await this.o.ds.query(
+      `UPDATE "${this.o.schema}".dead_letters SET resolution = 'skipped', resolved_at = now(), resolved_by = $2 WHERE id = $1 AND resolution IS NULL RETURNING *`,
+      [id, `${meta.actor.kind}:${meta.actor.id}`],
+    );
+    if (!resolved) throw new KeelError('conflict', `Dead letter ${id} of ${this.qualifiedName} was resolved meanwhile.`);
+    await this.refreshDeadLetters();
+    return { ...this.toDeadLetter(resolved), eventPosition };
+  }
+
+  /** Healthy: applying without an error and no unresolved dead letter (durable: a restart does not clear it). */
   health() {
-    return { ...this.consumer.health(), checkpoint: this.checkpoint };
+    const c = this.consumer.health();
+    return { ...c, deadLetters: this.unresolved, healthy: c.running && !c.lastError && this.unresolved === 0, checkpoint: this.checkpoint };
   }
 }
 
-/** Readiness of a projection: the standby is ready; the active replica while it applies cleanly. */
+/**
+ * Readiness of a projection: the standby is ready; the active replica while it can apply (its consumer
+ * has no standing error). Dead letters do not take a service out of rotation: they are reported here
+ * (`healthy: false`), in `GET /api/v1/admin/projections` and as `keel_projection_dead_letters`, until an
+ * operator retries or skips them.
+ */
 export const projectionCheck = (runner: ProjectionRunner) => ({
   name: 'projection',
-  check: async () => ({ ok: runner.health().healthy || !runner.health().leader, detail: runner.health() }),
+  check: async () => {
+    const h = runner.health();
+    return { ok: !h.leader || (h.running && !h.lastError), detail: h };
+  },
 });

@@ -1,5 +1,6 @@
 import { EntityManager } from 'typeorm';
 import { PositionedEvent } from '@keel/contracts';
+import { projectionBookkeepingUpgradeSql } from './shadow';
 
 /** A read model fed by events. `apply` runs inside the transaction that also moves the checkpoint. */
 export interface Projection {
@@ -7,7 +8,10 @@ export interface Projection {
   name: string;
   /** Contexts whose events it reads (`evt.*.<context>.>`), also the ledger replay filter. */
   contexts: string[];
-  /** Tables it owns, emptied before a rebuild. */
+  /**
+   * Tables it owns. Its SQL names them unqualified (the service role's search_path is its schema),
+   * so a rebuild can fill the copies in the shadow schema (`projectionShadowSql`) beside them.
+   */
   tables: string[];
   /**
    * Applies events in order, inside the transaction that also moves the checkpoint. What it
@@ -37,5 +41,6 @@ export function projectionTablesSql(schema: string): string[] {
       reason text NOT NULL,
       recorded_at timestamptz NOT NULL DEFAULT now()
     )`,
+    ...projectionBookkeepingUpgradeSql(schema),
   ];
 }

@@ -67,16 +67,51 @@ describe('tenant read model', () => {
     const live = await snapshot();
     expect(live).toHaveLength(12);
 
+    // Rebuilt beside the live model while it is read and written: readers never see it empty or
+    // half-built, live writes keep landing, and the swapped-in model equals the live one.
+    const rebuild = (projection = 'tenants') =>
+      rpc.request<{ name: string; position: number; replayed: number }>('cmd.tenant.rebuild_projection', { meta, payload: { projection } }, 120_000);
+    let reading = true;
+    const counts: number[] = [];
+    const reader = (async () => {
+      while (reading) counts.push(Number((await db.query('SELECT count(*) AS n FROM tenant.tenants')).rows[0].n));
+    })();
+    const during: Promise<CommandResult<Tenant>>[] = [];
+    const rebuilt = rebuild();
+    for (let i = 0; i < 5; i++) during.push(command('create', { slug: `during-${i}`, name: `During ${i}`, plan: 'starter' }));
+    const result = await rebuilt;
+    const writes = await Promise.all(during);
+    reading = false;
+    await reader;
+    expect(result.name).toBe('tenant.tenants');
+    expect(result.position).toBeGreaterThanOrEqual(last);
+    expect(result.replayed).toBeGreaterThanOrEqual(live.length);
+    expect(counts.length).toBeGreaterThan(0);
+    expect(Math.min(...counts)).toBeGreaterThanOrEqual(12);
+    const lastWrite = Math.max(...writes.map((w) => w.position));
+    for (const w of writes) expect(await getConsistent(w.state.id, lastWrite)).toMatchObject({ id: w.state.id, version: 1 });
+    const liveAfter = await snapshot();
+    expect(liveAfter).toHaveLength(17);
+    expect(liveAfter.filter((r) => live.some((l) => l.id === r.id))).toEqual(live);
+
+    // The rebuilt model compared with the live one: rebuilt again, it is identical row for row.
+    await until(async () => (await ledgerHead()) >= lastWrite, 'the ledger');
+    const again = await rebuild();
+    expect(again.position).toBeGreaterThanOrEqual(lastWrite);
+    expect(await snapshot()).toEqual(liveAfter);
+
+    // A lost read model comes back whole.
     await db.query('TRUNCATE tenant.tenants');
     expect(await snapshot()).toHaveLength(0);
     const { position } = await rpc.request<{ position: number }>('cmd.tenant.rebuild_read_model', {}, 60_000);
-    expect(position).toBe(last);
-    expect(await snapshot()).toEqual(live);
+    expect(position).toBeGreaterThanOrEqual(lastWrite);
+    expect(await snapshot()).toEqual(liveAfter);
 
     const after = await command('create', { slug: 'after-rebuild', name: 'After', plan: 'professional' });
     const read = await getConsistent('after-rebuild', after.position);
     expect(read).toMatchObject({ id: after.state.id, plan: 'professional', version: 1 });
-    expect(await snapshot()).toHaveLength(13);
+    expect(await snapshot()).toHaveLength(18);
+    await expect(rebuild('nothing')).rejects.toMatchObject({ code: 'not_found' });
   });
 
   it('answers from the Redis cache and stays correct when Redis forgets', async () => {
@@ -114,9 +149,42 @@ describe('tenant read model', () => {
     expect(read.id).toBe(good.state.id);
     const { rows } = await db.query('SELECT position::int, reason FROM tenant.dead_letters');
     expect(rows).toEqual([{ position: bad, reason: expect.stringContaining('unknown tenant') }]);
+    // Reported, not hidden; the service still serves (readiness fails only while a projection cannot apply).
     const ready = await fetch(`${stack.opsUrl('tenant')}/ready`);
-    expect(ready.status).toBe(503);
+    expect(ready.status).toBe(200);
     expect((await ready.json()).checks.projection.detail).toMatchObject({ deadLetters: 1, healthy: false });
+    const metrics = await (await fetch(`${stack.opsUrl('tenant')}/metrics`)).text();
+    expect(metrics).toMatch(/keel_projection_dead_letters\{[^}]*projection="tenants"[^}]*\} 1/);
+
+    // Durable: a restart does not make the projection healthy again.
+    await stack.kill('tenant', 'SIGTERM');
+    await stack.startOne('tenant');
+    const detail = async () => (await (await fetch(`${stack.opsUrl('tenant')}/ready`)).json()).checks?.projection?.detail;
+    await eventually(detail, (d) => d?.leader === true, { timeoutMs: 30_000, what: 'the restarted projection to lead' });
+    expect(await detail()).toMatchObject({ deadLetters: 1, healthy: false });
+    const listed = await rpc.request<{ items: { name: string; healthy: boolean; deadLetters: number; lag: number }[] }>('qry.tenant.projections', {});
+    expect(listed.items).toEqual([expect.objectContaining({ name: 'tenant.tenants', healthy: false, deadLetters: 1 })]);
+
+    // An operator lists it, a retry still fails (and says why), a skip is an event with its actor.
+    const letters = await rpc.request<{ items: { id: number; position: number; reason: string }[] }>('qry.tenant.dead_letters', { projection: 'tenants' });
+    expect(letters.items).toEqual([expect.objectContaining({ position: bad, reason: expect.stringContaining('unknown tenant') })]);
+    const id = letters.items[0]!.id;
+    const operator = { actor: { kind: 'user' as const, id: 'operator-1' }, correlationId: 'dlq-test' };
+    await expect(rpc.request('cmd.tenant.retry_dead_letter', { meta: operator, payload: { projection: 'tenants', id } })).rejects.toMatchObject({
+      code: 'conflict',
+      message: expect.stringContaining('still does not apply'),
+    });
+    const skipped = await rpc.request<{ resolution: string; resolvedBy: string; eventPosition: number }>('cmd.tenant.skip_dead_letter', {
+      meta: operator,
+      payload: { projection: 'tenants', id },
+    });
+    expect(skipped).toMatchObject({ resolution: 'skipped', resolvedBy: 'user:operator-1' });
+    const recorded = await store.readPosition(skipped.eventPosition);
+    expect(recorded!.event).toMatchObject({ type: 'ops.dead_letter.skipped', actor: operator.actor, data: { projection: 'tenant.tenants', position: bad } });
+    await expect(rpc.request('cmd.tenant.skip_dead_letter', { meta: operator, payload: { projection: 'tenants', id } })).rejects.toMatchObject({ code: 'conflict' });
+    expect(await detail()).toMatchObject({ deadLetters: 0, healthy: true });
+    expect((await rpc.request<{ items: { healthy: boolean }[] }>('qry.tenant.projections', {})).items[0]).toMatchObject({ healthy: true });
+    expect((await rpc.request<{ items: { resolution: string }[] }>('qry.tenant.dead_letters', { projection: 'tenants', resolved: true })).items).toHaveLength(1);
   });
 
   it('answers qry.tenant.current from the log, by id or slug, before the read model has the tenant', async () => {

@@ -32,7 +32,7 @@ export class LedgerWriter {
     private readonly ds: DataSource,
     private readonly repo: LedgerRepository,
     private readonly store: EventStore,
-    m: Messaging,
+    private readonly m: Messaging,
     private readonly logger: Logger,
     private readonly keys: SigningKeys,
     private readonly checkpoints: { every: number; intervalMs: number },
@@ -127,5 +127,13 @@ export class LedgerWriter {
 
   health() {
     return this.consumer.health();
+  }
+
+  /** Messages on the stream not yet in the ledger (its consumer's pending and unacknowledged). */
+  async lag(): Promise<number> {
+    const info = await this.m.jsm.consumers.info(this.m.stream, this.consumer.health().name).catch(() => null);
+    if (info) return info.num_pending + info.num_ack_pending;
+    const [stream, tail] = await Promise.all([this.m.jsm.streams.info(this.m.stream), this.repo.tail()]);
+    return Math.max(0, stream.state.last_seq - tail.seq);
   }
 }

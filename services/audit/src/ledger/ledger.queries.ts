@@ -1,7 +1,10 @@
 import { Injectable } from '@nestjs/common';
 import { z } from 'zod';
-import { auditEventsQuerySchema, LedgerEntry, Page, parseOrThrow, ReplayPage, replayQuerySchema, VerifyResult, verifyQuerySchema } from '@keel/contracts';
+import {
+  auditEventsQuerySchema, KeelError, LedgerEntry, Page, parseOrThrow, ProjectionStatus, ReplayPage, replayQuerySchema, VerifyResult, verifyQuerySchema,
+} from '@keel/contracts';
 import { RpcHandler } from '@keel/messaging';
+import { LedgerWriter } from './ledger-writer';
 import { PublicJwk, SigningKeys } from '../signing/signing-keys';
 import { Checkpoint, LedgerRepository } from './ledger.repository';
 
@@ -14,7 +17,34 @@ export class LedgerQueries {
   constructor(
     private readonly repo: LedgerRepository,
     private readonly signingKeys: SigningKeys,
+    private readonly writer: LedgerWriter,
   ) {}
+
+  /** The ledger among the read models an operator lists: what it holds, how far behind the stream, its incidents. */
+  @RpcHandler('qry.audit.projections')
+  async projections(): Promise<{ items: ProjectionStatus[] }> {
+    const [tail, lag, incidents] = await Promise.all([this.repo.tail(), this.writer.lag(), this.repo.incidentCount()]);
+    const h = this.writer.health();
+    return {
+      items: [
+        {
+          name: 'audit.ledger', service: 'audit', checkpoint: tail.seq, lag, healthy: h.healthy || !h.leader, deadLetters: 0, leader: h.leader,
+          ...(h.lastError ? { lastError: h.lastError } : {}), incidents,
+        },
+      ],
+    };
+  }
+
+  /** The ledger is the record itself: it is never rebuilt, and it has no dead letters (it keeps what it cannot read as incidents). */
+  @RpcHandler('cmd.audit.rebuild_projection')
+  async rebuild(): Promise<never> {
+    throw new KeelError('conflict', 'The ledger is the system of record; it is verified, never rebuilt. Rebuild a read model instead.');
+  }
+
+  @RpcHandler('qry.audit.dead_letters')
+  async deadLetters(): Promise<{ items: never[] }> {
+    return { items: [] };
+  }
 
   @RpcHandler('qry.audit.events')
   async events(body: unknown): Promise<Page<LedgerEntry>> {

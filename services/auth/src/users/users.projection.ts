@@ -1,9 +1,9 @@
 import { EntityManager } from 'typeorm';
 import { authEventTypes as A, EventEnvelope, PositionedEvent } from '@keel/contracts';
 import { Projection } from '@keel/projections';
-import { AUTH_SCHEMA } from '../database/schema';
 
-const TABLE = `"${AUTH_SCHEMA}".users`;
+/** Unqualified: the role's search_path is its schema, and a rebuild points it at the shadow schema. */
+const TABLE = 'users';
 
 /** Users for listings (single-user reads come from the log itself). */
 export class UsersProjection implements Projection {

@@ -2,6 +2,7 @@ import { KeelConfig } from '@keel/config';
 import { provisionServiceSchema } from '@keel/database';
 import { CreateTenants1700000000001 } from './migrations/1700000000001-create-tenants';
 import { TenantRls1700000000003 } from './migrations/1700000000003-tenant-rls';
+import { TenantProjectionRebuild1700000000005 } from './migrations/1700000000005-tenant-projection-rebuild';
 import { TENANT_ROLE, TENANT_SCHEMA } from './schema';
 
 export async function provisionTenant(config: KeelConfig): Promise<void> {
@@ -9,6 +10,6 @@ export async function provisionTenant(config: KeelConfig): Promise<void> {
     schema: TENANT_SCHEMA,
     role: TENANT_ROLE,
     password: config.KEEL_DB_PASSWORD,
-    migrations: [CreateTenants1700000000001, TenantRls1700000000003],
+    migrations: [CreateTenants1700000000001, TenantRls1700000000003, TenantProjectionRebuild1700000000005],
   });
 }

@@ -75,6 +75,6 @@ export class TenantQueries {
 
   @RpcHandler('cmd.tenant.rebuild_read_model')
   async rebuild(): Promise<{ position: number }> {
-    return { position: await this.runner.rebuild() };
+    return { position: (await this.runner.rebuild()).position };
   }
 }

@@ -2,10 +2,10 @@ import { EntityManager } from 'typeorm';
 import { EventEnvelope, PositionedEvent, Tenant, TenantEvent, tenantEventTypes as T } from '@keel/contracts';
 import { PermanentEventError } from '@keel/messaging';
 import { Projection } from '@keel/projections';
-import { TENANT_SCHEMA } from '../database/schema';
 import { TenantCache } from './tenant-cache';
 
-const TABLE = `"${TENANT_SCHEMA}".tenants`;
+/** Unqualified: the role's search_path is its schema, and a rebuild points it at the shadow schema. */
+const TABLE = 'tenants';
 
 export interface TenantRow {
   id: string;

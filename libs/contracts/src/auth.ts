@@ -139,6 +139,7 @@ export const authEventTypes = {
   userRecoveryCodeUsed: 'auth.user.recovery_code_used',
   sessionStarted: 'auth.session.started',
   sessionRevoked: 'auth.session.revoked',
+  sessionRefreshed: 'auth.session.refreshed',
   apiKeyCreated: 'auth.api_key.created',
   apiKeyRevoked: 'auth.api_key.revoked',
   signingKeyRotated: 'auth.signing_key.rotated',

@@ -1,16 +1,16 @@
-import { Inject, Injectable, Module, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
+import { BeforeApplicationShutdown, Inject, Injectable, Module, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import Redis from 'ioredis';
 import { Subscription } from 'nats';
 import { KeelConfig, serviceDatabaseUrl } from '@keel/config';
 import { kekFrom } from '@keel/crypto';
 import { ALL_TENANTS, openDataSource, tenantQuery } from '@keel/database';
-import { EventStore, KEEL_LOGGER, MESSAGING, Messaging, MessagingModule, RpcClient } from '@keel/messaging';
+import { Outbox } from '@keel/event-sourcing';
+import { KEEL_LOGGER, MESSAGING, Messaging, MessagingModule, RpcClient } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { ProjectionRunner } from '@keel/projections';
 import { ApiKeysService } from './api-keys/api-keys.service';
 import { AUTH_ROLE, AUTH_SCHEMA, CROSS_TENANT_DS } from './database/schema';
-import { EventLog } from './event-log';
 import { TokenKeys } from './keys/token-keys';
 import { MfaService } from './mfa/mfa.service';
 import { RbacService } from './rbac/rbac.service';
@@ -29,10 +29,11 @@ import { UsersProjection } from './users/users.projection';
 import { UsersService } from './users/users.service';
 
 @Injectable()
-class AuthLifecycle implements OnApplicationBootstrap, OnApplicationShutdown {
+class AuthLifecycle implements OnApplicationBootstrap, BeforeApplicationShutdown, OnApplicationShutdown {
   private sub?: Subscription;
 
   constructor(
+    private readonly outbox: Outbox,
     private readonly runner: ProjectionRunner,
     private readonly keys: TokenKeys,
     private readonly users: UsersService,
@@ -47,6 +48,8 @@ class AuthLifecycle implements OnApplicationBootstrap, OnApplicationShutdown {
   async onApplicationBootstrap(): Promise<void> {
     // Another replica rotated the signing key: sign with the new one from now on.
     this.sub = this.m.nc.subscribe(`${this.m.prefix}evt.platform.auth.signing_key.*`, { callback: () => this.keys.invalidate() });
+    // The relay first: every write below waits for its events to reach the log.
+    await this.outbox.start();
     await this.keys.active();
     await this.runner.start();
     await this.firstAdmin();
@@ -67,6 +70,11 @@ class AuthLifecycle implements OnApplicationBootstrap, OnApplicationShutdown {
     } catch (error) {
       this.logger.warn({ err: error }, 'first platform administrator not created (another replica may have made it)');
     }
+  }
+
+  /** While NATS and the pools are still open: the relay publishes what it holds and hands over. */
+  async beforeApplicationShutdown(): Promise<void> {
+    await this.outbox.stop();
   }
 
   async onApplicationShutdown(): Promise<void> {
@@ -90,13 +98,18 @@ export function authModule(config: KeelConfig, logger: Logger) {
       {
         provide: CROSS_TENANT_DS,
         useFactory: () =>
-          openDataSource({ url: serviceDatabaseUrl(config, AUTH_ROLE), schema: AUTH_SCHEMA, applicationName: 'keel-auth-cross-tenant', poolSize: 4, scope: ALL_TENANTS }),
+          // Refreshes, and the outbox relay (its leadership lock, LISTEN and the batches of every tenant).
+          openDataSource({ url: serviceDatabaseUrl(config, AUTH_ROLE), schema: AUTH_SCHEMA, applicationName: 'keel-auth-cross-tenant', poolSize: 8, scope: ALL_TENANTS }),
       },
       { provide: Redis, useFactory: () => new Redis(config.REDIS_URL, { maxRetriesPerRequest: 1, enableOfflineQueue: false, enableAutoPipelining: true }) },
       { provide: Lockout, useFactory: (r: Redis) => new Lockout(r, config.KEEL_REDIS_PREFIX), inject: [Redis] },
       { provide: TenantLookup, useFactory: (rpc: RpcClient) => new TenantLookup(rpc), inject: [RpcClient] },
-      { provide: EventLog, useFactory: (store: EventStore) => new EventLog(store, 'auth'), inject: [EventStore] },
-      { provide: TokenKeys, useFactory: (ds: DataSource) => new TokenKeys(ds, kekFrom(config.KEEL_KEK)), inject: [DataSource] },
+      {
+        provide: Outbox,
+        useFactory: (crossTenant: DataSource, m: Messaging, log: Logger) => new Outbox({ relayDs: crossTenant, messaging: m, schema: AUTH_SCHEMA, logger: log }),
+        inject: [CROSS_TENANT_DS, MESSAGING, KEEL_LOGGER],
+      },
+      { provide: TokenKeys, useFactory: (ds: DataSource, outbox: Outbox) => new TokenKeys(ds, kekFrom(config.KEEL_KEK), outbox), inject: [DataSource, Outbox] },
       {
         provide: ProjectionRunner,
         useFactory: (ds: DataSource, m: Messaging, rpc: RpcClient, log: Logger) =>

@@ -2,6 +2,7 @@ import { DataSource } from 'typeorm';
 import Redis from 'ioredis';
 import { KeelConfig } from '@keel/config';
 import { postgresCheck } from '@keel/database';
+import { Outbox, outboxCheck } from '@keel/event-sourcing';
 import { runBackend } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { projectionCheck, ProjectionRunner } from '@keel/projections';
@@ -15,6 +16,7 @@ export async function runAuth(config: KeelConfig, logger: Logger): Promise<void>
       postgresCheck(app.get(DataSource)),
       { name: 'redis', check: async () => (await app.get(Redis).ping()) === 'PONG' },
       projectionCheck(app.get(ProjectionRunner)),
+      outboxCheck(app.get(Outbox)),
     ],
   });
 }

@@ -5,9 +5,9 @@ import { z } from 'zod';
 import { ApiKeyInfo, authEventTypes as A, createApiKeySchema, KeelError, newEventId, parseOrThrow } from '@keel/contracts';
 import { randomToken, sha256Hex } from '@keel/crypto';
 import { ALL_TENANTS, inTenant, tenantQuery } from '@keel/database';
+import { Outbox } from '@keel/event-sourcing';
 import { RpcHandler } from '@keel/messaging';
 import { AUTH_SCHEMA } from '../database/schema';
-import { EventLog } from '../event-log';
 import { metaSchema } from '../users/users.service';
 
 const KEYS = `"${AUTH_SCHEMA}".api_keys`;
@@ -34,11 +34,11 @@ function toInfo(r: Record<string, unknown>): ApiKeyInfo {
 export class ApiKeysService {
   constructor(
     @Inject(DataSource) private readonly ds: DataSource,
-    private readonly log: EventLog,
+    private readonly outbox: Outbox,
   ) {}
 
   @RpcHandler('cmd.auth.create_api_key')
-  async create(body: unknown): Promise<ApiKeyInfo & { secret: string }> {
+  async create(body: unknown): Promise<ApiKeyInfo & { secret: string; position: number }> {
     const { meta, payload } = parseOrThrow(requests.create, body, 'API key');
     const { name, permissions, expiresAt } = payload.data;
     if (new Date(expiresAt).getTime() <= Date.now()) {
@@ -51,30 +51,33 @@ export class ApiKeysService {
     }
     const id = newEventId();
     const secret = `keel_${id.replace(/-/g, '')}_${randomToken(32)}`;
-    const row = await inTenant(this.ds, payload.tenantId, async (m) => {
+    // The key and its event commit together: no key exists that the log will not know.
+    const { row, receipt } = await inTenant(this.ds, payload.tenantId, async (m) => {
       const [inserted] = await m.query(
-        `INSERT INTO ${KEYS} (id, tenant_id, name, secret_hash, permissions, expires_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *`,
+        `INSERT INTO ${KEYS} (id, tenant_id, name, secret_hash, permissions, expires_at, created_by, version) VALUES ($1, $2, $3, $4, $5, $6, $7, 1) RETURNING *`,
         [id, payload.tenantId, name, sha256Hex(secret), [...new Set(permissions)], expiresAt, meta.actor.id],
       );
-      // The event goes to the log before the row commits: no key exists that the log does not know.
-      await this.log.record('api_key', { tenantId: payload.tenantId, aggregateId: id }, { type: A.apiKeyCreated, data: { name, permissions, expiresAt } }, meta, true);
-      return inserted;
+      const event = { tenantId: payload.tenantId, aggregateType: 'api_key', aggregateId: id, version: 1, type: A.apiKeyCreated, data: { name, permissions, expiresAt } };
+      return { row: inserted, receipt: await this.outbox.record(m, [event], meta) };
     });
-    return { ...toInfo(row), secret };
+    const { position } = await this.outbox.sent(receipt);
+    return { ...toInfo(row), secret, position };
   }
 
   @RpcHandler('cmd.auth.revoke_api_key')
-  async revoke(body: unknown): Promise<ApiKeyInfo> {
+  async revoke(body: unknown): Promise<ApiKeyInfo & { position: number }> {
     const { meta, payload } = parseOrThrow(requests.revoke, body, 'API key revocation');
-    const [rows] = await tenantQuery(
-      this.ds,
-      payload.tenantId,
-      `UPDATE ${KEYS} SET revoked_at = now() WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL RETURNING *`,
-      [payload.keyId, payload.tenantId],
-    );
-    if (!rows.length) throw new KeelError('not_found', 'No such active API key in this tenant.');
-    await this.log.record('api_key', { tenantId: payload.tenantId, aggregateId: payload.keyId }, { type: A.apiKeyRevoked, data: {} }, meta);
-    return toInfo(rows[0]);
+    const { row, receipt } = await inTenant(this.ds, payload.tenantId, async (m) => {
+      const [rows] = await m.query(
+        `UPDATE ${KEYS} SET revoked_at = now(), version = version + 1 WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL RETURNING *`,
+        [payload.keyId, payload.tenantId],
+      );
+      if (!rows.length) throw new KeelError('not_found', 'No such active API key in this tenant.');
+      const event = { tenantId: payload.tenantId, aggregateType: 'api_key', aggregateId: payload.keyId, version: rows[0].version, type: A.apiKeyRevoked, data: {} };
+      return { row: rows[0], receipt: await this.outbox.record(m, [event], meta) };
+    });
+    const { position } = await this.outbox.sent(receipt);
+    return { ...toInfo(row), position };
   }
 
   @RpcHandler('qry.auth.api_keys')

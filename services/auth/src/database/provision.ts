@@ -5,6 +5,7 @@ import { CreateMfa1700000000011 } from './migrations/1700000000011-create-mfa';
 import { CreateSso1700000000012 } from './migrations/1700000000012-create-sso';
 import { CreateRbac1700000000013 } from './migrations/1700000000013-create-rbac';
 import { AuthRls1700000000014 } from './migrations/1700000000014-auth-rls';
+import { AuthOutbox1700000000015 } from './migrations/1700000000015-auth-outbox';
 import { AuthProjectionRebuild1700000000030 } from './migrations/1700000000030-auth-projection-rebuild';
 import { AUTH_ROLE, AUTH_SCHEMA } from './schema';
 
@@ -13,6 +14,6 @@ export async function provisionAuth(config: KeelConfig): Promise<void> {
     schema: AUTH_SCHEMA,
     role: AUTH_ROLE,
     password: config.KEEL_DB_PASSWORD,
-    migrations: [CreateAuth1700000000010, CreateMfa1700000000011, CreateSso1700000000012, CreateRbac1700000000013, AuthRls1700000000014, AuthProjectionRebuild1700000000030],
+    migrations: [CreateAuth1700000000010, CreateMfa1700000000011, CreateSso1700000000012, CreateRbac1700000000013, AuthRls1700000000014, AuthOutbox1700000000015, AuthProjectionRebuild1700000000030],
   });
 }

@@ -1,14 +1,14 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { randomBytes } from 'node:crypto';
-import { DataSource } from 'typeorm';
+import { DataSource, EntityManager } from 'typeorm';
 import { z } from 'zod';
 import { KeelConfig } from '@keel/config';
 import { authEventTypes as A, CommandMeta, KeelError, parseOrThrow } from '@keel/contracts';
 import { kekFrom, open, seal, sha256Hex } from '@keel/crypto';
 import { inTenant, tenantQuery } from '@keel/database';
+import { Outbox, OutboxReceipt } from '@keel/event-sourcing';
 import { RpcHandler } from '@keel/messaging';
 import { AUTH_SCHEMA } from '../database/schema';
-import { EventLog } from '../event-log';
 import { Lockout, Outcome } from '../users/lockout';
 import { AuthMeta, metaSchema, UsersService } from '../users/users.service';
 import { base32Encode, newTotpSecret, otpauthUrl, verifyTotp } from './totp';
@@ -60,7 +60,7 @@ export class MfaService {
   constructor(
     @Inject(DataSource) private readonly ds: DataSource,
     private readonly users: UsersService,
-    private readonly log: EventLog,
+    private readonly outbox: Outbox,
     private readonly lockout: Lockout,
     @Inject('KEEL_AUTH_CONFIG') config: KeelConfig,
   ) {
@@ -72,6 +72,17 @@ export class MfaService {
     if (meta.actor.kind !== 'user' || meta.actor.id !== payload.userId) {
       throw new KeelError('forbidden', 'Only the signed-in user can manage their own second factor.');
     }
+  }
+
+  /**
+   * Records a change of the user's second factor, in the transaction that makes it. The factor is
+   * an aggregate of its own (`mfa_factor`, keyed by the user id; the event types keep their
+   * `auth.user.*` names): the user's own log is event-sourced and optimistically appended, so an
+   * outbox event may not land on it. Its version outlives the row (a factor is removed and enrolled again).
+   */
+  private async record(m: EntityManager, tenantId: string, userId: string, type: string, data: Record<string, unknown>, meta: CommandMeta): Promise<OutboxReceipt> {
+    const version = await this.outbox.nextVersion(m, { tenantId, aggregateType: 'mfa_factor', aggregateId: userId });
+    return this.outbox.record(m, [{ tenantId, aggregateType: 'mfa_factor', aggregateId: userId, version, type, data }], meta);
   }
 
   private secretOf(userId: string, sealed: Buffer): Buffer {
@@ -107,7 +118,7 @@ export class MfaService {
     const user = await this.users.load(tenantId, userId);
     if (user.state.status !== 'active') throw new KeelError('forbidden', 'This account is disabled.');
     const secret = newTotpSecret();
-    await inTenant(this.ds, tenantId, async (m) => {
+    const receipt = await inTenant(this.ds, tenantId, async (m) => {
       // A pending enrolment is replaced by a new one; a confirmed factor is never overwritten.
       const stored = await m.query(
         `INSERT INTO ${FACTORS} AS f (user_id, tenant_id, secret_enc) VALUES ($1, $2, $3)
@@ -118,8 +129,9 @@ export class MfaService {
       if (!stored.length) {
         throw new KeelError('conflict', 'A TOTP factor is already enrolled; remove it first (DELETE /api/v1/auth/mfa/totp with a current code).');
       }
-      await this.log.record('user', { tenantId, aggregateId: userId }, { type: A.userMfaEnrolmentStarted, data: { method: 'totp' } }, meta);
+      return this.record(m, tenantId, userId, A.userMfaEnrolmentStarted, { method: 'totp' }, meta);
     });
+    await this.outbox.sent(receipt);
     return { secret: base32Encode(secret), otpauthUrl: otpauthUrl(ISSUER, user.state.email, secret) };
   }
 
@@ -130,7 +142,7 @@ export class MfaService {
     this.ownFactor(meta, payload);
     const { tenantId, userId } = payload;
     const recoveryCodes = Array.from({ length: RECOVERY_CODES }, newRecoveryCode);
-    await this.attempt(userId, () => inTenant(this.ds, tenantId, async (m) => {
+    const receipt = await this.attempt(userId, () => inTenant(this.ds, tenantId, async (m) => {
       const [factor] = await m.query(`SELECT secret_enc, confirmed_at FROM ${FACTORS} WHERE user_id = $1 AND tenant_id = $2 FOR UPDATE`, [userId, tenantId]);
       if (!factor) throw new KeelError('not_found', 'No TOTP enrolment is in progress; start one with POST /api/v1/auth/mfa/totp.');
       if (factor.confirmed_at) throw new KeelError('conflict', 'The TOTP factor is already confirmed.');
@@ -140,8 +152,9 @@ export class MfaService {
       await m.query(`UPDATE ${FACTORS} SET confirmed_at = now(), last_used_step = $2 WHERE user_id = $1`, [userId, step]);
       await m.query(`DELETE FROM ${CODES} WHERE user_id = $1`, [userId]);
       await m.query(`INSERT INTO ${CODES} (user_id, tenant_id, code_hash) SELECT $1, $2, unnest($3::text[])`, [userId, tenantId, recoveryCodes.map(recoveryCodeHash)]);
-      await this.log.record('user', { tenantId, aggregateId: userId }, { type: A.userMfaEnrolled, data: { method: 'totp', recoveryCodes: RECOVERY_CODES } }, meta);
+      return this.record(m, tenantId, userId, A.userMfaEnrolled, { method: 'totp', recoveryCodes: RECOVERY_CODES }, meta);
     }));
+    await this.outbox.sent(receipt);
     return { recoveryCodes };
   }
 
@@ -151,7 +164,7 @@ export class MfaService {
     const { meta, payload } = parseOrThrow(requests.withCode, body, 'TOTP removal');
     this.ownFactor(meta, payload);
     const { tenantId, userId } = payload;
-    await this.attempt(userId, () => inTenant(this.ds, tenantId, async (m) => {
+    const receipt = await this.attempt(userId, () => inTenant(this.ds, tenantId, async (m) => {
       const [factor] = await m.query(
         `SELECT secret_enc, last_used_step FROM ${FACTORS} WHERE user_id = $1 AND tenant_id = $2 AND confirmed_at IS NOT NULL FOR UPDATE`,
         [userId, tenantId],
@@ -161,8 +174,9 @@ export class MfaService {
       if (step === null) throw wrongCode();
       await m.query(`DELETE FROM ${FACTORS} WHERE user_id = $1`, [userId]);
       await m.query(`DELETE FROM ${CODES} WHERE user_id = $1`, [userId]);
-      await this.log.record('user', { tenantId, aggregateId: userId }, { type: A.userMfaRemoved, data: { method: 'totp' } }, meta);
+      return this.record(m, tenantId, userId, A.userMfaRemoved, { method: 'totp' }, meta);
     }));
+    await this.outbox.sent(receipt);
     return { removed: true };
   }
 
@@ -195,16 +209,18 @@ export class MfaService {
   }
 
   private async spendRecoveryCode(tenantId: string, userId: string, code: string, meta: CommandMeta): Promise<boolean> {
-    return inTenant(this.ds, tenantId, async (m) => {
+    const receipt = await inTenant(this.ds, tenantId, async (m) => {
       const [spent] = await m.query(
         `UPDATE ${CODES} SET used_at = now() WHERE user_id = $1 AND tenant_id = $2 AND code_hash = $3 AND used_at IS NULL RETURNING user_id`,
         [userId, tenantId, recoveryCodeHash(code)],
       );
-      if (!spent.length) return false;
+      if (!spent.length) return null;
       const [{ n }] = await m.query(`SELECT count(*)::int AS n FROM ${CODES} WHERE user_id = $1 AND used_at IS NULL`, [userId]);
-      await this.log.record('user', { tenantId, aggregateId: userId }, { type: A.userRecoveryCodeUsed, data: { remaining: n } }, meta);
-      return true;
+      return this.record(m, tenantId, userId, A.userRecoveryCodeUsed, { remaining: n }, meta);
     });
+    if (!receipt) return false;
+    await this.outbox.sent(receipt);
+    return true;
   }
 }
 

@@ -16,10 +16,10 @@ import {
   updateTeamSchema,
 } from '@keel/contracts';
 import { inTenant } from '@keel/database';
+import { Outbox, OutboxReceipt } from '@keel/event-sourcing';
 import { RpcHandler } from '@keel/messaging';
 import { ProjectionRunner } from '@keel/projections';
 import { AUTH_SCHEMA } from '../database/schema';
-import { EventLog } from '../event-log';
 import { AuthMeta, grantable, metaSchema, UsersService } from '../users/users.service';
 import { RoleCatalog } from './role-catalog';
 
@@ -60,11 +60,20 @@ export interface PermissionMatrix {
 export class RbacService {
   constructor(
     @Inject(DataSource) private readonly ds: DataSource,
-    private readonly log: EventLog,
+    private readonly outbox: Outbox,
     private readonly catalog: RoleCatalog,
     private readonly users: UsersService,
     private readonly usersReadModel: ProjectionRunner,
   ) {}
+
+  /**
+   * A role's event, in the transaction that changes it. A role is deleted and can be made again
+   * under its name: its version lives on in the outbox's version table, past the row.
+   */
+  private async recordRole(m: EntityManager, tenantId: string, name: string, type: string, data: Record<string, unknown>, meta: AuthMeta): Promise<OutboxReceipt> {
+    const version = await this.outbox.nextVersion(m, { tenantId, aggregateType: 'role', aggregateId: name });
+    return this.outbox.record(m, [{ tenantId, aggregateType: 'role', aggregateId: name, version, type, data }], meta);
+  }
 
   private holds(meta: AuthMeta, permissions: string[]): void {
     if (meta.permissions === '*') return;
@@ -78,16 +87,17 @@ export class RbacService {
     const { meta, payload } = parseOrThrow(requests.createRole, body, 'role');
     this.holds(meta, payload.data.permissions);
     const { name, description, permissions } = payload.data;
-    await inTenant(this.ds, payload.tenantId, async (m) => {
+    const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
       const inserted = await m.query(
         `INSERT INTO ${S}.roles (tenant_id, name, description, permissions) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING name`,
         [payload.tenantId, name, description, permissions],
       );
       if (!inserted.length) throw new KeelError('conflict', `A role "${name}" already exists in this tenant.`, [{ field: 'name', message: 'already exists' }]);
-      await this.log.record('role', { tenantId: payload.tenantId, aggregateId: name }, { type: A.roleCreated, data: { description, permissions } }, meta);
+      return this.recordRole(m, payload.tenantId, name, A.roleCreated, { description, permissions }, meta);
     });
     this.catalog.invalidate(payload.tenantId);
-    return { name, description, permissions, system: false };
+    const { position } = await this.outbox.sent(receipt);
+    return { name, description, permissions, system: false, position };
   }
 
   @RpcHandler('cmd.auth.update_role')
@@ -95,25 +105,26 @@ export class RbacService {
     const { meta, payload } = parseOrThrow(requests.updateRole, body, 'role');
     this.holds(meta, payload.data.permissions);
     const { description, permissions } = payload.data;
-    await inTenant(this.ds, payload.tenantId, async (m) => {
+    const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
       const [rows] = await m.query(
         `UPDATE ${S}.roles SET description = $3, permissions = $4, updated_at = now() WHERE tenant_id = $1 AND name = $2 RETURNING name`,
         [payload.tenantId, payload.name, description, permissions],
       );
       if (!rows.length) throw new KeelError('not_found', `No custom role "${payload.name}" in this tenant (system roles cannot change).`);
-      await this.log.record('role', { tenantId: payload.tenantId, aggregateId: payload.name }, { type: A.roleUpdated, data: { description, permissions } }, meta);
+      return this.recordRole(m, payload.tenantId, payload.name, A.roleUpdated, { description, permissions }, meta);
     });
     this.catalog.invalidate(payload.tenantId);
-    return { name: payload.name, description, permissions, system: false };
+    const { position } = await this.outbox.sent(receipt);
+    return { name: payload.name, description, permissions, system: false, position };
   }
 
   @RpcHandler('cmd.auth.delete_role')
-  async deleteRole(body: unknown): Promise<{ deleted: true }> {
+  async deleteRole(body: unknown): Promise<{ deleted: true; position: number }> {
     const { meta, payload } = parseOrThrow(requests.deleteRole, body, 'role');
     // Holders are counted in the users read model: bring it up to date first, so a user created
     // with this role a moment ago counts.
     await this.usersReadModel.catchUp(READ_MODEL_WAIT_MS);
-    await inTenant(this.ds, payload.tenantId, async (m) => {
+    const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
       const [use] = await m.query(
         `SELECT (SELECT count(*) FROM ${S}.users WHERE tenant_id = $1 AND $2 = ANY(roles))
               + (SELECT count(*) FROM ${S}.role_assignments WHERE tenant_id = $1 AND role = $2) AS n`,
@@ -122,10 +133,11 @@ export class RbacService {
       if (Number(use.n) > 0) throw new KeelError('conflict', `Role "${payload.name}" is still granted; take it away from its holders first.`);
       const [rows] = await m.query(`DELETE FROM ${S}.roles WHERE tenant_id = $1 AND name = $2 RETURNING name`, [payload.tenantId, payload.name]);
       if (!rows.length) throw new KeelError('not_found', `No custom role "${payload.name}" in this tenant.`);
-      await this.log.record('role', { tenantId: payload.tenantId, aggregateId: payload.name }, { type: A.roleDeleted, data: {} }, meta);
+      return this.recordRole(m, payload.tenantId, payload.name, A.roleDeleted, {}, meta);
     });
     this.catalog.invalidate(payload.tenantId);
-    return { deleted: true };
+    const { position } = await this.outbox.sent(receipt);
+    return { deleted: true, position };
   }
 
   @RpcHandler('qry.auth.roles')
@@ -143,24 +155,25 @@ export class RbacService {
   }
 
   @RpcHandler('cmd.auth.create_team')
-  async createTeam(body: unknown): Promise<Team> {
+  async createTeam(body: unknown): Promise<Team & { position: number }> {
     const { meta, payload } = parseOrThrow(requests.createTeam, body, 'team');
     const id = newEventId();
-    return inTenant(this.ds, payload.tenantId, async (m) => {
+    const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
       const teams = await this.teams(m, payload.tenantId);
       if (payload.data.parentId && !teams.some((t) => t.id === payload.data.parentId)) {
         throw new KeelError('validation_failed', 'The parent team is not in this tenant.', [{ field: 'parentId', message: 'no such team' }]);
       }
-      await m.query(`INSERT INTO ${S}.teams (id, tenant_id, name, parent_id) VALUES ($1, $2, $3, $4)`, [id, payload.tenantId, payload.data.name, payload.data.parentId]);
-      await this.log.record('team', { tenantId: payload.tenantId, aggregateId: id }, { type: A.teamCreated, data: payload.data }, meta, true);
-      return { id, name: payload.data.name, parentId: payload.data.parentId };
+      await m.query(`INSERT INTO ${S}.teams (id, tenant_id, name, parent_id, version) VALUES ($1, $2, $3, $4, 1)`, [id, payload.tenantId, payload.data.name, payload.data.parentId]);
+      return this.outbox.record(m, [{ tenantId: payload.tenantId, aggregateType: 'team', aggregateId: id, version: 1, type: A.teamCreated, data: payload.data }], meta);
     });
+    const { position } = await this.outbox.sent(receipt);
+    return { id, name: payload.data.name, parentId: payload.data.parentId, position };
   }
 
   @RpcHandler('cmd.auth.update_team')
-  async updateTeam(body: unknown): Promise<Team> {
+  async updateTeam(body: unknown): Promise<Team & { position: number }> {
     const { meta, payload } = parseOrThrow(requests.updateTeam, body, 'team');
-    return inTenant(this.ds, payload.tenantId, async (m) => {
+    const { team, receipt } = await inTenant(this.ds, payload.tenantId, async (m) => {
       const teams = await this.teams(m, payload.tenantId);
       const team = teams.find((t) => t.id === payload.teamId);
       if (!team) throw new KeelError('not_found', 'No such team in this tenant.');
@@ -171,26 +184,30 @@ export class RbacService {
         if (p === team.id) throw new KeelError('conflict', 'A team cannot be moved below itself or its own sub-teams.');
       }
       const name = payload.data.name ?? team.name;
-      await m.query(`UPDATE ${S}.teams SET name = $2, parent_id = $3 WHERE id = $1`, [team.id, name, parentId]);
-      await this.log.record('team', { tenantId: payload.tenantId, aggregateId: team.id }, { type: A.teamUpdated, data: { name, parentId } }, meta);
-      return { id: team.id, name, parentId };
+      const [[row]] = await m.query(`UPDATE ${S}.teams SET name = $2, parent_id = $3, version = version + 1 WHERE id = $1 RETURNING version`, [team.id, name, parentId]);
+      const event = { tenantId: payload.tenantId, aggregateType: 'team', aggregateId: team.id, version: row.version, type: A.teamUpdated, data: { name, parentId } };
+      return { team: { id: team.id, name, parentId }, receipt: await this.outbox.record(m, [event], meta) };
     });
+    const { position } = await this.outbox.sent(receipt);
+    return { ...team, position };
   }
 
   @RpcHandler('cmd.auth.delete_team')
-  async deleteTeam(body: unknown): Promise<{ deleted: true }> {
+  async deleteTeam(body: unknown): Promise<{ deleted: true; position: number }> {
     const { meta, payload } = parseOrThrow(requests.deleteTeam, body, 'team');
-    await inTenant(this.ds, payload.tenantId, async (m) => {
+    const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
       const [use] = await m.query(
         `SELECT (SELECT count(*) FROM ${S}.teams WHERE parent_id = $1) + (SELECT count(*) FROM ${S}.role_assignments WHERE team_id = $1) AS n`,
         [payload.teamId],
       );
       if (Number(use.n) > 0) throw new KeelError('conflict', 'The team still has sub-teams or role assignments; remove them first.');
-      const [rows] = await m.query(`DELETE FROM ${S}.teams WHERE id = $1 AND tenant_id = $2 RETURNING id`, [payload.teamId, payload.tenantId]);
+      const [rows] = await m.query(`DELETE FROM ${S}.teams WHERE id = $1 AND tenant_id = $2 RETURNING id, version`, [payload.teamId, payload.tenantId]);
       if (!rows.length) throw new KeelError('not_found', 'No such team in this tenant.');
-      await this.log.record('team', { tenantId: payload.tenantId, aggregateId: payload.teamId }, { type: A.teamDeleted, data: {} }, meta);
+      const event = { tenantId: payload.tenantId, aggregateType: 'team', aggregateId: payload.teamId, version: rows[0].version + 1, type: A.teamDeleted, data: {} };
+      return this.outbox.record(m, [event], meta);
     });
-    return { deleted: true };
+    const { position } = await this.outbox.sent(receipt);
+    return { deleted: true, position };
   }
 
   @RpcHandler('qry.auth.teams')
@@ -213,29 +230,33 @@ export class RbacService {
       throw error;
     });
     const id = newEventId();
-    await inTenant(this.ds, payload.tenantId, async (m) => {
+    const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
       if (teamId && !(await this.teams(m, payload.tenantId)).some((t) => t.id === teamId)) {
         throw new KeelError('validation_failed', 'No such team in this tenant.', [{ field: 'teamId', message: 'no such team' }]);
       }
       const inserted = await m.query(
-        `INSERT INTO ${S}.role_assignments (id, tenant_id, user_id, role, team_id) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING id`,
+        `INSERT INTO ${S}.role_assignments (id, tenant_id, user_id, role, team_id, version) VALUES ($1, $2, $3, $4, $5, 1) ON CONFLICT DO NOTHING RETURNING id`,
         [id, payload.tenantId, userId, role, teamId ?? null],
       );
       if (!inserted.length) throw new KeelError('conflict', 'This role is already granted to this user at this scope.');
-      await this.log.record('role_assignment', { tenantId: payload.tenantId, aggregateId: id }, { type: A.roleGranted, data: { userId, role, ...(teamId ? { teamId } : {}) } }, meta, true);
+      const event = { tenantId: payload.tenantId, aggregateType: 'role_assignment', aggregateId: id, version: 1, type: A.roleGranted, data: { userId, role, ...(teamId ? { teamId } : {}) } };
+      return this.outbox.record(m, [event], meta);
     });
-    return { id, userId, role, teamId: teamId ?? null };
+    const { position } = await this.outbox.sent(receipt);
+    return { id, userId, role, teamId: teamId ?? null, position };
   }
 
   @RpcHandler('cmd.auth.revoke_role_assignment')
-  async revokeAssignment(body: unknown): Promise<{ revoked: true }> {
+  async revokeAssignment(body: unknown): Promise<{ revoked: true; position: number }> {
     const { meta, payload } = parseOrThrow(requests.revoke, body, 'role assignment');
-    await inTenant(this.ds, payload.tenantId, async (m) => {
-      const [rows] = await m.query(`DELETE FROM ${S}.role_assignments WHERE id = $1 AND tenant_id = $2 RETURNING id`, [payload.assignmentId, payload.tenantId]);
+    const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
+      const [rows] = await m.query(`DELETE FROM ${S}.role_assignments WHERE id = $1 AND tenant_id = $2 RETURNING id, version`, [payload.assignmentId, payload.tenantId]);
       if (!rows.length) throw new KeelError('not_found', 'No such role assignment in this tenant.');
-      await this.log.record('role_assignment', { tenantId: payload.tenantId, aggregateId: payload.assignmentId }, { type: A.roleRevoked, data: {} }, meta);
+      const event = { tenantId: payload.tenantId, aggregateType: 'role_assignment', aggregateId: payload.assignmentId, version: rows[0].version + 1, type: A.roleRevoked, data: {} };
+      return this.outbox.record(m, [event], meta);
     });
-    return { revoked: true };
+    const { position } = await this.outbox.sent(receipt);
+    return { revoked: true, position };
   }
 
   @RpcHandler('qry.auth.role_assignments')

@@ -17,10 +17,10 @@ import {
   TokenPair,
 } from '@keel/contracts';
 import { randomToken, sha256Hex } from '@keel/crypto';
-import { tenantQuery } from '@keel/database';
+import { inTenant, tenantQuery } from '@keel/database';
+import { Outbox, outboxEnvelope } from '@keel/event-sourcing';
 import { RpcHandler } from '@keel/messaging';
 import { AUTH_SCHEMA, CROSS_TENANT_DS } from '../database/schema';
-import { EventLog } from '../event-log';
 import { TokenKeys } from '../keys/token-keys';
 import { MfaService } from '../mfa/mfa.service';
 import { Lockout, Outcome } from '../users/lockout';
@@ -51,7 +51,7 @@ export class SessionsService {
     private readonly tenants: TenantLookup,
     private readonly lockout: Lockout,
     private readonly keys: TokenKeys,
-    private readonly log: EventLog,
+    private readonly outbox: Outbox,
     private readonly revoker: SessionRevoker,
     private readonly catalog: RoleCatalog,
     private readonly mfa: MfaService,
@@ -87,7 +87,11 @@ export class SessionsService {
       `SELECT r.user_id, c.password_hash FROM "${AUTH_SCHEMA}".email_reservations r
        LEFT JOIN "${AUTH_SCHEMA}".credentials c ON c.user_id = r.user_id WHERE r.tenant_id = $1 AND r.email = $2`,
       [tenantId, payload.email],
-    );
+    ).catch(async (error: unknown) => {
+      // Postgres away: end the attempt as neutral, or its slot stays taken and an outage locks the account.
+      await this.lockout.end(account, c.ip, limit, 'neutral').catch(() => undefined);
+      throw error;
+    });
     const actor = (userId: string) => ({ kind: 'user' as const, id: userId, tenantId, ...(c.ip ? { ip: c.ip } : {}), ...(c.userAgent ? { userAgent: c.userAgent } : {}) });
     const meta = (userId: string): CommandMeta => ({ actor: actor(userId), correlationId: c.correlationId });
     // Every path ends the attempt: a failure counts towards the lock, a success clears it.
@@ -140,14 +144,17 @@ export class SessionsService {
     const sessionId = newEventId();
     const secret = randomToken();
     const timeoutSeconds = settings.sessionTimeoutMinutes * 60;
-    await tenantQuery(
-      this.ds,
-      tenantId,
-      `INSERT INTO ${SESSIONS} (id, tenant_id, user_id, refresh_hash, expires_at) VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))`,
-      [sessionId, tenantId, userId, sha256Hex(secret), timeoutSeconds],
-    );
-    await this.log.record('session', { tenantId, aggregateId: sessionId }, { type: A.sessionStarted, data: { userId } }, meta, true);
-    await this.revoker.keepNewest(tenantId, userId, settings.maxConcurrentSessions, meta);
+    // The session, the sessions beyond the tenant's limit it ends, and all their events: one transaction.
+    const { started, revoked } = await inTenant(this.ds, tenantId, async (m) => {
+      await m.query(
+        `INSERT INTO ${SESSIONS} (id, tenant_id, user_id, refresh_hash, expires_at, version) VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), 1)`,
+        [sessionId, tenantId, userId, sha256Hex(secret), timeoutSeconds],
+      );
+      const started = await this.outbox.record(m, [{ tenantId, aggregateType: 'session', aggregateId: sessionId, version: 1, type: A.sessionStarted, data: { userId } }], meta);
+      return { started, revoked: await this.revoker.keepNewestIn(m, tenantId, userId, settings.maxConcurrentSessions, meta) };
+    });
+    await this.revoker.settle(revoked);
+    await this.outbox.sent(started);
     return this.tokens(userId, tenantId, sessionId, secret, roles, timeoutSeconds);
   }
 
@@ -185,7 +192,7 @@ export class SessionsService {
     if (!sessionId || !secret || !z.uuid().safeParse(sessionId).success) throw new KeelError('invalid_token', 'The refresh token is not valid.');
     const invalid = () => new KeelError('invalid_token', 'The refresh token is not valid (expired, revoked or already used); sign in again.');
     // The refresh token is the credential: its session is found in any tenant.
-    const [session] = await this.crossTenant.query(`SELECT tenant_id, user_id, revoked_at, refresh_hash FROM ${SESSIONS} WHERE id = $1`, [sessionId]);
+    const [session] = await this.crossTenant.query(`SELECT tenant_id, user_id, revoked_at, refresh_hash, version FROM ${SESSIONS} WHERE id = $1`, [sessionId]);
     if (!session || session.revoked_at) throw invalid();
     const { tenant_id: tenantId, user_id: userId } = session as { tenant_id: string; user_id: string };
     const reused = async () => {
@@ -214,16 +221,36 @@ export class SessionsService {
       requireAllowedNetwork(c.ip, tenant.settings.allowedIpRanges);
     }
     const next = randomToken();
-    // One statement turns the token (only if it is still the current one: two refreshes racing
-    // with the same token, one wins) and reads the tenant-scope role grants.
-    const [rotated]: [{ seconds_left: string; granted: string[] | null }[]] = await this.crossTenant.query(
-      `UPDATE ${SESSIONS} SET refresh_hash = $3, generation = generation + 1, last_used_at = now()
-       WHERE id = $1 AND refresh_hash = $2 AND revoked_at IS NULL AND expires_at > now()
-       RETURNING extract(epoch FROM expires_at - now()) AS seconds_left,
-         (SELECT array_agg(a.role) FROM "${AUTH_SCHEMA}".role_assignments a
-          WHERE a.tenant_id = $5 AND a.user_id = $4 AND a.team_id IS NULL) AS granted`,
-      [sessionId, sha256Hex(secret), sha256Hex(next), userId, tenantId],
+    const version = Number(session.version) + 1;
+    const refreshed = outboxEnvelope(
+      { tenantId, aggregateType: 'session', aggregateId: sessionId, version, type: A.sessionRefreshed, data: {} },
+      { actor: { kind: 'user', id: userId, tenantId, ...(c.ip ? { ip: c.ip } : {}), ...(c.userAgent ? { userAgent: c.userAgent } : {}) }, correlationId: c.correlationId },
     );
+    const [entry] = this.outbox.prepare([refreshed]);
+    // One statement (one transaction) turns the token (only if it is still the current one and
+    // nothing else changed the session: two refreshes racing with the same token, one wins),
+    // adds its event to the outbox and reads the tenant-scope role grants.
+    const rotated: { seconds_left: string; granted: string[] | null }[] = await this.crossTenant.query(
+      `WITH s AS (
+         UPDATE ${SESSIONS} SET refresh_hash = $3, generation = generation + 1, last_used_at = now(), version = $6
+         WHERE id = $1 AND refresh_hash = $2 AND version = $6 - 1 AND revoked_at IS NULL AND expires_at > now()
+         RETURNING extract(epoch FROM expires_at - now()) AS seconds_left),
+       o AS (
+         INSERT INTO ${this.outbox.table} (event_id, tenant_id, subject, envelope)
+         SELECT $7::uuid, $5, $8, $9::json FROM s RETURNING seq)
+       SELECT s.seconds_left, (SELECT count(*) FROM o) AS queued,
+         (SELECT array_agg(a.role) FROM "${AUTH_SCHEMA}".role_assignments a
+          WHERE a.tenant_id = $5 AND a.user_id = $4 AND a.team_id IS NULL) AS granted${this.outbox.notifySql()}
+       FROM s`,
+      [sessionId, sha256Hex(secret), sha256Hex(next), userId, tenantId, version, entry!.eventId, entry!.subject, entry!.envelope],
+    );
+    if (rotated.length) {
+      // The old token is spent: answering 503 now would make the client's retry a reuse, which
+      // ends the session. The entry is committed and the relay publishes it; the new tokens go out.
+      await this.outbox.sent({ eventIds: [entry!.eventId] }).catch((error: unknown) => {
+        if (!(error instanceof KeelError && error.code === 'service_unavailable')) throw error;
+      });
+    }
     if (!rotated.length) {
       // Another refresh with the same token turned it in the meantime: that is a reuse too
       // (one of the two holders is not the client), so the session ends.
@@ -268,10 +295,9 @@ export class SessionsService {
   }
 
   @RpcHandler('cmd.auth.rotate_signing_key')
-  async rotate(body: unknown): Promise<{ kid: string }> {
+  async rotate(body: unknown): Promise<{ kid: string; position: number }> {
     const { meta } = parseOrThrow(z.object({ meta: metaSchema }).strict(), body, 'key rotation');
-    const rotated = await this.keys.rotate();
-    await this.log.record('signing_key', { tenantId: 'platform', aggregateId: rotated.kid }, { type: A.signingKeyRotated, data: { kid: rotated.kid, retired: rotated.retired } }, meta, true);
-    return { kid: rotated.kid };
+    const rotated = await this.keys.rotate(meta);
+    return { kid: rotated.kid, position: rotated.position };
   }
 }

@@ -2,9 +2,9 @@ import { Inject, Injectable } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import { CommandMeta, IdentityProvider, KeelError, newEventId, rolesGrantedBy, ssoEventTypes as E } from '@keel/contracts';
 import { inTenant, tenantQuery } from '@keel/database';
+import { Outbox } from '@keel/event-sourcing';
 import { ProjectionRunner } from '@keel/projections';
 import { AUTH_SCHEMA } from '../database/schema';
-import { EventLog } from '../event-log';
 import { RbacService } from '../rbac/rbac.service';
 import { RoleCatalog } from '../rbac/role-catalog';
 import { AuthMeta, UsersService } from '../users/users.service';
@@ -31,7 +31,7 @@ export class ExternalIdentities {
     private readonly users: UsersService,
     private readonly rbac: RbacService,
     private readonly usersReadModel: ProjectionRunner,
-    private readonly log: EventLog,
+    private readonly outbox: Outbox,
     private readonly catalog: RoleCatalog,
   ) {}
 
@@ -46,17 +46,20 @@ export class ExternalIdentities {
     const linkId = newEventId();
     const won = await inTenant(this.ds, tenantId, async (m) => {
       const inserted = await m.query(
-        `INSERT INTO ${S}.external_identities (id, provider_id, subject, tenant_id, user_id) VALUES ($1, $2, $3, $4, $5)
+        `INSERT INTO ${S}.external_identities (id, provider_id, subject, tenant_id, user_id, version) VALUES ($1, $2, $3, $4, $5, 1)
          ON CONFLICT (provider_id, subject) DO NOTHING RETURNING id`,
         [linkId, provider.id, identity.subject, tenantId, userId],
       );
-      if (!inserted.length) return false;
-      const event = { type: E.identityLinked, data: { providerId: provider.id, userId, provisioned: provisionedAt !== undefined } };
-      await this.log.record('external_identity', { tenantId, aggregateId: linkId }, event, asUser(userId), true);
-      return true;
+      if (!inserted.length) return null;
+      const event = {
+        tenantId, aggregateType: 'external_identity', aggregateId: linkId, version: 1,
+        type: E.identityLinked, data: { providerId: provider.id, userId, provisioned: provisionedAt !== undefined },
+      };
+      return this.outbox.record(m, [event], asUser(userId));
     });
     // A concurrent first sign-in of the same person linked it a moment ago: use that link.
     if (!won) return this.link(tenantId, provider, identity, byProvider, asUser);
+    await this.outbox.sent(won);
     // Team grants and token refreshes read the users read model: a new user must be there first.
     if (provisionedAt !== undefined) await this.usersReadModel.waitFor(provisionedAt, READ_MODEL_WAIT_MS);
     return { linkId, userId };
@@ -148,10 +151,16 @@ export class ExternalIdentities {
 
   /** Records a completed sign-in on the link, with the access it carries. */
   async recordSignIn(tenantId: string, provider: IdentityProvider, link: Link, access: { roles: string[]; teamRoles: TeamRole[] }, asUser: CommandMeta): Promise<void> {
-    await inTenant(this.ds, tenantId, async (m) => {
-      await m.query(`UPDATE ${S}.external_identities SET last_sign_in_at = now() WHERE id = $1`, [link.linkId]);
-      const event = { type: E.signedIn, data: { providerId: provider.id, userId: link.userId, ...access } };
-      await this.log.record('external_identity', { tenantId, aggregateId: link.linkId }, event, asUser);
+    const receipt = await inTenant(this.ds, tenantId, async (m) => {
+      const [rows] = await m.query(`UPDATE ${S}.external_identities SET last_sign_in_at = now(), version = version + 1 WHERE id = $1 RETURNING version`, [link.linkId]);
+      // The provider (and its links) was deleted meanwhile: nothing to record on.
+      if (!rows.length) throw new KeelError('not_found', 'No such identity provider for this tenant.');
+      const event = {
+        tenantId, aggregateType: 'external_identity', aggregateId: link.linkId, version: rows[0].version,
+        type: E.signedIn, data: { providerId: provider.id, userId: link.userId, ...access },
+      };
+      return this.outbox.record(m, [event], asUser);
     });
+    await this.outbox.sent(receipt);
   }
 }

@@ -5,9 +5,9 @@ import { KeelConfig } from '@keel/config';
 import { CommandResult, createIdentityProviderSchema, FieldError, IdentityProvider, IdentityProviderInput, KeelError, newEventId, parseOrThrow, rolesGrantedBy, ssoEventTypes as E, tenantIdSchema, updateIdentityProviderSchema } from '@keel/contracts';
 import { kekFrom, open, seal } from '@keel/crypto';
 import { inTenant, tenantQuery } from '@keel/database';
+import { Outbox } from '@keel/event-sourcing';
 import { RpcHandler } from '@keel/messaging';
 import { AUTH_SCHEMA } from '../database/schema';
-import { EventLog } from '../event-log';
 import { RbacService } from '../rbac/rbac.service';
 import { RoleCatalog } from '../rbac/role-catalog';
 import { TenantLookup } from '../users/tenant-lookup';
@@ -53,8 +53,8 @@ function settingsOf(data: IdentityProviderInput) {
 }
 
 /**
- * A tenant's identity providers. Each change commits together with its event: the row is
- * written in a transaction that the event's append must succeed for. The client secret is
+ * A tenant's identity providers. Each change commits together with its event (the outbox), and
+ * the command answers once the event is on the log. The client secret is
  * sealed under the key-encryption key, bound to the provider's id, and never leaves this service.
  */
 @Injectable()
@@ -65,7 +65,7 @@ export class IdentityProvidersService {
     @Inject(DataSource) private readonly ds: DataSource,
     @Inject('KEEL_AUTH_CONFIG') config: KeelConfig,
     private readonly tenants: TenantLookup,
-    private readonly log: EventLog,
+    private readonly outbox: Outbox,
     private readonly oidc: OidcClient,
     private readonly catalog: RoleCatalog,
     private readonly rbac: RbacService,
@@ -101,15 +101,17 @@ export class IdentityProvidersService {
     await this.tenants.active(tenantId);
     await this.check(tenantId, data, meta);
     const id = newEventId();
-    return inTenant(this.ds, tenantId, async (m) => {
+    const { row, receipt } = await inTenant(this.ds, tenantId, async (m) => {
       const [row]: ProviderRow[] = await m.query(
         `INSERT INTO ${PROVIDERS} (id, tenant_id, type, name, config, mapping, redirect_uris, client_secret_enc)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *`,
         [id, tenantId, data.type, data.name, data.config, data.mapping, data.redirectUris, seal(this.kek, Buffer.from(data.clientSecret), id)],
       );
-      const { position } = await this.log.record('identity_provider', { tenantId, aggregateId: id }, { type: E.providerCreated, data: settingsOf(data) }, meta, true);
-      return { state: view(row!), version: row!.version, position };
+      const event = { tenantId, aggregateType: 'identity_provider', aggregateId: id, version: row!.version, type: E.providerCreated, data: settingsOf(data) };
+      return { row: row!, receipt: await this.outbox.record(m, [event], meta) };
     });
+    const { position } = await this.outbox.sent(receipt);
+    return { state: view(row), version: row.version, position };
   }
 
   /** Replaces the provider's settings; an omitted client secret keeps the current one. Honours the expected version. */
@@ -123,7 +125,7 @@ export class IdentityProvidersService {
     }
     await this.check(tenantId, data, meta);
     const secret = data.clientSecret === undefined ? null : seal(this.kek, Buffer.from(data.clientSecret), providerId);
-    return inTenant(this.ds, tenantId, async (m) => {
+    const { row, receipt } = await inTenant(this.ds, tenantId, async (m) => {
       const [rows]: [ProviderRow[], number] = await m.query(
         `UPDATE ${PROVIDERS} SET name = $3, config = $4, mapping = $5, redirect_uris = $6,
            client_secret_enc = COALESCE($7, client_secret_enc), version = version + 1, updated_at = now()
@@ -135,22 +137,33 @@ export class IdentityProvidersService {
         const now = await this.find(tenantId, providerId);
         throw new KeelError('version_mismatch', `The identity provider is at version ${now.version}, not ${meta.expectedVersion}; fetch it again and retry.`);
       }
-      const event = { type: E.providerUpdated, data: { ...settingsOf(data), clientSecretChanged: secret !== null } };
-      const { position } = await this.log.record('identity_provider', { tenantId, aggregateId: providerId }, event, meta);
-      return { state: view(row), version: row.version, position };
+      const event = {
+        tenantId, aggregateType: 'identity_provider', aggregateId: providerId, version: row.version,
+        type: E.providerUpdated, data: { ...settingsOf(data), clientSecretChanged: secret !== null },
+      };
+      return { row, receipt: await this.outbox.record(m, [event], meta) };
     });
+    const { position } = await this.outbox.sent(receipt);
+    return { state: view(row), version: row.version, position };
   }
 
   /** Deletes the provider; its links to users go with it (the users stay, and keep their sessions until they end). */
   @RpcHandler('cmd.auth.delete_identity_provider')
   async remove(body: unknown): Promise<{ position: number }> {
     const { meta, payload } = parseOrThrow(requests.remove, body, 'identity provider deletion');
-    const { position } = await inTenant(this.ds, payload.tenantId, async (m) => {
-      const [rows]: [{ name: string }[], number] = await m.query(`DELETE FROM ${PROVIDERS} WHERE id = $1 AND tenant_id = $2 RETURNING name`, [payload.providerId, payload.tenantId]);
+    const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
+      const [rows]: [{ name: string; version: number }[], number] = await m.query(
+        `DELETE FROM ${PROVIDERS} WHERE id = $1 AND tenant_id = $2 RETURNING name, version`,
+        [payload.providerId, payload.tenantId],
+      );
       if (!rows.length) throw this.notFound();
-      return this.log.record('identity_provider', { tenantId: payload.tenantId, aggregateId: payload.providerId }, { type: E.providerDeleted, data: { name: rows[0]!.name } }, meta);
+      const event = {
+        tenantId: payload.tenantId, aggregateType: 'identity_provider', aggregateId: payload.providerId, version: rows[0]!.version + 1,
+        type: E.providerDeleted, data: { name: rows[0]!.name },
+      };
+      return this.outbox.record(m, [event], meta);
     });
-    return { position };
+    return { position: (await this.outbox.sent(receipt)).position };
   }
 
   @RpcHandler('qry.auth.identity_provider')

@@ -20,8 +20,11 @@ const POISONS = [
   { label: 'a C1 control (NEL)', value: 'a\u0085b', url: 'a%C2%85b', codePoint: 'U+0085' },
 ];
 
-/** A string schema whose own rule (a format, an enum) decides before any text check: the field is named, the message is that rule's. */
-const ruledByFormat = (s: Json) => s.format !== undefined || s.enum !== undefined || s.const !== undefined;
+/**
+ * A string schema with a rule of its own (a format, an enum, a pattern): the field must be named,
+ * the message may be that rule's. Only free text must be refused by the text check, naming the character.
+ */
+const ruledByFormat = (s: Json) => s.format !== undefined || s.enum !== undefined || s.const !== undefined || s.pattern !== undefined;
 
 /** The first alternative of a union (what `sample` builds), else the schema itself. */
 const chosen = (s: Json): Json => {
@@ -51,7 +54,7 @@ function sampleString(s: Json, name: string): string {
   if (/email/i.test(name)) return 'someone@example.com';
   if (/issuer|uri|url/i.test(name)) return 'https://idp.example.com';
   const min = s.minLength ?? 1;
-  const candidates = ['valid', 'abc-def', '123456', '1', 'abcdefghijklmnop', `valid${'x'.repeat(Math.max(0, min - 5))}`];
+  const candidates = ['valid', 'abc-def', 'abc.def', '123456', '1', 'abcdefghijklmnop', `valid${'x'.repeat(Math.max(0, min - 5))}`];
   const fits = (c: string) => c.length >= min && c.length <= (s.maxLength ?? Infinity) && (!s.pattern || new RegExp(s.pattern).test(c));
   const found = candidates.find(fits);
   if (!found) throw new Error(`no sample for ${name}: ${JSON.stringify(s)}`);

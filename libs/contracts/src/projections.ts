@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { actorSchema } from './envelope';
+import { text } from './text';
 
 /**
  * Operating the read models: every service with projections (and the ledger, in audit) answers
@@ -59,13 +60,12 @@ export interface RebuildResult {
   replayed: number;
 }
 
-export const projectionNameSchema = z
-  .string()
+export const projectionNameSchema = text()
   .regex(/^[a-z][a-z0-9_-]{0,63}\.[a-z][a-z0-9_-]{0,63}$/, 'must be <service>.<projection>, as GET /api/v1/admin/projections lists them');
 
 export const deadLetterQuerySchema = z
   .object({
-    projection: z.string().regex(/^[a-z][a-z0-9_-]{0,63}$/),
+    projection: text().regex(/^[a-z][a-z0-9_-]{0,63}$/),
     resolved: z.boolean().default(false),
     limit: z.number().int().min(1).max(500).default(100),
   })
@@ -73,15 +73,15 @@ export const deadLetterQuerySchema = z
 
 export const deadLetterCommandSchema = z
   .object({
-    meta: z.object({ actor: actorSchema, correlationId: z.string().min(1).max(200) }).passthrough(),
-    payload: z.object({ projection: z.string().regex(/^[a-z][a-z0-9_-]{0,63}$/), id: z.number().int().min(1) }).strict(),
+    meta: z.object({ actor: actorSchema, correlationId: text().min(1).max(200) }).passthrough(),
+    payload: z.object({ projection: text().regex(/^[a-z][a-z0-9_-]{0,63}$/), id: z.number().int().min(1) }).strict(),
   })
   .strict();
 
 export const rebuildCommandSchema = z
   .object({
-    meta: z.object({ actor: actorSchema, correlationId: z.string().min(1).max(200) }).passthrough(),
-    payload: z.object({ projection: z.string().regex(/^[a-z][a-z0-9_-]{0,63}$/) }).strict(),
+    meta: z.object({ actor: actorSchema, correlationId: text().min(1).max(200) }).passthrough(),
+    payload: z.object({ projection: text().regex(/^[a-z][a-z0-9_-]{0,63}$/) }).strict(),
   })
   .strict();
 

@@ -1,3 +1,5 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { z } from 'zod';
 import { isText, recordKeyError, text, textProblem } from './text';
 import { createIdentityProviderSchema } from './sso';
@@ -115,5 +117,20 @@ describe('request schemas use text()', () => {
     const key = issues(createIdentityProviderSchema, { ...base, mapping: { roleClaim: 'groups', roleMapping: { 'eng\u0000': 'developer' } } })[0]!;
     expect(key).toEqual({ path: 'mapping.roleMapping.eng\u0000', message: 'key must not contain control characters (U+0000 at index 3)' });
     expect(issues(createIdentityProviderSchema, { ...base, clientSecret: 's\u0085' })[0]!.path).toBe('clientSecret');
+  });
+});
+
+describe('the contracts', () => {
+  it('build every string of a request from text(), not z.string() (the envelope keeps what was published)', () => {
+    const offenders: string[] = [];
+    for (const file of readdirSync(__dirname)) {
+      if (!file.endsWith('.ts') || file.endsWith('.spec.ts') || file === 'text.ts' || file === 'envelope.ts') continue;
+      readFileSync(join(__dirname, file), 'utf8')
+        .split('\n')
+        .forEach((line, i, lines) => {
+          if (/\bz\.string\(/.test(line) || (/^\s*\.string\(/.test(line) && /\bz\s*$/.test(lines[i - 1] ?? ''))) offenders.push(`${file}:${i + 1}: ${line.trim()}`);
+        });
+    }
+    expect(offenders).toEqual([]);
   });
 });

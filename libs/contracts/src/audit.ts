@@ -7,10 +7,11 @@ export const AUDIT_SERVICE = 'audit';
 /**
  * One entry of the ledger. An entry with a `problem` is an incident: what was published there is not
  * a valid envelope; `event` is then the published JSON as it was (or null), `payload` the bytes (base64)
- * when they were not JSON. It is chained and verified like any other entry.
+ * when they were not JSON. It is chained and verified like any other entry. A decision of several
+ * events is one entry: `event` is its first, `events` all of them, in order.
  */
 export type LedgerEntry =
-  | { seq: number; hash: string; prevHash: string; recordedAt: string; event: EventEnvelope; problem?: undefined }
+  | { seq: number; hash: string; prevHash: string; recordedAt: string; event: EventEnvelope; events?: EventEnvelope[]; problem?: undefined }
   | { seq: number; hash: string; prevHash: string; recordedAt: string; event: unknown; problem: string; payload?: string };
 
 export const auditQueries = { events: 'events', verify: 'verify', replay: 'replay', head: 'head' } as const;

@@ -121,10 +121,10 @@ class FakeEventStore {
     return this.log.filter((p) => p.position > afterPosition && this.subjectOf(p.event) === subject).map((p) => JSON.parse(JSON.stringify(p)));
   }
 
-  async readPosition(position: number): Promise<{ event: unknown } | null> {
+  async readPosition(position: number): Promise<{ event: unknown; events: unknown[] } | null> {
     await new Promise((resolve) => setImmediate(resolve));
     const found = this.log.find((p) => p.position === position);
-    return found ? { event: JSON.parse(JSON.stringify(found.event)) } : null;
+    return found ? { event: JSON.parse(JSON.stringify(found.event)), events: [JSON.parse(JSON.stringify(found.event))] } : null;
   }
 
   /** The stream's 2-minute duplicate window has passed: message ids are no longer remembered. */

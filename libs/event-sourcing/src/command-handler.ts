@@ -215,11 +215,10 @@ export class CommandHandler<State, Command, Event extends DomainEvent> {
 
   /** Whether the log holds, at `positions`, the very events of this run (not an earlier run's with the same ids). */
   private async storedAsSent(envelopes: EventEnvelope[], positions: number[]): Promise<boolean> {
-    const stored = await Promise.all(positions.map((p) => this.store.readPosition(p)));
-    return stored.every((s, i) => {
-      const e = s?.event as Partial<EventEnvelope> | undefined;
-      return e?.id === envelopes[i]!.id && e?.occurredAt === envelopes[i]!.occurredAt && e?.correlationId === envelopes[i]!.correlationId;
-    });
+    // The events of one decision are one message: read each distinct position once, in order.
+    const stored = await Promise.all([...new Set(positions)].map((p) => this.store.readPosition(p)));
+    const events = stored.flatMap((s) => (s ? s.events : [undefined])) as (Partial<EventEnvelope> | undefined)[];
+    return events.length === envelopes.length && events.every((e, i) => e?.id === envelopes[i]!.id && e?.occurredAt === envelopes[i]!.occurredAt && e?.correlationId === envelopes[i]!.correlationId);
   }
 
   private envelope(key: string, t: AggregateTarget, e: Event, index: number, aggregateVersion: number, meta: CommandMeta): EventEnvelope {

@@ -1,8 +1,9 @@
 import { AckPolicy, ConsumerConfig, ConsumerEvents, ConsumerMessages, DeliverPolicy, JsMsg, ReplayPolicy } from 'nats';
 import { SpanStatusCode, trace } from '@opentelemetry/api';
-import { EventEnvelope, validateEnvelope } from '@keel/contracts';
+import { EventEnvelope } from '@keel/contracts';
 import { extractTraceContext, Logger, SpanKind } from '@keel/observability';
 import { decodeJson } from './codec';
+import { eventsOf } from './event-store';
 import { Messaging } from './connection';
 import { isNotFound } from './stream';
 
@@ -286,9 +287,9 @@ export class DurableEventConsumer {
   private async process(batch: JsMsg[]): Promise<boolean> {
     if (this.o.handleRaw) return this.processRaw(batch);
     const decoded = batch.map((msg) => this.decode(msg));
-    if (decoded.every((d) => d.event)) {
+    if (decoded.every((d) => d.events)) {
       try {
-        await this.traced(batch, decoded as DeliveredEvent[]);
+        await this.traced(batch, decoded.flatMap((d) => d.events!));
         batch[batch.length - 1]!.ack();
         this.applied = batch[batch.length - 1]!.seq;
         this.progressed = true;
@@ -301,12 +302,12 @@ export class DurableEventConsumer {
     for (let i = 0; i < batch.length; i++) {
       const msg = batch[i]!;
       const d = decoded[i]!;
-      if (!d.event) {
+      if (!d.events) {
         if (!(await this.onFailure(msg, d, new PermanentEventError(d.error!)))) return false;
         continue;
       }
       try {
-        await this.traced([msg], [d as DeliveredEvent]);
+        await this.traced([msg], d.events);
         msg.ack();
         this.applied = msg.seq;
         this.progressed = true;
@@ -357,9 +358,11 @@ export class DurableEventConsumer {
     }
   }
 
-  private decode(msg: JsMsg): { position: number; subject: string; event?: EventEnvelope; error?: string } {
+  /** A message's events: one, or all of one decision (they share the message's position and apply together). */
+  private decode(msg: JsMsg): { position: number; subject: string; events?: DeliveredEvent[]; error?: string } {
     try {
-      return { position: msg.seq, subject: msg.subject, event: validateEnvelope(decodeJson(msg.data)) };
+      const events = eventsOf(decodeJson(msg.data)).map((event) => ({ position: msg.seq, subject: msg.subject, event }));
+      return { position: msg.seq, subject: msg.subject, events };
     } catch (error) {
       return { position: msg.seq, subject: msg.subject, error: `invalid event envelope: ${(error as Error).message}` };
     }

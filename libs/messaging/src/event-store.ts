@@ -9,6 +9,16 @@ interface DirectStreamAPI {
   getMessage(stream: string, query: { seq: number; next_by_subj?: string }): Promise<StoredMsg>;
 }
 
+/**
+ * The envelopes of one stored message: one, or the events of one decision (a non-empty array).
+ * Throws (as envelope validation does) for anything else.
+ */
+export function eventsOf(decoded: unknown): EventEnvelope[] {
+  if (!Array.isArray(decoded)) return [validateEnvelope(decoded)];
+  if (decoded.length === 0) throw new KeelError('validation_failed', 'The event envelope is invalid: an empty decision');
+  return decoded.map((e) => validateEnvelope(e));
+}
+
 /** The aggregate moved on since it was loaded: reload and decide again. */
 export class ConcurrencyConflict extends Error {
   constructor(readonly subject: string, readonly expected: number) {
@@ -49,26 +59,29 @@ export class EventStore {
   }
 
   /**
-   * Appends events of one aggregate. `expectedLastPosition` is the stream sequence of the
-   * aggregate's last event (0: the aggregate has none yet). Every event is validated first;
-   * a publish retried after a lost ack is stored once (`Nats-Msg-Id`) and answers the same
-   * position.
+   * Appends the events of one decision on one aggregate. `expectedLastPosition` is the stream
+   * sequence of the aggregate's last message (0: the aggregate has none yet). Every event is
+   * validated first; a publish retried after a lost ack is stored once (`Nats-Msg-Id`) and
+   * answers the same position.
+   *
+   * A decision of several events is one message: a JSON array of their envelopes, stored whole
+   * or not at all (nats-server 2.9 has no atomic batch publish), so no reader ever sees half of
+   * it. Its events share that message's stream sequence as their position; readers here, in the
+   * consumers and in the ledger's replay, hand them out one by one, in order.
    */
   async append(events: EventEnvelope[], expectedLastPosition: number): Promise<number[]> {
+    if (!events.length) return [];
     for (const e of events) validateEnvelope(e);
-    const deadline = Date.now() + Math.max(200, Math.floor(this.m.requestTimeoutMs * 0.6));
-    const positions: number[] = [];
-    let expected = expectedLastPosition;
-    for (const event of events) {
-      const subject = this.subjectOf(event);
-      const h = natsHeaders();
-      injectTraceContext(h);
-      h.set(CORRELATION_HEADER, event.correlationId);
-      const ack = await this.publish(subject, event, expected, h, deadline);
-      positions.push(ack.seq);
-      expected = ack.seq;
+    const subject = this.subjectOf(events[0]!);
+    for (const e of events) {
+      if (this.subjectOf(e) !== subject) throw new Error(`one decision appends to one aggregate: ${this.subjectOf(e)} is not ${subject}`);
     }
-    return positions;
+    const deadline = Date.now() + Math.max(200, Math.floor(this.m.requestTimeoutMs * 0.6));
+    const h = natsHeaders();
+    injectTraceContext(h);
+    h.set(CORRELATION_HEADER, events[0]!.correlationId);
+    const ack = await this.publish(subject, events.length === 1 ? events[0]! : events, events[0]!.id, expectedLastPosition, h, deadline);
+    return events.map(() => ack.seq);
   }
 
   /**
@@ -77,12 +90,13 @@ export class EventStore {
    * so a retry never stores the event twice. Only "no answer" is retried; a refusal is final.
    * The whole append shares one deadline, well inside the caller's request timeout.
    */
-  private async publish(subject: string, event: EventEnvelope, expected: number, h: MsgHdrs, deadline: number): Promise<PubAck> {
+  private async publish(subject: string, payload: EventEnvelope | EventEnvelope[], msgID: string, expected: number, h: MsgHdrs, deadline: number): Promise<PubAck> {
     const attemptTimeout = Math.max(100, Math.floor(this.m.requestTimeoutMs / 5));
+    const data = encodeJson(payload);
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.js.publish(subject, encodeJson(event), {
-          msgID: event.id,
+        return await this.js.publish(subject, data, {
+          msgID,
           expect: { lastSubjectSequence: expected },
           headers: h,
           timeout: Math.min(attemptTimeout, Math.max(50, deadline - Date.now())),
@@ -110,16 +124,22 @@ export class EventStore {
         if (isNotFound(error)) return out;
         throw error;
       }
-      out.push({ position: msg.seq, event: validateEnvelope(decodeJson(msg.data)) });
+      for (const event of eventsOf(decodeJson(msg.data))) out.push({ position: msg.seq, event });
       next = msg.seq + 1;
     }
   }
 
-  /** The stored message at a stream sequence, or null if there is none. */
-  async readPosition(position: number): Promise<{ event: unknown; headers?: MsgHdrs } | null> {
+  /**
+   * The stored message at a stream sequence, or null if there is none: `events` are its envelopes
+   * (several for a decision of several events), `event` the first of them (or, for a message that is
+   * not an envelope, whatever it holds).
+   */
+  async readPosition(position: number): Promise<{ event: unknown; events: unknown[]; headers?: MsgHdrs } | null> {
     try {
       const msg = await this.direct.getMessage(this.m.stream, { seq: position });
-      return { event: decodeJson(msg.data), headers: msg.header };
+      const decoded = decodeJson(msg.data);
+      const events = Array.isArray(decoded) ? decoded : [decoded];
+      return { event: events[0], events, headers: msg.header };
     } catch (error) {
       if (isNotFound(error)) return null;
       throw error;

@@ -45,10 +45,31 @@ describe('EventStore', () => {
     const before = await store.lastPosition();
     const first = await store.append([event('a1', 1)], 0);
     expect(first).toEqual([before + 1]);
+    // A decision of two events is one message: both have its position.
     const next = await store.append([event('a1', 2), event('a1', 3)], first[0]!);
-    expect(next).toEqual([before + 2, before + 3]);
-    expect(await store.lastPosition()).toBe(before + 3);
+    expect(next).toEqual([before + 2, before + 2]);
+    expect(await store.lastPosition()).toBe(before + 2);
     expect((await store.readSubject(store.subjectOf(event('a1', 1)))).map((p) => p.position)).toEqual([...first, ...next]);
+  });
+
+  it('lands a decision of several events whole or not at all, and reads it back event by event', async () => {
+    const [p1] = await store.append([event('multi', 1)], 0);
+    const decision = [event('multi', 2), event('multi', 3), event('multi', 4)];
+    const count = await messages();
+    // Stale: none of the three is stored.
+    await expect(store.append(decision, 0)).rejects.toBeInstanceOf(ConcurrencyConflict);
+    expect(await messages()).toBe(count);
+    const positions = await store.append(decision, p1!);
+    expect(await messages()).toBe(count + 1);
+    expect(new Set(positions).size).toBe(1);
+    const read = await store.readSubject(store.subjectOf(decision[0]!));
+    expect(read.map((r) => [r.position, r.event.aggregateVersion])).toEqual([[p1, 1], [positions[0], 2], [positions[0], 3], [positions[0], 4]]);
+    expect((await store.readSubject(store.subjectOf(decision[0]!), positions[0]!))).toEqual([]);
+    const stored = await store.readPosition(positions[0]!);
+    expect(stored?.events).toEqual(decision);
+    expect(stored?.event).toEqual(decision[0]);
+    // One decision, one aggregate.
+    await expect(store.append([event('multi', 5), event('other', 1)], positions[0]!)).rejects.toThrow(/one aggregate/);
   });
 
   it('publishes on the aggregate subject under the prefix, with the correlation id as a header', async () => {

@@ -209,6 +209,22 @@ describe('ProjectionRunner', () => {
     expect(await again.readCheckpoint()).toBe(last);
   });
 
+  it('applies a decision of several events together, in order, at its one position', async () => {
+    const r = runners[runners.length - 1]!;
+    const head = heads.get('shop/decision') ?? { position: 0, version: 0 };
+    const decision: EventEnvelope[] = [1, 2, 3].map((i) => ({
+      id: newEventId(), type: 'shop.thing.happened', schemaVersion: 1, tenantId: 't1', aggregateType: 'thing', aggregateId: 'decision',
+      aggregateVersion: head.version + i, occurredAt: new Date().toISOString(), actor: { kind: 'system', id: 'projection-runner-test' },
+      correlationId: 'decision', data: { i },
+    }));
+    const positions = await store.append(decision, head.position);
+    heads.set('shop/decision', { position: positions[0]!, version: head.version + 3 });
+    await r.waitFor(positions[0]!, 10_000);
+    const { rows } = await admin.query(`SELECT position::int AS p, event_id FROM "${SCHEMA}".items WHERE aggregate_id = 'decision' ORDER BY ctid`);
+    expect(rows).toEqual(decision.map((e) => ({ p: positions[0], event_id: e.id })));
+    expect(await r.readCheckpoint()).toBe(positions[0]);
+  });
+
   it('waitFor resolves once the position is applied, and at once when nothing of its own is pending', async () => {
     const r = runners[runners.length - 1]!;
     const { position } = await publish('shop', 'wait');

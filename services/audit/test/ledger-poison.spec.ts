@@ -73,6 +73,9 @@ describe('ledger: no content of a message can stop it', () => {
       const e = event(aggregate, v);
       await raw(JSON.stringify(e), e.id);
     }
+    // 7. A decision of two events: one message, one entry.
+    const [decision] = await store.append([event(aggregate, 5), event(aggregate, 6)], published[published.length - 1]!);
+    published.push(decision!);
     await eventually(ledgerCount, (n) => n >= published.length, { timeoutMs: 60_000, intervalMs: 100, what: 'the ledger to hold every published message' });
   });
 
@@ -86,8 +89,8 @@ describe('ledger: no content of a message can stop it', () => {
   it('appends every message in stream order, the ones after the poison included', async () => {
     const { rows } = await admin.query('SELECT seq::int, problem, payload IS NOT NULL AS raw FROM audit.ledger ORDER BY seq');
     expect(rows.map((r) => r.seq)).toEqual(published);
-    expect(rows.map((r) => r.problem === null)).toEqual([true, false, false, false, false, true, true, true]);
-    expect(rows.map((r) => r.raw)).toEqual([false, true, true, false, true, false, false, false]);
+    expect(rows.map((r) => r.problem === null)).toEqual([true, false, false, false, false, true, true, true, true]);
+    expect(rows.map((r) => r.raw)).toEqual([false, true, true, false, true, false, false, false, false]);
     expect(rows[1].problem).toMatch(/not UTF-8/);
     expect(rows[2].problem).toMatch(/not JSON/);
     expect(rows[3].problem).toMatch(/not a valid event envelope/);
@@ -131,8 +134,20 @@ describe('ledger: no content of a message can stop it', () => {
     expect(page.items[2]!.event).toEqual({ hello: 'world', nul: '\u0000' });
   });
 
-  it('replays only envelopes to projections', async () => {
-    const page = await rpc.request<{ events: { position: number }[] }>('qry.audit.replay', { afterSeq: 0, limit: 100 });
-    expect(page.events.map((e) => e.position)).toEqual([published[0], ...published.slice(5)]);
+  it('replays only envelopes to projections, a decision of several events as its events in order', async () => {
+    const page = await rpc.request<{ events: { position: number; event: EventEnvelope }[] }>('qry.audit.replay', { afterSeq: 0, limit: 100 });
+    const decision = published[published.length - 1]!;
+    expect(page.events.map((e) => e.position)).toEqual([published[0], ...published.slice(5), decision]);
+    expect(page.events.slice(-2).map((e) => e.event.aggregateVersion)).toEqual([5, 6]);
+  });
+
+  it('keeps a decision of several events as one entry, searchable by its aggregate', async () => {
+    const decision = published[published.length - 1]!;
+    const page = await rpc.request<Page<LedgerEntry>>('qry.audit.events', { aggregateId: aggregate, order: 'desc', limit: 1 });
+    const entry = page.items[0]!;
+    expect(entry.seq).toBe(decision);
+    expect(entry.problem).toBeUndefined();
+    expect((entry as { events: EventEnvelope[] }).events.map((e) => e.aggregateVersion)).toEqual([5, 6]);
+    expect((entry.event as EventEnvelope).aggregateVersion).toBe(5);
   });
 });

@@ -52,7 +52,8 @@ function record(value: unknown): Record<string, unknown> | null {
 
 /** The indexed columns of a (possibly invalid) envelope, derived the same way at append and at verification. */
 export function indexedColumns(value: unknown, valid: boolean): IndexedColumns {
-  const e = record(value) ?? {};
+  // A decision of several events is indexed by its first (they share the aggregate).
+  const e = record(Array.isArray(value) ? value[0] : value) ?? {};
   const actor = record(e.actor) ?? {};
   const type = columnText(e.type, 200);
   const version = e.aggregateVersion;
@@ -76,6 +77,24 @@ export function envelopeRecord(position: number, envelope: unknown): LedgerRecor
   return toLedgerRecord(position, new TextEncoder().encode(JSON.stringify(envelope)));
 }
 
+/** Why a parsed message is not an envelope, or a decision's non-empty array of envelopes of one aggregate; null if it is. */
+function envelopeProblem(parsed: unknown): string | null {
+  const items = Array.isArray(parsed) ? parsed : [parsed];
+  if (!items.length) return 'not a valid event envelope: an empty decision';
+  for (const [index, item] of items.entries()) {
+    const result = envelopeSchema.safeParse(item);
+    if (!result.success) {
+      const where = Array.isArray(parsed) ? `event ${index}: ` : '';
+      return `not a valid event envelope: ${where}${result.error.issues.map((i) => `${i.path.join('.') || '(message)'}: ${i.message}`).join('; ')}`.slice(0, 2_000);
+    }
+  }
+  const first = items[0] as { tenantId: string; aggregateType: string; aggregateId: string };
+  if (items.some((i) => (i as typeof first).aggregateId !== first.aggregateId || (i as typeof first).aggregateType !== first.aggregateType || (i as typeof first).tenantId !== first.tenantId)) {
+    return 'not a valid event envelope: the events of one decision belong to several aggregates';
+  }
+  return null;
+}
+
 /** Classifies a published message; never throws. */
 export function toLedgerRecord(position: number, data: Uint8Array): LedgerRecord {
   const bytes = (): Buffer => Buffer.from(data.buffer, data.byteOffset, data.byteLength);
@@ -91,11 +110,8 @@ export function toLedgerRecord(position: number, data: Uint8Array): LedgerRecord
   } catch (error) {
     return { position, json: null, parsed: undefined, payload: bytes(), problem: `the message is not JSON: ${(error as Error).message}`, columns: indexedColumns(null, false), data };
   }
-  const result = envelopeSchema.safeParse(parsed);
-  const problem = result.success
-    ? null
-    : `not a valid event envelope: ${result.error.issues.map((i) => `${i.path.join('.') || '(message)'}: ${i.message}`).join('; ')}`.slice(0, 2_000);
-  return { position, json: text, parsed, payload: null, problem, columns: indexedColumns(parsed, result.success), data };
+  const problem = envelopeProblem(parsed);
+  return { position, json: text, parsed, payload: null, problem, columns: indexedColumns(parsed, problem === null), data };
 }
 
 /** The same message, held as raw bytes only: for a JSON text Postgres itself refuses (too deeply nested, say). */

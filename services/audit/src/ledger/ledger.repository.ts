@@ -57,7 +57,11 @@ interface LedgerRow {
 
 function toEntry(row: LedgerRow): LedgerEntry {
   const base = { seq: Number(row.seq), hash: row.hash, prevHash: row.prev_hash, recordedAt: row.recorded_at.toISOString() };
-  if (row.problem === null) return { ...base, event: row.envelope! };
+  if (row.problem === null) {
+    // A decision of several events is one entry: `event` is its first, `events` all of them.
+    const envelope = row.envelope as EventEnvelope | EventEnvelope[];
+    return Array.isArray(envelope) ? { ...base, event: envelope[0]!, events: envelope } : { ...base, event: envelope };
+  }
   return {
     ...base,
     event: row.payload === null ? row.envelope : null,
@@ -228,8 +232,10 @@ export class LedgerRepository {
         `SELECT seq, envelope FROM ${LEDGER} WHERE seq > $1 AND seq <= $2 AND problem IS NULL ${filter} ORDER BY seq LIMIT $3`,
         params,
       );
-      const events = rows.map((r) => ({ position: Number(r.seq), event: r.envelope }));
-      const scannedTo = rows.length < limit ? Math.max(head, afterSeq) : events[events.length - 1]!.position;
+      const events = rows.flatMap((r) =>
+        (Array.isArray(r.envelope) ? (r.envelope as EventEnvelope[]) : [r.envelope]).map((event) => ({ position: Number(r.seq), event })),
+      );
+      const scannedTo = rows.length < limit ? Math.max(head, afterSeq) : Number(rows[rows.length - 1]!.seq);
       return { events, scannedTo, headSeq: head };
     });
   }

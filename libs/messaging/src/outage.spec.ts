@@ -21,6 +21,8 @@ describe('isDependencyOutage', () => {
     ['Redis loading its dataset', withProps('LOADING Redis is loading the dataset in memory', { name: 'ReplyError' })],
     ['NATS connection closed', withProps('CONNECTION_CLOSED', { name: 'NatsError', code: 'CONNECTION_CLOSED' })],
     ['TypeORM QueryFailedError around a shutdown', withProps('terminating connection due to administrator command', { name: 'QueryFailedError', driverError: withProps('x', { code: '57P01' }) })],
+    ['TypeORM: the runner of a lost connection', withProps('Query runner already released. Cannot run queries anymore.', { name: 'QueryRunnerAlreadyReleasedError' })],
+    ['TypeORM: the connection of a transaction lost', withProps('Database connection provided by a query runner was already released', { name: 'QueryRunnerProviderAlreadyReleasedError' })],
     ['an error caused by a refused connection', new Error('lookup failed', { cause: withProps('connect ECONNREFUSED', { code: 'ECONNREFUSED' }) })],
     ['an AggregateError of refused addresses', Object.assign(new AggregateError([withProps('connect ECONNREFUSED ::1:5432', { code: 'ECONNREFUSED' })], ''), {})],
   ])('is true for %s', (_what, error) => {

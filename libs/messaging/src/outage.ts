@@ -25,6 +25,9 @@ export function outageReason(error: unknown, depth = 0): string | undefined {
   if (code && isPostgresOutageState(code)) return `database unavailable (SQLSTATE ${code})`;
   if (name === 'NatsError' && code && NATS_CODES.has(code)) return `messaging unavailable (${code})`;
   if (name === 'MaxRetriesPerRequestError') return 'Redis unavailable (retries exhausted)';
+  // TypeORM releases a query runner whose connection failed (the server ended it, the socket
+  // broke); what the transaction tries next meets this, without the original error.
+  if (name === 'QueryRunnerAlreadyReleasedError' || name === 'QueryRunnerProviderAlreadyReleasedError') return 'database connection lost';
   if (name === 'ReplyError' && REDIS_REPLY.test(message)) return `Redis unavailable (${message.split(' ')[0]})`;
   for (const pattern of MESSAGES) if (pattern.test(message)) return message;
 

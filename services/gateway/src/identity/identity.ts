@@ -15,6 +15,7 @@ import {
 } from '@keel/contracts';
 import Redis from 'ioredis';
 import { KeelConfig } from '@keel/config';
+import { withTimeout } from '@keel/observability';
 import { decodeJson, KEEL_CONFIG, MESSAGING, Messaging, RpcClient } from '@keel/messaging';
 
 export interface Identity {
@@ -37,6 +38,8 @@ const MAX_CACHE = 20_000;
  * not yet applied the revocation, when the revocation was heard. Far longer than both.
  */
 const REVOKED_KEY_MEMORY_MS = 10 * 60_000;
+/** A Redis that is connected but silent counts as away after this. */
+const REDIS_CHECK_TIMEOUT_MS = 500;
 
 /** Size limits of the verifier's caches and revocation sets; a field so that tests can make them small. */
 export interface IdentityLimits {
@@ -187,7 +190,7 @@ export class IdentityVerifier implements OnModuleInit, OnModuleDestroy {
     // Redis away: the pushed revocations still apply; a gateway that missed one while Redis is also away would not know.
     // Unless this gateway has had to forget revocations this token could be under: then Redis
     // must answer, and a token it cannot clear is refused for now (503), not let through.
-    const revoked = await this.redis.exists(revokedSessionKey(this.config.KEEL_REDIS_PREFIX, String(payload.sid))).catch(() => {
+    const revoked = await withTimeout(this.redis.exists(revokedSessionKey(this.config.KEEL_REDIS_PREFIX, String(payload.sid))), REDIS_CHECK_TIMEOUT_MS, 'the revocation check').catch(() => {
       if (payload.exp! * 1000 <= this.sessionsForgottenUntil && Date.now() < this.sessionsForgottenUntil) {
         throw new KeelError('service_unavailable', 'Sessions cannot be checked for revocation right now; retry shortly.');
       }

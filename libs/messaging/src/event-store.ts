@@ -85,6 +85,55 @@ export class EventStore {
   }
 
   /**
+   * The fact path: appends facts that need no optimistic check (usage records, heartbeats), each
+   * its own message on its own subject, all publishes in flight at once (pipelined, up to `window`
+   * unacknowledged). `Nats-Msg-Id` = the fact's id, so a retried fact inside the stream's duplicate
+   * window is stored once and answers its first position; counting each fact exactly once beyond
+   * that window is the consumer's job (a unique key where it is applied). Resolves with each fact's
+   * position, in the order given; a fact the log refuses rejects the whole call after the others
+   * were tried (their positions are then unknown to the caller: retry them all, the ids dedupe).
+   */
+  async appendFacts(facts: EventEnvelope[], window = 1_024): Promise<number[]> {
+    for (const f of facts) validateEnvelope(f);
+    const deadline = Date.now() + Math.max(200, Math.floor(this.m.requestTimeoutMs * 0.6));
+    const positions = new Array<number>(facts.length);
+    let next = 0;
+    let failure: unknown;
+    const lane = async () => {
+      while (next < facts.length) {
+        const i = next++;
+        const fact = facts[i]!;
+        const h = natsHeaders();
+        injectTraceContext(h);
+        h.set(CORRELATION_HEADER, fact.correlationId);
+        try {
+          positions[i] = (await this.publishFact(this.subjectOf(fact), fact, h, deadline)).seq;
+        } catch (error) {
+          failure ??= error;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(window, facts.length) }, lane));
+    if (failure) throw failure;
+    return positions;
+  }
+
+  private async publishFact(subject: string, fact: EventEnvelope, h: MsgHdrs, deadline: number): Promise<PubAck> {
+    const data = encodeJson(fact);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.js.publish(subject, data, { msgID: fact.id, headers: h, timeout: Math.max(50, deadline - Date.now()) });
+      } catch (error) {
+        const unanswered = isUnanswered(error);
+        if (!unanswered || Date.now() + 50 >= deadline) {
+          throw new KeelError('service_unavailable', `The event log did not accept the fact${unanswered ? ` after ${attempt} attempts` : ''}: ${(error as Error).message}`);
+        }
+        await new Promise((r) => setTimeout(r, Math.min(50 * attempt, 250)));
+      }
+    }
+  }
+
+  /**
    * One publish, retried while the server does not answer (a restart, a lost ack) with the
    * same `Nats-Msg-Id`: a copy that did land answers as a duplicate with its first sequence,
    * so a retry never stores the event twice. Only "no answer" is retried; a refusal is final.

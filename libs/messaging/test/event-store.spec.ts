@@ -194,4 +194,20 @@ describe('EventStore', () => {
     expect(await messages()).toBe(count);
     expect((await store.readPosition(position!))?.event).toMatchObject({ aggregateId: 'keep' });
   });
+
+  it('appends facts pipelined, each once: a retried fact answers its first position', async () => {
+    const facts = Array.from({ length: 300 }, (_, i) => event(`fact-${i % 7}`, 1, { type: 'shop.usage.recorded', aggregateType: 'usage', data: { i } }));
+    const before = await messages();
+    const positions = await store.appendFacts(facts, 64);
+    expect(positions).toHaveLength(300);
+    expect(new Set(positions).size).toBe(300);
+    expect(await messages()).toBe(before + 300);
+    // No optimistic check: seven facts on one subject, in any order of arrival.
+    expect((await store.readSubject(store.subjectOf(facts[0]!))).length).toBeGreaterThanOrEqual(300 / 7 - 1);
+    const again = await store.appendFacts([facts[5]!, facts[250]!]);
+    expect(again).toEqual([positions[5], positions[250]]);
+    expect(await messages()).toBe(before + 300);
+    for (const i of [0, 99, 299]) expect((await store.readPosition(positions[i]!))?.event).toEqual(facts[i]);
+    await expect(store.appendFacts([{ ...facts[0]!, id: 'not-a-uuid' }])).rejects.toMatchObject({ code: 'validation_failed' });
+  });
 });

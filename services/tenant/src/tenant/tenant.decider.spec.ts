@@ -1,13 +1,11 @@
 import {
   DEFAULT_TENANT_SETTINGS,
-  ErrorCode,
-  KeelError,
   PLAN_QUOTAS,
   Quotas,
   TenantEvent,
   tenantEventTypes as T,
 } from '@keel/contracts';
-import { fold } from '@keel/event-sourcing';
+import { deciderSpec, fold } from '@keel/event-sourcing';
 import { quotasFor, TenantDecisionCommand, tenantDecider, TenantState, toTenant } from './tenant.decider';
 
 type Event = TenantEvent & { occurredAt?: string };
@@ -24,34 +22,7 @@ const reactivated = (): Event => ({ type: T.reactivated, data: {} });
 const closed = (reason?: string): Event => ({ type: T.closed, data: reason ? { reason } : {} });
 
 /** given (past events) / when (command) / then (new events or a refusal). */
-function given(...events: Event[]) {
-  const state = fold(tenantDecider, events);
-  return {
-    state,
-    when(command: TenantDecisionCommand) {
-      const run = () => tenantDecider.decide(command, state);
-      return {
-        then(expected: Event[]) {
-          expect(run()).toEqual(expected);
-        },
-        thenNothing() {
-          expect(run()).toEqual([]);
-        },
-        thenRefused(code: ErrorCode, message?: RegExp) {
-          let thrown: unknown;
-          try {
-            run();
-          } catch (error) {
-            thrown = error;
-          }
-          expect(thrown).toBeInstanceOf(KeelError);
-          expect((thrown as KeelError).code).toBe(code);
-          if (message) expect((thrown as KeelError).message).toMatch(message);
-        },
-      };
-    },
-  };
-}
+const { given } = deciderSpec(tenantDecider);
 
 const everyCommand: TenantDecisionCommand[] = [
   { type: 'change_plan', data: { plan: 'enterprise' } },

@@ -300,6 +300,16 @@ describe('a restart of PostgreSQL and of Redis', () => {
       for (const a of acknowledged) expect({ id: a.id, slug: ledgerSlugs[ledgerIds.indexOf(a.id)] }).toEqual({ id: a.id, slug: a.slug });
       const verify = await operator('GET', `/api/v1/audit/verify?toSeq=${max}`);
       expect(verify.body).toEqual({ ok: true, checked: max, lastSeq: max, incidents: 0 });
+
+      // Each service connected with its own role, none as the superuser (this server serves only this test).
+      const { rows: sessions } = await db.query(
+        `SELECT DISTINCT usename, application_name FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND usename IS NOT NULL`,
+      );
+      expect(sessions.length).toBeGreaterThan(0);
+      for (const s of sessions) {
+        const owner = /^keel-(audit|auth|tenant)\b/.exec(s.application_name as string)?.[1];
+        expect({ application: s.application_name, user: s.usename }).toEqual({ application: s.application_name, user: owner ? `keel_${owner}` : expect.stringMatching(/^keel_/) });
+      }
     } finally {
       await db.end();
     }

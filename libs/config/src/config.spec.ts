@@ -1,4 +1,4 @@
-import { ConfigError, parseConfig, serviceDatabaseUrl } from './config';
+import { ConfigError, parseConfig, rolePassword, serviceDatabaseUrl } from './config';
 
 function configError(env: Record<string, string | undefined>): ConfigError {
   try {
@@ -17,6 +17,7 @@ describe('parseConfig', () => {
       DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/keel',
       REDIS_URL: 'redis://127.0.0.1:6379',
       KEEL_DB_PASSWORD: 'keel',
+      KEEL_DB_ROLE_PASSWORDS: {},
       KEEL_STREAM: 'EVENTS',
       KEEL_SUBJECT_PREFIX: '',
       KEEL_STREAM_REPLICAS: 1,
@@ -165,5 +166,28 @@ describe('serviceDatabaseUrl', () => {
 describe('blank settings', () => {
   it('treats a whitespace-only value as unset, not as zero', () => {
     expect(parseConfig({ KEEL_HTTP_PORT: ' ', KEEL_CONSISTENCY_WAIT_MS: '  ' })).toMatchObject({ KEEL_HTTP_PORT: 8080, KEEL_CONSISTENCY_WAIT_MS: 3000 });
+  });
+});
+
+describe('role secrets', () => {
+  it('collects KEEL_DB_PASSWORD_<SERVICE> per role, falling back to KEEL_DB_PASSWORD', () => {
+    const config = parseConfig({ KEEL_DB_PASSWORD: 'shared', KEEL_DB_PASSWORD_TENANT: 't-secret', KEEL_DB_PASSWORD_AUDIT: 'a-secret', KEEL_DB_PASSWORD_AUTH: '' });
+    expect(config.KEEL_DB_ROLE_PASSWORDS).toEqual({ keel_tenant: 't-secret', keel_audit: 'a-secret' });
+    expect(rolePassword(config, 'keel_tenant')).toBe('t-secret');
+    expect(rolePassword(config, 'keel_audit')).toBe('a-secret');
+    expect(rolePassword(config, 'keel_auth')).toBe('shared');
+  });
+
+  it('puts the role and its own secret into an admin URL', () => {
+    const config = parseConfig({ DATABASE_URL: 'postgres://postgres:root@db:5432/keel', KEEL_DB_PASSWORD_TENANT: 't-secret' });
+    const url = new URL(serviceDatabaseUrl(config, 'keel_tenant'));
+    expect([url.username, url.password]).toEqual(['keel_tenant', 't-secret']);
+  });
+
+  it("uses a service's own URL as it is, secret included, adding only the pool timeouts", () => {
+    const config = parseConfig({ DATABASE_URL: 'postgres://keel_tenant:its-own@db:5432/keel', KEEL_DB_PASSWORD: 'other' });
+    const url = new URL(serviceDatabaseUrl(config, 'keel_tenant'));
+    expect([url.username, url.password, url.host, url.pathname]).toEqual(['keel_tenant', 'its-own', 'db:5432', '/keel']);
+    expect(url.searchParams.get('statement_timeout')).toBe('30000');
   });
 });

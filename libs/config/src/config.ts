@@ -10,7 +10,13 @@ export const configSchema = z.object({
   NATS_URL: z.string().default('nats://127.0.0.1:4222'),
   DATABASE_URL: z.string().url().default('postgres://postgres@127.0.0.1:5432/keel'),
   REDIS_URL: z.string().default('redis://127.0.0.1:6379'),
+  /**
+   * The fallback secret of a service role that has no `KEEL_DB_PASSWORD_<SERVICE>` of its own
+   * (read by provisioning, and by a service given the admin URL instead of its own).
+   */
   KEEL_DB_PASSWORD: z.string().default('keel'),
+  /** `KEEL_DB_PASSWORD_<SERVICE>` (e.g. KEEL_DB_PASSWORD_TENANT for role keel_tenant): each role's own secret, collected by parseConfig. */
+  KEEL_DB_ROLE_PASSWORDS: z.record(z.string(), z.string().min(1)).default({}),
   KEEL_STREAM: z.string().regex(/^[A-Za-z0-9_-]+$/).default('EVENTS'),
   KEEL_SUBJECT_PREFIX: z
     .string()
@@ -52,8 +58,20 @@ export class ConfigError extends Error {
   }
 }
 
+const ROLE_PASSWORD = /^KEEL_DB_PASSWORD_([A-Z0-9_]+)$/;
+
 export function parseConfig(env: Record<string, string | undefined>): KeelConfig {
-  const present = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v.trim() !== ''));
+  const present: Record<string, unknown> = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v.trim() !== ''));
+  const rolePasswords: Record<string, string> = {};
+  for (const [key, value] of Object.entries(present)) {
+    const m = ROLE_PASSWORD.exec(key);
+    if (m) {
+      rolePasswords[`keel_${m[1]!.toLowerCase()}`] = value as string;
+      delete present[key];
+    }
+  }
+  delete present.KEEL_DB_ROLE_PASSWORDS;
+  if (Object.keys(rolePasswords).length) present.KEEL_DB_ROLE_PASSWORDS = rolePasswords;
   const result = configSchema.safeParse(present);
   if (!result.success) {
     throw new ConfigError(result.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`));
@@ -69,11 +87,23 @@ export function loadConfig(): KeelConfig {
   return loaded;
 }
 
-/** Connection string for a service's own database role, derived from the admin URL. */
+/** The secret of a service's database role: its `KEEL_DB_PASSWORD_<SERVICE>`, else `KEEL_DB_PASSWORD`. */
+export function rolePassword(config: KeelConfig, role: string): string {
+  return config.KEEL_DB_ROLE_PASSWORDS[role] ?? config.KEEL_DB_PASSWORD;
+}
+
+/**
+ * Connection string for a service's own database role, with the pool timeouts. A service
+ * process is given its own role's URL as DATABASE_URL (provisioning alone gets the admin URL):
+ * that is used as it is. Given another user's URL (tests that run a service in-process with
+ * the admin URL), the role and its secret are put in its place.
+ */
 export function serviceDatabaseUrl(config: KeelConfig, role: string): string {
   const url = new URL(config.DATABASE_URL);
-  url.username = role;
-  url.password = config.KEEL_DB_PASSWORD;
+  if (decodeURIComponent(url.username) !== role) {
+    url.username = role;
+    url.password = rolePassword(config, role);
+  }
   return withPoolTimeouts(url, config).toString();
 }
 

@@ -50,9 +50,11 @@ export async function dropDatabase(adminUrl: string): Promise<void> {
 }
 
 /**
- * Creates the database if needed, then a service's role and schema, and runs its migrations, idempotently, under an
- * advisory lock so replicas and parallel starts do not race. The schema is owned by the
- * admin, so the service role cannot alter or drop what the migrations set up (triggers).
+ * Creates the database if needed, then a service's role (with `password` as its secret) and
+ * schema, and runs its migrations, idempotently, under an advisory lock so parallel runs do not
+ * race. The schema is owned by the admin, so the service role cannot alter or drop what the
+ * migrations set up (triggers). Run by the provisioning step (`main.js --provision-only`) with
+ * the admin URL, never by a service process, which is given only its own role's URL.
  */
 export async function provisionServiceSchema(adminUrl: string, s: ServiceSchema): Promise<void> {
   await ensureDatabase(adminUrl);
@@ -71,6 +73,9 @@ export async function provisionServiceSchema(adminUrl: string, s: ServiceSchema)
           if (e.code !== '42710' && e.code !== '23505') throw e;
         });
     }
+    // The secret given here is the role's: set it every time, so a rotated secret takes effect
+    // at the next provisioning (and a role made by an older start gets its own).
+    await client.query(`ALTER ROLE ${quoteIdent(s.role)} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD ${quoteLiteral(s.password)}`);
     const db = databaseName(adminUrl);
     await client.query(`GRANT CONNECT ON DATABASE ${quoteIdent(db)} TO ${quoteIdent(s.role)}`);
     await client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(s.schema)}`);

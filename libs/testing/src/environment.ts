@@ -31,7 +31,11 @@ export function isolatedEnv(label: string): TestEnv {
     KEEL_REDIS_PREFIX: `keel:test:${id}:`,
     KEEL_BOOTSTRAP_TOKEN: `test-token-${randomBytes(12).toString('hex')}`,
     KEEL_LOG_LEVEL: process.env.KEEL_TEST_LOG_LEVEL ?? 'warn',
+    // Each role its own secret (roles are cluster-wide: every test run uses the same ones).
     KEEL_DB_PASSWORD: 'keel',
+    KEEL_DB_PASSWORD_AUDIT: 'keel-audit-test',
+    KEEL_DB_PASSWORD_AUTH: 'keel-auth-test',
+    KEEL_DB_PASSWORD_TENANT: 'keel-tenant-test',
     KEEL_KEK: randomBytes(32).toString('base64'),
     KEEL_ADMIN_EMAIL: 'admin@keel.test',
     KEEL_ADMIN_PASSWORD: `admin-${randomBytes(12).toString('hex')}`,

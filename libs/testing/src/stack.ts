@@ -5,6 +5,30 @@ import { TestEnv } from './environment';
 
 export type ServiceName = 'audit' | 'auth' | 'tenant' | 'gateway';
 
+/** The database role of each service that has data; the gateway has none. */
+export const SERVICE_ROLES: Partial<Record<ServiceName, string>> = { audit: 'keel_audit', auth: 'keel_auth', tenant: 'keel_tenant' };
+
+/** Settings only provisioning may see: the admin URL and the roles' secrets. */
+const ADMIN_ONLY = /^(KEEL_TEST_DATABASE_URL|KEEL_DB_PASSWORD(_[A-Z0-9_]+)?)$/;
+
+/**
+ * The environment of a service process: everything but the admin URL and the other roles'
+ * secrets; a service with data gets its own role's URL (its secret inside) as DATABASE_URL,
+ * the gateway no database URL at all.
+ */
+export function serviceEnv(name: ServiceName, env: Record<string, string | undefined>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && !ADMIN_ONLY.test(k) && k !== 'DATABASE_URL') out[k] = v;
+  const role = SERVICE_ROLES[name];
+  if (role && env.DATABASE_URL) {
+    const url = new URL(env.DATABASE_URL);
+    url.username = role;
+    url.password = env[`KEEL_DB_PASSWORD_${name.toUpperCase()}`] ?? env.KEEL_DB_PASSWORD ?? '';
+    out.DATABASE_URL = url.toString();
+  }
+  return out;
+}
+
 const ROOT = join(__dirname, '..', '..', '..');
 
 export async function freePort(): Promise<number> {
@@ -50,6 +74,7 @@ interface Running {
 export class Stack {
   private readonly running = new Map<ServiceName, Running>();
   private readonly ports = new Map<ServiceName, number>();
+  private readonly provisioned = new Set<ServiceName>();
 
   constructor(readonly env: TestEnv, private readonly extraEnv: Record<string, string> = {}) {}
 
@@ -75,13 +100,30 @@ export class Stack {
     return this;
   }
 
+  /**
+   * The provisioning step, as `npm start` runs it: `main.js --provision-only` with the admin URL
+   * and the roles' secrets, before the service first starts. Once per service and stack.
+   */
+  async provision(name: ServiceName): Promise<void> {
+    if (!SERVICE_ROLES[name] || this.provisioned.has(name)) return;
+    const proc = spawn(process.execPath, [join(ROOT, 'services', name, 'dist', 'main.js'), '--provision-only'], {
+      env: { ...process.env, ...this.env, ...this.extraEnv },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const output: string[] = [];
+    proc.stdout!.on('data', (c: Buffer) => output.push(c.toString()));
+    proc.stderr!.on('data', (c: Buffer) => output.push(c.toString()));
+    const code = await new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
+    if (code !== 0) throw new Error(`provisioning ${name} failed (exit ${code}):\n${output.join('').slice(-4000)}`);
+    this.provisioned.add(name);
+  }
+
   async startOne(name: ServiceName): Promise<void> {
+    await this.provision(name);
     const port = this.ports.get(name) ?? (await freePort());
     this.ports.set(name, port);
     const env = {
-      ...process.env,
-      ...this.env,
-      ...this.extraEnv,
+      ...serviceEnv(name, { ...process.env, ...this.env, ...this.extraEnv }),
       ...(name === 'gateway' ? { KEEL_HTTP_PORT: String(port) } : { KEEL_OPS_PORT: String(port) }),
     };
     const proc = spawn(process.execPath, [join(ROOT, 'services', name, 'dist', 'main.js')], { env, stdio: ['ignore', 'pipe', 'pipe'] });

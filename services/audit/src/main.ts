@@ -8,9 +8,14 @@ startTelemetry({ serviceName: 'keel-audit', otlpEndpoint: config.OTEL_EXPORTER_O
 const logger = createLogger('audit', config.KEEL_LOG_LEVEL);
 
 async function main(): Promise<void> {
-  const { provisionAudit } = await import('./database/provision');
-  await provisionAudit(config);
-  if (process.argv.includes('--provision-only')) return;
+  // Provisioning (role, schema, migrations) is a separate step with the admin URL; the service
+  // itself is given only its own role's URL and never changes the schema.
+  if (process.argv.includes('--provision-only')) {
+    const { provisionAudit } = await import('./database/provision');
+    await provisionAudit(config);
+    logger.info('audit schema provisioned');
+    return;
+  }
   if (!config.KEEL_KEK) {
     throw new Error('KEEL_KEK is not set: set it to 32 random bytes in base64 (openssl rand -base64 32), or start Keel with `npm start`, which makes one.');
   }

@@ -8,9 +8,14 @@ startTelemetry({ serviceName: 'keel-auth', otlpEndpoint: config.OTEL_EXPORTER_OT
 const logger = createLogger('auth', config.KEEL_LOG_LEVEL);
 
 async function main(): Promise<void> {
-  const { provisionAuth } = await import('./database/provision');
-  await provisionAuth(config);
-  if (process.argv.includes('--provision-only')) return;
+  // Provisioning (role, schema, migrations) is a separate step with the admin URL; the service
+  // itself is given only its own role's URL and never changes the schema.
+  if (process.argv.includes('--provision-only')) {
+    const { provisionAuth } = await import('./database/provision');
+    await provisionAuth(config);
+    logger.info('auth schema provisioned');
+    return;
+  }
   if (!config.KEEL_KEK) {
     throw new Error('KEEL_KEK is not set: set it to 32 random bytes in base64 (openssl rand -base64 32), or start Keel with `npm start`, which makes one.');
   }

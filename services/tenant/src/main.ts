@@ -8,9 +8,14 @@ startTelemetry({ serviceName: 'keel-tenant', otlpEndpoint: config.OTEL_EXPORTER_
 const logger = createLogger('tenant', config.KEEL_LOG_LEVEL);
 
 async function main(): Promise<void> {
-  const { provisionTenant } = await import('./database/provision');
-  await provisionTenant(config);
-  if (process.argv.includes('--provision-only')) return;
+  // Provisioning (role, schema, migrations) is a separate step with the admin URL; the service
+  // itself is given only its own role's URL and never changes the schema.
+  if (process.argv.includes('--provision-only')) {
+    const { provisionTenant } = await import('./database/provision');
+    await provisionTenant(config);
+    logger.info('tenant schema provisioned');
+    return;
+  }
   const { runTenant } = await import('./run');
   await runTenant(config, logger);
 }

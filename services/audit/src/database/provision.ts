@@ -1,4 +1,4 @@
-import { KeelConfig } from '@keel/config';
+import { KeelConfig, rolePassword } from '@keel/config';
 import { provisionServiceSchema } from '@keel/database';
 import { CreateLedger1700000000000 } from './migrations/1700000000000-create-ledger';
 import { CreateCheckpoints1700000000002 } from './migrations/1700000000002-create-checkpoints';
@@ -10,7 +10,7 @@ export async function provisionAudit(config: KeelConfig): Promise<void> {
   await provisionServiceSchema(config.DATABASE_URL, {
     schema: AUDIT_SCHEMA,
     role: AUDIT_ROLE,
-    password: config.KEEL_DB_PASSWORD,
+    password: rolePassword(config, AUDIT_ROLE),
     migrations: [CreateLedger1700000000000, CreateCheckpoints1700000000002, LedgerRls1700000000004, LedgerHoldsAnyEvent1700000000005],
   });
 }

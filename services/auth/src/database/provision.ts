@@ -1,4 +1,4 @@
-import { KeelConfig } from '@keel/config';
+import { KeelConfig, rolePassword } from '@keel/config';
 import { provisionServiceSchema } from '@keel/database';
 import { CreateAuth1700000000010 } from './migrations/1700000000010-create-auth';
 import { CreateMfa1700000000011 } from './migrations/1700000000011-create-mfa';
@@ -13,7 +13,7 @@ export async function provisionAuth(config: KeelConfig): Promise<void> {
   await provisionServiceSchema(config.DATABASE_URL, {
     schema: AUTH_SCHEMA,
     role: AUTH_ROLE,
-    password: config.KEEL_DB_PASSWORD,
+    password: rolePassword(config, AUTH_ROLE),
     migrations: [CreateAuth1700000000010, CreateMfa1700000000011, CreateSso1700000000012, CreateRbac1700000000013, AuthRls1700000000014, AuthOutbox1700000000015, AuthProjectionRebuild1700000000030],
   });
 }

@@ -1,4 +1,4 @@
-import { KeelConfig } from '@keel/config';
+import { KeelConfig, rolePassword } from '@keel/config';
 import { provisionServiceSchema } from '@keel/database';
 import { CreateTenants1700000000001 } from './migrations/1700000000001-create-tenants';
 import { TenantRls1700000000003 } from './migrations/1700000000003-tenant-rls';
@@ -9,7 +9,7 @@ export async function provisionTenant(config: KeelConfig): Promise<void> {
   await provisionServiceSchema(config.DATABASE_URL, {
     schema: TENANT_SCHEMA,
     role: TENANT_ROLE,
-    password: config.KEEL_DB_PASSWORD,
+    password: rolePassword(config, TENANT_ROLE),
     migrations: [CreateTenants1700000000001, TenantRls1700000000003, TenantProjectionRebuild1700000000005],
   });
 }

@@ -1,0 +1,28 @@
+import { serviceEnv } from './stack';
+
+describe('serviceEnv', () => {
+  const env = {
+    DATABASE_URL: 'postgres://postgres:root-secret@db:5432/keel_x',
+    KEEL_TEST_DATABASE_URL: 'postgres://postgres:root-secret@db:5432/postgres',
+    KEEL_DB_PASSWORD: 'fallback',
+    KEEL_DB_PASSWORD_TENANT: 'tenant-secret',
+    KEEL_DB_PASSWORD_AUDIT: 'audit-secret',
+    NATS_URL: 'nats://n:4222',
+  };
+
+  it("gives a service its own role's URL and no admin URL nor other roles' secrets", () => {
+    const e = serviceEnv('tenant', env);
+    expect(new URL(e.DATABASE_URL!)).toMatchObject({ username: 'keel_tenant', password: 'tenant-secret', host: 'db:5432', pathname: '/keel_x' });
+    expect(Object.keys(e).sort()).toEqual(['DATABASE_URL', 'NATS_URL']);
+    expect(JSON.stringify(e)).not.toContain('root-secret');
+    expect(JSON.stringify(e)).not.toContain('audit-secret');
+  });
+
+  it('falls back to KEEL_DB_PASSWORD for a role without a secret of its own', () => {
+    expect(new URL(serviceEnv('auth', env).DATABASE_URL!).password).toBe('fallback');
+  });
+
+  it('gives the gateway no database URL at all', () => {
+    expect(serviceEnv('gateway', env)).toEqual({ NATS_URL: 'nats://n:4222' });
+  });
+});

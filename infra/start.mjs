@@ -7,9 +7,11 @@
  *                                    then exit (0 when all three are usable)
  *
  * NATS (with JetStream), Postgres and Redis are used where their URLs point, or started from
- * local binaries with data under .keel/ when a loopback URL has nothing behind it. Then audit
- * and tenant start (each provisions its schema), and once both are ready, the gateway. Ctrl-C
- * or SIGTERM stops the services, then the servers npm start started.
+ * local binaries with data under .keel/ when a loopback URL has nothing behind it. Then the
+ * provisioning step runs with the admin URL (DATABASE_URL): each service's role (with its own
+ * secret), schema and migrations, `main.js --provision-only` per service. Then audit, auth and
+ * tenant start, each with only its own role's URL, and once they are ready, the gateway (no
+ * database URL at all). Ctrl-C or SIGTERM stops the services, then the servers npm start started.
  *
  * It reads Keel's own environment variables (see libs/config), plus two of its own:
  * KEEL_TENANT_OPS_PORT, KEEL_AUDIT_OPS_PORT and KEEL_AUTH_OPS_PORT (default 9101, 9102, 9103), the ops ports
@@ -22,13 +24,15 @@ import { fileURLToPath } from 'node:url';
 import { installAndBuild } from './lib/build.mjs';
 import { checkInfra, ensureInfra, stopInfra } from './lib/infra.mjs';
 import { say, UserError } from './lib/log.mjs';
-import { PidFiles, portInUse } from './lib/proc.mjs';
+import { PidFiles, portInUse, run } from './lib/proc.mjs';
 import { Service } from './lib/services.mjs';
-import { bootstrapToken, firstAdmin, keyEncryptionKey } from './lib/token.mjs';
+import { bootstrapToken, firstAdmin, keyEncryptionKey, rolePasswords, roleUrl } from './lib/token.mjs';
 
 const READY_TIMEOUT_MS = 180_000;
 const OPTIONS = ['--no-build', '--check'];
 const SERVICES = ['audit', 'auth', 'tenant', 'gateway'];
+/** The services with data, and their database roles. */
+const DATA_SERVICES = { audit: 'keel_audit', auth: 'keel_auth', tenant: 'keel_tenant' };
 const scriptOf = (name) => `services/${name}/dist/main.js`;
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -159,14 +163,20 @@ async function main() {
   await ensureInfra(ctx);
 
   const gatewayUrl = `http://${host}:${ports.KEEL_HTTP_PORT}`;
-  const shared = { ...env, NATS_URL: ctx.urls.nats, DATABASE_URL: ctx.urls.postgres, REDIS_URL: ctx.urls.redis, KEEL_HTTP_HOST: httpHost };
+  const secrets = rolePasswords(keelDir, env, Object.keys(DATA_SERVICES));
+  const shared = { ...env, NATS_URL: ctx.urls.nats, REDIS_URL: ctx.urls.redis, KEEL_HTTP_HOST: httpHost };
+  // The admin URL and the roles' secrets are for the provisioning step only.
+  delete shared.DATABASE_URL;
+  for (const key of Object.keys(shared)) if (/^KEEL_DB_PASSWORD(_|$)/.test(key)) delete shared[key];
   delete shared.KEEL_OPS_PORT;
   delete shared.KEEL_BOOTSTRAP_TOKEN;
   delete shared.KEEL_KEK;
   delete shared.KEEL_ADMIN_EMAIL;
   delete shared.KEEL_ADMIN_PASSWORD;
-  const service = (name, extraEnv, readyUrl) =>
-    new Service({ name, root, script: scriptOf(name), env: { ...shared, ...extraEnv }, readyUrl, pids: ctx.pids });
+  const service = (name, extraEnv, readyUrl) => {
+    const own = DATA_SERVICES[name] ? { DATABASE_URL: roleUrl(ctx.urls.postgres, DATA_SERVICES[name], secrets[name].password) } : {};
+    return new Service({ name, root, script: scriptOf(name), env: { ...shared, ...own, ...extraEnv }, readyUrl, pids: ctx.pids });
+  };
   // Only audit holds sealed secrets (the ledger's signing key).
   const backends = [
     ['audit', ports.KEEL_AUDIT_OPS_PORT, { KEEL_KEK: kek }],
@@ -176,6 +186,18 @@ async function main() {
   ].map(([name, port, extra]) => service(name, { KEEL_OPS_PORT: port, ...extra }, `http://${host}:${port}/ready`));
   // Only the gateway checks the operator token.
   const gateway = service('gateway', { KEEL_BOOTSTRAP_TOKEN: token.token }, `${gatewayUrl}/ready`);
+
+  // Provisioning: with the admin URL, one service after the other (roles are cluster-wide).
+  const provisioning = { ...shared, DATABASE_URL: ctx.urls.postgres };
+  for (const name of Object.keys(DATA_SERVICES)) provisioning[`KEEL_DB_PASSWORD_${name.toUpperCase()}`] = secrets[name].password;
+  for (const name of Object.keys(DATA_SERVICES)) {
+    say(`provisioning ${name} (role ${DATA_SERVICES[name]}, schema and migrations)`);
+    await run(process.execPath, [join(root, scriptOf(name)), '--provision-only'], {
+      cwd: root,
+      env: provisioning,
+      hint: `check DATABASE_URL (the admin URL, a superuser); see the ${name} log above`,
+    });
+  }
 
   say('starting audit, auth and tenant');
   for (const s of backends) {

@@ -71,3 +71,39 @@ export function firstAdmin(keelDir, email, password) {
   writeFileSync(file, `${made}\n`, { mode: 0o600 });
   return { email: address, password: made, source: '.keel/admin-password (new)' };
 }
+
+/**
+ * Each service role's own database secret: KEEL_DB_PASSWORD_<SERVICE> when set, else one made
+ * on the first start and kept in .keel/db-password-<service>. Provisioning sets it on the role
+ * (every start, so a changed one takes effect); the service alone is given it, inside its URL.
+ */
+export function rolePasswords(keelDir, env, services) {
+  const out = {};
+  for (const name of services) {
+    const key = `KEEL_DB_PASSWORD_${name.toUpperCase()}`;
+    if (env[key]) {
+      out[name] = { password: env[key], source: key };
+      continue;
+    }
+    const file = join(keelDir, `db-password-${name}`);
+    if (existsSync(file)) {
+      const password = readFileSync(file, 'utf8').trim();
+      if (!password) throw new UserError(`${file} is empty; delete it and npm start will make a new secret for the ${name} role.`);
+      out[name] = { password, source: `.keel/db-password-${name}` };
+      continue;
+    }
+    const password = randomBytes(24).toString('base64url');
+    mkdirSync(keelDir, { recursive: true });
+    writeFileSync(file, `${password}\n`, { mode: 0o600 });
+    out[name] = { password, source: `.keel/db-password-${name} (new)` };
+  }
+  return out;
+}
+
+/** The URL a service connects with: the admin URL's server and database, the service's role and secret. */
+export function roleUrl(adminUrl, role, password) {
+  const url = new URL(adminUrl);
+  url.username = role;
+  url.password = password;
+  return url.toString();
+}

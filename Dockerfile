@@ -1,6 +1,7 @@
-# One image for every Keel service. The process is the container's command, e.g.
+# One image for every Keel service and for the provisioning step. The process is the container's command, e.g.
 #   command: ["node", "services/tenant/dist/main.js"]          (docker-compose.yml, infra/k8s)
-# and, for a plain `docker run`, the SERVICE build argument (audit, tenant or gateway; default gateway).
+#   node services/tenant/dist/main.js --provision-only         (the provisioning step, with the admin URL)
+# and, for a plain `docker run`, the SERVICE build argument (audit, auth, tenant or gateway; default gateway).
 ARG NODE_IMAGE=node:20-bookworm-slim
 
 FROM ${NODE_IMAGE} AS build
@@ -23,7 +24,7 @@ ENV NODE_ENV=production \
 WORKDIR /app
 COPY --from=build /app /app
 USER node
-# gateway: HTTP API and ops; tenant and audit: ops only (/health, /ready, /metrics).
-EXPOSE 8080 9101 9102
+# gateway: HTTP API and ops; tenant, audit and auth: ops only (/health, /ready, /metrics).
+EXPOSE 8080 9101 9102 9103
 # exec: node becomes PID 1 and receives SIGTERM itself, so the service shuts down cleanly.
 CMD ["sh", "-c", "exec node services/${SERVICE}/dist/main.js"]

@@ -13,6 +13,19 @@ import { parse, parseAllDocuments } from 'yaml';
 const ROOT = join(__dirname, '..');
 const read = (path: string) => readFileSync(join(ROOT, path), 'utf8');
 const KEEL_SERVICES = ['audit', 'auth', 'tenant', 'gateway'];
+/** The services with data, and their database roles. */
+const DATA_SERVICES: Record<string, string> = { audit: 'keel_audit', auth: 'keel_auth', tenant: 'keel_tenant' };
+/** The provisioning command: each data service's entry point with --provision-only, in order. */
+const PROVISION_COMMAND = Object.keys(DATA_SERVICES)
+  .map((name) => `node services/${name}/dist/main.js --provision-only`)
+  .join(' && ');
+/** User and password of a compose DATABASE_URL, whose password is a ${…} interpolation (not a URL until compose fills it). */
+const composeDbUser = (url: string) => {
+  const m = /^postgres:\/\/([^:@/]+):(.+)@postgres:5432\/keel$/.exec(url);
+  if (!m) throw new Error(`not a database URL of this compose file: ${url}`);
+  return { user: m[1]!, password: m[2]! };
+};
+const oneLine = (command: string | string[] | undefined) => (Array.isArray(command) ? command.join(' ') : (command ?? '')).replace(/\s+/g, ' ').trim();
 
 type Port = string | number | { target: string | number };
 interface ComposeService {
@@ -54,7 +67,7 @@ describe('docker-compose.yml', () => {
 
   it('builds every image it builds from the repository Dockerfile', () => {
     const built = Object.entries(services).filter(([, s]) => s.build);
-    expect(built.map(([name]) => name).sort()).toEqual([...KEEL_SERVICES].sort());
+    expect(built.map(([name]) => name).sort()).toEqual([...KEEL_SERVICES, 'provision'].sort());
     for (const [, { build }] of built) {
       const { context = '.', dockerfile = 'Dockerfile' } = typeof build === 'string' ? { context: build } : build!;
       expect(resolve(ROOT, context)).toBe(resolve(ROOT));
@@ -90,6 +103,32 @@ describe('docker-compose.yml', () => {
         if (condition === 'service_healthy') expect(services[dep].healthcheck).toBeDefined();
       }
     }
+  });
+
+  it('provisions first, alone with the superuser URL, every data service in turn', () => {
+    const provision = services.provision!;
+    expect(oneLine(provision.command)).toBe(`sh -c ${PROVISION_COMMAND}`);
+    const env = environment(provision);
+    expect(composeDbUser(env.DATABASE_URL!).user).toBe('postgres');
+    for (const name of Object.keys(DATA_SERVICES)) expect(env[`KEEL_DB_PASSWORD_${name.toUpperCase()}`]).toMatch(/^\$\{KEEL_DB_PASSWORD_[A-Z]+:\?.+\}$/);
+  });
+
+  it.each(Object.keys(DATA_SERVICES))("gives %s only its own role's URL, with its own secret, once provisioning has completed", (name) => {
+    const env = environment(services[name]!);
+    const url = composeDbUser(env.DATABASE_URL!);
+    expect(url.user).toBe(DATA_SERVICES[name]);
+    expect(url.password).toMatch(new RegExp(`^\\$\\{KEEL_DB_PASSWORD_${name.toUpperCase()}:\\?`));
+    expect(Object.keys(env).filter((k) => k.startsWith('KEEL_DB_PASSWORD'))).toEqual([]);
+    expect((services[name]!.depends_on as Record<string, { condition: string }>).provision).toEqual({ condition: 'service_completed_successfully' });
+  });
+
+  it('gives no service but provision the superuser URL, and the gateway no database at all', () => {
+    for (const [name, service] of Object.entries(services)) {
+      if (name === 'provision' || name === 'postgres') continue;
+      const url = environment(service).DATABASE_URL;
+      if (url) expect({ name, user: composeDbUser(url).user }).toEqual({ name, user: DATA_SERVICES[name] });
+    }
+    expect(environment(services.gateway!).DATABASE_URL).toBeUndefined();
   });
 
   it('has jaeger accept OTLP over HTTP on 4318', () => {
@@ -128,6 +167,26 @@ describe('infra/k8s', () => {
     expect(container.livenessProbe.httpGet.path).toBe('/health');
     expect(ports).toContain(container.readinessProbe.httpGet.port);
     expect(ports).toContain(container.livenessProbe.httpGet.port);
+  });
+
+  it('provisions with a Job, the only one to read the superuser secret', () => {
+    const jobs = objects.filter((o) => o.kind === 'Job');
+    expect(jobs.map((j) => j.metadata.name)).toEqual(['keel-provision']);
+    const [container] = jobs[0].spec.template.spec.containers;
+    expect(oneLine(container.command)).toBe(`sh -c ${PROVISION_COMMAND}`);
+    expect(container.envFrom).toContainEqual({ secretRef: { name: 'keel-provision-db' } });
+    const admin = objects.find((o) => o.kind === 'Secret' && o.metadata.name === 'keel-provision-db');
+    expect(new URL(admin.stringData.DATABASE_URL).username).toBe('postgres');
+    for (const d of deployments) expect(JSON.stringify(d)).not.toContain('keel-provision-db');
+  });
+
+  it.each(Object.keys(DATA_SERVICES))("gives %s its own role's URL from a Secret of its own", (name) => {
+    const [container] = deployments.find((d) => d.metadata.name === `keel-${name}`).spec.template.spec.containers;
+    const refs = (container.env as { name: string; valueFrom?: { secretKeyRef?: { name: string; key: string } } }[]).filter((e) => e.name === 'DATABASE_URL');
+    expect(refs.map((e) => e.valueFrom?.secretKeyRef)).toEqual([{ name: `keel-${name}-db`, key: 'DATABASE_URL' }]);
+    expect(container.env.map((e: { name: string }) => e.name).filter((n: string) => n.startsWith('KEEL_DB_PASSWORD'))).toEqual([]);
+    const secret = objects.find((o) => o.kind === 'Secret' && o.metadata.name === `keel-${name}-db`);
+    expect(new URL(secret.stringData.DATABASE_URL).username).toBe(DATA_SERVICES[name]);
   });
 
   it('exposes the gateway through a Service', () => {

@@ -180,7 +180,7 @@ describe('a restart of PostgreSQL and of Redis', () => {
     const reads = async () => {
       while (running) record('authenticated read', await admin('GET', '/api/v1/tenants?limit=5'));
     };
-    const load = [creates(), creates(), creates(), signIns(), reads()];
+    const load = [...Array.from({ length: 8 }, () => creates()), signIns(), reads(), reads()];
 
     const acknowledgedAfter = (t: number, n: number, what: string) =>
       eventually(async () => acknowledged.filter((a) => a.at > t).length, (count) => count >= n, { timeoutMs: 60_000, intervalMs: 50, what });

@@ -1,9 +1,31 @@
 import { INestApplicationContext } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
+import { INestMicroservice } from '@nestjs/common';
 import { KeelConfig } from '@keel/config';
 import { closeOpsServer, initMetrics, Logger, NestPinoLogger, ReadinessCheck, startOpsServer, stopTelemetry, withTimeout } from '@keel/observability';
 import { Messaging } from './connection';
-import { MESSAGING } from './nest';
+import { KEEL_SERVICE, MESSAGING } from './nest';
+import { KeelNatsTransport, KeelRpcExceptionFilter } from './transport';
+
+/**
+ * The Nest application of a service with its `@MessagePattern`/`@EventPattern` handlers served
+ * by KeelNatsTransport over the service's own connection (MessagingModule's), in the queue group
+ * MessagingModule names. Listening starts after the application's bootstrap hooks; closing the
+ * application closes the transport first (no new requests, those in flight answered, event
+ * consumers stopped), then the providers (pools, the NATS connection) in Nest's order.
+ */
+export async function createServiceApp(module: unknown, logger: Logger): Promise<{ app: INestMicroservice; transport: KeelNatsTransport }> {
+  let app: INestMicroservice | undefined;
+  const transport = new KeelNatsTransport({
+    messaging: () => app!.get<Messaging>(MESSAGING),
+    service: () => app!.get<string>(KEEL_SERVICE),
+    logger,
+  });
+  app = await NestFactory.createMicroservice<never>(module as never, { strategy: transport, logger: new NestPinoLogger(logger) } as never);
+  app.useGlobalFilters(new KeelRpcExceptionFilter());
+  await app.listen();
+  return { app, transport };
+}
 
 export interface BackendOptions {
   name: string;
@@ -43,7 +65,7 @@ export const SHUTDOWN_TIMEOUTS = { opsServer: 2_000, application: 10_000, teleme
 export const SHUTDOWN_DEADLINE_MS = 20_000;
 
 /**
- * Runs a backend service (no public HTTP API): the Nest application context, its ops server,
+ * Runs a backend service (no public HTTP API): the Nest application (createServiceApp), its ops server,
  * and an ordered, bounded stop on SIGTERM/SIGINT: the ops server first (probes fail, the
  * orchestrator stops sending), then the application (handlers drain, consumers stop, pools and
  * connections close, in Nest's shutdown order), then telemetry (spans flushed). Each step has
@@ -51,7 +73,7 @@ export const SHUTDOWN_DEADLINE_MS = 20_000;
  */
 export async function runBackend(module: unknown, config: KeelConfig, logger: Logger, o: BackendOptions): Promise<void> {
   initMetrics(o.name);
-  const app = await NestFactory.createApplicationContext(module as never, { logger: new NestPinoLogger(logger) });
+  const { app } = await createServiceApp(module, logger);
   const m = app.get<Messaging>(MESSAGING);
   const ops = await startOpsServer(config.KEEL_HTTP_HOST, config.KEEL_OPS_PORT ?? o.defaultOpsPort, [
     { name: 'nats', check: async () => !m.nc.isClosed() && (await m.nc.rtt()) >= 0 },

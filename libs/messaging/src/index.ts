@@ -6,3 +6,5 @@ export * from './rpc';
 export * from './consumer';
 export * from './nest';
 export * from './backend';
+export * from './transport';
+export * from './typed-rpc';

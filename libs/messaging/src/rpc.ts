@@ -7,34 +7,45 @@ import { outageReason } from './outage';
 
 export { isDependencyOutage, isPostgresOutageState, outageReason } from './outage';
 
+/**
+ * One request over core NATS (never JetStream): the caller waits for one answer, in the
+ * `RpcReply` format. `subject` is without the deployment prefix, e.g. `cmd.tenant.create`.
+ * No responders, a timeout or a messaging failure become `service_unavailable`; an error answer
+ * is thrown as the KeelError it names. RpcClient and KeelNatsClient both send through this.
+ */
+export async function requestRpc<T>(m: Messaging, subject: string, body: unknown, timeoutMs = m.requestTimeoutMs): Promise<T> {
+  const h = natsHeaders();
+  injectTraceContext(h);
+  let msg: Msg;
+  try {
+    msg = await m.nc.request(`${m.prefix}${subject}`, encodeJson(body), { timeout: timeoutMs, headers: h });
+  } catch (error) {
+    const code = (error as NatsError).code;
+    if (code === NatsErrorCode.NoResponders) {
+      throw new KeelError('service_unavailable', `No service is answering ${subject}; try again shortly.`);
+    }
+    if (code === NatsErrorCode.Timeout) {
+      throw new KeelError('service_unavailable', `${subject} did not answer within ${timeoutMs} ms; try again.`);
+    }
+    throw new KeelError('service_unavailable', `Messaging failed for ${subject}: ${(error as Error).message}`);
+  }
+  const reply = decodeJson<RpcReply<T>>(msg.data);
+  if (reply.ok) return reply.value;
+  throw KeelError.fromBody(reply.error);
+}
+
 /** Request/reply over core NATS (never JetStream): the caller waits for one answer. */
 export class RpcClient {
   constructor(private readonly m: Messaging) {}
 
   /** `subject` is without the deployment prefix, e.g. `cmd.tenant.create`. */
-  async request<T>(subject: string, body: unknown, timeoutMs = this.m.requestTimeoutMs): Promise<T> {
-    const h = natsHeaders();
-    injectTraceContext(h);
-    let msg: Msg;
-    try {
-      msg = await this.m.nc.request(`${this.m.prefix}${subject}`, encodeJson(body), { timeout: timeoutMs, headers: h });
-    } catch (error) {
-      const code = (error as NatsError).code;
-      if (code === NatsErrorCode.NoResponders) {
-        throw new KeelError('service_unavailable', `No service is answering ${subject}; try again shortly.`);
-      }
-      if (code === NatsErrorCode.Timeout) {
-        throw new KeelError('service_unavailable', `${subject} did not answer within ${timeoutMs} ms; try again.`);
-      }
-      throw new KeelError('service_unavailable', `Messaging failed for ${subject}: ${(error as Error).message}`);
-    }
-    const reply = decodeJson<RpcReply<T>>(msg.data);
-    if (reply.ok) return reply.value;
-    throw KeelError.fromBody(reply.error);
+  request<T>(subject: string, body: unknown, timeoutMs = this.m.requestTimeoutMs): Promise<T> {
+    return requestRpc<T>(this.m, subject, body, timeoutMs);
   }
 }
 
-export type RpcHandlerFn = (body: unknown) => Promise<unknown>;
+/** Receives the decoded body (and the request itself, for its headers and subject) and returns the answer. */
+export type RpcHandlerFn = (body: unknown, msg: Msg) => Promise<unknown>;
 
 /**
  * Serves `subject` in queue group `queue`, so N replicas share the requests. A handler's
@@ -55,7 +66,7 @@ export function serveRpc(m: Messaging, subject: string, queue: string, handler: 
         let reply: RpcReply<unknown>;
         try {
           const body = msg.data.length ? decodeJson(msg.data) : {};
-          reply = { ok: true, value: await handler(body) };
+          reply = { ok: true, value: await handler(body, msg) };
         } catch (error) {
           reply = { ok: false, error: toErrorBody(error, subject, logger) };
         }

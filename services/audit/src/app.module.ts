@@ -52,9 +52,10 @@ export function auditModule(config: KeelConfig, logger: Logger) {
           }),
         inject: [DataSource, LedgerRepository, EventStore, MESSAGING, KEEL_LOGGER, SigningKeys],
       },
-      LedgerQueries,
       LedgerLifecycle,
     ],
+    // Its @MessagePattern handlers are served by KeelNatsTransport (Nest finds patterns on controllers).
+    controllers: [LedgerQueries],
   })
   class AuditModule {}
   return AuditModule;

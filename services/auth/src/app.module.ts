@@ -6,7 +6,7 @@ import { KeelConfig, serviceDatabaseUrl } from '@keel/config';
 import { kekFrom } from '@keel/crypto';
 import { ALL_TENANTS, openDataSource, tenantQuery } from '@keel/database';
 import { Outbox } from '@keel/event-sourcing';
-import { KEEL_LOGGER, MESSAGING, Messaging, MessagingModule, RpcClient } from '@keel/messaging';
+import { KEEL_LOGGER, MESSAGING, Messaging, MessagingModule, patternsOf, RpcClient } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { ProjectionRunner } from '@keel/projections';
 import { ApiKeysService } from './api-keys/api-keys.service';
@@ -127,9 +127,18 @@ export function authModule(config: KeelConfig, logger: Logger) {
       IdentityProvidersService,
       ExternalIdentities,
       { provide: SESSION_STARTER, useFactory: (sessions: SessionsService): SessionStarter => sessions, inject: [SessionsService] },
+      AuthLifecycle,
+    ],
+    // @MessagePattern handlers are served by KeelNatsTransport (Nest finds patterns on controllers).
+    // Services that other providers inject stay providers (one instance) and are exposed by patternsOf.
+    controllers: [
       SsoService,
       ApiKeysService,
-      AuthLifecycle,
+      patternsOf(RbacService),
+      patternsOf(UsersService),
+      patternsOf(SessionsService),
+      patternsOf(MfaService),
+      patternsOf(IdentityProvidersService),
     ],
   })
   class AuthModule {}

@@ -2,6 +2,7 @@ import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Histogram } from 'prom-client';
 import { KeelConfig } from '@keel/config';
+import { KEEL_SERVICE, KeelNatsTransport, MESSAGING, Messaging } from '@keel/messaging';
 import { initMetrics, Logger, metricsRegistry, NestPinoLogger, stopTelemetry, tracedRequestListener } from '@keel/observability';
 import { createServer, RequestListener } from 'node:http';
 import { gatewayModule } from './app.module';
@@ -36,6 +37,12 @@ export async function runGateway(config: KeelConfig, logger: Logger): Promise<vo
   const app = await NestFactory.create<NestFastifyApplication>(gatewayModule(config, logger), adapter, {
     logger: new NestPinoLogger(logger),
   });
+  // Nest's microservices layer, as in every service: the gateway serves no patterns today, and a
+  // handler added here is served in its queue group; the transport closes with the application.
+  app.connectMicroservice({
+    strategy: new KeelNatsTransport({ messaging: app.get<Messaging>(MESSAGING), service: app.get<string>(KEEL_SERVICE), logger }),
+  });
+  await app.startAllMicroservices();
   await app.listen(config.KEEL_HTTP_PORT, config.KEEL_HTTP_HOST);
   logger.info({ url: `http://${config.KEEL_HTTP_HOST}:${config.KEEL_HTTP_PORT}` }, 'gateway listening');
   const shutdown = async () => {

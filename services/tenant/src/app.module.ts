@@ -57,10 +57,10 @@ export function tenantModule(config: KeelConfig, logger: Logger) {
           new ProjectionRunner({ ds, messaging: m, rpc, logger: log, schema: TENANT_SCHEMA, projection: new TenantsProjection(cache) }),
         inject: [DataSource, MESSAGING, RpcClient, KEEL_LOGGER, TenantCache],
       },
-      TenantCommands,
-      TenantQueries,
       TenantLifecycle,
     ],
+    // Their @MessagePattern handlers are served by KeelNatsTransport (Nest finds patterns on controllers).
+    controllers: [TenantCommands, TenantQueries],
   })
   class TenantModule {}
   return TenantModule;

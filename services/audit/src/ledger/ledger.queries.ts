@@ -3,7 +3,7 @@ import { z } from 'zod';
 import {
   auditEventsQuerySchema, KeelError, LedgerEntry, Page, parseOrThrow, ProjectionStatus, ReplayPage, replayQuerySchema, VerifyResult, verifyQuerySchema,
 } from '@keel/contracts';
-import { RpcHandler } from '@keel/messaging';
+import { MessagePattern } from '@keel/messaging';
 import { LedgerWriter } from './ledger-writer';
 import { PublicJwk, SigningKeys } from '../signing/signing-keys';
 import { Checkpoint, LedgerRepository } from './ledger.repository';
@@ -21,7 +21,7 @@ export class LedgerQueries {
   ) {}
 
   /** The ledger among the read models an operator lists: what it holds, how far behind the stream, its incidents. */
-  @RpcHandler('qry.audit.projections')
+  @MessagePattern('qry.audit.projections')
   async projections(): Promise<{ items: ProjectionStatus[] }> {
     const [tail, lag, incidents] = await Promise.all([this.repo.tail(), this.writer.lag(), this.repo.incidentCount()]);
     const h = this.writer.health();
@@ -36,52 +36,52 @@ export class LedgerQueries {
   }
 
   /** The ledger is the record itself: it is never rebuilt, and it has no dead letters (it keeps what it cannot read as incidents). */
-  @RpcHandler('cmd.audit.rebuild_projection')
+  @MessagePattern('cmd.audit.rebuild_projection')
   async rebuild(): Promise<never> {
     throw new KeelError('conflict', 'The ledger is the system of record; it is verified, never rebuilt. Rebuild a read model instead.');
   }
 
-  @RpcHandler('qry.audit.dead_letters')
+  @MessagePattern('qry.audit.dead_letters')
   async deadLetters(): Promise<{ items: never[] }> {
     return { items: [] };
   }
 
-  @RpcHandler('qry.audit.events')
+  @MessagePattern('qry.audit.events')
   async events(body: unknown): Promise<Page<LedgerEntry>> {
     return this.repo.search(parseOrThrow(auditEventsQuerySchema, body, 'audit search'));
   }
 
-  @RpcHandler('qry.audit.verify')
+  @MessagePattern('qry.audit.verify')
   async verify(body: unknown): Promise<VerifyResult> {
     const q = parseOrThrow(verifyQuerySchema, body, 'verification range');
     return this.repo.verify(q.fromSeq, q.toSeq);
   }
 
-  @RpcHandler('qry.audit.replay')
+  @MessagePattern('qry.audit.replay')
   async replay(body: unknown): Promise<ReplayPage> {
     const q = parseOrThrow(replayQuerySchema, body, 'replay query');
     return this.repo.replay(q.afterSeq, q.limit, q.contexts);
   }
 
-  @RpcHandler('qry.audit.checkpoints')
+  @MessagePattern('qry.audit.checkpoints')
   async checkpoints(body: unknown): Promise<Page<Checkpoint>> {
     const q = parseOrThrow(checkpointsSchema, body, 'checkpoint listing');
     return this.repo.checkpoints(q.cursor ? Number(q.cursor) : 0, q.limit);
   }
 
   /** Entries that are not valid envelopes, oldest first: each one is an incident to look into. */
-  @RpcHandler('qry.audit.incidents')
+  @MessagePattern('qry.audit.incidents')
   async incidents(body: unknown): Promise<Page<LedgerEntry>> {
     const q = parseOrThrow(checkpointsSchema, body, 'incident listing');
     return this.repo.incidents(q.cursor ? Number(q.cursor) : 0, q.limit);
   }
 
-  @RpcHandler('qry.audit.keys')
+  @MessagePattern('qry.audit.keys')
   async keys(): Promise<{ keys: PublicJwk[] }> {
     return { keys: await this.signingKeys.publicKeys() };
   }
 
-  @RpcHandler('qry.audit.head')
+  @MessagePattern('qry.audit.head')
   async head(): Promise<{ lastSeq: number; hash: string }> {
     const tail = await this.repo.tail();
     return { lastSeq: tail.seq, hash: tail.hash };

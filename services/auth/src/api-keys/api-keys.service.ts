@@ -6,7 +6,7 @@ import { ApiKeyInfo, authEventTypes as A, createApiKeySchema, KeelError, newEven
 import { randomToken, sha256Hex } from '@keel/crypto';
 import { ALL_TENANTS, inTenant, tenantQuery } from '@keel/database';
 import { Outbox } from '@keel/event-sourcing';
-import { RpcHandler } from '@keel/messaging';
+import { MessagePattern } from '@keel/messaging';
 import { AUTH_SCHEMA } from '../database/schema';
 import { metaSchema } from '../users/users.service';
 
@@ -37,7 +37,7 @@ export class ApiKeysService {
     private readonly outbox: Outbox,
   ) {}
 
-  @RpcHandler('cmd.auth.create_api_key')
+  @MessagePattern('cmd.auth.create_api_key')
   async create(body: unknown): Promise<ApiKeyInfo & { secret: string; position: number }> {
     const { meta, payload } = parseOrThrow(requests.create, body, 'API key');
     const { name, permissions, expiresAt } = payload.data;
@@ -64,7 +64,7 @@ export class ApiKeysService {
     return { ...toInfo(row), secret, position };
   }
 
-  @RpcHandler('cmd.auth.revoke_api_key')
+  @MessagePattern('cmd.auth.revoke_api_key')
   async revoke(body: unknown): Promise<ApiKeyInfo & { position: number }> {
     const { meta, payload } = parseOrThrow(requests.revoke, body, 'API key revocation');
     const { row, receipt } = await inTenant(this.ds, payload.tenantId, async (m) => {
@@ -80,7 +80,7 @@ export class ApiKeysService {
     return { ...toInfo(row), position };
   }
 
-  @RpcHandler('qry.auth.api_keys')
+  @MessagePattern('qry.auth.api_keys')
   async list(body: unknown): Promise<{ items: ApiKeyInfo[] }> {
     const q = parseOrThrow(requests.list, body, 'API key listing');
     const rows = await tenantQuery(this.ds, q.tenantId, `SELECT * FROM ${KEYS} WHERE tenant_id = $1 ORDER BY created_at DESC LIMIT 500`, [q.tenantId]);
@@ -88,7 +88,7 @@ export class ApiKeysService {
   }
 
   /** For the gateway: who a presented key is, or invalid_token. */
-  @RpcHandler('qry.auth.verify_api_key')
+  @MessagePattern('qry.auth.verify_api_key')
   async verify(body: unknown): Promise<ApiKeyInfo> {
     const { secret } = parseOrThrow(requests.verify, body, 'API key');
     const m = SECRET.exec(secret);

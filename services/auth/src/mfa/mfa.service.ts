@@ -7,7 +7,7 @@ import { authEventTypes as A, CommandMeta, KeelError, parseOrThrow } from '@keel
 import { kekFrom, open, seal, sha256Hex } from '@keel/crypto';
 import { inTenant, tenantQuery } from '@keel/database';
 import { Outbox, OutboxReceipt } from '@keel/event-sourcing';
-import { RpcHandler } from '@keel/messaging';
+import { MessagePattern } from '@keel/messaging';
 import { AUTH_SCHEMA } from '../database/schema';
 import { Lockout, Outcome } from '../users/lockout';
 import { AuthMeta, metaSchema, UsersService } from '../users/users.service';
@@ -110,7 +110,7 @@ export class MfaService {
     }
   }
 
-  @RpcHandler('cmd.auth.mfa_totp_start')
+  @MessagePattern('cmd.auth.mfa_totp_start')
   async start(body: unknown): Promise<{ secret: string; otpauthUrl: string }> {
     const { meta, payload } = parseOrThrow(requests.start, body, 'TOTP enrolment');
     this.ownFactor(meta, payload);
@@ -136,7 +136,7 @@ export class MfaService {
   }
 
   /** Confirms a pending factor with a current code; answers the recovery codes, which are never shown again. */
-  @RpcHandler('cmd.auth.mfa_totp_confirm')
+  @MessagePattern('cmd.auth.mfa_totp_confirm')
   async confirm(body: unknown): Promise<{ recoveryCodes: string[] }> {
     const { meta, payload } = parseOrThrow(requests.withCode, body, 'TOTP confirmation');
     this.ownFactor(meta, payload);
@@ -159,7 +159,7 @@ export class MfaService {
   }
 
   /** Removes the factor and its recovery codes; needs a current, unused code. */
-  @RpcHandler('cmd.auth.mfa_totp_remove')
+  @MessagePattern('cmd.auth.mfa_totp_remove')
   async remove(body: unknown): Promise<{ removed: true }> {
     const { meta, payload } = parseOrThrow(requests.withCode, body, 'TOTP removal');
     this.ownFactor(meta, payload);

@@ -17,7 +17,7 @@ import {
 } from '@keel/contracts';
 import { inTenant } from '@keel/database';
 import { Outbox, OutboxReceipt } from '@keel/event-sourcing';
-import { RpcHandler } from '@keel/messaging';
+import { MessagePattern } from '@keel/messaging';
 import { ProjectionRunner } from '@keel/projections';
 import { AUTH_SCHEMA } from '../database/schema';
 import { AuthMeta, grantable, metaSchema, UsersService } from '../users/users.service';
@@ -82,7 +82,7 @@ export class RbacService {
     if (missing.length) throw new KeelError('forbidden', `A role cannot hold permissions you lack: ${missing.join(', ')}.`);
   }
 
-  @RpcHandler('cmd.auth.create_role')
+  @MessagePattern('cmd.auth.create_role')
   async createRole(body: unknown) {
     const { meta, payload } = parseOrThrow(requests.createRole, body, 'role');
     this.holds(meta, payload.data.permissions);
@@ -100,7 +100,7 @@ export class RbacService {
     return { name, description, permissions, system: false, position };
   }
 
-  @RpcHandler('cmd.auth.update_role')
+  @MessagePattern('cmd.auth.update_role')
   async updateRole(body: unknown) {
     const { meta, payload } = parseOrThrow(requests.updateRole, body, 'role');
     this.holds(meta, payload.data.permissions);
@@ -118,7 +118,7 @@ export class RbacService {
     return { name: payload.name, description, permissions, system: false, position };
   }
 
-  @RpcHandler('cmd.auth.delete_role')
+  @MessagePattern('cmd.auth.delete_role')
   async deleteRole(body: unknown): Promise<{ deleted: true; position: number }> {
     const { meta, payload } = parseOrThrow(requests.deleteRole, body, 'role');
     // Holders are counted in the users read model: bring it up to date first, so a user created
@@ -140,7 +140,7 @@ export class RbacService {
     return { deleted: true, position };
   }
 
-  @RpcHandler('qry.auth.roles')
+  @MessagePattern('qry.auth.roles')
   async roles(body: unknown) {
     const { tenantId: t } = parseOrThrow(requests.scope, body, 'role listing');
     const catalog = await this.catalog.roles(t);
@@ -154,7 +154,7 @@ export class RbacService {
     return rows.map((r: { id: string; name: string; parent_id: string | null }) => ({ id: r.id, name: r.name, parentId: r.parent_id }));
   }
 
-  @RpcHandler('cmd.auth.create_team')
+  @MessagePattern('cmd.auth.create_team')
   async createTeam(body: unknown): Promise<Team & { position: number }> {
     const { meta, payload } = parseOrThrow(requests.createTeam, body, 'team');
     const id = newEventId();
@@ -170,7 +170,7 @@ export class RbacService {
     return { id, name: payload.data.name, parentId: payload.data.parentId, position };
   }
 
-  @RpcHandler('cmd.auth.update_team')
+  @MessagePattern('cmd.auth.update_team')
   async updateTeam(body: unknown): Promise<Team & { position: number }> {
     const { meta, payload } = parseOrThrow(requests.updateTeam, body, 'team');
     const { team, receipt } = await inTenant(this.ds, payload.tenantId, async (m) => {
@@ -192,7 +192,7 @@ export class RbacService {
     return { ...team, position };
   }
 
-  @RpcHandler('cmd.auth.delete_team')
+  @MessagePattern('cmd.auth.delete_team')
   async deleteTeam(body: unknown): Promise<{ deleted: true; position: number }> {
     const { meta, payload } = parseOrThrow(requests.deleteTeam, body, 'team');
     const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
@@ -210,13 +210,13 @@ export class RbacService {
     return { deleted: true, position };
   }
 
-  @RpcHandler('qry.auth.teams')
+  @MessagePattern('qry.auth.teams')
   async listTeams(body: unknown): Promise<{ items: Team[] }> {
     const q = parseOrThrow(requests.scope, body, 'team listing');
     return { items: await inTenant(this.ds, q.tenantId, (m) => this.teams(m, q.tenantId)) };
   }
 
-  @RpcHandler('cmd.auth.grant_role')
+  @MessagePattern('cmd.auth.grant_role')
   async grant(body: unknown) {
     const { meta, payload } = parseOrThrow(requests.grant, body, 'role assignment');
     const { userId, role, teamId } = payload.data;
@@ -246,7 +246,7 @@ export class RbacService {
     return { id, userId, role, teamId: teamId ?? null, position };
   }
 
-  @RpcHandler('cmd.auth.revoke_role_assignment')
+  @MessagePattern('cmd.auth.revoke_role_assignment')
   async revokeAssignment(body: unknown): Promise<{ revoked: true; position: number }> {
     const { meta, payload } = parseOrThrow(requests.revoke, body, 'role assignment');
     const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
@@ -259,7 +259,7 @@ export class RbacService {
     return { revoked: true, position };
   }
 
-  @RpcHandler('qry.auth.role_assignments')
+  @MessagePattern('qry.auth.role_assignments')
   async assignments(body: unknown) {
     const q = parseOrThrow(requests.assignments, body, 'role assignments');
     const rows = await inTenant(this.ds, q.tenantId, (m) =>
@@ -276,7 +276,7 @@ export class RbacService {
    * and tenant-scope grants) and, where it adds to that, for each team (grants on the team or
    * any team above it).
    */
-  @RpcHandler('qry.auth.permission_matrix')
+  @MessagePattern('qry.auth.permission_matrix')
   async matrix(body: unknown): Promise<PermissionMatrix> {
     const { tenantId: t } = parseOrThrow(requests.scope, body, 'permission matrix');
     // An access review: every user appended so far is in it, not only those projected (if the

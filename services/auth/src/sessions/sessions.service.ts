@@ -19,7 +19,7 @@ import {
 import { randomToken, sha256Hex } from '@keel/crypto';
 import { inTenant, tenantQuery } from '@keel/database';
 import { Outbox, outboxEnvelope } from '@keel/event-sourcing';
-import { RpcHandler } from '@keel/messaging';
+import { MessagePattern } from '@keel/messaging';
 import { AUTH_SCHEMA, CROSS_TENANT_DS } from '../database/schema';
 import { TokenKeys } from '../keys/token-keys';
 import { MfaService } from '../mfa/mfa.service';
@@ -61,7 +61,7 @@ export class SessionsService {
     return new KeelError('invalid_credentials', 'The email, password or tenant is not right.');
   }
 
-  @RpcHandler('cmd.auth.login')
+  @MessagePattern('cmd.auth.login')
   async login(body: unknown): Promise<TokenPair> {
     const { client: c, payload } = parseOrThrow(requests.login, body, 'sign-in');
     let tenantId = 'platform';
@@ -185,7 +185,7 @@ export class SessionsService {
    * role change or a re-enable), and are read before the token turns: a failure there leaves
    * the presented token valid.
    */
-  @RpcHandler('cmd.auth.refresh')
+  @MessagePattern('cmd.auth.refresh')
   async refresh(body: unknown): Promise<TokenPair> {
     const { client: c, payload } = parseOrThrow(requests.refresh, body, 'refresh');
     const [sessionId, secret] = payload.refreshToken.split('.');
@@ -262,7 +262,7 @@ export class SessionsService {
     return this.tokens(userId, tenantId, sessionId, next, roles, Number(rotated[0]!.seconds_left));
   }
 
-  @RpcHandler('cmd.auth.revoke_session')
+  @MessagePattern('cmd.auth.revoke_session')
   async revoke(body: unknown): Promise<{ revoked: boolean }> {
     const { meta, payload } = parseOrThrow(requests.revoke, body, 'session revocation');
     const revoked = await this.revoker.revokeOne(payload.tenantId, payload.sessionId, 'revoked', meta, payload.onlyOfUser);
@@ -270,7 +270,7 @@ export class SessionsService {
     return { revoked };
   }
 
-  @RpcHandler('qry.auth.sessions')
+  @MessagePattern('qry.auth.sessions')
   async list(body: unknown): Promise<{ items: SessionInfo[] }> {
     const q = parseOrThrow(requests.list, body, 'session listing');
     const rows = await tenantQuery(
@@ -289,12 +289,12 @@ export class SessionsService {
     };
   }
 
-  @RpcHandler('qry.auth.jwks')
+  @MessagePattern('qry.auth.jwks')
   async jwks() {
     return this.keys.jwks();
   }
 
-  @RpcHandler('cmd.auth.rotate_signing_key')
+  @MessagePattern('cmd.auth.rotate_signing_key')
   async rotate(body: unknown): Promise<{ kid: string; position: number }> {
     const { meta } = parseOrThrow(z.object({ meta: metaSchema }).strict(), body, 'key rotation');
     const rotated = await this.keys.rotate(meta);

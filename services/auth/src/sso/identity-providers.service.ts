@@ -6,7 +6,7 @@ import { CommandResult, createIdentityProviderSchema, FieldError, IdentityProvid
 import { kekFrom, open, seal } from '@keel/crypto';
 import { inTenant, tenantQuery } from '@keel/database';
 import { Outbox } from '@keel/event-sourcing';
-import { RpcHandler } from '@keel/messaging';
+import { MessagePattern } from '@keel/messaging';
 import { AUTH_SCHEMA } from '../database/schema';
 import { RbacService } from '../rbac/rbac.service';
 import { RoleCatalog } from '../rbac/role-catalog';
@@ -94,7 +94,7 @@ export class IdentityProvidersService {
     }
   }
 
-  @RpcHandler('cmd.auth.create_identity_provider')
+  @MessagePattern('cmd.auth.create_identity_provider')
   async create(body: unknown): Promise<CommandResult<IdentityProvider>> {
     const { meta, payload } = parseOrThrow(requests.create, body, 'identity provider');
     const { tenantId, data } = payload;
@@ -115,7 +115,7 @@ export class IdentityProvidersService {
   }
 
   /** Replaces the provider's settings; an omitted client secret keeps the current one. Honours the expected version. */
-  @RpcHandler('cmd.auth.update_identity_provider')
+  @MessagePattern('cmd.auth.update_identity_provider')
   async update(body: unknown): Promise<CommandResult<IdentityProvider>> {
     const { meta, payload } = parseOrThrow(requests.update, body, 'identity provider');
     const { tenantId, providerId, data } = payload;
@@ -148,7 +148,7 @@ export class IdentityProvidersService {
   }
 
   /** Deletes the provider; its links to users go with it (the users stay, and keep their sessions until they end). */
-  @RpcHandler('cmd.auth.delete_identity_provider')
+  @MessagePattern('cmd.auth.delete_identity_provider')
   async remove(body: unknown): Promise<{ position: number }> {
     const { meta, payload } = parseOrThrow(requests.remove, body, 'identity provider deletion');
     const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
@@ -166,13 +166,13 @@ export class IdentityProvidersService {
     return { position: (await this.outbox.sent(receipt)).position };
   }
 
-  @RpcHandler('qry.auth.identity_provider')
+  @MessagePattern('qry.auth.identity_provider')
   async get(body: unknown): Promise<IdentityProvider> {
     const q = parseOrThrow(requests.get, body, 'identity provider lookup');
     return this.find(q.tenantId, q.providerId);
   }
 
-  @RpcHandler('qry.auth.identity_providers')
+  @MessagePattern('qry.auth.identity_providers')
   async list(body: unknown): Promise<{ items: IdentityProvider[] }> {
     const q = parseOrThrow(requests.list, body, 'identity provider listing');
     const rows: ProviderRow[] = await tenantQuery(this.ds, q.tenantId, `SELECT * FROM ${PROVIDERS} WHERE tenant_id = $1 ORDER BY created_at, id`, [q.tenantId]);

@@ -2,7 +2,7 @@ import { Inject, Injectable } from '@nestjs/common';
 import { z } from 'zod';
 import { Actor, CommandMeta, DEFAULT_TENANT_SETTINGS, KeelError, parseOrThrow, slugSchema, Tenant, TokenPair } from '@keel/contracts';
 import { randomToken, sha256Hex } from '@keel/crypto';
-import { RpcHandler } from '@keel/messaging';
+import { MessagePattern } from '@keel/messaging';
 import { requireAllowedNetwork } from '../sessions/allowed-network';
 import { TenantLookup } from '../users/tenant-lookup';
 import { AuthMeta } from '../users/users.service';
@@ -80,7 +80,7 @@ export class SsoService {
     return tenant;
   }
 
-  @RpcHandler('cmd.auth.start_sso')
+  @MessagePattern('cmd.auth.start_sso')
   async start(body: unknown): Promise<{ authorizationUrl: string }> {
     const { payload } = parseOrThrow(requests.start, body, 'single sign-on start');
     const tenant = await this.activeTenant(payload.tenant);
@@ -105,7 +105,7 @@ export class SsoService {
     return { authorizationUrl: this.oidc.authorizationUrl(doc, provider.config, { redirectUri: payload.callbackUrl, state, nonce, codeChallenge: pkce.challenge }) };
   }
 
-  @RpcHandler('cmd.auth.complete_sso')
+  @MessagePattern('cmd.auth.complete_sso')
   async complete(body: unknown): Promise<SsoSignedIn> {
     const { client: c, payload } = parseOrThrow(requests.complete, body, 'single sign-on callback');
     const pending = await this.states.take(payload.state);

@@ -20,7 +20,7 @@ import {
 } from '@keel/contracts';
 import { inTenant, tenantQuery } from '@keel/database';
 import { aggregateIdFor, CommandHandler } from '@keel/event-sourcing';
-import { EventStore, RpcHandler } from '@keel/messaging';
+import { EventStore, MessagePattern } from '@keel/messaging';
 import { AUTH_SCHEMA } from '../database/schema';
 import { RoleCatalog } from '../rbac/role-catalog';
 import { SessionRevoker } from '../sessions/session-revoker';
@@ -129,7 +129,7 @@ export class UsersService {
     return { state: this.view(tenantId, userId, r.state, r.version), version: r.version, position: r.position };
   }
 
-  @RpcHandler('cmd.auth.create_user')
+  @MessagePattern('cmd.auth.create_user')
   async create(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.create, body, 'user');
     const { email, name, roles, password } = payload.data;
@@ -218,7 +218,7 @@ export class UsersService {
     );
   }
 
-  @RpcHandler('cmd.auth.set_user_status')
+  @MessagePattern('cmd.auth.set_user_status')
   async setStatus(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.status, body, 'user status');
     await this.mayActOn(meta, payload.tenantId, payload.userId);
@@ -227,7 +227,7 @@ export class UsersService {
     return result;
   }
 
-  @RpcHandler('cmd.auth.set_user_roles')
+  @MessagePattern('cmd.auth.set_user_roles')
   async setRoles(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.roles, body, 'roles');
     await grantable(this.catalog, payload.tenantId, meta, payload.data.roles);
@@ -235,14 +235,14 @@ export class UsersService {
     return this.run(payload.tenantId, payload.userId, { type: 'set_roles', data: payload.data }, meta);
   }
 
-  @RpcHandler('cmd.auth.update_profile')
+  @MessagePattern('cmd.auth.update_profile')
   async updateProfile(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.profile, body, 'profile');
     await this.load(payload.tenantId, payload.userId);
     return this.run(payload.tenantId, payload.userId, { type: 'update_profile', data: payload.data }, meta);
   }
 
-  @RpcHandler('cmd.auth.reset_password')
+  @MessagePattern('cmd.auth.reset_password')
   async resetPassword(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.reset, body, 'password reset');
     await this.mayActOn(meta, payload.tenantId, payload.userId);
@@ -254,7 +254,7 @@ export class UsersService {
     return result;
   }
 
-  @RpcHandler('cmd.auth.change_password')
+  @MessagePattern('cmd.auth.change_password')
   async changePassword(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.change, body, 'password change');
     const user = await this.load(payload.tenantId, payload.userId);
@@ -267,14 +267,14 @@ export class UsersService {
     return this.run(payload.tenantId, payload.userId, { type: 'record_password_change', data: { byAdmin: false } }, meta);
   }
 
-  @RpcHandler('qry.auth.user')
+  @MessagePattern('qry.auth.user')
   async get(body: unknown): Promise<User> {
     const q = parseOrThrow(requests.get, body, 'user lookup');
     const loaded = await this.load(q.tenantId, q.userId);
     return this.view(q.tenantId, q.userId, loaded.state, loaded.version);
   }
 
-  @RpcHandler('qry.auth.users')
+  @MessagePattern('qry.auth.users')
   async list(body: unknown): Promise<Page<User>> {
     const q = parseOrThrow(requests.list, body, 'user listing');
     const rows = await tenantQuery(

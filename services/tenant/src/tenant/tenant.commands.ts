@@ -19,7 +19,7 @@ import {
   updateSettingsSchema,
 } from '@keel/contracts';
 import { aggregateIdFor, CommandHandler } from '@keel/event-sourcing';
-import { EventStore, RpcHandler } from '@keel/messaging';
+import { EventStore, MessagePattern } from '@keel/messaging';
 import { CROSS_TENANT_DS, TENANT_SCHEMA } from '../database/schema';
 import { TenantDecisionCommand, tenantDecider, TenantState, toTenant } from './tenant.decider';
 
@@ -68,7 +68,7 @@ export class TenantCommands {
    * The tenant as its log has it now, by id or slug: for commands in other services that must
    * see a tenant created or changed a moment ago (the read model may not have it yet).
    */
-  @RpcHandler('qry.tenant.current')
+  @MessagePattern('qry.tenant.current')
   async current(body: unknown): Promise<Tenant> {
     const { idOrSlug } = parseOrThrow(requests.current, body, 'tenant lookup');
     let tenantId: string | undefined = idOrSlug;
@@ -81,7 +81,7 @@ export class TenantCommands {
     return toTenant(tenantId, loaded.state, loaded.version);
   }
 
-  @RpcHandler('cmd.tenant.create')
+  @MessagePattern('cmd.tenant.create')
   async create(body: unknown): Promise<CommandResult<Tenant>> {
     const { meta, payload } = parseOrThrow(requests.create, body, 'tenant');
     // With a command id the tenant's id comes from it: a retry of this create finds this tenant
@@ -107,31 +107,31 @@ export class TenantCommands {
     }
   }
 
-  @RpcHandler('cmd.tenant.change_plan')
+  @MessagePattern('cmd.tenant.change_plan')
   async changePlan(body: unknown): Promise<CommandResult<Tenant>> {
     const { meta, payload } = parseOrThrow(requests.changePlan, body, 'plan change');
     return this.run(payload.tenantId, { type: 'change_plan', data: payload.data }, meta);
   }
 
-  @RpcHandler('cmd.tenant.update_settings')
+  @MessagePattern('cmd.tenant.update_settings')
   async updateSettings(body: unknown): Promise<CommandResult<Tenant>> {
     const { meta, payload } = parseOrThrow(requests.updateSettings, body, 'settings');
     return this.run(payload.tenantId, { type: 'update_settings', data: payload.data }, meta);
   }
 
-  @RpcHandler('cmd.tenant.suspend')
+  @MessagePattern('cmd.tenant.suspend')
   async suspend(body: unknown): Promise<CommandResult<Tenant>> {
     const { meta, payload } = parseOrThrow(requests.suspend, body, 'suspension');
     return this.run(payload.tenantId, { type: 'suspend', data: payload.data }, meta);
   }
 
-  @RpcHandler('cmd.tenant.reactivate')
+  @MessagePattern('cmd.tenant.reactivate')
   async reactivate(body: unknown): Promise<CommandResult<Tenant>> {
     const { meta, payload } = parseOrThrow(requests.reactivate, body, 'reactivation');
     return this.run(payload.tenantId, { type: 'reactivate', data: {} }, meta);
   }
 
-  @RpcHandler('cmd.tenant.close')
+  @MessagePattern('cmd.tenant.close')
   async close(body: unknown): Promise<CommandResult<Tenant>> {
     const { meta, payload } = parseOrThrow(requests.close, body, 'closure');
     return this.run(payload.tenantId, { type: 'close', data: payload.data }, meta);

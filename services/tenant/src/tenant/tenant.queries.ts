@@ -11,7 +11,7 @@ import {
   Tenant,
   tenantIdSchema,
 } from '@keel/contracts';
-import { InjectConfig, RpcHandler } from '@keel/messaging';
+import { InjectConfig, MessagePattern } from '@keel/messaging';
 import { ProjectionRunner } from '@keel/projections';
 import { TENANT_SCHEMA } from '../database/schema';
 import { TenantCache } from './tenant-cache';
@@ -28,7 +28,7 @@ export class TenantQueries {
     @InjectConfig() private readonly config: KeelConfig,
   ) {}
 
-  @RpcHandler('qry.tenant.get')
+  @MessagePattern('qry.tenant.get')
   async get(body: unknown): Promise<Tenant> {
     const q = parseOrThrow(getTenantQuerySchema, body, 'tenant lookup');
     const isId = tenantIdSchema.safeParse(q.idOrSlug).success;
@@ -47,7 +47,7 @@ export class TenantQueries {
     return tenant;
   }
 
-  @RpcHandler('qry.tenant.list')
+  @MessagePattern('qry.tenant.list')
   async list(body: unknown): Promise<Page<Tenant>> {
     const q = parseOrThrow(listTenantsQuerySchema, body, 'tenant listing');
     if (q.consistentWith !== undefined) await this.runner.waitFor(q.consistentWith, this.config.KEEL_CONSISTENCY_WAIT_MS);
@@ -73,7 +73,7 @@ export class TenantQueries {
     return { items, nextCursor: rows.length > q.limit ? items[items.length - 1]!.id : null };
   }
 
-  @RpcHandler('cmd.tenant.rebuild_read_model')
+  @MessagePattern('cmd.tenant.rebuild_read_model')
   async rebuild(): Promise<{ position: number }> {
     return { position: (await this.runner.rebuild()).position };
   }

@@ -32,7 +32,6 @@ export function outboxTablesSql(schema: string, role: string): string[] {
       position bigint,
       CONSTRAINT outbox_event_id UNIQUE (event_id))`,
     `CREATE INDEX outbox_unsent ON ${s}.outbox (seq) WHERE sent_at IS NULL`,
-    `CREATE INDEX outbox_sent_at ON ${s}.outbox (sent_at) WHERE sent_at IS NOT NULL`,
     // For aggregates whose row is deleted and whose id can come back (a role's name): the
     // version lives on after the row.
     `CREATE TABLE ${s}.outbox_versions (
@@ -526,19 +525,21 @@ export class Outbox {
       }
       if (Date.now() - this.lastPrune > 60_000) await this.prune();
       if (backoff) await sleep(backoff);
-      else if (this.gapPending) await sleep(5);
-      else if (!full) await this.idle();
+      // A gap fills when its transaction commits, and that writer wakes the relay: wait for
+      // it, but not long (it may have rolled back, or committed on another replica).
+      else if (this.gapPending) await this.idle(20);
+      else if (!full) await this.idle(this.pollMs);
     }
   }
 
   /** Waits for a wake-up (in-process or NOTIFY) or the backstop poll. */
-  private idle(): Promise<void> {
+  private idle(ms: number): Promise<void> {
     if (this.woken || this.stopped) {
       this.woken = false;
       return Promise.resolve();
     }
     return new Promise((resolve) => {
-      const timer = setTimeout(done, this.pollMs);
+      const timer = setTimeout(done, ms);
       function done() {
         clearTimeout(timer);
         resolve();
@@ -637,7 +638,9 @@ export class Outbox {
     this.lastPrune = Date.now();
     await this.o.relayDs
       .query(
-        `DELETE FROM ${this.table} WHERE seq IN (SELECT seq FROM ${this.table} WHERE sent_at < now() - make_interval(secs => $1) ORDER BY sent_at LIMIT 5000)`,
+        // Oldest first along the primary key (no index of its own to keep up on every send).
+        `DELETE FROM ${this.table} WHERE seq IN (
+           SELECT seq FROM ${this.table} WHERE sent_at < now() - make_interval(secs => $1) ORDER BY seq LIMIT 5000)`,
         [this.retentionMs / 1000],
       )
       .catch((err) => this.o.logger?.warn({ err }, 'outbox: pruning sent entries failed'));

@@ -276,6 +276,12 @@ describe('Outbox', () => {
       await expect(relay.sent(during[0]!, 1_500)).rejects.toMatchObject({ code: 'service_unavailable' });
       expect(await unsent()).toBe(2);
       await eventually(async () => relay.health(), (h) => h.lastError !== null, { what: 'the relay to notice' });
+      // While it retries the publishes, the relay holds no transaction open (nor any row lock).
+      const inTransaction = await admin.query(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'outbox-test-relay' AND state LIKE 'idle in transaction%'`,
+      );
+      expect(inTransaction.rows[0].n).toBe(0);
+      expect(relay.health()).toMatchObject({ leader: true, running: true });
 
       await nats.start();
       await relay.sent({ eventIds: during.flatMap((r) => r.eventIds) }, 30_000);

@@ -155,6 +155,13 @@ export class Stack {
     clearTimeout(timer);
   }
 
+  /** Sends a signal and returns at once (SIGSTOP freezes a process, SIGCONT lets it go on). */
+  signal(name: ServiceName, signal: NodeJS.Signals): void {
+    const r = this.running.get(name);
+    if (!r) throw new Error(`${name} is not running`);
+    r.proc.kill(signal);
+  }
+
   logs(name: ServiceName): string {
     return this.running.get(name)?.output.join('') ?? '';
   }

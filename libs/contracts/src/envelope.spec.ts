@@ -1,4 +1,4 @@
-import { contextOf, envelopeSchema, newEventId, PLATFORM_TENANT, validateEnvelope } from './envelope';
+import { contextOf, envelopeSchema, isEnvelope, newEventId, PLATFORM_TENANT, validateEnvelope } from './envelope';
 import { KeelError } from './errors';
 
 function wellFormed(): Record<string, unknown> {
@@ -119,5 +119,40 @@ describe('contextOf', () => {
     expect(contextOf('tenant.tenant.created')).toBe('tenant');
     expect(contextOf('billing.budget.exceeded')).toBe('billing');
     expect(contextOf('gpu_scheduler.lease.granted')).toBe('gpu_scheduler');
+  });
+});
+
+describe('isEnvelope (the compiled fast path) agrees with the zod schema', () => {
+  const mutations: [string, (e: Record<string, unknown>) => unknown][] = [
+    ['well formed', (e) => e],
+    ['not an object', () => [1]],
+    ['null', () => null],
+    ['missing id', ({ id: _, ...e }) => e],
+    ['id not a uuid', (e) => ({ ...e, id: 'abc' })],
+    ['uppercase uuid', (e) => ({ ...e, id: String(e.id).toUpperCase() })],
+    ['extra field', (e) => ({ ...e, extra: 1 })],
+    ['type without three parts', (e) => ({ ...e, type: 'tenant.created' })],
+    ['schemaVersion 0', (e) => ({ ...e, schemaVersion: 0 })],
+    ['schemaVersion fractional', (e) => ({ ...e, schemaVersion: 1.5 })],
+    ['aggregateVersion a string', (e) => ({ ...e, aggregateVersion: '1' })],
+    ['tenantId with a dot', (e) => ({ ...e, tenantId: 'a.b' })],
+    ['aggregateId 129 long', (e) => ({ ...e, aggregateId: 'a'.repeat(129) })],
+    ['occurredAt not UTC', (e) => ({ ...e, occurredAt: '2026-01-01T00:00:00+01:00' })],
+    ['occurredAt 30 February', (e) => ({ ...e, occurredAt: '2026-02-30T00:00:00Z' })],
+    ['occurredAt with fraction', (e) => ({ ...e, occurredAt: '2026-02-28T10:00:00.123Z' })],
+    ['actor kind unknown', (e) => ({ ...e, actor: { kind: 'robot', id: 'x' } })],
+    ['actor extra field', (e) => ({ ...e, actor: { kind: 'user', id: 'x', role: 'admin' } })],
+    ['actor id of 200 astral characters (400 UTF-16 units)', (e) => ({ ...e, actor: { kind: 'user', id: '😀'.repeat(200) } })],
+    ['actor id of 201 astral characters', (e) => ({ ...e, actor: { kind: 'user', id: '😀'.repeat(201) } })],
+    ['userAgent 513 long', (e) => ({ ...e, actor: { kind: 'user', id: 'x', userAgent: 'u'.repeat(513) } })],
+    ['correlationId empty', (e) => ({ ...e, correlationId: '' })],
+    ['data an array', (e) => ({ ...e, data: [] })],
+    ['data null', (e) => ({ ...e, data: null })],
+    ['data with NUL and a lone surrogate (allowed: the edge refuses them, not the envelope)', (e) => ({ ...e, data: { name: 'a\u0000\ud800' } })],
+    ['commandId present', (e) => ({ ...e, commandId: 'cmd-1' })],
+  ];
+  it.each(mutations)('%s', (_, mutate) => {
+    const input = mutate(wellFormed());
+    expect(isEnvelope(input)).toBe(envelopeSchema.safeParse(input).success);
   });
 });

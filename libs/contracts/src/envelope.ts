@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import Ajv2020 from 'ajv/dist/2020';
 import { v7 as uuidv7 } from 'uuid';
 import { parseOrThrow } from './validation';
 
@@ -58,7 +59,24 @@ export function newEventId(): string {
   return uuidv7();
 }
 
+/**
+ * The envelope schema compiled once to a JSON Schema validator (ajv): about ten times faster than
+ * zod on the hot paths (every consumer, the ledger). The zod schema stays the definition; the JSON
+ * Schema is generated from it, and its patterns carry the uuid and date-time rules. String lengths are
+ * counted in code points, as zod 4 counts them (a test holds the two to the same answers).
+ */
+const compiledEnvelope = new Ajv2020({ strict: false, validateFormats: false, allErrors: false }).compile(
+  z.toJSONSchema(envelopeSchema, { target: 'draft-2020-12' }),
+);
+
+/** Whether `input` is a valid envelope (no error detail: for the hot path). */
+export function isEnvelope(input: unknown): input is EventEnvelope {
+  return compiledEnvelope(input) as boolean;
+}
+
 export function validateEnvelope(input: unknown): EventEnvelope {
+  if (isEnvelope(input)) return input;
+  // Invalid: zod names every offending field.
   return parseOrThrow(envelopeSchema, input, 'event envelope') as EventEnvelope;
 }
 

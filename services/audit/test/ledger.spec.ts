@@ -94,14 +94,17 @@ describe('audit ledger', () => {
   });
 
   it('finds a chain rewritten consistently (every hash recomputed) by its signed checkpoint', async () => {
-    const { rows } = await admin.query('SELECT seq::int, envelope, prev_hash FROM audit.ledger WHERE seq >= 15 ORDER BY seq');
+    const { rows } = await admin.query('SELECT seq::int, envelope, hashed, prev_hash FROM audit.ledger WHERE seq >= 15 ORDER BY seq');
+    expect(rows.every((r) => r.hashed === 'published')).toBe(true);
     let prev: string = rows[0].prev_hash;
     await admin.query('ALTER TABLE audit.ledger DISABLE TRIGGER ledger_append_only');
     try {
       for (const row of rows) {
         const envelope = row.seq === 15 ? { ...row.envelope, data: { ...row.envelope.data, n: -1 } } : row.envelope;
-        const hash = createHash('sha256').update(prev).update(canonicalize(envelope)!).digest('hex');
-        await admin.query('UPDATE audit.ledger SET envelope = $2, prev_hash = $3, hash = $4 WHERE seq = $1', [row.seq, JSON.stringify(envelope), prev, hash]);
+        // The hash of an entry is SHA-256(prev ‖ the bytes as published): a forger recomputes it over its own text.
+        const text = JSON.stringify(envelope);
+        const hash = createHash('sha256').update(prev).update(text).digest('hex');
+        await admin.query('UPDATE audit.ledger SET envelope = $2, prev_hash = $3, hash = $4 WHERE seq = $1', [row.seq, text, prev, hash]);
         prev = hash;
       }
     } finally {

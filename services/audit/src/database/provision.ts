@@ -4,6 +4,7 @@ import { CreateLedger1700000000000 } from './migrations/1700000000000-create-led
 import { CreateCheckpoints1700000000002 } from './migrations/1700000000002-create-checkpoints';
 import { LedgerRls1700000000004 } from './migrations/1700000000004-ledger-rls';
 import { LedgerHoldsAnyEvent1700000000005 } from './migrations/1700000000005-ledger-holds-any-event';
+import { LedgerHashesPublishedBytes1700000000006 } from './migrations/1700000000006-ledger-hashes-published-bytes';
 import { AUDIT_ROLE, AUDIT_SCHEMA } from './schema';
 
 export async function provisionAudit(config: KeelConfig): Promise<void> {
@@ -11,6 +12,6 @@ export async function provisionAudit(config: KeelConfig): Promise<void> {
     schema: AUDIT_SCHEMA,
     role: AUDIT_ROLE,
     password: rolePassword(config, AUDIT_ROLE),
-    migrations: [CreateLedger1700000000000, CreateCheckpoints1700000000002, LedgerRls1700000000004, LedgerHoldsAnyEvent1700000000005],
+    migrations: [CreateLedger1700000000000, CreateCheckpoints1700000000002, LedgerRls1700000000004, LedgerHoldsAnyEvent1700000000005, LedgerHashesPublishedBytes1700000000006],
   });
 }

@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
-import { contextOf, envelopeSchema } from '@keel/contracts';
-import { chainHash } from './hash-chain';
+import { contextOf, envelopeSchema, isEnvelope } from '@keel/contracts';
 
 /**
  * What the ledger makes of one stream message. The ledger holds whatever was published: a valid
@@ -12,7 +11,7 @@ export interface LedgerRecord {
   position: number;
   /** The published JSON text, stored verbatim (`json`, not `jsonb`: `\u0000` and lone surrogates are kept). */
   json: string | null;
-  /** That text parsed: what the hash covers (canonical JSON) when there is one. */
+  /** That text parsed (for the indexed columns). */
   parsed: unknown;
   /** The published bytes, kept only when they are not JSON text at all (the hash then covers them). */
   payload: Buffer | null;
@@ -82,6 +81,7 @@ function envelopeProblem(parsed: unknown): string | null {
   const items = Array.isArray(parsed) ? parsed : [parsed];
   if (!items.length) return 'not a valid event envelope: an empty decision';
   for (const [index, item] of items.entries()) {
+    if (isEnvelope(item)) continue;
     const result = envelopeSchema.safeParse(item);
     if (!result.success) {
       const where = Array.isArray(parsed) ? `event ${index}: ` : '';
@@ -128,11 +128,14 @@ export function asRawRecord(r: LedgerRecord, reason: string): LedgerRecord {
 }
 
 /**
- * The chain link of an entry. JSON: SHA-256(prev ‖ canonical JSON), as every entry has had from the
- * start. Raw bytes: SHA-256(prev ‖ 0x00 ‖ bytes); canonical JSON never starts with a NUL byte, so the
- * two forms cannot be confused.
+ * The chain link of an entry appended now: SHA-256(prev_hash ‖ the message's bytes exactly as
+ * published), whether they are kept as JSON text or as bytes. (Entries appended before this form
+ * existed hash the canonical JSON instead: `hashed = 'canonical'`, see the repository's verification.)
  */
-export function entryHash(prev: string, entry: { json: string | null; parsed?: unknown; payload: Buffer | null }): string {
-  if (entry.json !== null) return chainHash(prev, entry.parsed !== undefined ? entry.parsed : JSON.parse(entry.json));
-  return createHash('sha256').update(prev).update(Buffer.from([0])).update(entry.payload ?? Buffer.alloc(0)).digest('hex');
+export function entryHash(prev: string, record: Pick<LedgerRecord, 'data'>): string {
+  return publishedHash(prev, record.data);
+}
+
+export function publishedHash(prev: string, bytes: Uint8Array): string {
+  return createHash('sha256').update(prev).update(bytes).digest('hex');
 }

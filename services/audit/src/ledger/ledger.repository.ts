@@ -1,10 +1,11 @@
+import { createHash } from 'node:crypto';
 import { DataSource, EntityManager } from 'typeorm';
 import { AuditEventsQuery, contextOf, EventEnvelope, LedgerEntry, Page, ReplayPage, VerifyResult } from '@keel/contracts';
 import { AUDIT_SCHEMA } from '../database/schema';
 import { ALL_TENANTS, inTenant, scopeTransaction } from '@keel/database';
 import { PublicJwk, verifyCheckpoint } from '../signing/signing-keys';
 import { chainHash, GENESIS_HASH } from './hash-chain';
-import { asRawRecord, entryHash, indexedColumns, LedgerRecord } from './ledger-entry';
+import { asRawRecord, entryHash, indexedColumns, LedgerRecord, publishedHash } from './ledger-entry';
 
 const LEDGER = `"${AUDIT_SCHEMA}".ledger`;
 const CHECKPOINTS = `"${AUDIT_SCHEMA}".checkpoints`;
@@ -19,7 +20,7 @@ export interface Checkpoint {
 }
 const COLUMNS = [
   'seq', 'event_id', 'tenant_id', 'type', 'context', 'aggregate_type', 'aggregate_id',
-  'aggregate_version', 'actor_kind', 'actor_id', 'occurred_at', 'envelope', 'payload', 'problem', 'prev_hash', 'hash',
+  'aggregate_version', 'actor_kind', 'actor_id', 'occurred_at', 'envelope', 'payload', 'problem', 'hashed', 'prev_hash', 'hash',
 ] as const;
 
 /** A value Postgres refuses (SQLSTATE class 22, data exception; 54, a limit such as nesting depth). */
@@ -29,6 +30,9 @@ function isDataError(error: unknown): boolean {
 }
 
 let savepoints = 0;
+
+/** The most envelope bytes one replay page carries, well inside a NATS reply. */
+const REPLAY_PAGE_BYTES = 640 * 1024;
 
 export interface Tail {
   seq: number;
@@ -51,6 +55,7 @@ interface LedgerRow {
   envelope: EventEnvelope | null;
   payload: Buffer | null;
   problem: string | null;
+  hashed: 'canonical' | 'published';
   prev_hash: string;
   hash: string;
 }
@@ -70,9 +75,17 @@ function toEntry(row: LedgerRow): LedgerEntry {
   };
 }
 
+/** A row as verification reads it: the envelope as its stored text (exactly as published), not parsed by the driver. */
+type VerifyRow = Omit<LedgerRow, 'envelope'> & { envelope_text: string | null };
+
 /** The chain link a stored row must have, computed the way it was appended. */
-function rowHash(prev: string, row: Pick<LedgerRow, 'envelope' | 'payload'>): string {
-  return row.payload !== null ? entryHash(prev, { json: null, payload: row.payload }) : chainHash(prev, row.envelope);
+function rowHash(prev: string, row: VerifyRow, parsed: unknown): string {
+  if (row.hashed === 'canonical') {
+    // Appended before the published-bytes form: the canonical JSON, raw bytes after a NUL byte.
+    if (row.payload !== null) return createHash('sha256').update(prev).update(Buffer.from([0])).update(row.payload).digest('hex');
+    return chainHash(prev, parsed);
+  }
+  return publishedHash(prev, row.payload ?? Buffer.from(row.envelope_text ?? '', 'utf8'));
 }
 
 export class LedgerRepository {
@@ -126,20 +139,13 @@ export class LedgerRepository {
     const params: unknown[] = [];
     const tuples: string[] = [];
     const written: Tail[] = [];
-    for (let record of records) {
+    for (const record of records) {
       if (record.position !== expected) throw new Error(`ledger would not be contiguous: got ${record.position}, expected ${expected}`);
-      let hash: string;
-      try {
-        hash = entryHash(prev, record);
-      } catch (error) {
-        // A JSON value that has no canonical form here (nesting too deep for the canonicaliser): keep the bytes.
-        record = asRawRecord(record, (error as Error).message);
-        hash = entryHash(prev, record);
-      }
+      const hash = entryHash(prev, record);
       const c = record.columns;
       const values = [
         record.position, c.eventId, c.tenantId, c.type, c.context, c.aggregateType, c.aggregateId,
-        c.aggregateVersion, c.actorKind, c.actorId, c.occurredAt, record.json, record.payload, record.problem, prev, hash,
+        c.aggregateVersion, c.actorKind, c.actorId, c.occurredAt, record.json, record.payload, record.problem, 'published', prev, hash,
       ];
       const base = params.length;
       tuples.push(`(${values.map((_, i) => `$${base + i + 1}`).join(', ')})`);
@@ -227,15 +233,21 @@ export class LedgerRepository {
         params.push(contexts);
         filter = 'AND context = ANY($4)';
       }
-      const rows: { seq: string; envelope: EventEnvelope }[] = await m.query(
+      const rows: { seq: string; envelope: EventEnvelope; size: number }[] = await m.query(
         // Incidents are not envelopes: no projection can apply them (live, they are dead-lettered).
-        `SELECT seq, envelope FROM ${LEDGER} WHERE seq > $1 AND seq <= $2 AND problem IS NULL ${filter} ORDER BY seq LIMIT $3`,
+        `SELECT seq, envelope, octet_length(envelope::text) AS size FROM ${LEDGER}
+         WHERE seq > $1 AND seq <= $2 AND problem IS NULL ${filter} ORDER BY seq LIMIT $3`,
         params,
       );
-      const events = rows.flatMap((r) =>
+      // A page must fit in one NATS reply (max_payload, 1 MiB by default): cut it by size too.
+      let bytes = 0;
+      let take = 0;
+      while (take < rows.length && (take === 0 || bytes + rows[take]!.size <= REPLAY_PAGE_BYTES)) bytes += rows[take++]!.size;
+      const page = rows.slice(0, take);
+      const events = page.flatMap((r) =>
         (Array.isArray(r.envelope) ? (r.envelope as EventEnvelope[]) : [r.envelope]).map((event) => ({ position: Number(r.seq), event })),
       );
-      const scannedTo = rows.length < limit ? Math.max(head, afterSeq) : Number(rows[rows.length - 1]!.seq);
+      const scannedTo = rows.length < limit && take === rows.length ? Math.max(head, afterSeq) : Number(page[page.length - 1]!.seq);
       return { events, scannedTo, headSeq: head };
     });
   }
@@ -274,8 +286,10 @@ export class LedgerRepository {
     }
     let lastGoodCheckpoint = fromSeq - 1;
     for (;;) {
-      const rows: LedgerRow[] = await db.query(
-        `SELECT * FROM ${LEDGER} WHERE seq >= $1 ${toSeq ? 'AND seq <= $3' : ''} ORDER BY seq LIMIT $2`,
+      const rows: VerifyRow[] = await db.query(
+        `SELECT seq, event_id, tenant_id, type, aggregate_type, aggregate_id, aggregate_version, actor_id, occurred_at,
+                envelope::text AS envelope_text, payload, problem, hashed, prev_hash, hash
+         FROM ${LEDGER} WHERE seq >= $1 ${toSeq ? 'AND seq <= $3' : ''} ORDER BY seq LIMIT $2`,
         toSeq ? [expected, 5_000, toSeq] : [expected, 5_000],
       );
       if (!rows.length) break;
@@ -283,8 +297,16 @@ export class LedgerRepository {
         const seq = Number(row.seq);
         if (seq !== expected) return fail(expected, `entry ${expected} is missing (next present is ${seq})`);
         if (row.prev_hash !== prev) return fail(seq, 'prev_hash does not link to the previous entry');
-        if (rowHash(prev, row) !== row.hash) return fail(seq, 'hash does not match the entry content');
-        const c = indexedColumns(row.payload === null ? row.envelope : null, row.problem === null);
+        let parsed: unknown = null;
+        if (row.payload === null) {
+          try {
+            parsed = JSON.parse(row.envelope_text ?? 'null');
+          } catch {
+            return fail(seq, 'the stored envelope is not JSON');
+          }
+        }
+        if (rowHash(prev, row, parsed) !== row.hash) return fail(seq, 'hash does not match the entry content');
+        const c = indexedColumns(parsed, row.problem === null);
         if (
           row.tenant_id !== c.tenantId || row.type !== c.type || row.aggregate_type !== c.aggregateType ||
           row.aggregate_id !== c.aggregateId || row.actor_id !== c.actorId || row.aggregate_version !== c.aggregateVersion ||

@@ -7,4 +7,3 @@ export * from './consumer';
 export * from './nest';
 export * from './backend';
 export * from './transport';
-export * from './typed-rpc';

@@ -1,5 +1,7 @@
 import { z } from 'zod';
-import { EventEnvelope } from './envelope';
+import { isoTime, pageOf, query, route, routeGroup } from './contract';
+import { EventEnvelope, envelopeSchema } from './envelope';
+import { permissions } from './permissions';
 import { text } from './text';
 
 export const AUDIT_SERVICE = 'audit';
@@ -70,3 +72,106 @@ export interface ReplayPage {
   /** The ledger's last sequence when this page was read. */
   headSeq: number;
 }
+
+/** A page of checkpoints or incidents: after a cursor this API returned. */
+export const ledgerCursorQuerySchema = z
+  .object({
+    cursor: text().regex(/^\d{1,18}$/, 'must be a cursor this API returned').optional(),
+    limit: z.number().int().min(1).max(1_000).default(100),
+  })
+  .strict();
+
+// ---- answers ----
+
+export const ledgerEntrySchema = z
+  .object({
+    seq: z.number().int().min(1),
+    hash: text(),
+    prevHash: text(),
+    recordedAt: isoTime,
+    event: z.union([envelopeSchema, z.unknown()]).describe('the envelope (the first of a decision); for an incident, the published JSON as it was (or null)'),
+    events: z.array(envelopeSchema).optional().describe('a decision of several events: all of them, in order'),
+    problem: text({ multiline: true }).optional().describe('set on an incident: why what was published there is not a valid envelope'),
+    payload: text().optional().describe('an incident that was not JSON: the published bytes, base64'),
+  })
+  .meta({ id: 'LedgerEntry' });
+export const ledgerPageSchema = pageOf(ledgerEntrySchema).meta({ id: 'LedgerPage' });
+
+export const verifyResultSchema = z
+  .object({
+    ok: z.boolean(),
+    checked: z.number().int(),
+    lastSeq: z.number().int().nullable(),
+    firstInvalidSeq: z.number().int().optional(),
+    problem: text({ multiline: true }).optional(),
+    incidents: z.number().int().optional().describe('entries in the range that are not valid envelopes (chained and verified all the same)'),
+  })
+  .meta({ id: 'VerifyResult' });
+
+export const checkpointSchema = z.object({
+  seq: z.number().int(),
+  hash: text(),
+  signedAt: isoTime,
+  keyId: text(),
+  signature: text().describe('base64url Ed25519 signature of the RFC 8785 JSON {seq, hash, signedAt, keyId}'),
+});
+export const checkpointPageSchema = pageOf(checkpointSchema).meta({ id: 'CheckpointPage' });
+
+/** Ed25519 public keys (the auth service's token keys and the audit service's checkpoint keys). */
+export const jwkSetSchema = z
+  .object({
+    keys: z.array(z.object({ kty: z.literal('OKP'), crv: z.literal('Ed25519'), x: text(), kid: text(), alg: z.literal('EdDSA'), use: z.literal('sig') })),
+  })
+  .meta({ id: 'JwkSet' });
+
+export const replayPageSchema = z.object({
+  events: z.array(z.object({ position: z.number().int(), event: envelopeSchema })),
+  scannedTo: z.number().int(),
+  headSeq: z.number().int(),
+});
+
+// ---- queries ----
+
+export const auditRpc = {
+  events: query(AUDIT_SERVICE, 'events', { summary: 'Search the ledger', request: auditEventsQuerySchema, response: ledgerPageSchema }),
+  verify: query(AUDIT_SERVICE, 'verify', { summary: 'Verify the hash chain over a range', request: verifyQuerySchema, response: verifyResultSchema, timeoutMs: 120_000 }),
+  replay: query(AUDIT_SERVICE, 'replay', { summary: 'A page of the ledger for rebuilding a projection', request: replayQuerySchema, response: replayPageSchema }),
+  head: query(AUDIT_SERVICE, 'head', { summary: "The ledger's last sequence and hash", request: z.object({}).loose(), response: z.object({ lastSeq: z.number().int(), hash: text() }) }),
+  checkpoints: query(AUDIT_SERVICE, 'checkpoints', { summary: 'Signed checkpoints, oldest first', request: ledgerCursorQuerySchema, response: checkpointPageSchema }),
+  incidents: query(AUDIT_SERVICE, 'incidents', { summary: 'Entries that are not valid envelopes, oldest first', request: ledgerCursorQuerySchema, response: ledgerPageSchema }),
+  keys: query(AUDIT_SERVICE, 'keys', { summary: 'Public keys that verify checkpoints', request: z.object({}).loose(), response: jwkSetSchema }),
+};
+
+// ---- HTTP routes ----
+
+const cursorQuery = ledgerCursorQuerySchema.extend({ limit: z.coerce.number().int().min(1).max(1_000).default(100) }).strict();
+
+export const auditRoutes = routeGroup({
+  events: route({
+    method: 'GET', path: '/api/v1/audit/events', permission: permissions.auditRead, tag: 'audit', summary: 'Search the ledger (newest first by default; cursor pagination)',
+    // The audit service's own query, with numbers coming as query-string text.
+    query: auditEventsQuerySchema.extend({
+      from: z.iso.datetime().optional().describe('occurredAt at or after (ISO-8601)'),
+      to: z.iso.datetime().optional().describe('occurredAt before (ISO-8601)'),
+      limit: z.coerce.number().int().min(1).max(1_000).default(100),
+    }),
+    response: { status: 200, schema: ledgerPageSchema },
+  }),
+  checkpoints: route({
+    method: 'GET', path: '/api/v1/audit/checkpoints', permission: permissions.auditRead, tag: 'audit',
+    summary: 'Signed ledger checkpoints (Ed25519 over sequence, hash, time and key id), oldest first', query: cursorQuery,
+    response: { status: 200, schema: checkpointPageSchema },
+  }),
+  keys: route({
+    method: 'GET', path: '/api/v1/audit/keys', permission: 'public', tag: 'audit', summary: 'Public keys (JWK set) that verify ledger checkpoints',
+    response: { status: 200, schema: jwkSetSchema },
+  }),
+  verify: route({
+    method: 'GET', path: '/api/v1/audit/verify', permission: permissions.auditVerify, tag: 'audit', summary: 'Verify the hash chain over a range of sequences',
+    query: z
+      .object({ fromSeq: z.coerce.number().int().min(1).optional(), toSeq: z.coerce.number().int().min(1).optional() })
+      .strict()
+      .refine((v) => v.fromSeq === undefined || v.toSeq === undefined || v.fromSeq <= v.toSeq, { message: 'fromSeq must not be greater than toSeq', path: ['fromSeq'] }),
+    response: { status: 200, schema: verifyResultSchema },
+  }),
+});

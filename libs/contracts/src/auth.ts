@@ -1,5 +1,8 @@
 import { z } from 'zod';
-import { allPermissions, systemRoleNames } from './permissions';
+import { jwkSetSchema } from './audit';
+import { command, commandMetaSchema, isoTime, jsonObject, listOf, pageOf, positionSchema, query, route, routeGroup } from './contract';
+import { actorSchema, envelopeSchema } from './envelope';
+import { allPermissions, permissions as P, systemRoleNames } from './permissions';
 import { text } from './text';
 
 export const AUTH_CONTEXT = 'auth';
@@ -58,6 +61,9 @@ export const loginSchema = z
   .strict()
   .refine((login) => !(login.totp && login.recoveryCode), { path: ['recoveryCode'], message: 'send either totp or recoveryCode, not both' });
 export type LoginRequest = z.infer<typeof loginSchema>;
+
+/** A current code from an authenticator app. */
+export const totpCodeSchema = text().regex(/^\d{6}$/, 'must be the 6-digit code from your authenticator');
 
 export const refreshSchema = z.object({ refreshToken: text().min(10).max(512) }).strict();
 
@@ -160,3 +166,293 @@ export const ACCESS_TOKEN_SECONDS = 900;
 
 /** Where a revoked session is kept (in Redis) for as long as its access tokens can live. */
 export const revokedSessionKey = (prefix: string, sessionId: string) => `${prefix}revoked:session:${sessionId}`;
+
+// ---- answers ----
+
+export const userSchema = z
+  .object({
+    id: z.uuid(),
+    tenantId: text(),
+    email: text(),
+    name: text(),
+    roles: z.array(text()),
+    status: z.enum(['active', 'disabled']),
+    version: z.number().int(),
+    createdAt: isoTime,
+    updatedAt: isoTime,
+  })
+  .meta({ id: 'User' });
+export const userCommandResultSchema = z.object({ state: userSchema, version: z.number().int(), position: positionSchema });
+/** What the gateway answers to a user command: the user and the event's position. */
+export const userAnswerSchema = userSchema.extend({ position: positionSchema }).meta({ id: 'UserCommandResult' });
+export const userPageSchema = pageOf(userSchema).meta({ id: 'UserPage' });
+
+export const tokenPairSchema = z
+  .object({ accessToken: text(), refreshToken: text(), tokenType: z.literal('Bearer'), expiresIn: z.number().int() })
+  .meta({ id: 'TokenPair' });
+
+export const sessionInfoSchema = z.object({
+  id: z.uuid(), tenantId: text(), userId: z.uuid(), createdAt: isoTime, lastUsedAt: isoTime, expiresAt: isoTime, revokedAt: isoTime.nullable(),
+});
+export const sessionListSchema = listOf(sessionInfoSchema).meta({ id: 'SessionList' });
+
+export const apiKeyInfoSchema = z
+  .object({
+    id: z.uuid(), tenantId: text(), name: text(), permissions: z.array(text()), expiresAt: isoTime, createdBy: text(), createdAt: isoTime, revokedAt: isoTime.nullable(),
+  })
+  .meta({ id: 'ApiKey' });
+export const createdApiKeySchema = apiKeyInfoSchema.extend({ secret: text().describe('shown once, never again'), position: positionSchema });
+export const apiKeyListSchema = listOf(apiKeyInfoSchema);
+
+export const roleSchema = z.object({ name: text(), description: text({ multiline: true }).optional(), system: z.boolean(), permissions: z.array(text()) });
+export const teamViewSchema = z.object({ id: z.uuid(), name: text(), parentId: z.uuid().nullable() });
+export const roleAssignmentViewSchema = z.object({ id: z.uuid(), userId: z.uuid(), role: text(), teamId: z.uuid().nullable() });
+export const permissionMatrixSchema = z
+  .object({
+    permissions: z.array(text()),
+    roles: z.array(z.object({ name: text(), system: z.boolean(), permissions: z.array(text()) })),
+    users: z.array(z.object({ id: z.uuid(), email: text(), scope: text().describe('"tenant" or a team id'), teamName: text().optional(), permissions: z.array(text()) })),
+  })
+  .meta({ id: 'PermissionMatrix' });
+const deleted = z.object({ deleted: z.literal(true), position: positionSchema });
+const revoked = z.object({ revoked: z.literal(true), position: positionSchema });
+
+// ---- commands and queries (the subjects the auth service serves) ----
+
+/** Command metadata for the auth service, which also needs what the caller holds ("*" for the operator), so nobody grants what they lack. */
+export const authMetaSchema = commandMetaSchema.extend({ permissions: z.union([z.literal('*'), z.array(text())]) }).strict();
+/** Who is signing in, as the gateway saw them. */
+export const clientSchema = z
+  .object({ ip: actorSchema.shape.ip, userAgent: actorSchema.shape.userAgent, correlationId: envelopeSchema.shape.correlationId })
+  .strict();
+const tenantScope = text().min(1).max(64);
+const authCommand = <P extends z.ZodRawShape>(payload: P) => z.object({ meta: authMetaSchema, payload: z.object({ tenantId: tenantScope, ...payload }).strict() }).strict();
+const signIn = <P extends z.ZodType>(payload: P) => z.object({ client: clientSchema, payload }).strict();
+const A_ = AUTH_CONTEXT;
+
+export const authRpc = {
+  login: command(A_, 'login', { summary: 'Sign in with a password (and a second factor)', request: signIn(loginSchema), response: tokenPairSchema }),
+  refresh: command(A_, 'refresh', { summary: 'Exchange a refresh token (rotated on every use)', request: signIn(refreshSchema), response: tokenPairSchema }),
+  revokeSession: command(A_, 'revoke_session', {
+    summary: 'Revoke a session (optionally only if it is that user\'s)',
+    request: authCommand({ sessionId: z.uuid(), onlyOfUser: z.uuid().optional() }),
+    response: z.object({ revoked: z.boolean() }),
+  }),
+  rotateSigningKey: command(A_, 'rotate_signing_key', { summary: 'Rotate the token signing key', request: z.object({ meta: authMetaSchema }).strict(), response: z.object({ kid: text(), position: positionSchema }) }),
+  createUser: command(A_, 'create_user', { summary: 'Create a user', request: authCommand({ data: createUserSchema }), response: userCommandResultSchema }),
+  setUserStatus: command(A_, 'set_user_status', { summary: 'Disable or enable a user', request: authCommand({ userId: z.uuid(), status: z.enum(['active', 'disabled']) }), response: userCommandResultSchema }),
+  setUserRoles: command(A_, 'set_user_roles', { summary: "Set a user's roles", request: authCommand({ userId: z.uuid(), data: setRolesSchema }), response: userCommandResultSchema }),
+  updateProfile: command(A_, 'update_profile', { summary: "Update a user's profile", request: authCommand({ userId: z.uuid(), data: profileSchema }), response: userCommandResultSchema }),
+  resetPassword: command(A_, 'reset_password', { summary: "Reset a user's password", request: authCommand({ userId: z.uuid(), data: resetPasswordSchema }), response: userCommandResultSchema }),
+  changePassword: command(A_, 'change_password', { summary: 'Change one\'s own password', request: authCommand({ userId: z.uuid(), data: changePasswordSchema }), response: userCommandResultSchema }),
+  mfaTotpStart: command(A_, 'mfa_totp_start', { summary: 'Start TOTP enrolment', request: authCommand({ userId: z.uuid() }), response: z.object({ secret: text(), otpauthUrl: text() }) }),
+  mfaTotpConfirm: command(A_, 'mfa_totp_confirm', { summary: 'Confirm TOTP enrolment', request: authCommand({ userId: z.uuid(), code: totpCodeSchema }), response: z.object({ recoveryCodes: z.array(text()) }) }),
+  mfaTotpRemove: command(A_, 'mfa_totp_remove', { summary: 'Remove the TOTP factor', request: authCommand({ userId: z.uuid(), code: totpCodeSchema }), response: z.object({ removed: z.literal(true) }) }),
+  createApiKey: command(A_, 'create_api_key', { summary: 'Create an API key', request: authCommand({ data: createApiKeySchema }), response: createdApiKeySchema }),
+  revokeApiKey: command(A_, 'revoke_api_key', { summary: 'Revoke an API key', request: authCommand({ keyId: z.uuid() }), response: apiKeyInfoSchema.extend({ position: positionSchema }) }),
+  createRole: command(A_, 'create_role', { summary: 'Create a custom role', request: authCommand({ data: customRoleSchema }), response: roleSchema.extend({ position: positionSchema }) }),
+  updateRole: command(A_, 'update_role', { summary: 'Change a custom role', request: authCommand({ name: roleNameSchema, data: updateRoleSchema }), response: roleSchema.extend({ position: positionSchema }) }),
+  deleteRole: command(A_, 'delete_role', { summary: 'Delete a custom role nobody holds', request: authCommand({ name: roleNameSchema }), response: deleted }),
+  createTeam: command(A_, 'create_team', { summary: 'Create a team', request: authCommand({ data: teamSchema }), response: teamViewSchema.extend({ position: positionSchema }) }),
+  updateTeam: command(A_, 'update_team', { summary: 'Rename or move a team', request: authCommand({ teamId: z.uuid(), data: updateTeamSchema }), response: teamViewSchema.extend({ position: positionSchema }) }),
+  deleteTeam: command(A_, 'delete_team', { summary: 'Delete a team', request: authCommand({ teamId: z.uuid() }), response: deleted }),
+  grantRole: command(A_, 'grant_role', { summary: 'Grant a role at tenant or team scope', request: authCommand({ data: roleAssignmentSchema }), response: roleAssignmentViewSchema.extend({ position: positionSchema }) }),
+  revokeRoleAssignment: command(A_, 'revoke_role_assignment', { summary: 'Take a role assignment away', request: authCommand({ assignmentId: z.uuid() }), response: revoked }),
+  user: query(A_, 'user', { summary: 'A user, as its log has it', request: z.object({ tenantId: tenantScope, userId: z.uuid() }).strict(), response: userSchema }),
+  users: query(A_, 'users', {
+    summary: 'Users of a tenant, a page at a time',
+    request: z.object({ tenantId: tenantScope, cursor: z.uuid().optional(), limit: z.number().int().min(1).max(500).default(50) }).strict(),
+    response: userPageSchema,
+  }),
+  sessions: query(A_, 'sessions', {
+    summary: 'Sessions of a tenant (or of one user)',
+    request: z.object({ tenantId: tenantScope, userId: z.uuid().optional(), activeOnly: z.boolean().default(true), limit: z.number().int().min(1).max(500).default(100) }).strict(),
+    response: sessionListSchema,
+  }),
+  jwks: query(A_, 'jwks', { summary: 'Keys that verify access tokens', request: z.object({}).loose(), response: jwkSetSchema }),
+  apiKeys: query(A_, 'api_keys', { summary: "A tenant's API keys (never their secrets)", request: z.object({ tenantId: tenantScope }).strict(), response: apiKeyListSchema }),
+  verifyApiKey: query(A_, 'verify_api_key', { summary: 'Who a presented API key is (for the gateway)', request: z.object({ secret: text().min(1).max(200) }).strict(), response: apiKeyInfoSchema }),
+  roles: query(A_, 'roles', { summary: 'System and custom roles', request: z.object({ tenantId: tenantScope }).strict(), response: listOf(roleSchema) }),
+  teams: query(A_, 'teams', { summary: 'Teams', request: z.object({ tenantId: tenantScope }).strict(), response: listOf(teamViewSchema) }),
+  roleAssignments: query(A_, 'role_assignments', { summary: 'Role assignments', request: z.object({ tenantId: tenantScope, userId: z.uuid().optional() }).strict(), response: listOf(roleAssignmentViewSchema) }),
+  permissionMatrix: query(A_, 'permission_matrix', { summary: 'Roles × permissions and users × effective permissions', request: z.object({ tenantId: tenantScope }).strict(), response: permissionMatrixSchema }),
+};
+
+// ---- event bodies ----
+
+const freeText = text({ multiline: true });
+/** The body of every auth event type (see `tenantEventSchemas` for the rule on added fields). */
+export const authEventSchemas = {
+  [authEventTypes.userCreated]: z.object({ email: text(), name: text(), roles: z.array(text()) }),
+  [authEventTypes.userDisabled]: z.object({}),
+  [authEventTypes.userEnabled]: z.object({}),
+  [authEventTypes.userRolesChanged]: z.object({ roles: z.array(text()) }),
+  [authEventTypes.userProfileUpdated]: z.object({ name: text() }),
+  [authEventTypes.userPasswordChanged]: z.object({ byAdmin: z.boolean() }),
+  [authEventTypes.userLoginFailed]: z.object({ ip: text().optional() }),
+  [authEventTypes.userLocked]: z.object({ until: isoTime }),
+  [authEventTypes.userMfaEnrolmentStarted]: z.object({ method: z.literal('totp') }),
+  [authEventTypes.userMfaEnrolled]: z.object({ method: z.literal('totp'), recoveryCodes: z.number().int().min(0) }),
+  [authEventTypes.userMfaRemoved]: z.object({ method: z.literal('totp') }),
+  [authEventTypes.userRecoveryCodeUsed]: z.object({ remaining: z.number().int().min(0) }),
+  [authEventTypes.sessionStarted]: z.object({ userId: z.uuid() }),
+  [authEventTypes.sessionRevoked]: z.object({ reason: text() }),
+  [authEventTypes.sessionRefreshed]: z.object({}),
+  [authEventTypes.apiKeyCreated]: z.object({ name: text(), permissions: z.array(text()), expiresAt: isoTime }),
+  [authEventTypes.apiKeyRevoked]: z.object({}),
+  [authEventTypes.signingKeyRotated]: z.object({ kid: text(), retired: z.array(text()) }),
+  [authEventTypes.roleCreated]: z.object({ description: freeText, permissions: z.array(text()) }),
+  [authEventTypes.roleUpdated]: z.object({ description: freeText, permissions: z.array(text()) }),
+  [authEventTypes.roleDeleted]: z.object({}),
+  [authEventTypes.teamCreated]: z.object({ name: text(), parentId: z.uuid().nullable() }),
+  [authEventTypes.teamUpdated]: z.object({ name: text(), parentId: z.uuid().nullable() }),
+  [authEventTypes.teamDeleted]: z.object({}),
+  [authEventTypes.roleGranted]: z.object({ userId: z.uuid(), role: text(), teamId: z.uuid().optional() }),
+  [authEventTypes.roleRevoked]: z.object({}),
+} satisfies Record<(typeof authEventTypes)[keyof typeof authEventTypes], z.ZodType>;
+
+// ---- HTTP routes ----
+
+const noContent = { status: 204, schema: null } as const;
+const me = { permission: 'authenticated', tag: 'auth' } as const;
+const totpCodeBody = z.object({ code: totpCodeSchema }).strict();
+
+/** Signing in and what a signed-in caller does for themselves: `/api/v1/auth/…`, and the token keys. */
+export const authRoutes = routeGroup({
+  login: route({
+    method: 'POST', path: '/api/v1/auth/login', permission: 'public', tag: 'auth', summary: 'Sign in (tenant slug; omit it for platform users) → access and refresh tokens',
+    body: loginSchema, response: { status: 200, schema: tokenPairSchema },
+  }),
+  refresh: route({
+    method: 'POST', path: '/api/v1/auth/refresh', permission: 'public', tag: 'auth', summary: 'Exchange a refresh token (rotated on every use; reuse revokes the session)',
+    body: refreshSchema, response: { status: 200, schema: tokenPairSchema },
+  }),
+  logout: route({ ...me, method: 'POST', path: '/api/v1/auth/logout', summary: 'Sign out: revoke this session', response: noContent }),
+  changePassword: route({ ...me, method: 'POST', path: '/api/v1/auth/password', summary: 'Change your own password', body: changePasswordSchema, response: noContent }),
+  startTotp: route({
+    ...me, method: 'POST', path: '/api/v1/auth/mfa/totp', summary: 'Start TOTP enrolment: a new secret and otpauth:// URL for your authenticator app (confirm it with a code)',
+    response: { status: 201, schema: authRpc.mfaTotpStart.response },
+  }),
+  confirmTotp: route({
+    ...me, method: 'POST', path: '/api/v1/auth/mfa/totp/verify', summary: 'Confirm TOTP enrolment with a current code → 10 single-use recovery codes (shown once)',
+    body: totpCodeBody, response: { status: 200, schema: authRpc.mfaTotpConfirm.response },
+  }),
+  removeTotp: route({ ...me, method: 'DELETE', path: '/api/v1/auth/mfa/totp', summary: 'Remove your TOTP factor and its recovery codes (needs a current code)', body: totpCodeBody, response: noContent }),
+  updateProfile: route({ ...me, method: 'PATCH', path: '/api/v1/auth/profile', summary: 'Update your own profile', body: profileSchema, response: { status: 200, schema: userAnswerSchema } }),
+  mySessions: route({ ...me, method: 'GET', path: '/api/v1/auth/sessions', summary: 'Your own active sessions', response: { status: 200, schema: sessionListSchema } }),
+  revokeMine: route({
+    ...me, method: 'DELETE', path: '/api/v1/auth/sessions/{sessionId}', summary: 'Revoke one of your own sessions',
+    params: z.object({ sessionId: z.uuid() }).strict(), response: noContent,
+  }),
+  jwks: route({
+    method: 'GET', path: '/.well-known/jwks.json', permission: 'public', tag: 'auth', summary: 'Keys that verify Keel access tokens (JWK set, EdDSA)',
+    response: { status: 200, schema: jwkSetSchema },
+  }),
+  discovery: route({
+    method: 'GET', path: '/.well-known/openid-configuration', permission: 'public', tag: 'auth', summary: 'Discovery document for standard OIDC/JOSE libraries',
+    response: { status: 200, schema: jsonObject.describe('OpenID Provider Metadata') },
+  }),
+  rotate: route({
+    method: 'POST', path: '/api/v1/admin/signing-keys/rotate', permission: P.platformOperate, tag: 'operations',
+    summary: 'Rotate the token signing key (the old one stays published until its tokens expire)', response: { status: 200, schema: authRpc.rotateSigningKey.response },
+  }),
+});
+
+const tenantParams = z.object({ tenantId: z.uuid() }).strict();
+const userParams = tenantParams.extend({ userId: z.uuid() }).strict();
+const inTenant = { tenantParam: 'tenantId' } as const;
+
+/** Users, API keys and sessions of one tenant: `/api/v1/tenants/{tenantId}/…`. */
+export const tenantIdentityRoutes = routeGroup({
+  createUser: route({
+    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/users', permission: P.usersWrite, tag: 'users', summary: 'Create a user (email unique in the tenant; the plan caps the number)',
+    params: tenantParams, body: createUserSchema, idempotent: true, response: { status: 201, schema: userAnswerSchema },
+  }),
+  listUsers: route({
+    ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/users', permission: P.usersRead, tag: 'users', summary: 'List users', params: tenantParams,
+    query: z.object({ cursor: z.uuid().optional(), limit: z.coerce.number().int().min(1).max(500).default(50) }).strict(),
+    response: { status: 200, schema: userPageSchema },
+  }),
+  getUser: route({ ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/users/{userId}', permission: P.usersRead, tag: 'users', summary: 'Get a user', params: userParams, response: { status: 200, schema: userSchema } }),
+  updateProfile: route({
+    ...inTenant, method: 'PATCH', path: '/api/v1/tenants/{tenantId}/users/{userId}', permission: P.usersWrite, tag: 'users', summary: "Update a user's profile",
+    params: userParams, body: profileSchema, response: { status: 200, schema: userAnswerSchema },
+  }),
+  setStatus: route({
+    ...inTenant, method: 'PATCH', path: '/api/v1/tenants/{tenantId}/users/{userId}/status', permission: P.usersWrite, tag: 'users', summary: 'Disable (revokes every session) or enable a user',
+    params: userParams, body: z.object({ status: z.enum(['active', 'disabled']) }).strict(), response: { status: 200, schema: userAnswerSchema },
+  }),
+  setRoles: route({
+    ...inTenant, method: 'PUT', path: '/api/v1/tenants/{tenantId}/users/{userId}/roles', permission: P.rolesWrite, tag: 'users', summary: "Set a user's roles (only roles whose permissions you hold)",
+    params: userParams, body: setRolesSchema, response: { status: 200, schema: userAnswerSchema },
+  }),
+  resetPassword: route({
+    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/users/{userId}/password', permission: P.usersWrite, tag: 'users', summary: "Reset a user's password (revokes every session)",
+    params: userParams, body: resetPasswordSchema, response: noContent,
+  }),
+  createKey: route({
+    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/api-keys', permission: P.apiKeysWrite, tag: 'api-keys', summary: 'Create an API key (permissions ⊆ yours); the secret is shown once',
+    params: tenantParams, body: createApiKeySchema, response: { status: 201, schema: createdApiKeySchema },
+  }),
+  listKeys: route({
+    ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/api-keys', permission: P.apiKeysRead, tag: 'api-keys', summary: 'List API keys (never their secrets)',
+    params: tenantParams, response: { status: 200, schema: apiKeyListSchema },
+  }),
+  revokeKey: route({
+    ...inTenant, method: 'DELETE', path: '/api/v1/tenants/{tenantId}/api-keys/{keyId}', permission: P.apiKeysWrite, tag: 'api-keys', summary: 'Revoke an API key (refused everywhere within a second)',
+    params: tenantParams.extend({ keyId: z.uuid() }).strict(), response: { status: 200, schema: authRpc.revokeApiKey.response },
+  }),
+  listSessions: route({
+    ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/sessions', permission: P.sessionsRead, tag: 'sessions', summary: 'Active sessions in the tenant',
+    params: tenantParams, query: z.object({ userId: z.uuid().optional() }).strict(), response: { status: 200, schema: sessionListSchema },
+  }),
+  revokeSession: route({
+    ...inTenant, method: 'DELETE', path: '/api/v1/tenants/{tenantId}/sessions/{sessionId}', permission: P.sessionsRevoke, tag: 'sessions', summary: 'Revoke a session (its tokens are refused within a second)',
+    params: tenantParams.extend({ sessionId: z.uuid() }).strict(), response: noContent,
+  }),
+});
+
+const roleParams = tenantParams.extend({ name: roleNameSchema }).strict();
+const teamParams = tenantParams.extend({ teamId: z.uuid() }).strict();
+
+/** Roles, teams, role assignments and the permission matrix of one tenant. */
+export const rbacRoutes = routeGroup({
+  roles: route({ ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/roles', permission: P.rolesRead, tag: 'roles', summary: 'System and custom roles with their permissions', params: tenantParams, response: { status: 200, schema: listOf(roleSchema) } }),
+  createRole: route({
+    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/roles', permission: P.rolesWrite, tag: 'roles', summary: 'Create a custom role (only permissions you hold)',
+    params: tenantParams, body: customRoleSchema, response: { status: 201, schema: authRpc.createRole.response },
+  }),
+  updateRole: route({
+    ...inTenant, method: 'PUT', path: '/api/v1/tenants/{tenantId}/roles/{name}', permission: P.rolesWrite, tag: 'roles', summary: 'Change a custom role',
+    params: roleParams, body: updateRoleSchema, response: { status: 200, schema: authRpc.updateRole.response },
+  }),
+  deleteRole: route({ ...inTenant, method: 'DELETE', path: '/api/v1/tenants/{tenantId}/roles/{name}', permission: P.rolesWrite, tag: 'roles', summary: 'Delete a custom role nobody holds', params: roleParams, response: { status: 200, schema: deleted } }),
+  teams: route({ ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/teams', permission: P.usersRead, tag: 'teams', summary: 'Teams (each with its optional parent)', params: tenantParams, response: { status: 200, schema: listOf(teamViewSchema) } }),
+  createTeam: route({
+    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/teams', permission: P.usersWrite, tag: 'teams', summary: 'Create a team, optionally below another',
+    params: tenantParams, body: teamSchema, response: { status: 201, schema: authRpc.createTeam.response },
+  }),
+  updateTeam: route({
+    ...inTenant, method: 'PATCH', path: '/api/v1/tenants/{tenantId}/teams/{teamId}', permission: P.usersWrite, tag: 'teams', summary: 'Rename or move a team (never below itself)',
+    params: teamParams, body: updateTeamSchema, response: { status: 200, schema: authRpc.updateTeam.response },
+  }),
+  deleteTeam: route({ ...inTenant, method: 'DELETE', path: '/api/v1/tenants/{tenantId}/teams/{teamId}', permission: P.usersWrite, tag: 'teams', summary: 'Delete a team without sub-teams or assignments', params: teamParams, response: { status: 200, schema: deleted } }),
+  assignments: route({
+    ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/role-assignments', permission: P.rolesRead, tag: 'roles', summary: 'Role assignments (tenant or team scope)',
+    params: tenantParams, query: z.object({ userId: z.uuid().optional() }).strict(), response: { status: 200, schema: listOf(roleAssignmentViewSchema) },
+  }),
+  grant: route({
+    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/role-assignments', permission: P.rolesWrite, tag: 'roles', summary: 'Grant a role at tenant scope, or at a team (and its sub-teams)',
+    params: tenantParams, body: roleAssignmentSchema, response: { status: 201, schema: authRpc.grantRole.response },
+  }),
+  revoke: route({
+    ...inTenant, method: 'DELETE', path: '/api/v1/tenants/{tenantId}/role-assignments/{assignmentId}', permission: P.rolesWrite, tag: 'roles', summary: 'Take a role assignment away',
+    params: tenantParams.extend({ assignmentId: z.uuid() }).strict(), response: { status: 200, schema: revoked },
+  }),
+  matrix: route({
+    ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/permission-matrix', permission: P.rolesRead, tag: 'roles',
+    summary: 'Roles × permissions and users × effective permissions (format=csv for a spreadsheet)',
+    params: tenantParams, query: z.object({ format: z.enum(['json', 'csv']).default('json') }).strict(),
+    response: { status: 200, schema: permissionMatrixSchema, description: 'The matrix; with format=csv, text/csv with a row per role and per user scope' },
+  }),
+});

@@ -11,3 +11,8 @@ export * from './auth';
 export * from './sso';
 export * from './text';
 export * from './projections';
+export * from './contract';
+export * from './operations';
+export * from './api';
+export * from './events';
+export * from './asyncapi';

@@ -2,14 +2,14 @@ import { Actor } from './envelope';
 import { ErrorBody } from './errors';
 
 /** What every command carries besides its payload. */
-export interface CommandMeta {
+export type CommandMeta = {
   actor: Actor;
   correlationId: string;
   /** When set, the command applies only if the aggregate is at this version (else 412). */
   expectedVersion?: number;
   /** The command's own id (from an `Idempotency-Key`): a retry of an applied command answers its first outcome. */
   commandId?: string;
-}
+};
 
 export interface CommandRequest<P> {
   meta: CommandMeta;

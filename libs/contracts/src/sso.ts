@@ -1,5 +1,8 @@
 import { z } from 'zod';
-import { systemRoleNames } from './permissions';
+import { tokenPairSchema, authMetaSchema, clientSchema } from './auth';
+import { command, isoTime, listOf, positionSchema, query, route, routeGroup } from './contract';
+import { permissions as P, systemRoleNames } from './permissions';
+import { slugSchema } from './tenant';
 import { recordKeyError, text } from './text';
 
 /**
@@ -108,3 +111,154 @@ export const ssoEventTypes = {
 export function rolesGrantedBy(mapping: ClaimMapping): string[] {
   return [...new Set([...Object.values(mapping.roleMapping), ...mapping.defaultRoles, ...Object.values(mapping.teamMapping).map((t) => t.role)])];
 }
+
+// ---- answers ----
+
+export const identityProviderSchema = z
+  .object({
+    id: z.uuid(),
+    tenantId: text(),
+    type: z.literal('oidc'),
+    name: text(),
+    config: z.object({ issuer: text(), clientId: text(), scopes: z.array(text()) }),
+    mapping: z.object({
+      emailClaim: text(), nameClaim: text(), roleClaim: text().optional(), roleMapping: z.record(text(), text()), defaultRoles: z.array(text()),
+      teamClaim: text().optional(), teamMapping: z.record(text(), z.object({ teamId: z.uuid(), role: text() })),
+    }),
+    redirectUris: z.array(text()),
+    version: z.number().int(),
+    createdAt: isoTime,
+    updatedAt: isoTime,
+  })
+  .meta({ id: 'IdentityProvider' });
+export const identityProviderResultSchema = z.object({ state: identityProviderSchema, version: z.number().int(), position: positionSchema });
+export const identityProviderAnswerSchema = identityProviderSchema.extend({ position: positionSchema });
+
+// ---- commands and queries ----
+
+const providerRef = { tenantId: z.uuid(), providerId: z.uuid() };
+const ssoCommand = <S extends z.ZodRawShape>(shape: S) => z.object({ meta: authMetaSchema, payload: z.object(shape).strict() }).strict();
+
+export const ssoRpc = {
+  createIdentityProvider: command('auth', 'create_identity_provider', {
+    summary: 'Add an identity provider', request: ssoCommand({ tenantId: z.uuid(), data: createIdentityProviderSchema }), response: identityProviderResultSchema,
+  }),
+  updateIdentityProvider: command('auth', 'update_identity_provider', {
+    summary: "Replace an identity provider's settings", request: ssoCommand({ ...providerRef, data: updateIdentityProviderSchema }), response: identityProviderResultSchema,
+  }),
+  deleteIdentityProvider: command('auth', 'delete_identity_provider', { summary: 'Delete an identity provider', request: ssoCommand(providerRef), response: z.object({ position: positionSchema }) }),
+  identityProvider: query('auth', 'identity_provider', { summary: 'An identity provider (never its secret)', request: z.object(providerRef).strict(), response: identityProviderSchema }),
+  identityProviders: query('auth', 'identity_providers', { summary: "A tenant's identity providers", request: z.object({ tenantId: z.uuid() }).strict(), response: listOf(identityProviderSchema) }),
+  startSso: command('auth', 'start_sso', {
+    summary: 'Start an OpenID Connect sign-in: the URL to send the browser to',
+    request: z
+      .object({
+        client: clientSchema,
+        payload: z
+          .object({
+            tenant: text().min(1).max(63),
+            providerId: z.uuid(),
+            callbackUrl: text().max(2048),
+            browserBinding: text().min(32).max(128),
+            redirectUri: text().max(2048).optional(),
+          })
+          .strict(),
+      })
+      .strict(),
+    response: z.object({ authorizationUrl: text() }),
+    timeoutMs: 10_000,
+  }),
+  completeSso: command('auth', 'complete_sso', {
+    summary: "Complete a sign-in with the provider's callback",
+    request: z
+      .object({
+        client: clientSchema,
+        payload: z
+          .object({
+            state: text().min(1).max(128),
+            browserBinding: text().max(128).optional(),
+            code: text().min(1).max(4096).optional(),
+            error: text().max(256).optional(),
+            errorDescription: text({ multiline: true }).max(1024).optional(),
+            iss: text().max(2048).optional(),
+          })
+          .strict(),
+      })
+      .strict(),
+    response: z.object({ tokens: tokenPairSchema, redirectUri: text().optional() }),
+    timeoutMs: 20_000,
+  }),
+};
+
+// ---- event bodies ----
+
+const providerSettings = z.object({
+  type: z.literal('oidc'),
+  name: text(),
+  config: identityProviderSchema.shape.config,
+  mapping: identityProviderSchema.shape.mapping,
+  redirectUris: z.array(text()),
+});
+const teamRole = z.object({ teamId: z.uuid(), role: text() });
+
+export const ssoEventSchemas = {
+  [ssoEventTypes.providerCreated]: providerSettings,
+  [ssoEventTypes.providerUpdated]: providerSettings.extend({ clientSecretChanged: z.boolean() }),
+  [ssoEventTypes.providerDeleted]: z.object({ name: text() }),
+  [ssoEventTypes.identityLinked]: z.object({ providerId: z.uuid(), userId: z.uuid(), provisioned: z.boolean() }),
+  [ssoEventTypes.signedIn]: z.object({ providerId: z.uuid(), userId: z.uuid(), roles: z.array(text()), teamRoles: z.array(teamRole) }),
+} satisfies Record<(typeof ssoEventTypes)[keyof typeof ssoEventTypes], z.ZodType>;
+
+// ---- HTTP routes ----
+
+const tenantParams = z.object({ tenantId: z.uuid() }).strict();
+const providerParams = tenantParams.extend({ providerId: z.uuid() }).strict();
+const providers = { tenantParam: 'tenantId', tag: 'identity-providers' } as const;
+
+/** Single sign-on: a tenant's identity providers, and the OpenID Connect sign-in through them. */
+export const ssoRoutes = routeGroup({
+  create: route({
+    ...providers, method: 'POST', path: '/api/v1/tenants/{tenantId}/identity-providers', permission: P.usersWrite,
+    summary: 'Add an identity provider (OpenID Connect); its roles must be ones you hold', params: tenantParams, body: createIdentityProviderSchema,
+    response: { status: 201, schema: identityProviderAnswerSchema },
+  }),
+  list: route({
+    ...providers, method: 'GET', path: '/api/v1/tenants/{tenantId}/identity-providers', permission: P.usersRead, summary: 'List identity providers (never their secrets)',
+    params: tenantParams, response: { status: 200, schema: listOf(identityProviderSchema) },
+  }),
+  get: route({
+    ...providers, method: 'GET', path: '/api/v1/tenants/{tenantId}/identity-providers/{providerId}', permission: P.usersRead, summary: 'Get an identity provider (never its secret)',
+    params: providerParams, response: { status: 200, schema: identityProviderSchema },
+  }),
+  update: route({
+    ...providers, method: 'PUT', path: '/api/v1/tenants/{tenantId}/identity-providers/{providerId}', permission: P.usersWrite,
+    summary: "Replace an identity provider's settings (omit clientSecret to keep it)", params: providerParams, body: updateIdentityProviderSchema, conditional: true,
+    response: { status: 200, schema: identityProviderAnswerSchema },
+  }),
+  remove: route({
+    ...providers, method: 'DELETE', path: '/api/v1/tenants/{tenantId}/identity-providers/{providerId}', permission: P.usersWrite,
+    summary: 'Delete an identity provider (its users stay, unlinked)', params: providerParams, response: { status: 204, schema: null },
+  }),
+  start: route({
+    method: 'GET', path: '/api/v1/auth/sso/{tenantSlug}/{providerId}/start', permission: 'public', tag: 'auth',
+    summary: 'Start single sign-on: 302 to the identity provider (authorization code + PKCE)',
+    params: z.object({ tenantSlug: slugSchema, providerId: z.uuid() }).strict(),
+    query: z.object({ redirectUri: text().max(2048).pipe(z.url()).optional().describe("Send the browser there with the tokens in the fragment; one of the provider's redirectUris") }).strict(),
+    response: { status: 302, schema: null, description: 'To the identity provider' },
+  }),
+  callback: route({
+    method: 'GET', path: '/api/v1/auth/sso/callback', permission: 'public', tag: 'auth',
+    summary: "Single sign-on callback → access and refresh tokens (or 302 to the start's redirectUri, tokens in the fragment)",
+    // Not strict: providers add their own parameters to the callback (session_state, …).
+    query: z
+      .object({
+        state: text().min(1).max(128),
+        code: text().min(1).max(4096).optional(),
+        error: text().max(256).optional(),
+        error_description: text({ multiline: true }).max(1024).optional(),
+        iss: text().max(2048).optional(),
+      })
+      .loose(),
+    response: { status: 200, schema: tokenPairSchema },
+  }),
+});

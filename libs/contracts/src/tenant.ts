@@ -1,5 +1,7 @@
 import { z } from 'zod';
 import { checkCidr } from './cidr';
+import { command, commandRequest, consistentWithParam, emptyRequest, isoTime, pageOf, positionSchema, query, route, routeGroup } from './contract';
+import { permissions } from './permissions';
 import { text } from './text';
 
 export const TENANT_CONTEXT = 'tenant';
@@ -180,3 +182,122 @@ export const listTenantsQuerySchema = z
   })
   .strict();
 export type ListTenantsQuery = z.infer<typeof listTenantsQuerySchema>;
+
+// ---- answers ----
+
+/** Settings as a tenant's answers and events carry them (already normalised: no transforms to run again). */
+export const tenantSettingsViewSchema = tenantSettingsSchema.extend({ allowedIpRanges: z.array(text()).max(256) });
+
+export const tenantSchema = z
+  .object({
+    id: z.uuid(),
+    slug: text(),
+    name: text(),
+    plan: planSchema,
+    quotas: quotasSchema,
+    settings: tenantSettingsViewSchema,
+    status: tenantStatusSchema,
+    suspendedReason: text({ multiline: true }).nullable(),
+    version: z.number().int().min(0),
+    createdAt: isoTime,
+    updatedAt: isoTime,
+  })
+  .meta({ id: 'Tenant' });
+
+export const tenantCommandResultSchema = z.object({ state: tenantSchema, version: z.number().int(), position: positionSchema });
+export const tenantPageSchema = pageOf(tenantSchema).meta({ id: 'TenantPage' });
+/** What the gateway answers to a tenant command. */
+export const tenantAnswerSchema = z
+  .object({ tenant: tenantSchema, version: z.number().int(), position: positionSchema })
+  .meta({ id: 'TenantCommandResult' });
+
+// ---- commands and queries (the subjects the tenant service serves) ----
+
+const withTenantId = <D extends z.ZodType>(data: D) => commandRequest(z.object({ tenantId: tenantIdSchema, data }).strict());
+
+export const tenantRpc = {
+  create: command(TENANT_CONTEXT, 'create', { summary: 'Create a tenant (its slug reserved first)', request: commandRequest(createTenantSchema), response: tenantCommandResultSchema }),
+  changePlan: command(TENANT_CONTEXT, 'change_plan', { summary: 'Change the plan', request: withTenantId(changePlanSchema), response: tenantCommandResultSchema }),
+  updateSettings: command(TENANT_CONTEXT, 'update_settings', { summary: 'Update settings', request: withTenantId(updateSettingsSchema), response: tenantCommandResultSchema }),
+  suspend: command(TENANT_CONTEXT, 'suspend', { summary: 'Suspend a tenant', request: withTenantId(suspendTenantSchema), response: tenantCommandResultSchema }),
+  reactivate: command(TENANT_CONTEXT, 'reactivate', { summary: 'Reactivate a suspended tenant', request: withTenantId(emptyRequest), response: tenantCommandResultSchema }),
+  close: command(TENANT_CONTEXT, 'close', { summary: 'Close a tenant', request: withTenantId(closeTenantSchema), response: tenantCommandResultSchema }),
+  rebuildReadModel: command(TENANT_CONTEXT, 'rebuild_read_model', {
+    summary: 'Rebuild the tenants read model (same as rebuild_projection of "tenants")',
+    request: z.object({}).loose(),
+    response: z.object({ position: positionSchema }),
+    timeoutMs: 600_000,
+  }),
+  get: query(TENANT_CONTEXT, 'get', { summary: 'A tenant by id or slug, from the read model (cached)', request: getTenantQuerySchema, response: tenantSchema }),
+  list: query(TENANT_CONTEXT, 'list', { summary: 'Tenants in creation order, a page at a time', request: listTenantsQuerySchema, response: tenantPageSchema }),
+  current: query(TENANT_CONTEXT, 'current', {
+    summary: 'A tenant as its log has it now (for commands of other services that must see a change made a moment ago)',
+    request: z.object({ idOrSlug: text().min(1).max(64) }).strict(),
+    response: tenantSchema,
+  }),
+};
+
+// ---- event bodies ----
+
+/**
+ * The body of every tenant event type. A body must carry every field named here with its type;
+ * a field added later (a compatible change) is allowed without a new schemaVersion.
+ */
+export const tenantEventSchemas = {
+  [tenantEventTypes.created]: z.object({ slug: text(), name: text(), plan: planSchema, quotas: quotasSchema, settings: tenantSettingsViewSchema }),
+  [tenantEventTypes.planChanged]: z.object({ plan: planSchema, quotas: quotasSchema, previousPlan: planSchema }),
+  [tenantEventTypes.settingsUpdated]: z.object({ changes: tenantSettingsViewSchema.partial(), settings: tenantSettingsViewSchema }),
+  [tenantEventTypes.suspended]: z.object({ reason: text({ multiline: true }) }),
+  [tenantEventTypes.reactivated]: z.object({}),
+  [tenantEventTypes.closed]: z.object({ reason: text({ multiline: true }).optional() }),
+} satisfies Record<(typeof tenantEventTypes)[keyof typeof tenantEventTypes], z.ZodType>;
+
+// ---- HTTP routes ----
+
+const tenantIdParams = z.object({ id: z.uuid() }).strict();
+const tenantCommand = { tag: 'tenants', params: tenantIdParams, tenantParam: 'id', conditional: true, response: { status: 200, schema: tenantAnswerSchema } } as const;
+
+export const tenantRoutes = routeGroup({
+  create: route({
+    method: 'POST', path: '/api/v1/tenants', permission: permissions.tenantsCreate, tag: 'tenants', summary: 'Create a tenant',
+    body: createTenantSchema, idempotent: true, response: { status: 201, schema: tenantAnswerSchema },
+  }),
+  list: route({
+    method: 'GET', path: '/api/v1/tenants', permission: permissions.tenantsList, tag: 'tenants', summary: 'List tenants (cursor pagination, creation order)',
+    query: z
+      .object({
+        cursor: text().max(200).optional(),
+        limit: z.coerce.number().int().min(1).max(500).default(50),
+        status: tenantStatusSchema.optional(),
+        consistentWith: consistentWithParam,
+      })
+      .strict(),
+    response: { status: 200, schema: tenantPageSchema },
+  }),
+  get: route({
+    method: 'GET', path: '/api/v1/tenants/{idOrSlug}', permission: permissions.tenantsRead, tenantParam: 'idOrSlug', tag: 'tenants', summary: 'Get a tenant by id or slug',
+    params: z.object({ idOrSlug: text().min(1).max(200) }).strict(),
+    query: z.object({ consistentWith: consistentWithParam }).strict(),
+    response: { status: 200, schema: tenantSchema },
+  }),
+  changePlan: route({
+    ...tenantCommand, method: 'PATCH', path: '/api/v1/tenants/{id}/plan', permission: permissions.tenantsChangePlan,
+    summary: 'Change the plan (and quotas for plan "custom")', body: changePlanSchema,
+  }),
+  updateSettings: route({
+    ...tenantCommand, method: 'PATCH', path: '/api/v1/tenants/{id}/settings', permission: permissions.tenantsUpdate,
+    summary: 'Update settings (only the named ones change)', body: updateSettingsSchema,
+  }),
+  suspend: route({
+    ...tenantCommand, method: 'POST', path: '/api/v1/tenants/{id}/suspend', permission: permissions.tenantsSuspend,
+    summary: 'Suspend a tenant', body: suspendTenantSchema, idempotent: true,
+  }),
+  reactivate: route({
+    ...tenantCommand, method: 'POST', path: '/api/v1/tenants/{id}/reactivate', permission: permissions.tenantsSuspend,
+    summary: 'Reactivate a suspended tenant', body: z.object({}).strict().optional(), idempotent: true,
+  }),
+  close: route({
+    ...tenantCommand, method: 'DELETE', path: '/api/v1/tenants/{id}', permission: permissions.tenantsClose,
+    summary: 'Close a tenant (final: a closed tenant accepts nothing)', body: closeTenantSchema.optional(),
+  }),
+});

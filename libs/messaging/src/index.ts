@@ -7,3 +7,4 @@ export * from './consumer';
 export * from './nest';
 export * from './backend';
 export * from './transport';
+export * from './typed-rpc';

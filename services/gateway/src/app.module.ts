@@ -2,11 +2,11 @@ import { Injectable, Module, OnApplicationShutdown } from '@nestjs/common';
 import { APP_FILTER, APP_GUARD, DiscoveryModule } from '@nestjs/core';
 import Redis from 'ioredis';
 import { KeelConfig } from '@keel/config';
-import { MessagingModule } from '@keel/messaging';
+import { MessagingModule, RpcClient, TypedRpc } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { AdminController } from './admin/admin.controller';
 import { AuditController } from './audit/audit.controller';
-import { OpenApiController, OpenApiDocument } from './http/openapi';
+import { ApiDocsController, ApiDocuments } from './http/openapi';
 import { ProblemFilter } from './http/problem';
 import { IdempotencyInterceptor } from './http/idempotency.interceptor';
 import { RequestGuard } from './http/request.guard';
@@ -31,11 +31,12 @@ class RedisLifecycle implements OnApplicationShutdown {
 export function gatewayModule(config: KeelConfig, logger: Logger) {
   @Module({
     imports: [MessagingModule.forRoot({ config, logger, service: 'gateway' }), DiscoveryModule],
-    controllers: [TenantsController, AuditController, AdminController, AuthController, TenantIdentityController, RbacController, SsoController, OpsController, OpenApiController],
+    controllers: [TenantsController, AuditController, AdminController, AuthController, TenantIdentityController, RbacController, SsoController, OpsController, ApiDocsController],
     providers: [
       { provide: Redis, useFactory: () => new Redis(config.REDIS_URL, { maxRetriesPerRequest: 1, enableOfflineQueue: false, enableAutoPipelining: true }) },
       RedisLifecycle,
-      OpenApiDocument,
+      ApiDocuments,
+      { provide: TypedRpc, useFactory: (rpc: RpcClient) => new TypedRpc(rpc), inject: [RpcClient] },
       { provide: APP_GUARD, useClass: RequestGuard },
       IdempotencyInterceptor,
       TenantDirectory,

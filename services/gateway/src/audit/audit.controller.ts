@@ -1,64 +1,44 @@
 import { Controller, Get, Req } from '@nestjs/common';
-import { z } from 'zod';
-import { auditEventsQuerySchema, KeelError, LedgerEntry, Page, permissions as P, text, VerifyResult } from '@keel/contracts';
-import { RpcClient } from '@keel/messaging';
-import { Endpoint, Input, ValidInput } from '../http/endpoint';
+import { KeelError, queries, RouteInput, RouteOutput, routes } from '@keel/contracts';
+import { TypedRpc } from '@keel/messaging';
+import { Endpoint, Input } from '../http/endpoint';
 import { KeelRequest } from '../http/request-context';
 
-// The audit service's own query, with numbers coming as query-string text.
-const eventsQuery = auditEventsQuerySchema.extend({
-  from: z.iso.datetime().optional().describe('occurredAt at or after (ISO-8601)'),
-  to: z.iso.datetime().optional().describe('occurredAt before (ISO-8601)'),
-  limit: z.coerce.number().int().min(1).max(1_000).default(100),
-});
-
-const verifyQuery = z
-  .object({ fromSeq: z.coerce.number().int().min(1).optional(), toSeq: z.coerce.number().int().min(1).optional() })
-  .strict()
-  .refine((v) => v.fromSeq === undefined || v.toSeq === undefined || v.fromSeq <= v.toSeq, {
-    message: 'fromSeq must not be greater than toSeq',
-    path: ['fromSeq'],
-  });
-
-const checkpointsQuery = z
-  .object({
-    cursor: text().regex(/^\d{1,18}$/, 'must be a cursor this API returned').optional(),
-    limit: z.coerce.number().int().min(1).max(1_000).default(100),
-  })
-  .strict();
+const r = routes.audit;
+const Q = queries.audit;
 
 @Controller('api/v1/audit')
 export class AuditController {
-  constructor(private readonly rpc: RpcClient) {}
+  constructor(private readonly rpc: TypedRpc) {}
 
   @Get('events')
-  @Endpoint({ permission: P.auditRead, tag: 'audit', summary: 'Search the ledger (newest first by default; cursor pagination)', query: eventsQuery, response: 'LedgerPage' })
-  async events(@Req() req: KeelRequest, @Input() input: ValidInput<unknown, z.infer<typeof eventsQuery>>): Promise<Page<LedgerEntry>> {
+  @Endpoint(r.events)
+  async events(@Req() req: KeelRequest, @Input() input: RouteInput<typeof r.events>): Promise<RouteOutput<typeof r.events>> {
     const p = req.principal!;
     // Outside the platform, a caller reads its own tenant's trail only.
     if (!p.crossTenant) {
       if (input.query.tenantId && input.query.tenantId !== p.tenantId) throw new KeelError('not_found', 'No such tenant in your scope.');
-      return this.rpc.request('qry.audit.events', { ...input.query, tenantId: p.tenantId });
+      return this.rpc.call(Q.events, { ...input.query, tenantId: p.tenantId });
     }
-    return this.rpc.request('qry.audit.events', input.query);
+    return this.rpc.call(Q.events, input.query);
   }
 
   @Get('checkpoints')
-  @Endpoint({ permission: P.auditRead, tag: 'audit', summary: 'Signed ledger checkpoints (Ed25519 over sequence, hash, time and key id), oldest first', query: checkpointsQuery, response: 'CheckpointPage' })
-  async checkpoints(@Input() input: ValidInput<unknown, z.infer<typeof checkpointsQuery>>) {
-    return this.rpc.request('qry.audit.checkpoints', input.query);
+  @Endpoint(r.checkpoints)
+  async checkpoints(@Input() input: RouteInput<typeof r.checkpoints>): Promise<RouteOutput<typeof r.checkpoints>> {
+    return this.rpc.call(Q.checkpoints, input.query);
   }
 
   @Get('keys')
-  @Endpoint({ permission: 'public', tag: 'audit', summary: 'Public keys (JWK set) that verify ledger checkpoints', response: 'JwkSet' })
-  async keys() {
-    return this.rpc.request('qry.audit.keys', {});
+  @Endpoint(r.keys)
+  async keys(): Promise<RouteOutput<typeof r.keys>> {
+    return this.rpc.call(Q.keys, {});
   }
 
   @Get('verify')
-  @Endpoint({ permission: P.auditVerify, tag: 'audit', summary: 'Verify the hash chain over a range of sequences', query: verifyQuery, response: 'VerifyResult' })
-  async verify(@Input() input: ValidInput<unknown, z.infer<typeof verifyQuery>>): Promise<VerifyResult> {
-    // Verifying a long ledger takes a while; give it more than a normal request.
-    return this.rpc.request('qry.audit.verify', input.query, 120_000);
+  @Endpoint(r.verify)
+  async verify(@Input() input: RouteInput<typeof r.verify>): Promise<RouteOutput<typeof r.verify>> {
+    // Verifying a long ledger takes a while: the declaration gives it more than a normal request.
+    return this.rpc.call(Q.verify, input.query);
   }
 }

@@ -1,34 +1,20 @@
 import { SetMetadata, createParamDecorator, ExecutionContext } from '@nestjs/common';
-import { z } from 'zod';
-import { Permission } from '@keel/contracts';
+import { RouteDecl } from '@keel/contracts';
 
 export const ENDPOINT = 'keel:endpoint';
 
-export interface EndpointSpec {
-  /**
-   * The permission the caller needs; `public` for unauthenticated routes (health, docs,
-   * sign-in), `authenticated` for what any signed-in caller may do for themselves.
-   */
-  permission: Permission | 'public' | 'authenticated';
-  /** The path parameter naming the tenant the route acts in; only that tenant's callers (or platform admins) pass. */
-  tenantParam?: string;
-  summary: string;
-  tag: string;
-  body?: z.ZodType;
-  query?: z.ZodType;
-  params?: z.ZodType;
-  /** Status of a successful answer (documented in OpenAPI). */
-  status?: number;
-  /** Honours `Idempotency-Key`. */
-  idempotent?: boolean;
-  /** Honours `If-Match: <version>`. */
-  conditional?: boolean;
-  /** Describes the success response for OpenAPI. */
-  response?: string;
-}
+/**
+ * What a route needs and accepts: its declaration in `libs/contracts` (permission, tenant
+ * parameter, schemas, response, idempotent, conditional). The guard and the validator read it;
+ * the OpenAPI document is built from the same declarations.
+ */
+export type EndpointSpec = RouteDecl;
 
-/** Declares what a route needs and accepts; the guard and the validator read it. */
-export const Endpoint = (spec: EndpointSpec) => SetMetadata(ENDPOINT, spec);
+/**
+ * Serves a declared route: `@Endpoint(routes.tenants.create)`. The Nest method decorator
+ * (`@Post()`, …) must give the declaration's method and path (a unit test checks every controller).
+ */
+export const Endpoint = (route: RouteDecl) => SetMetadata(ENDPOINT, route);
 
 export interface ValidInput<B = unknown, Q = unknown, P = unknown> {
   body: B;

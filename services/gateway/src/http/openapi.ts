@@ -1,101 +1,101 @@
-import { Controller, Get, Injectable, OnModuleInit, RequestMethod, Res } from '@nestjs/common';
-import { METHOD_METADATA, PATH_METADATA } from '@nestjs/common/constants';
-import { DiscoveryService, MetadataScanner, Reflector } from '@nestjs/core';
+import { Controller, Get, Injectable, Res } from '@nestjs/common';
 import { FastifyReply } from 'fastify';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { text } from '@keel/contracts';
-import { ENDPOINT, Endpoint, EndpointSpec, Input, ValidInput } from './endpoint';
-import { responseSchemas } from './openapi-components';
+import { createDocument, ZodOpenApiOperationObject, ZodOpenApiPathsObject, ZodOpenApiResponsesObject } from 'zod-openapi';
+import { allRoutes, asyncApiDocument, RouteDecl, RouteInput, routes, text } from '@keel/contracts';
+import { Endpoint, Input } from './endpoint';
 
-type JsonSchema = Record<string, unknown>;
+type Json = Record<string, unknown>;
 
-const toSchema = (schema: z.ZodType): JsonSchema => {
-  const { $schema: _, ...rest } = z.toJSONSchema(schema, { io: 'input', unrepresentable: 'any' }) as JsonSchema;
-  return rest;
-};
+const problem = z
+  .object({
+    type: text(),
+    title: text(),
+    status: z.number().int(),
+    detail: text({ multiline: true }),
+    instance: text(),
+    code: text().describe('stable error code'),
+    errors: z.array(z.object({ field: text(), in: z.enum(['body', 'query', 'path', 'header']).optional(), message: text({ multiline: true }) })).optional(),
+    traceId: text().optional(),
+  })
+  .meta({ id: 'Problem', description: 'Problem (RFC 9457)' });
+const problemResponse = { description: 'Problem (RFC 9457)', content: { 'application/problem+json': { schema: problem } } };
 
-function parameters(schema: z.ZodType | undefined, where: 'query' | 'path'): JsonSchema[] {
-  if (!schema) return [];
-  const json = toSchema(schema) as { properties?: Record<string, JsonSchema>; required?: string[] };
-  return Object.entries(json.properties ?? {}).map(([name, s]) => ({
-    name,
-    in: where,
-    required: where === 'path' || (json.required ?? []).includes(name),
-    schema: s,
-    ...(s.description ? { description: s.description } : {}),
-  }));
+/** A body schema that accepts `undefined` is an optional body; the document shows what it holds when sent. */
+function bodyOf(route: RouteDecl): { schema: z.ZodType; required: boolean } | undefined {
+  if (!route.body) return undefined;
+  const required = !route.body.safeParse(undefined).success;
+  const schema = route.body instanceof z.ZodOptional ? (route.body.unwrap() as z.ZodType) : route.body;
+  return { schema, required };
 }
 
-const problemRef = { description: 'Problem (RFC 9457)', content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } } };
+function headersOf(route: RouteDecl): z.ZodObject | undefined {
+  const shape: Record<string, z.ZodType> = {};
+  if (route.idempotent) shape['Idempotency-Key'] = text().max(255).optional().describe('Retry safely: the key (per tenant and route) becomes the command id; a retry answers the first outcome');
+  if (route.conditional) shape['If-Match'] = text().optional().describe('Expected version; 412 when stale');
+  return Object.keys(shape).length ? z.object(shape) : undefined;
+}
 
-/** Builds the OpenAPI 3.1 document from the routes' own declarations, so it cannot drift. */
-@Injectable()
-export class OpenApiDocument implements OnModuleInit {
-  document: JsonSchema = {};
+function operationOf(route: RouteDecl): ZodOpenApiOperationObject {
+  const ok = route.response;
+  const responses: ZodOpenApiResponsesObject = {
+    [String(ok.status)]: {
+      description: ok.description ?? (ok.schema ? 'Success' : ok.status === 204 ? 'Done; no content' : 'Success'),
+      ...(ok.schema ? { content: { [ok.contentType ?? 'application/json']: { schema: ok.schema } } } : {}),
+    },
+  };
+  const isPublic = route.permission === 'public';
+  if (route.params || route.query || route.body || !isPublic) responses['400'] = problemResponse;
+  if (!isPublic) Object.assign(responses, { '401': problemResponse, '403': problemResponse, '404': problemResponse, '409': problemResponse, '503': problemResponse });
+  if (route.conditional) responses['412'] = problemResponse;
+  const body = bodyOf(route);
+  const header = headersOf(route);
+  return {
+    operationId: route.operationId,
+    summary: route.summary,
+    tags: [route.tag],
+    'x-permission': route.permission,
+    ...(isPublic ? { security: [] } : {}),
+    requestParams: {
+      ...(route.params ? { path: route.params as z.ZodObject } : {}),
+      ...(route.query ? { query: route.query as z.ZodObject } : {}),
+      ...(header ? { header } : {}),
+    },
+    ...(body ? { requestBody: { required: body.required, content: { 'application/json': { schema: body.schema } } } } : {}),
+    responses,
+  };
+}
 
-  constructor(
-    private readonly discovery: DiscoveryService,
-    private readonly scanner: MetadataScanner,
-    private readonly reflector: Reflector,
-  ) {}
-
-  onModuleInit(): void {
-    const paths: Record<string, Record<string, unknown>> = {};
-    for (const wrapper of this.discovery.getControllers()) {
-      const type = wrapper.metatype as (new (...args: never[]) => unknown) | undefined;
-      if (!type || !wrapper.instance) continue;
-      const base = String(this.reflector.get<string>(PATH_METADATA, type) ?? '');
-      const proto = Object.getPrototypeOf(wrapper.instance);
-      for (const name of this.scanner.getAllMethodNames(proto)) {
-        const handler = proto[name];
-        const spec = this.reflector.get<EndpointSpec | undefined>(ENDPOINT, handler);
-        const method = this.reflector.get<RequestMethod | undefined>(METHOD_METADATA, handler);
-        if (!spec || method === undefined) continue;
-        const sub = String(this.reflector.get<string>(PATH_METADATA, handler) ?? '');
-        const path = `/${[base, sub].filter((p) => p && p !== '/').join('/')}`.replace(/\/+/g, '/').replace(/:([A-Za-z]+)/g, '{$1}');
-        const status = String(spec.status ?? 200);
-        const headers = [
-          ...(spec.idempotent ? [{ name: 'Idempotency-Key', in: 'header', required: false, schema: { type: 'string', maxLength: 255 } }] : []),
-          ...(spec.conditional ? [{ name: 'If-Match', in: 'header', required: false, schema: { type: 'string' }, description: 'Expected version; 412 when stale' }] : []),
-        ];
-        (paths[path] ??= {})[RequestMethod[method].toLowerCase()] = {
-          summary: spec.summary,
-          tags: [spec.tag],
-          operationId: `${spec.tag}.${name}`,
-          'x-permission': spec.permission,
-          ...(spec.permission === 'public' ? { security: [] } : {}),
-          parameters: [...parameters(spec.params, 'path'), ...parameters(spec.query, 'query'), ...headers],
-          ...(spec.body ? { requestBody: { required: true, content: { 'application/json': { schema: toSchema(spec.body) } } } } : {}),
-          responses: {
-            [status]: {
-              description: 'Success',
-              ...(spec.response ? { content: { 'application/json': { schema: { $ref: `#/components/schemas/${spec.response}` } } } } : {}),
-            },
-            ...(spec.permission === 'public' ? {} : { '400': problemRef, '401': problemRef, '403': problemRef }),
-            ...(spec.permission === 'public' ? {} : { '404': problemRef, '409': problemRef, '503': problemRef }),
-            ...(spec.conditional ? { '412': problemRef } : {}),
-          },
-        };
-      }
-    }
-    this.document = {
-      openapi: '3.1.0',
-      info: {
-        title: 'Keel API',
-        version: '1.0.0',
-        description: 'Control plane for enterprise AI platforms. Errors are application/problem+json (RFC 9457) with a stable `code`.',
-      },
-      servers: [{ url: '/' }],
-      security: [{ bearer: [] }],
-      paths,
-      components: {
-        securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
-        schemas: Object.fromEntries(Object.entries(responseSchemas).map(([k, s]) => [k, toSchema(s)])),
-      },
-    };
+/**
+ * The OpenAPI 3.1 document, built from the route declarations in `libs/contracts` (the same ones the
+ * guard, the validator and the controllers use) with zod-openapi, so it cannot drift from what is served.
+ */
+export function buildOpenApiDocument(): Json {
+  const paths: ZodOpenApiPathsObject = {};
+  for (const route of allRoutes()) {
+    (paths[route.path] ??= {})[route.method.toLowerCase() as 'get'] = operationOf(route);
   }
+  return createDocument({
+    openapi: '3.1.0',
+    info: {
+      title: 'Keel API',
+      version: '1.0.0',
+      description: 'Control plane for enterprise AI platforms. Errors are application/problem+json (RFC 9457) with a stable `code`.',
+    },
+    servers: [{ url: '/' }],
+    security: [{ bearer: [] }],
+    paths,
+    components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+  }) as unknown as Json;
+}
+
+/** Both documents, built once at start-up. */
+@Injectable()
+export class ApiDocuments {
+  readonly openapi = buildOpenApiDocument();
+  readonly asyncapi = asyncApiDocument();
 }
 
 const swaggerDir = join(require.resolve('swagger-ui-dist/package.json'), '..');
@@ -110,26 +110,34 @@ const docsPage = `<!doctype html>
 <script src="/docs/assets/init.js"></script></body></html>`;
 const initScript = `window.ui = SwaggerUIBundle({ url: '/openapi.json', dom_id: '#ui', persistAuthorization: true });`;
 
+const r = routes.operations;
+
 @Controller()
-export class OpenApiController {
-  constructor(private readonly doc: OpenApiDocument) {}
+export class ApiDocsController {
+  constructor(private readonly documents: ApiDocuments) {}
 
   @Get('openapi.json')
-  @Endpoint({ permission: 'public', tag: 'operations', summary: 'This OpenAPI document' })
+  @Endpoint(r.openapi)
   openapi() {
-    return this.doc.document;
+    return this.documents.openapi;
+  }
+
+  @Get('asyncapi.json')
+  @Endpoint(r.asyncapi)
+  asyncapi() {
+    return this.documents.asyncapi;
   }
 
   @Get('docs')
-  @Endpoint({ permission: 'public', tag: 'operations', summary: 'API explorer (Swagger UI)' })
+  @Endpoint(r.docs)
   docs(@Res({ passthrough: true }) reply: FastifyReply) {
     void reply.type('text/html; charset=utf-8');
     return docsPage;
   }
 
   @Get('docs/assets/:file')
-  @Endpoint({ permission: 'public', tag: 'operations', summary: 'API explorer assets', params: z.object({ file: text().max(100) }) })
-  asset(@Res({ passthrough: true }) reply: FastifyReply, @Input() input: ValidInput<unknown, unknown, { file: string }>) {
+  @Endpoint(r.asset)
+  asset(@Res({ passthrough: true }) reply: FastifyReply, @Input() input: RouteInput<typeof r.asset>) {
     const file = input.params.file;
     if (file === 'init.js') {
       void reply.type('application/javascript');

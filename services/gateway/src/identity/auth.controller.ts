@@ -1,13 +1,12 @@
 import { Controller, Delete, Get, HttpCode, Patch, Post, Req } from '@nestjs/common';
-import { z } from 'zod';
-import { changePasswordSchema, KeelError, loginSchema, permissions as P, profileSchema, refreshSchema, SessionInfo, text, TokenPair, TOKEN_ISSUER } from '@keel/contracts';
-import { RpcClient } from '@keel/messaging';
-import { Endpoint, Input, ValidInput } from '../http/endpoint';
+import { commands, KeelError, queries, RouteInput, RouteOutput, routes, TOKEN_ISSUER } from '@keel/contracts';
+import { TypedRpc } from '@keel/messaging';
+import { Endpoint, Input } from '../http/endpoint';
 import { authMeta, KeelRequest } from '../http/request-context';
 import { userAnswer } from './tenant-identity.controller';
 
-const sessionParams = z.object({ sessionId: z.uuid() }).strict();
-const totpCode = z.object({ code: text().regex(/^\d{6}$/, 'must be the 6-digit code from your authenticator') }).strict();
+const r = routes.auth;
+const C = commands.auth;
 
 function client(req: KeelRequest) {
   const ua = req.headers['user-agent'];
@@ -23,95 +22,95 @@ function factorOwner(req: KeelRequest): { tenantId: string; userId: string } {
 
 @Controller()
 export class AuthController {
-  constructor(private readonly rpc: RpcClient) {}
+  constructor(private readonly rpc: TypedRpc) {}
 
   @Post('api/v1/auth/login')
   @HttpCode(200)
-  @Endpoint({ permission: 'public', tag: 'auth', summary: 'Sign in (tenant slug; omit it for platform users) → access and refresh tokens', body: loginSchema, response: 'TokenPair' })
-  async login(@Req() req: KeelRequest, @Input() input: ValidInput): Promise<TokenPair> {
-    return this.rpc.request('cmd.auth.login', { client: client(req), payload: input.body });
+  @Endpoint(r.login)
+  async login(@Req() req: KeelRequest, @Input() input: RouteInput<typeof r.login>): Promise<RouteOutput<typeof r.login>> {
+    return this.rpc.call(C.login, { client: client(req), payload: input.body });
   }
 
   @Post('api/v1/auth/refresh')
   @HttpCode(200)
-  @Endpoint({ permission: 'public', tag: 'auth', summary: 'Exchange a refresh token (rotated on every use; reuse revokes the session)', body: refreshSchema, response: 'TokenPair' })
-  async refresh(@Req() req: KeelRequest, @Input() input: ValidInput): Promise<TokenPair> {
-    return this.rpc.request('cmd.auth.refresh', { client: client(req), payload: input.body });
+  @Endpoint(r.refresh)
+  async refresh(@Req() req: KeelRequest, @Input() input: RouteInput<typeof r.refresh>): Promise<RouteOutput<typeof r.refresh>> {
+    return this.rpc.call(C.refresh, { client: client(req), payload: input.body });
   }
 
   @Post('api/v1/auth/logout')
   @HttpCode(204)
-  @Endpoint({ permission: 'authenticated', tag: 'auth', summary: 'Sign out: revoke this session' })
+  @Endpoint(r.logout)
   async logout(@Req() req: KeelRequest): Promise<void> {
     const p = req.principal!;
     if (!p.sessionId) return;
-    await this.rpc.request('cmd.auth.revoke_session', { meta: authMeta(req), payload: { tenantId: p.tenantId, sessionId: p.sessionId } });
+    await this.rpc.call(C.revokeSession, { meta: authMeta(req), payload: { tenantId: p.tenantId, sessionId: p.sessionId } });
   }
 
   @Post('api/v1/auth/password')
   @HttpCode(204)
-  @Endpoint({ permission: 'authenticated', tag: 'auth', summary: 'Change your own password', body: changePasswordSchema })
-  async changePassword(@Req() req: KeelRequest, @Input() input: ValidInput): Promise<void> {
+  @Endpoint(r.changePassword)
+  async changePassword(@Req() req: KeelRequest, @Input() input: RouteInput<typeof r.changePassword>): Promise<void> {
     const p = req.principal!;
-    await this.rpc.request('cmd.auth.change_password', { meta: authMeta(req), payload: { tenantId: p.tenantId, userId: p.actor.id, data: input.body } });
+    await this.rpc.call(C.changePassword, { meta: authMeta(req), payload: { tenantId: p.tenantId, userId: p.actor.id, data: input.body } });
   }
 
   @Post('api/v1/auth/mfa/totp')
   @HttpCode(201)
-  @Endpoint({ permission: 'authenticated', tag: 'auth', summary: 'Start TOTP enrolment: a new secret and otpauth:// URL for your authenticator app (confirm it with a code)', status: 201 })
-  async startTotp(@Req() req: KeelRequest): Promise<{ secret: string; otpauthUrl: string }> {
-    return this.rpc.request('cmd.auth.mfa_totp_start', { meta: authMeta(req), payload: factorOwner(req) });
+  @Endpoint(r.startTotp)
+  async startTotp(@Req() req: KeelRequest): Promise<RouteOutput<typeof r.startTotp>> {
+    return this.rpc.call(C.mfaTotpStart, { meta: authMeta(req), payload: factorOwner(req) });
   }
 
   @Post('api/v1/auth/mfa/totp/verify')
   @HttpCode(200)
-  @Endpoint({ permission: 'authenticated', tag: 'auth', summary: 'Confirm TOTP enrolment with a current code → 10 single-use recovery codes (shown once)', body: totpCode })
-  async confirmTotp(@Req() req: KeelRequest, @Input() input: ValidInput<z.infer<typeof totpCode>>): Promise<{ recoveryCodes: string[] }> {
-    return this.rpc.request('cmd.auth.mfa_totp_confirm', { meta: authMeta(req), payload: { ...factorOwner(req), code: input.body.code } });
+  @Endpoint(r.confirmTotp)
+  async confirmTotp(@Req() req: KeelRequest, @Input() input: RouteInput<typeof r.confirmTotp>): Promise<RouteOutput<typeof r.confirmTotp>> {
+    return this.rpc.call(C.mfaTotpConfirm, { meta: authMeta(req), payload: { ...factorOwner(req), code: input.body.code } });
   }
 
   @Delete('api/v1/auth/mfa/totp')
   @HttpCode(204)
-  @Endpoint({ permission: 'authenticated', tag: 'auth', summary: 'Remove your TOTP factor and its recovery codes (needs a current code)', body: totpCode })
-  async removeTotp(@Req() req: KeelRequest, @Input() input: ValidInput<z.infer<typeof totpCode>>): Promise<void> {
-    await this.rpc.request('cmd.auth.mfa_totp_remove', { meta: authMeta(req), payload: { ...factorOwner(req), code: input.body.code } });
+  @Endpoint(r.removeTotp)
+  async removeTotp(@Req() req: KeelRequest, @Input() input: RouteInput<typeof r.removeTotp>): Promise<void> {
+    await this.rpc.call(C.mfaTotpRemove, { meta: authMeta(req), payload: { ...factorOwner(req), code: input.body.code } });
   }
 
   @Patch('api/v1/auth/profile')
-  @Endpoint({ permission: 'authenticated', tag: 'auth', summary: 'Update your own profile', body: profileSchema })
-  async updateProfile(@Req() req: KeelRequest, @Input() input: ValidInput) {
+  @Endpoint(r.updateProfile)
+  async updateProfile(@Req() req: KeelRequest, @Input() input: RouteInput<typeof r.updateProfile>): Promise<RouteOutput<typeof r.updateProfile>> {
     const p = req.principal!;
     if (p.actor.kind !== 'user') throw new KeelError('forbidden', 'Only a signed-in user has a profile.');
-    return userAnswer(await this.rpc.request('cmd.auth.update_profile', { meta: authMeta(req), payload: { tenantId: p.tenantId, userId: p.actor.id, data: input.body } }));
+    return userAnswer(await this.rpc.call(C.updateProfile, { meta: authMeta(req), payload: { tenantId: p.tenantId, userId: p.actor.id, data: input.body } }));
   }
 
   @Get('api/v1/auth/sessions')
-  @Endpoint({ permission: 'authenticated', tag: 'auth', summary: 'Your own active sessions', response: 'SessionList' })
-  async mySessions(@Req() req: KeelRequest): Promise<{ items: SessionInfo[] }> {
+  @Endpoint(r.mySessions)
+  async mySessions(@Req() req: KeelRequest): Promise<RouteOutput<typeof r.mySessions>> {
     const p = req.principal!;
-    return this.rpc.request('qry.auth.sessions', { tenantId: p.tenantId, userId: p.actor.id });
+    return this.rpc.call(queries.auth.sessions, { tenantId: p.tenantId, userId: p.actor.id });
   }
 
   @Delete('api/v1/auth/sessions/:sessionId')
   @HttpCode(204)
-  @Endpoint({ permission: 'authenticated', tag: 'auth', summary: 'Revoke one of your own sessions', params: sessionParams })
-  async revokeMine(@Req() req: KeelRequest, @Input() input: ValidInput<unknown, unknown, z.infer<typeof sessionParams>>): Promise<void> {
+  @Endpoint(r.revokeMine)
+  async revokeMine(@Req() req: KeelRequest, @Input() input: RouteInput<typeof r.revokeMine>): Promise<void> {
     const p = req.principal!;
-    await this.rpc.request('cmd.auth.revoke_session', {
+    await this.rpc.call(C.revokeSession, {
       meta: authMeta(req),
       payload: { tenantId: p.tenantId, sessionId: input.params.sessionId, onlyOfUser: p.actor.id },
     });
   }
 
   @Get('.well-known/jwks.json')
-  @Endpoint({ permission: 'public', tag: 'auth', summary: 'Keys that verify Keel access tokens (JWK set, EdDSA)' })
-  async jwks() {
-    return this.rpc.request('qry.auth.jwks', {});
+  @Endpoint(r.jwks)
+  async jwks(): Promise<RouteOutput<typeof r.jwks>> {
+    return this.rpc.call(queries.auth.jwks, {});
   }
 
   @Get('.well-known/openid-configuration')
-  @Endpoint({ permission: 'public', tag: 'auth', summary: 'Discovery document for standard OIDC/JOSE libraries' })
-  discovery(@Req() req: KeelRequest) {
+  @Endpoint(r.discovery)
+  discovery(@Req() req: KeelRequest): RouteOutput<typeof r.discovery> {
     const base = `${req.protocol}://${req.headers.host ?? 'localhost'}`;
     return {
       issuer: TOKEN_ISSUER,
@@ -127,8 +126,8 @@ export class AuthController {
 
   @Post('api/v1/admin/signing-keys/rotate')
   @HttpCode(200)
-  @Endpoint({ permission: P.platformOperate, tag: 'operations', summary: 'Rotate the token signing key (the old one stays published until its tokens expire)' })
-  async rotate(@Req() req: KeelRequest): Promise<{ kid: string }> {
-    return this.rpc.request('cmd.auth.rotate_signing_key', { meta: authMeta(req) });
+  @Endpoint(r.rotate)
+  async rotate(@Req() req: KeelRequest): Promise<RouteOutput<typeof r.rotate>> {
+    return this.rpc.call(C.rotateSigningKey, { meta: authMeta(req) });
   }
 }

@@ -1,30 +1,13 @@
 import { Controller, Delete, Get, HttpCode, Post, Put, Req, Res } from '@nestjs/common';
 import { FastifyReply } from 'fastify';
 import { randomBytes } from 'node:crypto';
-import { z } from 'zod';
-import { CommandResult, createIdentityProviderSchema, permissions as P, slugSchema, text, TokenPair, updateIdentityProviderSchema } from '@keel/contracts';
-import { RpcClient } from '@keel/messaging';
-import { Endpoint, Input, ValidInput } from '../http/endpoint';
+import { commands, queries, RouteInput, RouteOutput, routes, RpcResponse } from '@keel/contracts';
+import { TypedRpc } from '@keel/messaging';
+import { Endpoint, Input } from '../http/endpoint';
 import { authMeta, KeelRequest } from '../http/request-context';
 
-const tenantParams = z.object({ tenantId: z.uuid() }).strict();
-const providerParams = tenantParams.extend({ providerId: z.uuid() }).strict();
-const startParams = z.object({ tenantSlug: slugSchema, providerId: z.uuid() }).strict();
-const startQuery = z.object({ redirectUri: text().max(2048).pipe(z.url()).optional().describe('Send the browser there with the tokens in the fragment; one of the provider\'s redirectUris') }).strict();
-// Not strict: providers add their own parameters to the callback (session_state, …).
-const callbackQuery = z
-  .object({
-    state: text().min(1).max(128),
-    code: text().min(1).max(4096).optional(),
-    error: text().max(256).optional(),
-    error_description: text({ multiline: true }).max(1024).optional(),
-    iss: text().max(2048).optional(),
-  })
-  .loose();
-
-type T = z.infer<typeof tenantParams>;
-type Provider = z.infer<typeof providerParams>;
-type Result = CommandResult<{ id: string; version: number }>;
+const r = routes.sso;
+const C = commands.auth;
 
 const CALLBACK_PATH = '/api/v1/auth/sso/callback';
 /**
@@ -58,52 +41,52 @@ function bindingOf(req: KeelRequest): string | undefined {
 /** Single sign-on: a tenant's identity providers, and the OpenID Connect sign-in through them. */
 @Controller()
 export class SsoController {
-  constructor(private readonly rpc: RpcClient) {}
+  constructor(private readonly rpc: TypedRpc) {}
 
   @Post('api/v1/tenants/:tenantId/identity-providers')
   @HttpCode(201)
-  @Endpoint({ permission: P.usersWrite, tenantParam: 'tenantId', tag: 'identity-providers', summary: 'Add an identity provider (OpenID Connect); its roles must be ones you hold', params: tenantParams, body: createIdentityProviderSchema, status: 201 })
-  async create(@Req() req: KeelRequest, @Res({ passthrough: true }) reply: FastifyReply, @Input() input: ValidInput<unknown, unknown, T>) {
-    const r = await this.rpc.request<Result>('cmd.auth.create_identity_provider', { meta: authMeta(req), payload: { tenantId: input.params.tenantId, data: input.body } });
-    void reply.header('location', `/api/v1/tenants/${input.params.tenantId}/identity-providers/${r.state.id}`).header('etag', `"${r.version}"`);
-    return { ...r.state, position: r.position };
+  @Endpoint(r.create)
+  async create(@Req() req: KeelRequest, @Res({ passthrough: true }) reply: FastifyReply, @Input() input: RouteInput<typeof r.create>): Promise<RouteOutput<typeof r.create>> {
+    const result = await this.rpc.call(C.createIdentityProvider, { meta: authMeta(req), payload: { tenantId: input.params.tenantId, data: input.body } });
+    void reply.header('location', `/api/v1/tenants/${input.params.tenantId}/identity-providers/${result.state.id}`).header('etag', `"${result.version}"`);
+    return { ...result.state, position: result.position };
   }
 
   @Get('api/v1/tenants/:tenantId/identity-providers')
-  @Endpoint({ permission: P.usersRead, tenantParam: 'tenantId', tag: 'identity-providers', summary: 'List identity providers (never their secrets)', params: tenantParams })
-  async list(@Input() input: ValidInput<unknown, unknown, T>) {
-    return this.rpc.request('qry.auth.identity_providers', input.params);
+  @Endpoint(r.list)
+  async list(@Input() input: RouteInput<typeof r.list>): Promise<RouteOutput<typeof r.list>> {
+    return this.rpc.call(queries.auth.identityProviders, input.params);
   }
 
   @Get('api/v1/tenants/:tenantId/identity-providers/:providerId')
-  @Endpoint({ permission: P.usersRead, tenantParam: 'tenantId', tag: 'identity-providers', summary: 'Get an identity provider (never its secret)', params: providerParams })
-  async get(@Res({ passthrough: true }) reply: FastifyReply, @Input() input: ValidInput<unknown, unknown, Provider>) {
-    const provider = await this.rpc.request<{ version: number }>('qry.auth.identity_provider', input.params);
+  @Endpoint(r.get)
+  async get(@Res({ passthrough: true }) reply: FastifyReply, @Input() input: RouteInput<typeof r.get>): Promise<RouteOutput<typeof r.get>> {
+    const provider = await this.rpc.call(queries.auth.identityProvider, input.params);
     void reply.header('etag', `"${provider.version}"`);
     return provider;
   }
 
   @Put('api/v1/tenants/:tenantId/identity-providers/:providerId')
-  @Endpoint({ permission: P.usersWrite, tenantParam: 'tenantId', tag: 'identity-providers', summary: 'Replace an identity provider\'s settings (omit clientSecret to keep it)', params: providerParams, body: updateIdentityProviderSchema, conditional: true })
-  async update(@Req() req: KeelRequest, @Res({ passthrough: true }) reply: FastifyReply, @Input() input: ValidInput<unknown, unknown, Provider>) {
-    const r = await this.rpc.request<Result>('cmd.auth.update_identity_provider', { meta: authMeta(req), payload: { ...input.params, data: input.body } });
-    void reply.header('etag', `"${r.version}"`);
-    return { ...r.state, position: r.position };
+  @Endpoint(r.update)
+  async update(@Req() req: KeelRequest, @Res({ passthrough: true }) reply: FastifyReply, @Input() input: RouteInput<typeof r.update>): Promise<RouteOutput<typeof r.update>> {
+    const result = await this.rpc.call(C.updateIdentityProvider, { meta: authMeta(req), payload: { ...input.params, data: input.body } });
+    void reply.header('etag', `"${result.version}"`);
+    return { ...result.state, position: result.position };
   }
 
   @Delete('api/v1/tenants/:tenantId/identity-providers/:providerId')
   @HttpCode(204)
-  @Endpoint({ permission: P.usersWrite, tenantParam: 'tenantId', tag: 'identity-providers', summary: 'Delete an identity provider (its users stay, unlinked)', params: providerParams })
-  async remove(@Req() req: KeelRequest, @Input() input: ValidInput<unknown, unknown, Provider>): Promise<void> {
-    await this.rpc.request('cmd.auth.delete_identity_provider', { meta: authMeta(req), payload: input.params });
+  @Endpoint(r.remove)
+  async remove(@Req() req: KeelRequest, @Input() input: RouteInput<typeof r.remove>): Promise<void> {
+    await this.rpc.call(C.deleteIdentityProvider, { meta: authMeta(req), payload: input.params });
   }
 
   @Get('api/v1/auth/sso/:tenantSlug/:providerId/start')
-  @Endpoint({ permission: 'public', tag: 'auth', summary: 'Start single sign-on: 302 to the identity provider (authorization code + PKCE)', params: startParams, query: startQuery, status: 302 })
-  async start(@Req() req: KeelRequest, @Res({ passthrough: true }) reply: FastifyReply, @Input() input: ValidInput<unknown, z.infer<typeof startQuery>, z.infer<typeof startParams>>): Promise<void> {
+  @Endpoint(r.start)
+  async start(@Req() req: KeelRequest, @Res({ passthrough: true }) reply: FastifyReply, @Input() input: RouteInput<typeof r.start>): Promise<void> {
     const binding = randomBytes(32).toString('base64url');
-    const { authorizationUrl } = await this.rpc.request<{ authorizationUrl: string }>(
-      'cmd.auth.start_sso',
+    const { authorizationUrl } = await this.rpc.call(
+      C.startSso,
       {
         client: clientOf(req),
         payload: {
@@ -121,13 +104,13 @@ export class SsoController {
   }
 
   @Get('api/v1/auth/sso/callback')
-  @Endpoint({ permission: 'public', tag: 'auth', summary: 'Single sign-on callback → access and refresh tokens (or 302 to the start\'s redirectUri, tokens in the fragment)', query: callbackQuery, response: 'TokenPair' })
-  async callback(@Req() req: KeelRequest, @Res({ passthrough: true }) reply: FastifyReply, @Input() input: ValidInput<unknown, z.infer<typeof callbackQuery>>): Promise<TokenPair | void> {
+  @Endpoint(r.callback)
+  async callback(@Req() req: KeelRequest, @Res({ passthrough: true }) reply: FastifyReply, @Input() input: RouteInput<typeof r.callback>): Promise<RpcResponse<typeof C.completeSso>['tokens'] | void> {
     const q = input.query;
     const binding = bindingOf(req);
     void reply.header('cache-control', 'no-store');
-    const { tokens, redirectUri } = await this.rpc.request<{ tokens: TokenPair; redirectUri?: string }>(
-      'cmd.auth.complete_sso',
+    const { tokens, redirectUri } = await this.rpc.call(
+      C.completeSso,
       {
         client: clientOf(req),
         payload: {

@@ -1,9 +1,12 @@
 import { Controller, Get, Inject, Res } from '@nestjs/common';
 import { FastifyReply } from 'fastify';
 import Redis from 'ioredis';
+import { routes } from '@keel/contracts';
 import { MESSAGING, Messaging } from '@keel/messaging';
 import { metricsRegistry, readiness } from '@keel/observability';
 import { Endpoint } from '../http/endpoint';
+
+const r = routes.operations;
 
 @Controller()
 export class OpsController {
@@ -13,24 +16,24 @@ export class OpsController {
   ) {}
 
   @Get('health')
-  @Endpoint({ permission: 'public', tag: 'operations', summary: 'Liveness' })
+  @Endpoint(r.health)
   health() {
-    return { status: 'ok' };
+    return { status: 'ok' as const };
   }
 
   @Get('ready')
-  @Endpoint({ permission: 'public', tag: 'operations', summary: 'Readiness: NATS and Redis reachable' })
+  @Endpoint(r.ready)
   async ready(@Res({ passthrough: true }) reply: FastifyReply) {
-    const r = await readiness([
+    const result = await readiness([
       { name: 'nats', check: async () => !this.m.nc.isClosed() && (await this.m.nc.rtt()) >= 0 },
       { name: 'redis', check: async () => (await this.redis.ping()) === 'PONG' },
     ]);
-    void reply.status(r.status);
-    return r.body;
+    void reply.status(result.status);
+    return result.body;
   }
 
   @Get('metrics')
-  @Endpoint({ permission: 'public', tag: 'operations', summary: 'Prometheus metrics' })
+  @Endpoint(r.metrics)
   async metrics(@Res({ passthrough: true }) reply: FastifyReply) {
     void reply.type(metricsRegistry.contentType);
     return metricsRegistry.metrics();

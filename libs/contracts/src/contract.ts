@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import { actorSchema } from './envelope';
+import { actorSchema, envelopeSchema } from './envelope';
+import { text } from './text';
 import type { Permission } from './permissions';
 
 /**
@@ -137,11 +138,11 @@ export type RpcResponse<D extends RpcDecl> = z.output<D['response']>;
 export const commandMetaSchema = z
   .object({
     actor: actorSchema,
-    correlationId: z.string().min(1).max(200),
+    correlationId: envelopeSchema.shape.correlationId,
     /** When set, the command applies only if the aggregate is at this version (else 412). */
     expectedVersion: z.number().int().min(0).optional(),
     /** The command's own id (from an `Idempotency-Key`). */
-    commandId: z.string().min(1).max(200).optional(),
+    commandId: envelopeSchema.shape.commandId,
   })
   .strict();
 
@@ -153,7 +154,7 @@ export const isoTime = z.iso.datetime();
 /** The stream position of the event a command appended: pass it as `consistentWith`. */
 export const positionSchema = z.number().int().min(0).describe('Stream position of the event; pass it as consistentWith');
 /** A cursor page of `item`. */
-export const pageOf = <T extends Schema>(item: T) => z.object({ items: z.array(item), nextCursor: z.string().nullable() });
+export const pageOf = <T extends Schema>(item: T) => z.object({ items: z.array(item), nextCursor: text().nullable() });
 /** A list (no paging) of `item`. */
 export const listOf = <T extends Schema>(item: T) => z.object({ items: z.array(item) });
 /** `?consistentWith=` on a query string. */
@@ -161,4 +162,4 @@ export const consistentWithParam = z.coerce.number().int().min(0).optional().des
 /** A request without anything in it. */
 export const emptyRequest = z.object({}).strict();
 /** Any JSON object (a document served as it is). */
-export const jsonObject = z.record(z.string(), z.unknown());
+export const jsonObject = z.record(text(), z.unknown());

@@ -1,5 +1,5 @@
 import { headers as natsHeaders, JetStreamClient, JetStreamManager, MsgHdrs, PubAck, StoredMsg } from 'nats';
-import { EventEnvelope, eventSubject, KeelError, PositionedEvent, validateEnvelope } from '@keel/contracts';
+import { EventEnvelope, eventSubject, KeelError, PositionedEvent, validateEnvelope, validateEventBody } from '@keel/contracts';
 import { injectTraceContext } from '@keel/observability';
 import { decodeJson, encodeJson } from './codec';
 import { Messaging } from './connection';
@@ -71,7 +71,7 @@ export class EventStore {
    */
   async append(events: EventEnvelope[], expectedLastPosition: number): Promise<number[]> {
     if (!events.length) return [];
-    for (const e of events) validateEnvelope(e);
+    for (const e of events) { validateEnvelope(e); validateEventBody(e); }
     const subject = this.subjectOf(events[0]!);
     for (const e of events) {
       if (this.subjectOf(e) !== subject) throw new Error(`one decision appends to one aggregate: ${this.subjectOf(e)} is not ${subject}`);

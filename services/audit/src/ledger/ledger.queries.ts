@@ -1,16 +1,11 @@
 import { Injectable } from '@nestjs/common';
-import { z } from 'zod';
 import {
-  auditEventsQuerySchema, KeelError, LedgerEntry, Page, parseOrThrow, ProjectionStatus, ReplayPage, replayQuerySchema, VerifyResult, verifyQuerySchema,
+  auditRpc, KeelError, LedgerEntry, Page, parseOrThrow, ProjectionStatus, ReplayPage, VerifyResult,
 } from '@keel/contracts';
 import { MessagePattern } from '@keel/messaging';
 import { LedgerWriter } from './ledger-writer';
 import { PublicJwk, SigningKeys } from '../signing/signing-keys';
 import { Checkpoint, LedgerRepository } from './ledger.repository';
-
-const checkpointsSchema = z
-  .object({ cursor: z.string().regex(/^\d{1,18}$/).optional(), limit: z.number().int().min(1).max(1_000).default(100) })
-  .strict();
 
 @Injectable()
 export class LedgerQueries {
@@ -48,31 +43,31 @@ export class LedgerQueries {
 
   @MessagePattern('qry.audit.events')
   async events(body: unknown): Promise<Page<LedgerEntry>> {
-    return this.repo.search(parseOrThrow(auditEventsQuerySchema, body, 'audit search'));
+    return this.repo.search(parseOrThrow(auditRpc.events.request, body, 'audit search'));
   }
 
   @MessagePattern('qry.audit.verify')
   async verify(body: unknown): Promise<VerifyResult> {
-    const q = parseOrThrow(verifyQuerySchema, body, 'verification range');
+    const q = parseOrThrow(auditRpc.verify.request, body, 'verification range');
     return this.repo.verify(q.fromSeq, q.toSeq);
   }
 
   @MessagePattern('qry.audit.replay')
   async replay(body: unknown): Promise<ReplayPage> {
-    const q = parseOrThrow(replayQuerySchema, body, 'replay query');
+    const q = parseOrThrow(auditRpc.replay.request, body, 'replay query');
     return this.repo.replay(q.afterSeq, q.limit, q.contexts);
   }
 
   @MessagePattern('qry.audit.checkpoints')
   async checkpoints(body: unknown): Promise<Page<Checkpoint>> {
-    const q = parseOrThrow(checkpointsSchema, body, 'checkpoint listing');
+    const q = parseOrThrow(auditRpc.checkpoints.request, body, 'checkpoint listing');
     return this.repo.checkpoints(q.cursor ? Number(q.cursor) : 0, q.limit);
   }
 
   /** Entries that are not valid envelopes, oldest first: each one is an incident to look into. */
   @MessagePattern('qry.audit.incidents')
   async incidents(body: unknown): Promise<Page<LedgerEntry>> {
-    const q = parseOrThrow(checkpointsSchema, body, 'incident listing');
+    const q = parseOrThrow(auditRpc.incidents.request, body, 'incident listing');
     return this.repo.incidents(q.cursor ? Number(q.cursor) : 0, q.limit);
   }
 

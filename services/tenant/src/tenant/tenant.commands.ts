@@ -1,49 +1,31 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { DataSource } from 'typeorm';
-import { z } from 'zod';
 import {
-  actorSchema,
-  changePlanSchema,
-  closeTenantSchema,
   CommandMeta,
   CommandResult,
-  createTenantSchema,
   KeelError,
   newEventId,
   parseOrThrow,
-  suspendTenantSchema,
   Tenant,
   TENANT_AGGREGATE,
   TENANT_CONTEXT,
   tenantIdSchema,
-  updateSettingsSchema,
+  tenantRpc,
 } from '@keel/contracts';
 import { aggregateIdFor, CommandHandler } from '@keel/event-sourcing';
 import { EventStore, MessagePattern } from '@keel/messaging';
 import { CROSS_TENANT_DS, TENANT_SCHEMA } from '../database/schema';
 import { TenantDecisionCommand, tenantDecider, TenantState, toTenant } from './tenant.decider';
 
-const metaSchema = z
-  .object({
-    actor: actorSchema,
-    correlationId: z.string().min(1).max(200),
-    expectedVersion: z.number().int().min(0).optional(),
-    commandId: z.string().min(1).max(200).optional(),
-  })
-  .strict();
-
-const envelope = <P extends z.ZodType>(payload: P) => z.object({ meta: metaSchema, payload }).strict();
-const withId = <P extends z.ZodType>(data: P) => envelope(z.object({ tenantId: tenantIdSchema, data }).strict());
-
-// Built once: zod compiles a schema on its first use, so a schema made per request costs a compile each time.
+// Each command and query parses its input with the request schema its declaration in libs/contracts names.
 const requests = {
-  create: envelope(createTenantSchema),
-  changePlan: withId(changePlanSchema),
-  updateSettings: withId(updateSettingsSchema),
-  suspend: withId(suspendTenantSchema),
-  reactivate: withId(z.object({}).strict()),
-  close: withId(closeTenantSchema),
-  current: z.object({ idOrSlug: z.string().min(1).max(64) }).strict(),
+  create: tenantRpc.create.request,
+  changePlan: tenantRpc.changePlan.request,
+  updateSettings: tenantRpc.updateSettings.request,
+  suspend: tenantRpc.suspend.request,
+  reactivate: tenantRpc.reactivate.request,
+  close: tenantRpc.close.request,
+  current: tenantRpc.current.request,
 };
 
 /** A reservation older than this whose tenant never reached the log is abandoned. */

@@ -3,13 +3,12 @@ import { DataSource } from 'typeorm';
 import { ALL_TENANTS, inTenant } from '@keel/database';
 import { KeelConfig } from '@keel/config';
 import {
-  getTenantQuerySchema,
   KeelError,
-  listTenantsQuerySchema,
   Page,
   parseOrThrow,
   Tenant,
   tenantIdSchema,
+  tenantRpc,
 } from '@keel/contracts';
 import { InjectConfig, MessagePattern } from '@keel/messaging';
 import { ProjectionRunner } from '@keel/projections';
@@ -30,7 +29,7 @@ export class TenantQueries {
 
   @MessagePattern('qry.tenant.get')
   async get(body: unknown): Promise<Tenant> {
-    const q = parseOrThrow(getTenantQuerySchema, body, 'tenant lookup');
+    const q = parseOrThrow(tenantRpc.get.request, body, 'tenant lookup');
     const isId = tenantIdSchema.safeParse(q.idOrSlug).success;
     if (q.consistentWith !== undefined) {
       await this.runner.waitFor(q.consistentWith, this.config.KEEL_CONSISTENCY_WAIT_MS);
@@ -49,7 +48,7 @@ export class TenantQueries {
 
   @MessagePattern('qry.tenant.list')
   async list(body: unknown): Promise<Page<Tenant>> {
-    const q = parseOrThrow(listTenantsQuerySchema, body, 'tenant listing');
+    const q = parseOrThrow(tenantRpc.list.request, body, 'tenant listing');
     if (q.consistentWith !== undefined) await this.runner.waitFor(q.consistentWith, this.config.KEEL_CONSISTENCY_WAIT_MS);
     const where: string[] = [];
     const params: unknown[] = [];

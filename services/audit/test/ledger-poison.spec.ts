@@ -8,10 +8,10 @@ import { cleanupEnv, eventually, isolatedEnv, Stack } from '@keel/testing';
 function event(aggregateId: string, version: number, data: Record<string, unknown> = { n: version }): EventEnvelope {
   return {
     id: newEventId(),
-    type: 'tenant.tenant.settings_updated',
+    type: 'ledgertest.thing.noted',
     schemaVersion: 1,
     tenantId: aggregateId,
-    aggregateType: 'tenant',
+    aggregateType: 'thing',
     aggregateId,
     aggregateVersion: version,
     occurredAt: new Date().toISOString(),
@@ -46,7 +46,7 @@ describe('ledger: no content of a message can stop it', () => {
     admin = new Client({ connectionString: env.DATABASE_URL });
     await admin.connect();
     const store = new EventStore(m);
-    const subject = store.subjectOf({ tenantId: aggregate, type: 'tenant.x.x', aggregateType: 'tenant', aggregateId: aggregate });
+    const subject = store.subjectOf({ tenantId: aggregate, type: 'ledgertest.x.x', aggregateType: 'thing', aggregateId: aggregate });
     const raw = async (payload: string | Uint8Array, msgID?: string) => {
       const h = natsHeaders();
       const ack = await m.js.publish(subject, typeof payload === 'string' ? new TextEncoder().encode(payload) : payload, { ...(msgID ? { msgID } : {}), headers: h });

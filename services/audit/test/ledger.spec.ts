@@ -11,10 +11,10 @@ const EVENTS = 30;
 function event(aggregateId: string, version: number): EventEnvelope {
   return {
     id: newEventId(),
-    type: 'tenant.tenant.settings_updated',
+    type: 'ledgertest.thing.noted',
     schemaVersion: 1,
     tenantId: aggregateId,
-    aggregateType: 'tenant',
+    aggregateType: 'thing',
     aggregateId,
     aggregateVersion: version,
     occurredAt: new Date().toISOString(),

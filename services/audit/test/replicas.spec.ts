@@ -8,7 +8,7 @@ const EVENTS = 600;
 
 function event(aggregateId: string, version: number): EventEnvelope {
   return {
-    id: newEventId(), type: 'tenant.tenant.settings_updated', schemaVersion: 1, tenantId: aggregateId, aggregateType: 'tenant',
+    id: newEventId(), type: 'ledgertest.thing.noted', schemaVersion: 1, tenantId: aggregateId, aggregateType: 'thing',
     aggregateId, aggregateVersion: version, occurredAt: new Date().toISOString(), actor: { kind: 'system', id: 'replica-test' },
     correlationId: `c-${version}`, data: { n: version },
   };

@@ -40,9 +40,13 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /** A text column cannot hold NUL; lone surrogates become U+FFFD when encoded anyway. */
+const UNSAFE_FOR_TEXT = /[\u0000\uD800-\uDFFF]/;
+
 export function columnText(value: unknown, max = 1_000): string | null {
   if (typeof value !== 'string') return null;
-  return value.slice(0, max).replace(/\u0000/g, '\uFFFD').replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, '\uFFFD');
+  const cut = value.length > max ? value.slice(0, max) : value;
+  if (!UNSAFE_FOR_TEXT.test(cut)) return cut;
+  return cut.replace(/\u0000/g, '\uFFFD').replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, '\uFFFD');
 }
 
 function record(value: unknown): Record<string, unknown> | null {

@@ -285,14 +285,24 @@ export class LedgerRepository {
       signed.set(Number(c.seq), { seq: Number(c.seq), hash: c.hash, signedAt: c.signed_at.toISOString(), keyId: c.key_id, signature: c.signature, jwk: c.public_key_jwk });
     }
     let lastGoodCheckpoint = fromSeq - 1;
-    for (;;) {
-      const rows: VerifyRow[] = await db.query(
+    // The next page is asked for as soon as a page arrives, so the database reads it while this
+    // process checks the one in hand (the connection queues it: one statement at a time).
+    const PAGE = 5_000;
+    const page = (from: number): Promise<VerifyRow[]> => {
+      const p: Promise<VerifyRow[]> = db.query(
         `SELECT seq, event_id, tenant_id, type, aggregate_type, aggregate_id, aggregate_version, actor_id, occurred_at,
                 envelope::text AS envelope_text, payload, problem, hashed, prev_hash, hash
          FROM ${LEDGER} WHERE seq >= $1 ${toSeq ? 'AND seq <= $3' : ''} ORDER BY seq LIMIT $2`,
-        toSeq ? [expected, 5_000, toSeq] : [expected, 5_000],
+        toSeq ? [from, PAGE, toSeq] : [from, PAGE],
       );
+      p.catch(() => undefined); // a page no longer wanted after a failure must not go unhandled
+      return p;
+    };
+    let pending = page(expected);
+    for (;;) {
+      const rows = await pending;
       if (!rows.length) break;
+      pending = rows.length < PAGE ? Promise.resolve([]) : page(Number(rows[rows.length - 1]!.seq) + 1);
       for (const row of rows) {
         const seq = Number(row.seq);
         if (seq !== expected) return fail(expected, `entry ${expected} is missing (next present is ${seq})`);

@@ -26,7 +26,19 @@ export class OpsController {
   async ready(@Res({ passthrough: true }) reply: FastifyReply) {
     const result = await readiness([
       { name: 'nats', check: async () => !this.m.nc.isClosed() && (await this.m.nc.rtt()) >= 0 },
-      { name: 'redis', check: async () => (await this.redis.ping()) === 'PONG' },
+      // Redis down degrades the gateway (rate limits fail open; sign-in counters and Idempotency-Key
+      // answers are unavailable) but does not take it out of rotation: it still serves.
+      {
+        name: 'redis',
+        check: async () => {
+          const degraded = (why: string) => ({ ok: true, detail: `degraded: ${why}` });
+          try {
+            return (await this.redis.ping()) === 'PONG' ? true : degraded('unexpected PING answer');
+          } catch (error) {
+            return degraded((error as Error).message);
+          }
+        },
+      },
     ]);
     void reply.status(result.status);
     return result.body;

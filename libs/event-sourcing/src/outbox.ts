@@ -602,6 +602,12 @@ export class Outbox {
     while (ok < acks.length && acks[ok]!.status === 'fulfilled') ok++;
     const done = rows.slice(0, ok);
     const positions = acks.slice(0, ok).map((a) => (a as PromiseFulfilledResult<PubAck>).value.seq);
+    // Acknowledged means on the stream: the writers here are answered now, before the mark (if
+    // the mark is lost, the entries are published again and answer as duplicates).
+    done.forEach((r, i) => {
+      this.remember(r.event_id, positions[i]!);
+      this.settle(r.event_id, positions[i]!);
+    });
     if (done.length) {
       await this.o.relayDs.query(
         `WITH u AS (
@@ -612,10 +618,6 @@ export class Outbox {
       );
       this.lastSentAt = Date.now();
       this.lastSeq = Math.max(this.lastSeq ?? 0, ...done.map((r) => Number(r.seq)));
-      done.forEach((r, i) => {
-        this.remember(r.event_id, positions[i]!);
-        this.settle(r.event_id, positions[i]!);
-      });
     }
     if (ok < rows.length) throw (acks[ok] as PromiseRejectedResult).reason;
     this.failingSince = null;

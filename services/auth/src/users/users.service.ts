@@ -55,6 +55,8 @@ const requests = {
   list: scope.extend({ cursor: z.uuid().optional(), limit: z.number().int().min(1).max(500).default(50) }).strict(),
 };
 
+const emailInUse = () => new KeelError('conflict', 'A user with this email already exists in this tenant.', [{ field: 'email', message: 'already in use' }]);
+
 /** A reservation older than this whose user never reached the log is abandoned. */
 const STALE_RESERVATION_MS = 30_000;
 
@@ -146,7 +148,7 @@ export class UsersService {
     // holds its email reservation) and is answered the first outcome from the log.
     const userId = meta.commandId ? aggregateIdFor(meta.commandId, 'user', tenantId) : newEventId();
     const hash = u.password ? await argon2.hash(u.password, ARGON2_OPTIONS) : null;
-    await inTenant(this.ds, tenantId, async (m) => {
+    const stale = await inTenant(this.ds, tenantId, async (m) => {
       // Serialises creations per tenant, so the quota check and the reservation agree.
       await m.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`keel.auth.users.${tenantId}`]);
       if (meta.commandId) {
@@ -159,10 +161,14 @@ export class UsersService {
         `INSERT INTO "${AUTH_SCHEMA}".email_reservations (tenant_id, email, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING user_id`,
         [tenantId, u.email, userId],
       );
-      if (!inserted.length && !(await this.takeOverStale(m, tenantId, u.email, userId))) {
-        throw new KeelError('conflict', 'A user with this email already exists in this tenant.', [{ field: 'email', message: 'already in use' }]);
-      }
+      if (inserted.length) return null;
+      const held = await this.staleReservation(m, tenantId, u.email);
+      if (!held) throw emailInUse();
+      return held;
     });
+    // Outside the transaction: whether the stale reservation's user ever reached the log is a
+    // read of the log (no transaction waits on NATS), then a conditional take-over.
+    if (stale && !(await this.takeOverStale(tenantId, u.email, userId, stale))) throw emailInUse();
     try {
       const r = await this.handler.handle(
         { tenantId, aggregateId: userId },
@@ -193,17 +199,27 @@ export class UsersService {
     }
   }
 
-  /** Takes over a reservation older than STALE_RESERVATION_MS whose user never reached the log. */
-  private async takeOverStale(m: EntityManager, tenantId: string, email: string, userId: string): Promise<boolean> {
+  /** The reservation of an email when it is older than STALE_RESERVATION_MS (else null). */
+  private async staleReservation(m: EntityManager, tenantId: string, email: string): Promise<{ userId: string } | null> {
     const [held] = await m.query(
       `SELECT user_id, reserved_at FROM "${AUTH_SCHEMA}".email_reservations WHERE tenant_id = $1 AND email = $2`,
       [tenantId, email],
     );
-    if (!held || Date.now() - new Date(held.reserved_at).getTime() <= STALE_RESERVATION_MS) return false;
-    if ((await this.handler.load({ tenantId, aggregateId: held.user_id })).version !== 0) return false;
-    const [, taken] = await m.query(
+    if (!held || Date.now() - new Date(held.reserved_at).getTime() <= STALE_RESERVATION_MS) return null;
+    return { userId: held.user_id };
+  }
+
+  /**
+   * Takes over a stale reservation whose user never reached the log, if it is still that user's
+   * (another creator may have taken it over at the same time).
+   */
+  private async takeOverStale(tenantId: string, email: string, userId: string, held: { userId: string }): Promise<boolean> {
+    if ((await this.handler.load({ tenantId, aggregateId: held.userId })).version !== 0) return false;
+    const [, taken] = await tenantQuery(
+      this.ds,
+      tenantId,
       `UPDATE "${AUTH_SCHEMA}".email_reservations SET user_id = $3, reserved_at = now() WHERE tenant_id = $1 AND email = $2 AND user_id = $4`,
-      [tenantId, email, userId, held.user_id],
+      [tenantId, email, userId, held.userId],
     );
     return taken === 1;
   }

@@ -1,7 +1,7 @@
 # One image for every Keel service and for the provisioning step. The process is the container's command, e.g.
 #   command: ["node", "services/tenant/dist/main.js"]          (docker-compose.yml, infra/k8s)
 #   node services/tenant/dist/main.js --provision-only         (the provisioning step, with the admin URL)
-# and, for a plain `docker run`, the SERVICE build argument (audit, auth, tenant or gateway; default gateway).
+# and, for a plain `docker run`, the SERVICE build argument (a name in services.manifest.json; default gateway).
 ARG NODE_IMAGE=node:20-bookworm-slim
 
 FROM ${NODE_IMAGE} AS build
@@ -24,7 +24,7 @@ ENV NODE_ENV=production \
 WORKDIR /app
 COPY --from=build /app /app
 USER node
-# gateway: HTTP API and ops; tenant, audit and auth: ops only (/health, /ready, /metrics).
-EXPOSE 8080 9101 9102 9103
+# No EXPOSE: each service's port is its `port` in services.manifest.json, which docker-compose.yml
+# and infra/k8s (generated from it) publish.
 # exec: node becomes PID 1 and receives SIGTERM itself, so the service shuts down cleanly.
 CMD ["sh", "-c", "exec node services/${SERVICE}/dist/main.js"]

@@ -42,7 +42,7 @@ async function target() {
   process.env.KEEL_TEST_RUN = `bench${randomBytes(2).toString('hex')}`;
   const env = testing.isolatedEnv('bench');
   const stack = new testing.Stack(env);
-  await stack.start('audit', 'auth', 'tenant', 'gateway');
+  await stack.startAll();
   return {
     url: stack.gatewayUrl,
     token: stack.token,

@@ -9,14 +9,15 @@
  * NATS (with JetStream), Postgres and Redis are used where their URLs point, or started from
  * local binaries with data under .keel/ when a loopback URL has nothing behind it. Then the
  * provisioning step runs with the admin URL (DATABASE_URL): each service's role (with its own
- * secret), schema and migrations, `main.js --provision-only` per service. Then audit, auth and
- * tenant start, each with only its own role's URL, and once they are ready, the gateway (no
+ * secret), schema and migrations, `main.js --provision-only` per service with a database. Then
+ * the backends start, each with only its own role's URL, and once they are ready, the gateway (no
  * database URL at all). Ctrl-C or SIGTERM stops the services, then the servers npm start started.
+ * The services, their ports and what each is given come from services.manifest.json.
  *
- * It reads Keel's own environment variables (see libs/config), plus two of its own:
- * KEEL_TENANT_OPS_PORT, KEEL_AUDIT_OPS_PORT and KEEL_AUTH_OPS_PORT (default 9101, 9102, 9103), the ops ports
- * (/health, /ready, /metrics) of tenant and audit; KEEL_OPS_PORT is per process, so it is set
- * here for each of them.
+ * It reads Keel's own environment variables (see libs/config), plus one per backend:
+ * KEEL_<SERVICE>_OPS_PORT (e.g. KEEL_TENANT_OPS_PORT; default: the service's port in the
+ * manifest), the ops port (/health, /ready, /metrics) of that service; KEEL_OPS_PORT is per
+ * process, so it is set here for each of them. KEEL_HTTP_PORT is the gateway's.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -25,15 +26,12 @@ import { installAndBuild } from './lib/build.mjs';
 import { checkInfra, ensureInfra, stopInfra } from './lib/infra.mjs';
 import { say, UserError } from './lib/log.mjs';
 import { PidFiles, portInUse, run } from './lib/proc.mjs';
+import { dataServices, loadManifest, startOrder, stopOrder } from './lib/manifest.mjs';
 import { Service } from './lib/services.mjs';
 import { bootstrapToken, firstAdmin, keyEncryptionKey, rolePasswords, roleUrl } from './lib/token.mjs';
 
 const READY_TIMEOUT_MS = 180_000;
 const OPTIONS = ['--no-build', '--check'];
-const SERVICES = ['audit', 'auth', 'tenant', 'gateway'];
-/** The services with data, and their database roles. */
-const DATA_SERVICES = { audit: 'keel_audit', auth: 'keel_auth', tenant: 'keel_tenant' };
-const scriptOf = (name) => `services/${name}/dist/main.js`;
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const keelDir = join(root, '.keel');
@@ -72,11 +70,11 @@ const services = [];
 let ownsLock = false;
 let shuttingDown;
 
-/** Services first (the gateway before the processes it calls), then the servers they use. */
+/** Services first (the gateways before the processes they call), then the servers they use. */
 function shutdown(exitCode) {
   shuttingDown ??= (async () => {
     ctx.stopping = true;
-    const isGateway = (s) => s.name === 'gateway';
+    const isGateway = (s) => s.kind === 'gateway';
     await Promise.all(services.filter(isGateway).map((s) => s.stop()));
     await Promise.all(services.filter((s) => !isGateway(s)).map((s) => s.stop()));
     await stopInfra(ctx);
@@ -135,25 +133,23 @@ async function main() {
   ownsLock = true;
 
   if (!args.includes('--no-build')) await installAndBuild(root);
-  for (const name of SERVICES) {
-    if (!existsSync(join(root, scriptOf(name)))) {
-      throw new UserError(`${scriptOf(name)} does not exist; run npm start without --no-build (or npm run build) first.`);
+  const MANIFEST = loadManifest(root);
+  for (const { script } of MANIFEST) {
+    if (!existsSync(join(root, script))) {
+      throw new UserError(`${script} does not exist; run npm start without --no-build (or npm run build) first.`);
     }
   }
   const token = bootstrapToken(keelDir, env.KEEL_BOOTSTRAP_TOKEN);
   const kek = keyEncryptionKey(keelDir, env.KEEL_KEK);
   const admin = firstAdmin(keelDir, env.KEEL_ADMIN_EMAIL, env.KEEL_ADMIN_PASSWORD);
+  /** The secrets a manifest line may name; any other comes from the environment as it is. */
+  const secretValues = { KEEL_BOOTSTRAP_TOKEN: token.token, KEEL_KEK: kek, KEEL_ADMIN_EMAIL: admin.email, KEEL_ADMIN_PASSWORD: admin.password };
   const httpHost = setting('KEEL_HTTP_HOST', '127.0.0.1');
   const host = reachableHost(httpHost);
-  const ports = {
-    KEEL_HTTP_PORT: setting('KEEL_HTTP_PORT', '8080'),
-    KEEL_AUDIT_OPS_PORT: setting('KEEL_AUDIT_OPS_PORT', '9102'),
-    KEEL_TENANT_OPS_PORT: setting('KEEL_TENANT_OPS_PORT', '9101'),
-    KEEL_AUTH_OPS_PORT: setting('KEEL_AUTH_OPS_PORT', '9103'),
-  };
+  const ports = Object.fromEntries(MANIFEST.map((s) => [s.startPortEnv, setting(s.startPortEnv, String(s.port))]));
 
   // Services an earlier, hard-killed npm start left behind go first, before the servers they use.
-  for (const name of [...SERVICES].reverse()) await ctx.pids.stopLeftover(name, join(root, scriptOf(name)), 'SIGTERM');
+  for (const s of stopOrder(MANIFEST)) await ctx.pids.stopLeftover(s.name, join(root, s.script), 'SIGTERM');
   // Something else on a port would answer the readiness checks in our services' place.
   for (const [name, port] of Object.entries(ports)) {
     if (await portInUse(httpHost, port)) {
@@ -163,52 +159,46 @@ async function main() {
   await ensureInfra(ctx);
 
   const gatewayUrl = `http://${host}:${ports.KEEL_HTTP_PORT}`;
-  const secrets = rolePasswords(keelDir, env, Object.keys(DATA_SERVICES));
+  const secrets = rolePasswords(keelDir, env, dataServices(MANIFEST));
   const shared = { ...env, NATS_URL: ctx.urls.nats, REDIS_URL: ctx.urls.redis, KEEL_HTTP_HOST: httpHost };
-  // The admin URL and the roles' secrets are for the provisioning step only.
+  // The admin URL and the roles' secrets are for the provisioning step only; the other secrets
+  // go only to the services whose manifest line names them.
   delete shared.DATABASE_URL;
   for (const key of Object.keys(shared)) if (/^KEEL_DB_PASSWORD(_|$)/.test(key)) delete shared[key];
   delete shared.KEEL_OPS_PORT;
-  delete shared.KEEL_BOOTSTRAP_TOKEN;
-  delete shared.KEEL_KEK;
-  delete shared.KEEL_ADMIN_EMAIL;
-  delete shared.KEEL_ADMIN_PASSWORD;
-  const service = (name, extraEnv, readyUrl) => {
-    const own = DATA_SERVICES[name] ? { DATABASE_URL: roleUrl(ctx.urls.postgres, DATA_SERVICES[name], secrets[name].password) } : {};
-    return new Service({ name, root, script: scriptOf(name), env: { ...shared, ...own, ...extraEnv }, readyUrl, pids: ctx.pids });
+  delete shared.KEEL_HTTP_PORT;
+  for (const key of [...Object.keys(secretValues), ...MANIFEST.flatMap((s) => s.secrets)]) delete shared[key];
+  const service = (s) => {
+    const own = s.database ? { DATABASE_URL: roleUrl(ctx.urls.postgres, s.role, secrets[s.name].password) } : {};
+    const given = Object.fromEntries(s.secrets.map((k) => [k, secretValues[k] ?? env[k]]).filter(([, v]) => v !== undefined));
+    const port = ports[s.startPortEnv];
+    const readyUrl = `http://${host}:${port}/ready`;
+    return new Service({ name: s.name, kind: s.kind, root, script: s.script, env: { ...shared, ...own, ...given, [s.portEnv]: port }, readyUrl, pids: ctx.pids });
   };
-  // Only audit holds sealed secrets (the ledger's signing key).
-  const backends = [
-    ['audit', ports.KEEL_AUDIT_OPS_PORT, { KEEL_KEK: kek }],
-    ['tenant', ports.KEEL_TENANT_OPS_PORT, {}],
-    // auth seals its token signing keys, and makes the first platform administrator.
-    ['auth', ports.KEEL_AUTH_OPS_PORT, { KEEL_KEK: kek, KEEL_ADMIN_EMAIL: admin.email, KEEL_ADMIN_PASSWORD: admin.password }],
-  ].map(([name, port, extra]) => service(name, { KEEL_OPS_PORT: port, ...extra }, `http://${host}:${port}/ready`));
-  // Only the gateway checks the operator token.
-  const gateway = service('gateway', { KEEL_BOOTSTRAP_TOKEN: token.token }, `${gatewayUrl}/ready`);
 
   // Provisioning: with the admin URL, one service after the other (roles are cluster-wide).
   const provisioning = { ...shared, DATABASE_URL: ctx.urls.postgres };
-  for (const name of Object.keys(DATA_SERVICES)) provisioning[`KEEL_DB_PASSWORD_${name.toUpperCase()}`] = secrets[name].password;
-  for (const name of Object.keys(DATA_SERVICES)) {
-    say(`provisioning ${name} (role ${DATA_SERVICES[name]}, schema and migrations)`);
-    await run(process.execPath, [join(root, scriptOf(name)), '--provision-only'], {
+  for (const s of dataServices(MANIFEST)) provisioning[s.passwordEnv] = secrets[s.name].password;
+  for (const s of dataServices(MANIFEST)) {
+    say(`provisioning ${s.name} (role ${s.role}, schema and migrations)`);
+    await run(process.execPath, [join(root, s.script), '--provision-only'], {
       cwd: root,
       env: provisioning,
-      hint: `check DATABASE_URL (the admin URL, a superuser); see the ${name} log above`,
+      hint: `check DATABASE_URL (the admin URL, a superuser); see the ${s.name} log above`,
     });
   }
 
-  say('starting audit, auth and tenant');
-  for (const s of backends) {
-    services.push(s);
-    s.start();
+  // The backends together, then the gateways once every backend is ready.
+  for (const kind of ['backend', 'gateway']) {
+    const group = startOrder(MANIFEST).filter((s) => s.kind === kind).map(service);
+    if (!group.length) continue;
+    say(`starting ${group.map((s) => s.name).join(', ')}`);
+    for (const s of group) {
+      services.push(s);
+      s.start();
+    }
+    await Promise.all(group.map((s) => s.waitReady(READY_TIMEOUT_MS)));
   }
-  await Promise.all(backends.map((s) => s.waitReady(READY_TIMEOUT_MS)));
-  say('starting gateway');
-  services.push(gateway);
-  gateway.start();
-  await gateway.waitReady(READY_TIMEOUT_MS);
   printBanner(gatewayUrl, token, admin);
 }
 

@@ -1,20 +1,127 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import Ajv from 'ajv';
 import { parse, parseAllDocuments } from 'yaml';
+import { loadManifest, ServiceEntry } from '@keel/service-kit';
+import { serviceEnv, serviceNames } from '@keel/testing';
 
 /**
- * The deployment files: docker-compose.yml against the Compose Specification schema, the
- * Kubernetes manifests, the NATS cluster example, and `npm start --check` against the servers
- * running on this machine.
+ * The deployment files: services.manifest.json and what is generated from it, docker-compose.yml
+ * against the Compose Specification schema, the Kubernetes manifests, the NATS cluster example,
+ * and `npm start --check` against the servers running on this machine.
  */
 
 const ROOT = join(__dirname, '..');
 const read = (path: string) => readFileSync(join(ROOT, path), 'utf8');
-const KEEL_SERVICES = ['audit', 'auth', 'tenant', 'gateway'];
+const MANIFEST = loadManifest();
+const KEEL_SERVICES = MANIFEST.map((s) => s.name);
 /** The services with data, and their database roles. */
-const DATA_SERVICES: Record<string, string> = { audit: 'keel_audit', auth: 'keel_auth', tenant: 'keel_tenant' };
+const DATA_SERVICES: Record<string, string> = Object.fromEntries(MANIFEST.filter((s) => s.database).map((s) => [s.name, s.role!]));
+const GATEWAY = MANIFEST.find((s) => s.kind === 'gateway')!;
+const BACKENDS = MANIFEST.filter((s) => s.kind === 'backend');
+
+/** What `node infra/generate.mjs` would write (for another manifest when `manifest` is given), by path. */
+function generated(manifest?: string): Record<string, string> {
+  const result = spawnSync(process.execPath, [join(ROOT, 'infra/generate.mjs'), '--stdout', ...(manifest ? ['--manifest', manifest] : [])], {
+    cwd: ROOT,
+    encoding: 'utf8',
+  });
+  if (result.status !== 0) throw new Error(`infra/generate.mjs failed: ${result.stderr}`);
+  return JSON.parse(result.stdout);
+}
+
+/** Runs the generator on a manifest of `services` in a temporary file. */
+function generateFor(services: unknown[]): { status: number | null; stderr: string; files?: Record<string, string> } {
+  const dir = mkdtempSync(join(tmpdir(), 'keel-manifest-'));
+  try {
+    const file = join(dir, 'services.manifest.json');
+    writeFileSync(file, JSON.stringify({ services }));
+    const result = spawnSync(process.execPath, [join(ROOT, 'infra/generate.mjs'), '--stdout', '--manifest', file], { cwd: ROOT, encoding: 'utf8' });
+    return { status: result.status, stderr: result.stderr, files: result.status === 0 ? JSON.parse(result.stdout) : undefined };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const manifestLine = (s: ServiceEntry) => ({ name: s.name, kind: s.kind, port: s.port, database: s.database, replicas: s.replicas, secrets: s.secrets });
+
+describe('services.manifest.json', () => {
+  it('is read the same by the scripts (infra/lib/manifest.mjs) and the libraries (@keel/service-kit)', () => {
+    const result = spawnSync(
+      process.execPath,
+      ['--input-type=module', '-e', "import { loadManifest } from './infra/lib/manifest.mjs'; console.log(JSON.stringify(loadManifest(process.cwd())));"],
+      { cwd: ROOT, encoding: 'utf8' },
+    );
+    expect({ status: result.status, stderr: result.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(JSON.parse(result.stdout)).toEqual(JSON.parse(JSON.stringify(MANIFEST)));
+  });
+
+  it('is where every generated file comes from: each is what infra/generate.mjs gives, byte for byte', () => {
+    const files = generated();
+    expect(Object.keys(files).sort()).toEqual(
+      ['docker-compose.yml', 'infra/k8s/kustomization.yaml', 'infra/k8s/provision.yaml', 'infra/k8s/secret.yaml', 'tsconfig.build.json', ...KEEL_SERVICES.map((n) => `infra/k8s/${n}.yaml`)].sort(),
+    );
+    for (const [path, content] of Object.entries(files)) {
+      // The path goes with the content, so a failure names the stale file.
+      expect({ path, content: existsSync(join(ROOT, path)) ? read(path) : undefined }).toEqual({ path, content });
+    }
+  });
+
+  it('lists a service whose source entry point exists, for every service the test stack runs', () => {
+    expect(serviceNames().sort()).toEqual([...KEEL_SERVICES].sort());
+    for (const s of MANIFEST) expect(existsSync(join(ROOT, sourceOf(s.script)))).toBe(true);
+    expect(MANIFEST.filter((s) => s.kind === 'gateway')).toHaveLength(1);
+  });
+
+  it('gives a service added with one line its compose service, Deployment, Secret, provisioning step, build and start', () => {
+    const billing = { name: 'billing', kind: 'backend', port: 9104, database: true };
+    const { status, stderr, files } = generateFor([...MANIFEST.map(manifestLine), billing]);
+    expect({ status, stderr }).toEqual({ status: 0, stderr: '' });
+    const composed = parse(files!['docker-compose.yml'], { merge: true }) as { services: Record<string, ComposeService> };
+    const svc = composed.services.billing!;
+    expect(svc.command).toEqual(['node', 'services/billing/dist/main.js']);
+    expect(composeDbUser(environment(svc).DATABASE_URL!).user).toBe('keel_billing');
+    expect(environment(svc).KEEL_OPS_PORT).toBe('9104');
+    expect((svc.depends_on as Record<string, { condition: string }>).provision).toEqual({ condition: 'service_completed_successfully' });
+    expect(oneLine(composed.services.provision!.command)).toContain('node services/billing/dist/main.js --provision-only');
+    expect(environment(composed.services.provision!).KEEL_DB_PASSWORD_BILLING).toMatch(/^\$\{KEEL_DB_PASSWORD_BILLING:\?/);
+    expect((composed.services.gateway!.depends_on as Record<string, { condition: string }>).billing).toEqual({ condition: 'service_healthy' });
+    const deployment = parse(files!['infra/k8s/billing.yaml']);
+    expect(deployment).toMatchObject({ kind: 'Deployment', metadata: { name: 'keel-billing' }, spec: { replicas: 2 } });
+    expect((parse(files!['infra/k8s/kustomization.yaml']) as { resources: string[] }).resources).toContain('billing.yaml');
+    expect(parseAllDocuments(files!['infra/k8s/secret.yaml']).map((d) => d.toJS().metadata.name)).toContain('keel-billing-db');
+    expect(oneLine(parse(files!['infra/k8s/provision.yaml']).spec.template.spec.containers[0].command)).toContain('services/billing/dist/main.js');
+    expect(JSON.parse(files!['tsconfig.build.json']).references).toContainEqual({ path: 'services/billing' });
+  });
+
+  it.each([
+    ['two services on one port', [{ name: 'a1', kind: 'backend', port: 9101 }, { name: 'b1', kind: 'backend', port: 9101 }], /port 9101/],
+    ['a field it does not know', [{ name: 'a1', kind: 'backend', port: 9101, replica: 3 }], /unknown fields \(replica\)/],
+    ['a gateway with a database', [{ name: 'gw', kind: 'gateway', port: 8080, database: true }], /no database/],
+  ])('is refused by the generator with %s', (_, services, message) => {
+    const { status, stderr } = generateFor(services);
+    expect(status).toBe(1);
+    expect(stderr).toMatch(message);
+  });
+
+  it('gives the test stack each role from the manifest', () => {
+    for (const s of MANIFEST) {
+      const env = serviceEnv(s.name, { DATABASE_URL: 'postgres://postgres:root@db:5432/keel', ...(s.passwordEnv ? { [s.passwordEnv]: 'own' } : {}) });
+      expect(env.DATABASE_URL && new URL(env.DATABASE_URL).username).toBe(s.role);
+    }
+    expect(() => serviceEnv('nosuch', {})).toThrow(/not a service of services.manifest.json/);
+  });
+});
+
+describe('Dockerfile', () => {
+  it('keeps no list of services or ports that could drift from the manifest', () => {
+    const dockerfile = read('Dockerfile');
+    expect(dockerfile).not.toMatch(/^EXPOSE/m);
+    for (const s of MANIFEST) expect(dockerfile).not.toContain(String(s.port));
+  });
+});
 /** The provisioning command: each data service's entry point with --provision-only, in order. */
 const PROVISION_COMMAND = Object.keys(DATA_SERVICES)
   .map((name) => `node services/${name}/dist/main.js --provision-only`)
@@ -88,10 +195,10 @@ describe('docker-compose.yml', () => {
   });
 
   it('has the gateway require an operator token and listen beyond loopback', () => {
-    const env = environment(services.gateway);
+    const env = environment(services[GATEWAY.name]);
     expect(env.KEEL_BOOTSTRAP_TOKEN).toMatch(/^\$\{KEEL_BOOTSTRAP_TOKEN:\?.+\}$/);
     expect(env.KEEL_HTTP_HOST).toBe('0.0.0.0');
-    expect(services.gateway.ports?.map(containerPort)).toContain(8080);
+    expect(services[GATEWAY.name].ports?.map(containerPort)).toContain(GATEWAY.port);
   });
 
   it('waits only for services it has, and for health only where there is a health check', () => {
@@ -128,7 +235,16 @@ describe('docker-compose.yml', () => {
       const url = environment(service).DATABASE_URL;
       if (url) expect({ name, user: composeDbUser(url).user }).toEqual({ name, user: DATA_SERVICES[name] });
     }
-    expect(environment(services.gateway!).DATABASE_URL).toBeUndefined();
+    expect(environment(services[GATEWAY.name]!).DATABASE_URL).toBeUndefined();
+  });
+
+  it('starts the gateway once every backend is healthy, and checks each on its own port', () => {
+    const deps = services[GATEWAY.name]!.depends_on as Record<string, { condition: string }>;
+    for (const b of BACKENDS) {
+      expect({ backend: b.name, dep: deps[b.name] }).toEqual({ backend: b.name, dep: { condition: 'service_healthy' } });
+      expect(JSON.stringify(services[b.name]!.healthcheck)).toContain(`http://127.0.0.1:${b.port}/ready`);
+      expect(environment(services[b.name]!).KEEL_OPS_PORT).toBe(String(b.port));
+    }
   });
 
   it('has jaeger accept OTLP over HTTP on 4318', () => {
@@ -151,12 +267,21 @@ describe('infra/k8s', () => {
   );
   const deployments = objects.filter((o) => o.kind === 'Deployment');
 
-  it('deploys audit, tenant and gateway with two replicas each', () => {
+  it('deploys every service of the manifest with its replicas', () => {
     expect(deployments.map((d) => d.metadata.name).sort()).toEqual(KEEL_SERVICES.map((s) => `keel-${s}`).sort());
-    for (const d of deployments) {
-      expect(d.spec.replicas).toBe(2);
+    for (const s of MANIFEST) {
+      const d = deployments.find((x) => x.metadata.name === `keel-${s.name}`);
+      expect(d.spec.replicas).toBe(s.replicas);
       expect(d.spec.template.metadata.labels).toMatchObject(d.spec.selector.matchLabels);
     }
+  });
+
+  it.each(MANIFEST.map((s) => [s.name, s] as const))("gives %s its port and the secrets of its manifest line, nothing else from keel-secrets", (name, s) => {
+    const [container] = deployments.find((d) => d.metadata.name === `keel-${name}`).spec.template.spec.containers;
+    expect(container.ports.map((p: { containerPort: number }) => p.containerPort)).toEqual([s.port]);
+    const env = container.env as { name: string; value?: string; valueFrom?: { secretKeyRef?: { name: string; key: string } } }[];
+    expect(env.find((e) => e.name === s.portEnv)?.value).toBe(String(s.port));
+    expect(env.filter((e) => e.valueFrom?.secretKeyRef?.name === 'keel-secrets').map((e) => e.name)).toEqual(s.secrets);
   });
 
   it.each(KEEL_SERVICES)('probes %s on /ready and /health of a port it declares', (name) => {
@@ -190,8 +315,8 @@ describe('infra/k8s', () => {
   });
 
   it('exposes the gateway through a Service', () => {
-    const service = objects.find((o) => o.kind === 'Service' && o.metadata.name === 'keel-gateway');
-    const gateway = deployments.find((d) => d.metadata.name === 'keel-gateway');
+    const service = objects.find((o) => o.kind === 'Service' && o.metadata.name === `keel-${GATEWAY.name}`);
+    const gateway = deployments.find((d) => d.metadata.name === `keel-${GATEWAY.name}`);
     expect(gateway.spec.template.metadata.labels).toMatchObject(service.spec.selector);
     expect(gateway.spec.template.spec.containers[0].ports.map((p: { name: string }) => p.name)).toContain(service.spec.ports[0].targetPort);
   });

@@ -24,9 +24,9 @@ function forward(stream, out, name) {
 const describeExit = ({ code, signal, error }) => error?.message ?? signal ?? `exit code ${code}`;
 
 export class Service {
-  /** `script` is relative to `root`; `readyUrl` answers 200 once the process serves. */
-  constructor({ name, root, script, env, readyUrl, pids }) {
-    Object.assign(this, { name, root, script, env, readyUrl, pids });
+  /** `kind` is the manifest's (backend or gateway); `script` is relative to `root`; `readyUrl` answers 200 once the process serves. */
+  constructor({ name, kind, root, script, env, readyUrl, pids }) {
+    Object.assign(this, { name, kind, root, script, env, readyUrl, pids });
     this.failures = 0;
     this.ready = false;
     this.stopping = false;

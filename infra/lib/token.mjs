@@ -73,14 +73,14 @@ export function firstAdmin(keelDir, email, password) {
 }
 
 /**
- * Each service role's own database secret: KEEL_DB_PASSWORD_<SERVICE> when set, else one made
- * on the first start and kept in .keel/db-password-<service>. Provisioning sets it on the role
- * (every start, so a changed one takes effect); the service alone is given it, inside its URL.
+ * Each service role's own database secret: its KEEL_DB_PASSWORD_<SERVICE> (the manifest entry's
+ * `passwordEnv`) when set, else one made on the first start and kept in .keel/db-password-<service>.
+ * Provisioning sets it on the role (every start, so a changed one takes effect); the service alone
+ * is given it, inside its URL.
  */
 export function rolePasswords(keelDir, env, services) {
   const out = {};
-  for (const name of services) {
-    const key = `KEEL_DB_PASSWORD_${name.toUpperCase()}`;
+  for (const { name, passwordEnv: key } of services) {
     if (env[key]) {
       out[name] = { password: env[key], source: key };
       continue;

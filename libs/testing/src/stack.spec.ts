@@ -1,4 +1,5 @@
-import { serviceEnv } from './stack';
+import { manifestServices } from '@keel/service-kit';
+import { serviceEnv, serviceNames, Stack } from './stack';
 
 describe('serviceEnv', () => {
   const env = {
@@ -24,5 +25,20 @@ describe('serviceEnv', () => {
 
   it('gives the gateway no database URL at all', () => {
     expect(serviceEnv('gateway', env)).toEqual({ NATS_URL: 'nats://n:4222' });
+  });
+});
+
+describe('the services of the test stack', () => {
+  it('are those of services.manifest.json, the backends first and the gateway last', () => {
+    const names = serviceNames();
+    const manifest = manifestServices();
+    expect([...names].sort()).toEqual(manifest.map((s) => s.name).sort());
+    const gateways = manifest.filter((s) => s.kind === 'gateway').map((s) => s.name);
+    expect(names.slice(-gateways.length)).toEqual(gateways);
+  });
+
+  it('refuses a name the manifest does not have, naming the ones it has', async () => {
+    const stack = new Stack({});
+    await expect(stack.start('nosuch')).rejects.toThrow(`nosuch is not a service of services.manifest.json (${manifestServices().map((s) => s.name).join(', ')})`);
   });
 });

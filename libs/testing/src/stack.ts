@@ -1,12 +1,16 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { manifestService, manifestServices, startOrder, stopOrder } from '@keel/service-kit';
 import { TestEnv } from './environment';
 
-export type ServiceName = 'audit' | 'auth' | 'tenant' | 'gateway';
+/** A service of services.manifest.json (checked when it is used: an unknown name is an error naming the known ones). */
+export type ServiceName = string;
 
-/** The database role of each service that has data; the gateway has none. */
-export const SERVICE_ROLES: Partial<Record<ServiceName, string>> = { audit: 'keel_audit', auth: 'keel_auth', tenant: 'keel_tenant' };
+/** Every service of the manifest, in start order (the backends, then the gateway). */
+export function serviceNames(): ServiceName[] {
+  return startOrder(manifestServices()).map((s) => s.name);
+}
 
 /** Settings only provisioning may see: the admin URL and the roles' secrets. */
 const ADMIN_ONLY = /^(KEEL_TEST_DATABASE_URL|KEEL_DB_PASSWORD(_[A-Z0-9_]+)?)$/;
@@ -19,11 +23,11 @@ const ADMIN_ONLY = /^(KEEL_TEST_DATABASE_URL|KEEL_DB_PASSWORD(_[A-Z0-9_]+)?)$/;
 export function serviceEnv(name: ServiceName, env: Record<string, string | undefined>): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(env)) if (v !== undefined && !ADMIN_ONLY.test(k) && k !== 'DATABASE_URL') out[k] = v;
-  const role = SERVICE_ROLES[name];
-  if (role && env.DATABASE_URL) {
+  const { role, passwordEnv } = manifestService(name);
+  if (role && passwordEnv && env.DATABASE_URL) {
     const url = new URL(env.DATABASE_URL);
     url.username = role;
-    url.password = env[`KEEL_DB_PASSWORD_${name.toUpperCase()}`] ?? env.KEEL_DB_PASSWORD ?? '';
+    url.password = env[passwordEnv] ?? env.KEEL_DB_PASSWORD ?? '';
     out.DATABASE_URL = url.toString();
   }
   return out;
@@ -79,7 +83,8 @@ export class Stack {
   constructor(readonly env: TestEnv, private readonly extraEnv: Record<string, string> = {}) {}
 
   get gatewayUrl(): string {
-    return `http://127.0.0.1:${this.ports.get('gateway')}`;
+    const gateway = manifestServices().find((s) => s.kind === 'gateway');
+    return `http://127.0.0.1:${gateway && this.ports.get(gateway.name)}`;
   }
 
   get token(): string {
@@ -100,13 +105,19 @@ export class Stack {
     return this;
   }
 
+  /** Every service of the manifest, in its start order. */
+  async startAll(): Promise<this> {
+    return this.start(...serviceNames());
+  }
+
   /**
    * The provisioning step, as `npm start` runs it: `main.js --provision-only` with the admin URL
    * and the roles' secrets, before the service first starts. Once per service and stack.
    */
   async provision(name: ServiceName): Promise<void> {
-    if (!SERVICE_ROLES[name] || this.provisioned.has(name)) return;
-    const proc = spawn(process.execPath, [join(ROOT, 'services', name, 'dist', 'main.js'), '--provision-only'], {
+    const service = manifestService(name);
+    if (!service.database || this.provisioned.has(name)) return;
+    const proc = spawn(process.execPath, [join(ROOT, service.script), '--provision-only'], {
       env: { ...process.env, ...this.env, ...this.extraEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -119,14 +130,12 @@ export class Stack {
   }
 
   async startOne(name: ServiceName): Promise<void> {
+    const service = manifestService(name);
     await this.provision(name);
     const port = this.ports.get(name) ?? (await freePort());
     this.ports.set(name, port);
-    const env = {
-      ...serviceEnv(name, { ...process.env, ...this.env, ...this.extraEnv }),
-      ...(name === 'gateway' ? { KEEL_HTTP_PORT: String(port) } : { KEEL_OPS_PORT: String(port) }),
-    };
-    const proc = spawn(process.execPath, [join(ROOT, 'services', name, 'dist', 'main.js')], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const env = { ...serviceEnv(name, { ...process.env, ...this.env, ...this.extraEnv }), [service.portEnv]: String(port) };
+    const proc = spawn(process.execPath, [join(ROOT, service.script)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     const output: string[] = [];
     const keep = (chunk: Buffer) => {
       output.push(chunk.toString());
@@ -167,6 +176,6 @@ export class Stack {
   }
 
   async stop(): Promise<void> {
-    for (const name of ['gateway', 'tenant', 'auth', 'audit'] as ServiceName[]) await this.kill(name, 'SIGTERM');
+    for (const { name } of stopOrder(manifestServices())) await this.kill(name, 'SIGTERM');
   }
 }

@@ -19,6 +19,8 @@ import {
   KeelNatsClient,
   KeelNatsTransport,
   KeelRequestContext,
+  KvLease,
+  LEASE_TTL_MS,
   leasesBucket,
   MessagePattern,
   Messaging,
@@ -259,9 +261,9 @@ describe('KeelNatsTransport and KeelNatsClient', () => {
   it('hands an event whose handler threw to it again, in order, until it resolves', async () => {
     const flaky = envelope('flaky');
     seen.failures.set(flaky.id, 2);
-    const first = await append(flaky);
+    await append(flaky);
     const later = envelope('flaky');
-    await append(later);
+    const last = await append(later);
     await eventually(async () => seen.flaky.filter((s) => s.id === later.id), (s) => s.length === 1, { what: 'the event after the flaky one', timeoutMs: 30_000 });
     const attempts = seen.flaky.filter((s) => s.id === flaky.id);
     expect(attempts.length).toBeGreaterThanOrEqual(3);
@@ -269,8 +271,12 @@ describe('KeelNatsTransport and KeelNatsClient', () => {
     // The later event only after the flaky one finally resolved, and once.
     const order = seen.flaky.map((s) => s.id);
     expect(order.lastIndexOf(flaky.id)).toBeLessThan(order.indexOf(later.id));
-    const info = await caller.jsm.consumers.info(config.KEEL_STREAM, durable('transport-flaky'));
-    expect(info.ack_floor.stream_seq).toBeGreaterThanOrEqual(first);
+    // Settled once resolved (the ack follows the handler: wait for it rather than race it).
+    await eventually(
+      () => caller.jsm.consumers.info(config.KEEL_STREAM, durable('transport-flaky')),
+      (info) => info.ack_floor.stream_seq >= last && info.num_ack_pending === 0,
+      { what: 'the flaky events to be acked' },
+    );
   });
 
   it('dead-letters an event that can never apply, durably, and goes on with the next', async () => {
@@ -286,6 +292,30 @@ describe('KeelNatsTransport and KeelNatsClient', () => {
     expect(JSON.parse(new TextDecoder().decode(letter!.value))).toMatchObject({ position, reason: 'this event can never apply' });
     const holder = apps.flatMap(({ transport }) => transport.eventConsumers()).find((c) => c.health().name.endsWith('transport_poison_all') && c.health().leader);
     expect(holder?.health()).toMatchObject({ healthy: false, deadLetters: 1 });
+  });
+
+  it('passes a lease whose holder is gone (its connection lost, nothing released) to another replica within the TTL', async () => {
+    const bucket = leasesBucket(caller);
+    const gone = await connectMessaging(config, 'transport-lease-gone');
+    const a = new KvLease(() => gone.js.views.kv(bucket, { history: 1, ttl: LEASE_TTL_MS }), 'lease-test', logger);
+    const b = new KvLease(() => caller.js.views.kv(bucket, { history: 1, ttl: LEASE_TTL_MS }), 'lease-test', logger);
+    await a.acquire();
+    expect(await a.stillHeld()).toBe(true);
+    const kv = await caller.js.views.kv(bucket, { history: 1, ttl: LEASE_TTL_MS });
+    const created = (await kv.get('lease-test'))!.revision;
+    let bHolds = false;
+    const bAcquired = b.acquire().then(() => (bHolds = true));
+    // While the holder renews, nobody else gets it.
+    await eventually(() => kv.get('lease-test'), (e) => (e?.revision ?? 0) > created, { what: 'a renewal of the lease' });
+    expect(bHolds).toBe(false);
+    const closedAt = Date.now();
+    await gone.nc.close();
+    await bAcquired;
+    expect(Date.now() - closedAt).toBeLessThan(LEASE_TTL_MS + 5_000);
+    expect(await b.stillHeld()).toBe(true);
+    await eventually(() => a.stillHeld(), (held) => !held, { what: 'the old holder to know it lost the lease', timeoutMs: LEASE_TTL_MS + 5_000 });
+    await b.release();
+    await a.release();
   });
 
   it('closes with the application: the other instance answers everything, and takes over the event consumers', async () => {

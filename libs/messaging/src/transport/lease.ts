@@ -28,18 +28,32 @@ export class KvLease {
     const kv = await this.kv();
     while (!this.released) {
       try {
-        this.revision = await kv.create(this.key, new TextEncoder().encode(this.owner));
-        this.renewedAt = Date.now();
-        clearInterval(this.timer);
-        this.timer = setInterval(() => void this.renew(kv), RENEW_EVERY_MS);
-        this.timer.unref();
+        this.hold(kv, await kv.create(this.key, new TextEncoder().encode(this.owner)));
         return;
       } catch (error) {
         if (!/wrong last sequence|key exists/i.test((error as Error).message)) throw error;
+        // Still ours (this replica stood down while NATS was away, say): take it back at once.
+        const entry = await kv.get(this.key);
+        if (entry?.operation === 'PUT' && new TextDecoder().decode(entry.value) === this.owner) {
+          try {
+            this.hold(kv, await kv.update(this.key, new TextEncoder().encode(this.owner), entry.revision));
+            return;
+          } catch {
+            // Taken meanwhile: wait like anyone else.
+          }
+        }
         await sleep(RENEW_EVERY_MS);
       }
     }
     throw new Error(`lease ${this.key}: released while waiting for it`);
+  }
+
+  private hold(kv: KV, revision: number): void {
+    this.revision = revision;
+    this.renewedAt = Date.now();
+    clearInterval(this.timer);
+    this.timer = setInterval(() => void this.renew(kv), RENEW_EVERY_MS);
+    this.timer.unref();
   }
 
   async stillHeld(): Promise<boolean> {
@@ -53,8 +67,10 @@ export class KvLease {
     if (!this.revision) return;
     const revision = this.revision;
     this.revision = 0;
-    const kv = await this.kv();
-    await kv.delete(this.key, { previousSeq: revision }).catch(() => undefined);
+    // Best effort: a lease not given up ages out after LEASE_TTL_MS.
+    await this.kv()
+      .then((kv) => kv.delete(this.key, { previousSeq: revision }))
+      .catch(() => undefined);
   }
 
   private async renew(kv: KV): Promise<void> {

@@ -6,7 +6,7 @@ import { Logger } from '@keel/observability';
 import { durableName, Messaging } from '../connection';
 import { DeadLetter, DeliveredEvent, DurableEventConsumer } from '../consumer';
 import { serveRpc } from '../rpc';
-import { KvLease } from './lease';
+import { KvLease, LEASE_TTL_MS } from './lease';
 
 /** What a `@MessagePattern` handler may take as its second argument (`@Ctx()`). */
 export class KeelRequestContext extends BaseRpcContext<[string, MsgHdrs | undefined]> {
@@ -160,7 +160,7 @@ export class KeelNatsTransport extends Server implements CustomTransportStrategy
     const name = durableName(m.prefix, extras.durable ?? `${service}-${pattern.replace(/\*/g, 'any').replace(/>/g, 'all')}`);
     const chain: MessageHandler[] = [];
     for (let h: MessageHandler | undefined = handler; h; h = h.next as MessageHandler | undefined) chain.push(h);
-    const lease = new KvLease(() => this.kv(leasesBucket(m), 5_000), name, this.o.logger);
+    const lease = new KvLease(() => this.kv(leasesBucket(m), LEASE_TTL_MS), name, this.o.logger);
     const positionKey = `position.${name}`;
     // What this process has handled: a retried batch skips it (events of one message share a position,
     // so a message can be handled in part); `complete` is the last message handled whole.

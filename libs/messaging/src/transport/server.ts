@@ -1,6 +1,6 @@
 import { BaseRpcContext, CustomTransportStrategy, MessageHandler, Server } from '@nestjs/microservices';
 import { KV, Msg, MsgHdrs, Subscription } from 'nats';
-import { lastValueFrom } from 'rxjs';
+import { isObservable, lastValueFrom } from 'rxjs';
 import { EventEnvelope } from '@keel/contracts';
 import { Logger } from '@keel/observability';
 import { durableName, Messaging } from '../connection';
@@ -61,6 +61,9 @@ export interface KeelNatsTransportOptions {
 
 type Resolver<T> = T | (() => T);
 const resolve = <T>(v: Resolver<T>): T => (typeof v === 'function' ? (v as () => T)() : v);
+
+/** What a handler's call came to: Nest answers a plain value as is, an Observable (an error, an interceptor's stream) as its last value. */
+const settled = (result: unknown): unknown => (isObservable(result) ? lastValueFrom(result, { defaultValue: undefined }) : result);
 
 /** The events bucket of a deployment's stream: consumer positions, dead letters. */
 export const eventsBucket = (m: Messaging) => durableName('', `${m.stream}_events`);
@@ -140,8 +143,7 @@ export class KeelNatsTransport extends Server implements CustomTransportStrategy
 
   private serveRequests(m: Messaging, service: string, subject: string, handler: MessageHandler): Subscription {
     const run = async (body: unknown, msg: Msg) => {
-      const ctx = new KeelRequestContext([subject, msg.headers]);
-      return lastValueFrom(this.transformToObservable(await handler(body, ctx)), { defaultValue: undefined });
+      return settled(await handler(body, new KeelRequestContext([subject, msg.headers])));
     };
     const sub = serveRpc(m, subject, service, (body, msg) => this.track(run(body, msg)), this.o.logger);
     void sub.closed.catch((err) => this.emit('error', err));
@@ -177,7 +179,7 @@ export class KeelNatsTransport extends Server implements CustomTransportStrategy
         if (d.position < handled.position || (d.position === handled.position && index <= handled.index)) continue;
         attempt = attempt.position === d.position && attempt.index === index ? { ...attempt, n: attempt.n + 1 } : { position: d.position, index, n: 1 };
         const ctx = new KeelEventContext([d.subject.slice(m.prefix.length), d.position, attempt.n]);
-        for (const h of chain) await lastValueFrom(this.transformToObservable(await h(d.event as EventEnvelope, ctx)), { defaultValue: undefined });
+        for (const h of chain) await settled(await h(d.event as EventEnvelope, ctx));
         handled = { position: d.position, index };
       }
       if (previous === -1) return;

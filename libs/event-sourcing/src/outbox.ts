@@ -539,16 +539,16 @@ export class Outbox {
       return Promise.resolve();
     }
     return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done() {
+      // Cleared when it fires either way: a later wake-up must find none, not this one's leftover
+      // (which would swallow it while a drain runs).
+      const done = () => {
         clearTimeout(timer);
-        resolve();
-      }
-      this.wakeUp = () => {
-        this.wakeUp = undefined;
+        if (this.wakeUp === done) this.wakeUp = undefined;
         this.woken = false;
-        done();
+        resolve();
       };
+      const timer = setTimeout(done, ms);
+      this.wakeUp = done;
     });
   }
 

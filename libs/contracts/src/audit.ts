@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { isoTime, pageOf, query, route, routeGroup } from './contract';
+import { isoTime, pageOf, query, route, routeGroup, SameType } from './contract';
 import { EventEnvelope, envelopeSchema } from './envelope';
 import { permissions } from './permissions';
 import { text } from './text';
@@ -175,3 +175,7 @@ export const auditRoutes = routeGroup({
     response: { status: 200, schema: verifyResultSchema },
   }),
 });
+
+// The interfaces callers use and the schemas the documents show cannot drift apart (checked by tsc).
+const verifyResultMatches: SameType<z.output<typeof verifyResultSchema>, VerifyResult> = true;
+void verifyResultMatches;

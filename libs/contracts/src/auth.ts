@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { jwkSetSchema } from './audit';
-import { command, commandMetaSchema, isoTime, jsonObject, listOf, pageOf, positionSchema, query, route, routeGroup } from './contract';
+import { command, commandMetaSchema, isoTime, jsonObject, listOf, pageOf, positionSchema, query, route, routeGroup, SameType } from './contract';
 import { actorSchema, envelopeSchema } from './envelope';
 import { allPermissions, permissions as P, systemRoleNames } from './permissions';
 import { text } from './text';
@@ -456,3 +456,12 @@ export const rbacRoutes = routeGroup({
     response: { status: 200, schema: permissionMatrixSchema, description: 'The matrix; with format=csv, text/csv with a row per role and per user scope' },
   }),
 });
+
+// The interfaces callers use and the schemas the documents show cannot drift apart (checked by tsc).
+const answersMatch: [
+  SameType<z.output<typeof userSchema>, User>,
+  SameType<z.output<typeof tokenPairSchema>, TokenPair>,
+  SameType<z.output<typeof apiKeyInfoSchema>, ApiKeyInfo>,
+  SameType<z.output<typeof sessionInfoSchema>, SessionInfo>,
+] = [true, true, true, true];
+void answersMatch;

@@ -163,3 +163,6 @@ export const consistentWithParam = z.coerce.number().int().min(0).optional().des
 export const emptyRequest = z.object({}).strict();
 /** Any JSON object (a document served as it is). */
 export const jsonObject = z.record(text(), z.unknown());
+
+/** `true` when A and B are the same type (for compile-time checks that an interface and its schema agree). */
+export type SameType<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { ledgerCursorQuerySchema, ledgerPageSchema } from './audit';
-import { command, isoTime, listOf, positionSchema, query, route, routeGroup } from './contract';
+import { command, isoTime, listOf, positionSchema, query, route, routeGroup, SameType } from './contract';
 import { actorSchema } from './envelope';
 import { permissions } from './permissions';
 import { text } from './text';
@@ -205,3 +205,7 @@ export const adminRoutes = routeGroup({
     response: { status: 200, schema: ledgerPageSchema },
   }),
 });
+
+// The interfaces callers use and the schemas the documents show cannot drift apart (checked by tsc).
+const answersMatch: [SameType<z.output<typeof projectionStatusSchema>, ProjectionStatus>, SameType<z.output<typeof deadLetterSchema>, DeadLetterInfo>, SameType<z.output<typeof rebuildResultSchema>, RebuildResult>] = [true, true, true];
+void answersMatch;

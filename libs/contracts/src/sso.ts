@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { tokenPairSchema, authMetaSchema, clientSchema } from './auth';
-import { command, isoTime, listOf, positionSchema, query, route, routeGroup } from './contract';
+import { command, isoTime, listOf, positionSchema, query, route, routeGroup, SameType } from './contract';
 import { permissions as P, systemRoleNames } from './permissions';
 import { slugSchema } from './tenant';
 import { recordKeyError, text } from './text';
@@ -262,3 +262,7 @@ export const ssoRoutes = routeGroup({
     response: { status: 200, schema: tokenPairSchema },
   }),
 });
+
+// The interface callers use and the schema the documents show cannot drift apart (checked by tsc).
+const identityProviderMatches: SameType<z.output<typeof identityProviderSchema>, IdentityProvider> = true;
+void identityProviderMatches;

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { checkCidr } from './cidr';
-import { command, commandRequest, consistentWithParam, emptyRequest, isoTime, pageOf, positionSchema, query, route, routeGroup } from './contract';
+import { command, commandRequest, consistentWithParam, emptyRequest, isoTime, pageOf, positionSchema, query, route, routeGroup, SameType } from './contract';
 import { permissions } from './permissions';
 import { text } from './text';
 
@@ -301,3 +301,7 @@ export const tenantRoutes = routeGroup({
     summary: 'Close a tenant (final: a closed tenant accepts nothing)', body: closeTenantSchema.optional(),
   }),
 });
+
+// The interfaces callers use and the schemas the documents show cannot drift apart (checked by tsc).
+const tenantSchemaMatches: SameType<z.output<typeof tenantSchema>, Tenant> = true;
+void tenantSchemaMatches;

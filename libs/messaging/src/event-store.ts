@@ -92,10 +92,15 @@ export class EventStore {
    * that window is the consumer's job (a unique key where it is applied). Resolves with each fact's
    * position, in the order given; a fact the log refuses rejects the whole call after the others
    * were tried (their positions are then unknown to the caller: retry them all, the ids dedupe).
+   * Each publish has its own deadline (a share of the request timeout) from when it starts.
    */
   async appendFacts(facts: EventEnvelope[], window = 1_024): Promise<number[]> {
-    for (const f of facts) validateEnvelope(f);
-    const deadline = Date.now() + Math.max(200, Math.floor(this.m.requestTimeoutMs * 0.6));
+    for (const f of facts) {
+      validateEnvelope(f);
+      validateEventBody(f);
+    }
+    // Each fact has its own deadline from when its publish starts: a large batch is not one deadline.
+    const budget = Math.max(200, Math.floor(this.m.requestTimeoutMs * 0.6));
     const positions = new Array<number>(facts.length);
     let next = 0;
     let failure: unknown;
@@ -107,7 +112,7 @@ export class EventStore {
         injectTraceContext(h);
         h.set(CORRELATION_HEADER, fact.correlationId);
         try {
-          positions[i] = (await this.publishFact(this.subjectOf(fact), fact, h, deadline)).seq;
+          positions[i] = (await this.publishFact(this.subjectOf(fact), fact, h, Date.now() + budget)).seq;
         } catch (error) {
           failure ??= error;
         }

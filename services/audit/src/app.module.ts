@@ -1,42 +1,19 @@
-import { Inject, Injectable, Module, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
 import { DataSource } from 'typeorm';
-import { KeelConfig, serviceDatabaseUrl } from '@keel/config';
-import { openDataSource } from '@keel/database';
-import { EventStore, KEEL_LOGGER, MESSAGING, Messaging, MessagingModule } from '@keel/messaging';
+import { KeelConfig } from '@keel/config';
+import { EventStore, KEEL_LOGGER, MESSAGING, Messaging } from '@keel/messaging';
 import { Logger } from '@keel/observability';
-import { AUDIT_ROLE, AUDIT_SCHEMA } from './database/schema';
+import { serviceModule } from '@keel/service-kit';
 import { LedgerQueries } from './ledger/ledger.queries';
 import { LedgerRepository } from './ledger/ledger.repository';
 import { LedgerWriter } from './ledger/ledger-writer';
 import { SigningKeys } from './signing/signing-keys';
 
-@Injectable()
-class LedgerLifecycle implements OnApplicationBootstrap, OnApplicationShutdown {
-  constructor(
-    private readonly writer: LedgerWriter,
-    private readonly keys: SigningKeys,
-    @Inject(DataSource) private readonly ds: DataSource,
-  ) {}
-  async onApplicationBootstrap(): Promise<void> {
-    // The verification key is published from the first start, before any checkpoint.
-    await this.keys.active();
-    this.writer.start();
-  }
-  async onApplicationShutdown(): Promise<void> {
-    await this.writer.stop();
-    await this.ds.destroy();
-  }
-}
-
 export function auditModule(config: KeelConfig, logger: Logger) {
-  @Module({
-    imports: [MessagingModule.forRoot({ config, logger, service: 'audit' })],
+  return serviceModule({
+    name: 'audit',
+    config,
+    logger,
     providers: [
-      {
-        provide: DataSource,
-        useFactory: () =>
-          openDataSource({ url: serviceDatabaseUrl(config, AUDIT_ROLE), schema: AUDIT_SCHEMA, applicationName: 'keel-audit' }),
-      },
       { provide: LedgerRepository, useFactory: (ds: DataSource) => new LedgerRepository(ds), inject: [DataSource] },
       {
         provide: SigningKeys,
@@ -52,11 +29,18 @@ export function auditModule(config: KeelConfig, logger: Logger) {
           }),
         inject: [DataSource, LedgerRepository, EventStore, MESSAGING, KEEL_LOGGER, SigningKeys],
       },
-      LedgerLifecycle,
     ],
     // Its @MessagePattern handlers are served by KeelNatsTransport (Nest finds patterns on controllers).
     controllers: [LedgerQueries],
-  })
-  class AuditModule {}
-  return AuditModule;
+    start: async (get) => {
+      // The verification key is published from the first start, before any checkpoint.
+      await get<SigningKeys>(SigningKeys).active();
+      get<LedgerWriter>(LedgerWriter).start();
+    },
+    stop: (get) => get<LedgerWriter>(LedgerWriter).stop(),
+    checks: (get) => {
+      const writer = get<LedgerWriter>(LedgerWriter);
+      return [{ name: 'ledger', check: async () => ({ ok: writer.health().healthy || !writer.health().lastError, detail: writer.health() }) }];
+    },
+  });
 }

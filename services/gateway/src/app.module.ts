@@ -1,9 +1,9 @@
-import { Injectable, Module, OnApplicationShutdown } from '@nestjs/common';
 import { APP_FILTER, APP_GUARD, DiscoveryModule } from '@nestjs/core';
 import Redis from 'ioredis';
 import { KeelConfig } from '@keel/config';
-import { MessagingModule, RpcClient, TypedRpc } from '@keel/messaging';
+import { RpcClient, TypedRpc } from '@keel/messaging';
 import { Logger } from '@keel/observability';
+import { serviceModule } from '@keel/service-kit';
 import { AdminController } from './admin/admin.controller';
 import { AuditController } from './audit/audit.controller';
 import { ApiDocsController, ApiDocuments } from './http/openapi';
@@ -20,21 +20,15 @@ import { TenantIdentityController } from './identity/tenant-identity.controller'
 import { RateLimiter } from './http/rate-limiter';
 import { TenantsController } from './tenants/tenants.controller';
 
-@Injectable()
-class RedisLifecycle implements OnApplicationShutdown {
-  constructor(private readonly redis: Redis) {}
-  onApplicationShutdown(): void {
-    this.redis.disconnect();
-  }
-}
-
 export function gatewayModule(config: KeelConfig, logger: Logger) {
-  @Module({
-    imports: [MessagingModule.forRoot({ config, logger, service: 'gateway' }), DiscoveryModule],
+  return serviceModule({
+    name: 'gateway',
+    config,
+    logger,
+    redis: true,
+    imports: [DiscoveryModule],
     controllers: [TenantsController, AuditController, AdminController, AuthController, TenantIdentityController, RbacController, SsoController, OpsController, ApiDocsController],
     providers: [
-      { provide: Redis, useFactory: () => new Redis(config.REDIS_URL, { maxRetriesPerRequest: 1, enableOfflineQueue: false, enableAutoPipelining: true }) },
-      RedisLifecycle,
       ApiDocuments,
       { provide: TypedRpc, useFactory: (rpc: RpcClient) => new TypedRpc(rpc), inject: [RpcClient] },
       { provide: APP_GUARD, useClass: RequestGuard },
@@ -44,7 +38,5 @@ export function gatewayModule(config: KeelConfig, logger: Logger) {
       { provide: RateLimiter, useFactory: (r: Redis) => new RateLimiter(r, config.KEEL_REDIS_PREFIX), inject: [Redis] },
       { provide: APP_FILTER, useClass: ProblemFilter },
     ],
-  })
-  class GatewayModule {}
-  return GatewayModule;
+  });
 }

@@ -2,15 +2,18 @@ import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Histogram } from 'prom-client';
 import { KeelConfig } from '@keel/config';
-import { KEEL_SERVICE, KeelNatsTransport, MESSAGING, Messaging } from '@keel/messaging';
-import { initMetrics, Logger, metricsRegistry, NestPinoLogger, stopTelemetry, tracedRequestListener } from '@keel/observability';
+import { initMetrics, Logger, metricsRegistry, NestPinoLogger, tracedRequestListener } from '@keel/observability';
 import { createServer, RequestListener } from 'node:http';
 import { gatewayModule } from './app.module';
 import { refuseBadUrl } from './http/validate-request';
 
 const BODY_LIMIT = 64 * 1024;
 
-export async function runGateway(config: KeelConfig, logger: Logger): Promise<void> {
+/**
+ * The gateway's HTTP application on Fastify (body limit, request metrics, tracing hook), not yet
+ * listening: the service kit connects the transport, listens and stops it (see main.ts).
+ */
+export async function createGatewayApp(config: KeelConfig, logger: Logger): Promise<NestFastifyApplication> {
   initMetrics('gateway');
   const duration = new Histogram({
     name: 'keel_http_request_duration_seconds',
@@ -34,22 +37,7 @@ export async function runGateway(config: KeelConfig, logger: Logger): Promise<vo
     );
     done();
   });
-  const app = await NestFactory.create<NestFastifyApplication>(gatewayModule(config, logger), adapter, {
+  return NestFactory.create<NestFastifyApplication>(gatewayModule(config, logger), adapter, {
     logger: new NestPinoLogger(logger),
   });
-  // Nest's microservices layer, as in every service: the gateway serves no patterns today, and a
-  // handler added here is served in its queue group; the transport closes with the application.
-  app.connectMicroservice({
-    strategy: new KeelNatsTransport({ messaging: app.get<Messaging>(MESSAGING), service: app.get<string>(KEEL_SERVICE), logger }),
-  });
-  await app.startAllMicroservices();
-  await app.listen(config.KEEL_HTTP_PORT, config.KEEL_HTTP_HOST);
-  logger.info({ url: `http://${config.KEEL_HTTP_HOST}:${config.KEEL_HTTP_PORT}` }, 'gateway listening');
-  const shutdown = async () => {
-    await app.close();
-    await stopTelemetry();
-    process.exit(0);
-  };
-  process.once('SIGTERM', () => void shutdown());
-  process.once('SIGINT', () => void shutdown());
 }

@@ -151,17 +151,21 @@ export class Stack {
     }
   }
 
-  /** Sends a signal (SIGKILL by default) and waits for the process to be gone. */
-  async kill(name: ServiceName, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+  /**
+   * Sends a signal (SIGKILL by default) and waits for the process to be gone (SIGKILL after 10 s);
+   * resolves with how it exited, or undefined when it was not running.
+   */
+  async kill(name: ServiceName, signal: NodeJS.Signals = 'SIGKILL'): Promise<{ code: number | null; signal: NodeJS.Signals | null } | undefined> {
     const r = this.running.get(name);
-    if (!r) return;
+    if (!r) return undefined;
     this.running.delete(name);
-    if (r.proc.exitCode !== null || r.proc.signalCode !== null) return;
-    const exited = new Promise((resolve) => r.proc.once('exit', resolve));
+    if (r.proc.exitCode !== null || r.proc.signalCode !== null) return { code: r.proc.exitCode, signal: r.proc.signalCode };
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => r.proc.once('exit', (code, sig) => resolve({ code, signal: sig })));
     r.proc.kill(signal);
     const timer = setTimeout(() => r.proc.kill('SIGKILL'), 10_000);
-    await exited;
+    const exit = await exited;
     clearTimeout(timer);
+    return exit;
   }
 
   /** Sends a signal and returns at once (SIGSTOP freezes a process, SIGCONT lets it go on). */

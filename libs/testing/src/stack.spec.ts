@@ -26,6 +26,14 @@ describe('serviceEnv', () => {
   it('gives the gateway no database URL at all', () => {
     expect(serviceEnv('gateway', env)).toEqual({ NATS_URL: 'nats://n:4222' });
   });
+
+  it('gives each service only the secrets its manifest line names', () => {
+    const secrets = { KEEL_KEK: 'kek', KEEL_BOOTSTRAP_TOKEN: 'token', KEEL_ADMIN_EMAIL: 'a@b.c', KEEL_ADMIN_PASSWORD: 'pw' };
+    const given = (name: string) => Object.keys(serviceEnv(name, { ...env, ...secrets })).filter((k) => k in secrets).sort();
+    for (const s of manifestServices()) expect({ name: s.name, given: given(s.name) }).toEqual({ name: s.name, given: [...s.secrets].sort() });
+    expect(given('tenant')).toEqual([]);
+    expect(given('gateway')).toEqual(['KEEL_BOOTSTRAP_TOKEN']);
+  });
 });
 
 describe('the services of the test stack', () => {

@@ -16,14 +16,16 @@ export function serviceNames(): ServiceName[] {
 const ADMIN_ONLY = /^(KEEL_TEST_DATABASE_URL|KEEL_DB_PASSWORD(_[A-Z0-9_]+)?)$/;
 
 /**
- * The environment of a service process: everything but the admin URL and the other roles'
- * secrets; a service with data gets its own role's URL (its secret inside) as DATABASE_URL,
- * the gateway no database URL at all.
+ * The environment of a service process, as `npm start`, compose and infra/k8s give it: everything
+ * but the admin URL, the roles' secrets and the secrets the manifest gives to other services; a
+ * service with data gets its own role's URL (its secret inside) as DATABASE_URL, the gateway no
+ * database URL at all. So a secret missing from a service's manifest line fails the tests too.
  */
 export function serviceEnv(name: ServiceName, env: Record<string, string | undefined>): Record<string, string> {
+  const { role, passwordEnv, secrets } = manifestService(name);
+  const othersSecrets = new Set(manifestServices().flatMap((s) => s.secrets).filter((k) => !secrets.includes(k)));
   const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(env)) if (v !== undefined && !ADMIN_ONLY.test(k) && k !== 'DATABASE_URL') out[k] = v;
-  const { role, passwordEnv } = manifestService(name);
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && !ADMIN_ONLY.test(k) && k !== 'DATABASE_URL' && !othersSecrets.has(k)) out[k] = v;
   if (role && passwordEnv && env.DATABASE_URL) {
     const url = new URL(env.DATABASE_URL);
     url.username = role;

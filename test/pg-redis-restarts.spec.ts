@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { connect } from 'node:net';
-import { cleanupEnv, eventually, freePort, httpClient, isolatedEnv, ServiceName, Stack } from '@keel/testing';
+import { cleanupEnv, eventually, freePort, httpClient, isolatedEnv, ServiceName, serviceNames, Stack } from '@keel/testing';
 
 const PG_BIN = '/usr/lib/postgresql/15/bin';
 
@@ -126,7 +126,7 @@ describe('a restart of PostgreSQL and of Redis', () => {
   let redis: OwnRedis;
   let env: Record<string, string>;
   let stack: Stack;
-  const services: ServiceName[] = ['audit', 'auth', 'tenant', 'gateway'];
+  const services: ServiceName[] = serviceNames();
 
   beforeAll(async () => {
     pg = new OwnPostgres(await freePort());

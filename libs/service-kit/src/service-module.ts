@@ -83,10 +83,8 @@ const REDIS_CHECK_TIMEOUT_MS = 2_000;
 
 interface Resolved {
   o: ServiceModuleOptions;
-  schema: string;
   database: boolean;
-  runnerTokens: InjectionToken[];
-  dataSourceTokens: InjectionToken[];
+  pools: { label: string; token: InjectionToken }[];
 }
 
 /**
@@ -124,7 +122,7 @@ class ServiceLifecycle implements OnApplicationBootstrap, BeforeApplicationShutd
       [
         ...(stop ? [step(`${this.r.o.name} stop`, () => stop(this.get))] : []),
         ...[...this.runners].reverse().map((runner) => step(`projection ${runner.name}`, () => runner.stop())),
-        ...this.r.dataSourceTokens.map((token) => step(`pool ${String(token)}`, () => this.get<DataSource>(token).destroy())),
+        ...this.r.pools.map((pool) => step(`pool ${pool.label}`, () => this.get<DataSource>(pool.token).destroy())),
         ...(redis ? [step('redis', async () => this.get<Redis>(Redis).disconnect())] : []),
       ],
       this.logger,
@@ -165,10 +163,8 @@ export function serviceModule(o: ServiceModuleOptions): Type<unknown> {
   if (new Set(runnerTokens).size !== runnerTokens.length) throw new Error(`${o.name}: two projections share a runner token; give each a \`provide\` of its own.`);
   const resolved: Resolved = {
     o,
-    schema,
     database: entry.database,
-    runnerTokens,
-    dataSourceTokens: entry.database ? [DataSource, ...extraPools.map((p) => p.provide)] : [],
+    pools: entry.database ? [{ label: 'main', token: DataSource }, ...extraPools.map((p) => ({ label: p.label, token: p.provide }))] : [],
   };
   const url = () => serviceDatabaseUrl(config, entry.role!);
   const providers: Provider[] = [

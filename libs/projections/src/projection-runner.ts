@@ -88,7 +88,12 @@ export class ProjectionRunner {
     this.table = `"${o.schema}".projection_checkpoints`;
     this.store = new EventStore(o.messaging);
     this.leadership = new AdvisoryLeadership(o.ds, `keel.projection.${o.messaging.stream}.${o.schema}.${p.name}`);
-    const filter = p.contexts.length === 1 ? subjects.contextEvents(o.messaging.prefix, p.contexts[0]!) : subjects.allEvents(o.messaging.prefix);
+    const filter =
+      p.contexts.length !== 1
+        ? subjects.allEvents(o.messaging.prefix)
+        : p.aggregateType
+          ? `${o.messaging.prefix}evt.*.${p.contexts[0]}.${p.aggregateType}.*`
+          : subjects.contextEvents(o.messaging.prefix, p.contexts[0]!);
     this.consumer = new DurableEventConsumer(o.messaging, {
       name: durableName('', `${o.schema}-${p.name}`),
       filterSubject: filter,

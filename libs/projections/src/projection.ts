@@ -9,6 +9,11 @@ export interface Projection {
   /** Contexts whose events it reads (`evt.*.<context>.>`), also the ledger replay filter. */
   contexts: string[];
   /**
+   * With one context: the only aggregate type it reads (`evt.*.<context>.<aggregateType>.*`), so the
+   * events of that context's other aggregates (sessions, API keys…) are not delivered to it at all.
+   */
+  aggregateType?: string;
+  /**
    * Tables it owns. Its SQL names them unqualified (the service role's search_path is its schema),
    * so a rebuild can fill the copies in the shadow schema (`projectionShadowSql`) beside them.
    */

@@ -9,6 +9,8 @@ const TABLE = 'users';
 export class UsersProjection implements Projection {
   readonly name = 'users';
   readonly contexts = ['auth'];
+  /** Only users' events: sessions, keys, roles and the rest of auth are not its business. */
+  readonly aggregateType = 'user';
   readonly tables = ['users'];
 
   async apply(m: EntityManager, events: PositionedEvent[]): Promise<void> {

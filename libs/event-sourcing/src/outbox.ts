@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { headers as natsHeaders, PubAck } from 'nats';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
-import { CommandMeta, EventEnvelope, eventSubject, KeelError, newEventId, validateEnvelope } from '@keel/contracts';
+import { CommandMeta, EventEnvelope, eventSubject, KeelError, newEventId, validateEnvelope, validateEventBody } from '@keel/contracts';
 import { AdvisoryLeadership, tenantPolicySql } from '@keel/database';
 import { CORRELATION_HEADER, Messaging } from '@keel/messaging';
 
@@ -221,6 +221,9 @@ export class Outbox {
     const max = this.o.messaging.nc.info?.max_payload ?? 1024 * 1024;
     return envelopes.map((input) => {
       const e = validateEnvelope(input);
+      // Bodies are checked at publish as EventStore.append checks them: before the row is written,
+      // so a publisher's bug rolls its whole transaction back.
+      validateEventBody(e);
       const envelope = JSON.stringify(e);
       if (Buffer.byteLength(envelope) > max - 1024) {
         throw new KeelError('validation_failed', `The event is larger than the event log accepts (${max} bytes); send less data.`);

@@ -169,6 +169,9 @@ export class UsersService {
     // Outside the transaction: whether the stale reservation's user ever reached the log is a
     // read of the log (no transaction waits on NATS), then a conditional take-over.
     if (stale && !(await this.takeOverStale(tenantId, u.email, userId, stale))) throw emailInUse();
+    // Set once the command handler has answered: from then on the user is on the log and its email
+    // reservation must stay, whatever fails after.
+    let appended = false;
     try {
       const r = await this.handler.handle(
         { tenantId, aggregateId: userId },
@@ -176,6 +179,7 @@ export class UsersService {
         meta,
         !meta.commandId,
       );
+      appended = true;
       const result = { state: this.view(tenantId, userId, r.state, r.version), version: r.version, position: r.position };
       if (r.events.length === 0) {
         // A retry answered from the log: the email asked for now stays free if the first create took
@@ -189,9 +193,15 @@ export class UsersService {
       } else if (hash) await this.setHash(tenantId, userId, hash);
       return result;
     } catch (error) {
-      // A refusal frees the email. An unavailable log may still store the event (a copy in
-      // flight): the reservation stays, and is taken over once stale only if the log never got
-      // the user.
+      if (appended) {
+        // The user is on the log (and holds its email); only its password hash or the retry's
+        // bookkeeping did not land. A retry with the same Idempotency-Key is answered from the log
+        // and fills in the hash (ON CONFLICT DO NOTHING).
+        throw new KeelError('service_unavailable', 'The user was created but its password could not be stored yet; retry with the same Idempotency-Key.');
+      }
+      // A refusal of the append frees the email. An unavailable log may still store the event (a
+      // copy in flight): the reservation stays, and is taken over once stale only if the log never
+      // got the user.
       if (!(error instanceof KeelError && error.code === 'service_unavailable')) {
         await tenantQuery(this.ds, tenantId, `DELETE FROM "${AUTH_SCHEMA}".email_reservations WHERE user_id = $1`, [userId]);
       }

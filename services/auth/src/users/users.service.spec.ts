@@ -1,0 +1,91 @@
+import 'reflect-metadata';
+import { KeelError } from '@keel/contracts';
+import { UsersService } from './users.service';
+
+/**
+ * UsersService against a fake DataSource (every statement recorded, failures injected) and a
+ * fake command handler: what reaches Postgres, in which order relative to the log's append.
+ */
+type Step = { sql: string; params: unknown[] };
+
+function fakeDataSource(fail: (sql: string) => boolean, rows: (sql: string) => unknown[] | undefined = () => undefined) {
+  const log: Step[] = [];
+  const m = {
+    async query(sql: string, params: unknown[] = []) {
+      const s = sql.replace(/\s+/g, ' ').trim();
+      if (s.startsWith('SELECT set_config')) return [];
+      log.push({ sql: s, params });
+      if (fail(s)) throw new Error('Connection terminated unexpectedly');
+      const answer = rows(s);
+      if (answer) return answer;
+      if (s.includes('count(*)::int AS n FROM')) return [{ n: 0 }];
+      if (s.startsWith('INSERT INTO "auth".email_reservations')) return [{ user_id: params[2] }];
+      if (s.startsWith('DELETE') || s.startsWith('UPDATE')) return [[], 1];
+      return [];
+    },
+  };
+  const ds = { transaction: async (fn: (x: typeof m) => unknown) => fn(m), query: (sql: string, p: unknown[]) => m.query(sql, p) };
+  return { ds, log };
+}
+
+const systemMeta = { actor: { kind: 'system' as const, id: 'test' }, correlationId: 'c-1' };
+const userState = { status: 'active' as const, email: 'ada@acme.test', name: 'Ada', roles: [], createdAt: '2024-01-01T00:00:00.000Z', updatedAt: '2024-01-01T00:00:00.000Z' };
+const userId = '0190f2a0-0000-7000-8000-000000000001';
+
+function service(ds: unknown, handler: object, revoker: object = {}) {
+  const svc = new UsersService({} as never, ds as never, {} as never, revoker as never, { permissionsOf: async () => new Set<string>() } as never);
+  (svc as unknown as { handler: object }).handler = handler;
+  return svc;
+}
+
+describe('UsersService.createUser', () => {
+  it('keeps the email reservation and answers 503 when the hash write fails after the user is on the log', async () => {
+    let failCredentials = true;
+    const { ds, log } = fakeDataSource((s) => {
+      if (s.startsWith('INSERT INTO "auth".credentials') && failCredentials) {
+        failCredentials = false;
+        return true;
+      }
+      return false;
+    });
+    const handled: unknown[] = [];
+    const handler = {
+      handle: async (...args: unknown[]) => {
+        handled.push(args);
+        // The first call appends; a retry with the same command id is answered from the log.
+        return { state: userState, version: 1, position: 42, events: handled.length === 1 ? [{ type: 'auth.user.created' }] : [] };
+      },
+    };
+    const svc = service(ds, handler);
+    const meta = { ...systemMeta, commandId: 'idem-1' };
+    const u = { email: 'ada@acme.test', name: 'Ada', roles: [], password: 'correct horse battery' };
+
+    const error = await svc.createUser('platform', u, meta).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(KeelError);
+    expect((error as KeelError).code).toBe('service_unavailable');
+    expect(log.some((l) => l.sql.startsWith('DELETE FROM "auth".email_reservations'))).toBe(false);
+
+    // The Idempotency-Key retry: the reservation is this user's, the log answers, the hash is filled in.
+    log.length = 0;
+    const retried = await svc.createUser('platform', u, meta);
+    expect(retried.state.id).toBeDefined();
+    const credentials = log.filter((l) => l.sql.startsWith('INSERT INTO "auth".credentials'));
+    expect(credentials).toHaveLength(1);
+    expect(credentials[0]!.sql).toContain('ON CONFLICT (user_id) DO NOTHING');
+    expect(log.some((l) => l.sql.startsWith('DELETE FROM "auth".email_reservations'))).toBe(false);
+  });
+
+  it('frees the email reservation when the append itself is refused', async () => {
+    const { ds, log } = fakeDataSource(() => false);
+    const svc = service(ds, { handle: async () => { throw new KeelError('conflict', 'refused'); } });
+    await expect(svc.createUser('platform', { email: 'ada@acme.test', name: 'Ada', roles: [] }, systemMeta)).rejects.toMatchObject({ code: 'conflict' });
+    expect(log.filter((l) => l.sql.startsWith('DELETE FROM "auth".email_reservations'))).toHaveLength(1);
+  });
+
+  it('keeps the reservation when the log is unavailable (the event may still land)', async () => {
+    const { ds, log } = fakeDataSource(() => false);
+    const svc = service(ds, { handle: async () => { throw new KeelError('service_unavailable', 'no answer'); } });
+    await expect(svc.createUser('platform', { email: 'ada@acme.test', name: 'Ada', roles: [] }, systemMeta)).rejects.toMatchObject({ code: 'service_unavailable' });
+    expect(log.some((l) => l.sql.startsWith('DELETE FROM "auth".email_reservations'))).toBe(false);
+  });
+});

@@ -89,3 +89,66 @@ describe('UsersService.createUser', () => {
     expect(log.some((l) => l.sql.startsWith('DELETE FROM "auth".email_reservations'))).toBe(false);
   });
 });
+
+describe('UsersService password changes', () => {
+  const adminMeta = { ...systemMeta, actor: { kind: 'user' as const, id: 'admin' }, permissions: '*' as const };
+  const unavailable = () => { throw new KeelError('service_unavailable', 'The event log did not answer in time'); };
+
+  function fixture(opts: { append: 'ok' | 'unavailable'; hashFails?: boolean; currentHash?: string }) {
+    const order: string[] = [];
+    const { ds, log } = fakeDataSource((s) => {
+      if (s.startsWith('INSERT INTO "auth".credentials')) {
+        order.push('hash');
+        return !!opts.hashFails;
+      }
+      return false;
+    }, (s) => (s.startsWith('SELECT password_hash') && opts.currentHash ? [{ password_hash: opts.currentHash }] : undefined));
+    const handler = {
+      load: async () => ({ state: userState, version: 3 }),
+      handle: async () => {
+        if (opts.append === 'unavailable') unavailable();
+        order.push('append');
+        return { state: userState, version: 4, position: 7, events: [{ type: 'auth.user.password_changed' }] };
+      },
+    };
+    const revoker = { revokeUser: async () => { order.push('revoke'); return 1; } };
+    return { svc: service(ds, handler, revoker), log, order };
+  }
+
+  it('a reset writes no hash and revokes nothing when the append fails', async () => {
+    const { svc, log, order } = fixture({ append: 'unavailable' });
+    await expect(svc.resetPassword({ meta: adminMeta, payload: { tenantId: 'platform', userId, data: { password: 'a brand new password' } } })).rejects.toMatchObject({ code: 'service_unavailable' });
+    expect(log.some((l) => l.sql.startsWith('INSERT INTO "auth".credentials'))).toBe(false);
+    expect(order).toEqual([]);
+  });
+
+  it('a reset appends, then writes the hash, then revokes the sessions', async () => {
+    const { svc, order } = fixture({ append: 'ok' });
+    await svc.resetPassword({ meta: adminMeta, payload: { tenantId: 'platform', userId, data: { password: 'a brand new password' } } });
+    expect(order).toEqual(['append', 'hash', 'revoke']);
+  });
+
+  it('a reset whose hash write fails after the append still revokes, and answers 503', async () => {
+    const { svc, order } = fixture({ append: 'ok', hashFails: true });
+    await expect(svc.resetPassword({ meta: adminMeta, payload: { tenantId: 'platform', userId, data: { password: 'a brand new password' } } })).rejects.toMatchObject({ code: 'service_unavailable' });
+    expect(order).toEqual(['append', 'hash', 'revoke']);
+  });
+
+  it('a change writes no hash when the append fails, and answers 503 when the hash write fails after it', async () => {
+    const argon2 = await import('argon2');
+    const current = await argon2.hash('the current password', { type: argon2.argon2id, memoryCost: 1024, timeCost: 1, parallelism: 1 });
+    const body = { meta: { ...adminMeta, actor: { kind: 'user' as const, id: userId } }, payload: { tenantId: 'platform', userId, data: { currentPassword: 'the current password', newPassword: 'a brand new password' } } };
+
+    const refused = fixture({ append: 'unavailable', currentHash: current });
+    await expect(refused.svc.changePassword(body)).rejects.toMatchObject({ code: 'service_unavailable' });
+    expect(refused.order).toEqual([]);
+
+    const ok = fixture({ append: 'ok', currentHash: current });
+    await ok.svc.changePassword(body);
+    expect(ok.order).toEqual(['append', 'hash']);
+
+    const hashFails = fixture({ append: 'ok', hashFails: true, currentHash: current });
+    await expect(hashFails.svc.changePassword(body)).rejects.toMatchObject({ code: 'service_unavailable' });
+    expect(hashFails.order).toEqual(['append', 'hash']);
+  });
+});

@@ -55,6 +55,10 @@ const requests = {
   list: scope.extend({ cursor: z.uuid().optional(), limit: z.number().int().min(1).max(500).default(50) }).strict(),
 };
 
+/** The password change is on the log but its hash did not land: the old password still signs in. */
+const passwordNotStored = () =>
+  new KeelError('service_unavailable', 'The password change was recorded but the new password could not be stored; the old password still signs in. Set the password again.');
+
 const emailInUse = () => new KeelError('conflict', 'A user with this email already exists in this tenant.', [{ field: 'email', message: 'already in use' }]);
 
 /** A reservation older than this whose user never reached the log is abandoned. */
@@ -234,6 +238,16 @@ export class UsersService {
     return taken === 1;
   }
 
+  /** Writes the hash of a password change whose event is on the log; false when the write failed. */
+  private async hashAfterEvent(tenantId: string, userId: string, hash: string): Promise<boolean> {
+    try {
+      await this.setHash(tenantId, userId, hash);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   private async setHash(tenantId: string, userId: string, hash: string): Promise<void> {
     await tenantQuery(
       this.ds,
@@ -274,9 +288,14 @@ export class UsersService {
     await this.mayActOn(meta, payload.tenantId, payload.userId);
     const user = await this.load(payload.tenantId, payload.userId);
     if (user.state.status !== 'none') checkPassword(payload.data.password, user.state.email);
-    await this.setHash(payload.tenantId, payload.userId, await argon2.hash(payload.data.password, ARGON2_OPTIONS));
+    const hash = await argon2.hash(payload.data.password, ARGON2_OPTIONS);
+    // The event first: a refused or unavailable append changes nothing (no write around the log).
     const result = await this.run(payload.tenantId, payload.userId, { type: 'record_password_change', data: { byAdmin: true } }, meta);
+    const stored = await this.hashAfterEvent(payload.tenantId, payload.userId, hash);
+    // A reset is what an administrator does for a compromised account: its sessions end even when
+    // the new hash did not land.
     await this.revoker.revokeUser(payload.tenantId, payload.userId, 'password_reset', meta);
+    if (!stored) throw passwordNotStored();
     return result;
   }
 
@@ -289,8 +308,10 @@ export class UsersService {
       throw new KeelError('invalid_credentials', 'The current password is not right.');
     }
     if (user.state.status !== 'none') checkPassword(payload.data.newPassword, user.state.email);
-    await this.setHash(payload.tenantId, payload.userId, await argon2.hash(payload.data.newPassword, ARGON2_OPTIONS));
-    return this.run(payload.tenantId, payload.userId, { type: 'record_password_change', data: { byAdmin: false } }, meta);
+    const hash = await argon2.hash(payload.data.newPassword, ARGON2_OPTIONS);
+    const result = await this.run(payload.tenantId, payload.userId, { type: 'record_password_change', data: { byAdmin: false } }, meta);
+    if (!(await this.hashAfterEvent(payload.tenantId, payload.userId, hash))) throw passwordNotStored();
+    return result;
   }
 
   @MessagePattern('qry.auth.user')

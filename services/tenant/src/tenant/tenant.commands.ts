@@ -75,18 +75,33 @@ export class TenantCommands {
       if (result.state.slug !== payload.slug) {
         // The command id was used before with another slug: that first tenant is the answer, and
         // the slug asked for now stays free.
-        await this.crossTenant.query(`DELETE FROM "${TENANT_SCHEMA}".slug_reservations WHERE slug = $1 AND tenant_id = $2`, [payload.slug, tenantId]);
+        await this.releaseSlug(payload.slug, tenantId);
       }
       return result;
     } catch (error) {
-      // A refusal frees the slug. An unavailable log may still store the event (a copy in
-      // flight): the reservation stays, and is taken over once stale only if the log never got
-      // the tenant (see reserveSlug).
-      if (!(error instanceof KeelError && error.code === 'service_unavailable')) {
-        await this.crossTenant.query(`DELETE FROM "${TENANT_SCHEMA}".slug_reservations WHERE slug = $1 AND tenant_id = $2`, [payload.slug, tenantId]);
+      // An unavailable log may still store the event (a copy in flight): the reservation stays,
+      // and is taken over once stale only if the log never got the tenant (see reserveSlug).
+      if (error instanceof KeelError && error.code === 'service_unavailable') throw error;
+      if (error instanceof KeelError && error.code === 'conflict') {
+        // "Already exists": a retry of an old create whose answer was forgotten (Redis no longer
+        // has it, the aggregate keeps only its last commands' ids). The tenant of this id is live
+        // and holds its slug: it is the answer, as for a replay, and nothing of it is released.
+        const existing = await this.handler.load({ tenantId, aggregateId: tenantId });
+        if (existing.version > 0) {
+          const tenant = toTenant(tenantId, existing.state, existing.version);
+          if (tenant.slug !== payload.slug) await this.releaseSlug(payload.slug, tenantId);
+          return { state: tenant, version: existing.version, position: existing.position };
+        }
       }
+      // Refused while the tenant does not exist: the slug is free again.
+      await this.releaseSlug(payload.slug, tenantId);
       throw error;
     }
+  }
+
+  /** Frees a slug reserved for `tenantId` (only that tenant's reservation of it). */
+  private async releaseSlug(slug: string, tenantId: string): Promise<void> {
+    await this.crossTenant.query(`DELETE FROM "${TENANT_SCHEMA}".slug_reservations WHERE slug = $1 AND tenant_id = $2`, [slug, tenantId]);
   }
 
   @MessagePattern('cmd.tenant.change_plan')

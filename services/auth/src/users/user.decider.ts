@@ -23,7 +23,19 @@ export type UserEvent =
   | { type: typeof A.userProfileUpdated; data: { name: string }; occurredAt?: string }
   | { type: typeof A.userPasswordChanged; data: { byAdmin: boolean }; occurredAt?: string }
   | { type: typeof A.userLoginFailed; data: { ip?: string }; occurredAt?: string }
-  | { type: typeof A.userLocked; data: { until: string }; occurredAt?: string };
+  | { type: typeof A.userLocked; data: { until: string }; occurredAt?: string }
+  | LegacyMfaEvent;
+
+/**
+ * MFA events as old user subjects hold them (the MFA factor is its own aggregate now, but its
+ * event types kept their `auth.user.*` names): a user's state takes nothing from them, and no
+ * command of the user decides them.
+ */
+export type LegacyMfaEvent = {
+  type: typeof A.userMfaEnrolmentStarted | typeof A.userMfaEnrolled | typeof A.userMfaRemoved | typeof A.userRecoveryCodeUsed;
+  data: Record<string, unknown>;
+  occurredAt?: string;
+};
 
 export const userDecider: Decider<UserState, UserCommand, UserEvent> = {
   initialState: () => ({ status: 'none' }),
@@ -41,8 +53,22 @@ export const userDecider: Decider<UserState, UserCommand, UserEvent> = {
         return { ...state, roles: event.data.roles, updatedAt: at };
       case A.userProfileUpdated:
         return { ...state, name: event.data.name, updatedAt: at };
-      default:
+      // Recorded for the trail and for lockout (which keeps its own counters): the user's state
+      // holds nothing of them.
+      case A.userPasswordChanged:
+      case A.userLoginFailed:
+      case A.userLocked:
         return state;
+      case A.userMfaEnrolmentStarted:
+      case A.userMfaEnrolled:
+      case A.userMfaRemoved:
+      case A.userRecoveryCodeUsed:
+        return state;
+      default: {
+        // A new event type does not compile until it is handled above.
+        const _exhaustive: never = event;
+        return state;
+      }
     }
   },
 
@@ -69,6 +95,11 @@ export const userDecider: Decider<UserState, UserCommand, UserEvent> = {
         return [{ type: A.userLoginFailed, data: command.data.ip ? { ip: command.data.ip } : {} }];
       case 'record_lock':
         return [{ type: A.userLocked, data: command.data }];
+      default: {
+        // A new command does not compile until it is decided above.
+        const _exhaustive: never = command;
+        throw new KeelError('validation_failed', `Unknown user command ${(_exhaustive as { type: string }).type}.`);
+      }
     }
   },
 };

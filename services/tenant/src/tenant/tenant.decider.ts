@@ -74,6 +74,11 @@ export const tenantDecider: Decider<TenantState, TenantDecisionCommand, Event> =
         return { ...state, status: 'active', suspendedReason: null, updatedAt: at };
       case T.closed:
         return { ...state, status: 'closed', updatedAt: at };
+      default: {
+        // A new event type does not compile until it is handled above.
+        const _exhaustive: never = event;
+        return state;
+      }
     }
   },
 
@@ -104,6 +109,11 @@ export const tenantDecider: Decider<TenantState, TenantDecisionCommand, Event> =
         return [{ type: T.reactivated, data: {} }];
       case 'close':
         return [{ type: T.closed, data: command.data.reason ? { reason: command.data.reason } : {} }];
+      default: {
+        // A new command does not compile until it is decided above.
+        const _exhaustive: never = command;
+        throw new KeelError('validation_failed', `Unknown tenant command ${(_exhaustive as { type: string }).type}.`);
+      }
     }
   },
 };

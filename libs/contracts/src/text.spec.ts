@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { isText, recordKeyError, text, textProblem } from './text';
+import { isText, recordKeyError, storableText, text, textProblem } from './text';
 import { createIdentityProviderSchema } from './sso';
 import { loginSchema, profileSchema } from './auth';
 import { createTenantSchema, getTenantQuerySchema, suspendTenantSchema } from './tenant';
@@ -132,5 +132,17 @@ describe('the contracts', () => {
         });
     }
     expect(offenders).toEqual([]);
+  });
+});
+
+describe('storableText', () => {
+  it('replaces what text() refuses with U+FFFD and leaves good text alone', () => {
+    expect(storableText('plain ✓ 😀')).toBe('plain ✓ 😀');
+    const cleaned = storableText('a\u0000b\ud800c\u0085d\ufffe\n');
+    expect(cleaned).toBe('a\uFFFDb\uFFFDc\uFFFDd\uFFFD\uFFFD');
+    expect(isText(cleaned)).toBe(true);
+    expect(storableText('line\nbreak\tok', { multiline: true })).toBe('line\nbreak\tok');
+    // An astral noncharacter (U+1FFFE, two UTF-16 units) becomes one replacement character.
+    expect(storableText('x\ud83f\udffey')).toBe('x\uFFFDy');
   });
 });

@@ -50,6 +50,20 @@ export function textProblem(value: string, options: TextOptions = {}): TextProbl
   return null;
 }
 
+/**
+ * `value` with every character `text()` would refuse replaced by U+FFFD: for text Keel writes itself
+ * from what it was given (a parser's message quoting the input, a dead letter's payload), which must
+ * fit a text column and an event body whatever the input held.
+ */
+export function storableText(value: string, options: TextOptions = {}): string {
+  let out = value;
+  for (let problem = textProblem(out, options); problem; problem = textProblem(out, options)) {
+    const width = problem.codePoint > 0xffff ? 2 : 1;
+    out = `${out.slice(0, problem.index)}\uFFFD${out.slice(problem.index + width)}`;
+  }
+  return out;
+}
+
 const hex = (codePoint: number) => `U+${codePoint.toString(16).toUpperCase().padStart(4, '0')}`;
 
 const what: Record<TextProblem['kind'], string> = {

@@ -1,6 +1,6 @@
 import { AckPolicy, ConsumerConfig, ConsumerEvents, ConsumerMessages, DeliverPolicy, JsMsg, ReplayPolicy } from 'nats';
 import { SpanStatusCode, trace } from '@opentelemetry/api';
-import { EventEnvelope } from '@keel/contracts';
+import { EventEnvelope, storableText } from '@keel/contracts';
 import { extractTraceContext, Logger, SpanKind } from '@keel/observability';
 import { decodeJson } from './codec';
 import { eventsOf } from './event-store';
@@ -28,6 +28,18 @@ export interface RawDelivery {
   data: Uint8Array;
   /** `Nats-Msg-Id` of the message, when it had one. */
   msgId?: string;
+}
+
+/**
+ * Thrown by a handler that cannot apply now for a reason that is not the event's (its model is held
+ * while a rebuild swaps in): not an attempt, not an error to report; the consumer tries again shortly
+ * from its position.
+ */
+export class RetryLaterError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RetryLaterError';
+  }
 }
 
 export interface DeadLetter {
@@ -105,6 +117,8 @@ export class DurableEventConsumer {
   private deadLetters = 0;
   /** Attempts of the event that is failing now (only one fails at a time: delivery is in order). */
   private failure?: { position: number; attempts: number };
+  /** The last failure was a RetryLaterError. */
+  private retryLater = false;
   private readonly batchSize: number;
   private readonly maxDeliver: number;
 
@@ -214,6 +228,12 @@ export class DurableEventConsumer {
         const failed = await this.consume(this.messages, queue);
         if (failed) {
           reposition = true;
+          if (this.retryLater) {
+            // Not a failure: try again soon, without growing the back-off.
+            this.retryLater = false;
+            await sleep(250);
+            continue;
+          }
           if (this.progressed) backoff = 200;
           this.progressed = false;
           await sleep(backoff);
@@ -370,6 +390,11 @@ export class DurableEventConsumer {
 
   /** Returns true when the consumer may go on (the event was dead-lettered). */
   private async onFailure(msg: JsMsg, d: { position: number; subject: string }, error: unknown): Promise<boolean> {
+    if (error instanceof RetryLaterError) {
+      this.retryLater = true;
+      this.o.logger.debug({ consumer: this.o.name, position: d.position, reason: error.message }, 'event not applied now; trying again shortly');
+      return false;
+    }
     const reason = (error as Error).message ?? String(error);
     const attempts = this.failure?.position === d.position ? this.failure.attempts + 1 : 1;
     this.failure = { position: d.position, attempts };
@@ -380,7 +405,13 @@ export class DurableEventConsumer {
       return false;
     }
     try {
-      await this.o.deadLetter({ position: d.position, subject: d.subject, payload: new TextDecoder().decode(msg.data), reason });
+      // Both go into text columns: what the message held (a NUL byte, say) must not stop the dead letter.
+      await this.o.deadLetter({
+        position: d.position,
+        subject: d.subject,
+        payload: storableText(new TextDecoder().decode(msg.data), { multiline: true }),
+        reason: storableText(reason, { multiline: true }),
+      });
     } catch (dlqError) {
       this.o.logger.error({ err: dlqError, consumer: this.o.name, position: d.position }, 'could not record dead letter');
       return false;

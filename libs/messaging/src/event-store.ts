@@ -80,7 +80,9 @@ export class EventStore {
     const h = natsHeaders();
     injectTraceContext(h);
     h.set(CORRELATION_HEADER, events[0]!.correlationId);
-    const ack = await this.publish(subject, events.length === 1 ? events[0]! : events, events[0]!.id, expectedLastPosition, h, deadline);
+    const payload = events.length === 1 ? events[0]! : events;
+    this.checkSize(encodeJson(payload).length);
+    const ack = await this.publish(subject, payload, events[0]!.id, expectedLastPosition, h, deadline);
     return events.map(() => ack.seq);
   }
 
@@ -123,8 +125,17 @@ export class EventStore {
     return positions;
   }
 
+  /** A message larger than the server takes can never be stored: that is the caller's input, not an outage. */
+  private checkSize(bytes: number): void {
+    const max = this.m.nc.info?.max_payload ?? 1024 * 1024;
+    if (bytes > max - 1024) {
+      throw new KeelError('payload_too_large', `The event (${bytes} bytes) is larger than the event log takes (${max} bytes); send less data.`);
+    }
+  }
+
   private async publishFact(subject: string, fact: EventEnvelope, h: MsgHdrs, deadline: number): Promise<PubAck> {
     const data = encodeJson(fact);
+    this.checkSize(data.length);
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.js.publish(subject, data, { msgID: fact.id, headers: h, timeout: Math.max(50, deadline - Date.now()) });

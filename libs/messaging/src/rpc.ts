@@ -70,7 +70,21 @@ export function serveRpc(m: Messaging, subject: string, queue: string, handler: 
         } catch (error) {
           reply = { ok: false, error: toErrorBody(error, subject, logger) };
         }
-        msg.respond(encodeJson(reply));
+        let data = encodeJson(reply);
+        const max = m.nc.info?.max_payload ?? 1024 * 1024;
+        if (data.length > max - 1024) {
+          // An answer NATS cannot carry would throw out of here and end the process: say so instead.
+          logger.warn({ subject, bytes: data.length, max }, 'an answer is larger than a NATS message can be');
+          data = encodeJson({
+            ok: false,
+            error: { code: 'payload_too_large', message: `The answer (${data.length} bytes) is larger than a message can carry (${max}); ask for a smaller page (a lower limit).` },
+          } satisfies RpcReply<never>);
+        }
+        try {
+          msg.respond(data);
+        } catch (error) {
+          logger.warn({ err: error, subject }, 'could not send an answer');
+        }
       });
     },
   });

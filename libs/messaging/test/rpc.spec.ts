@@ -50,6 +50,7 @@ describe('request/reply', () => {
       throw new Error('secret detail: connection string postgres://x');
     });
     serveOnBoth('qry.test.slow', () => new Promise((r) => setTimeout(() => r('late'), 1_500)));
+    serveOnBoth('qry.test.huge', async () => ({ items: Array.from({ length: 600 }, (_, i) => ({ i, pad: 'x'.repeat(4_000) })) }));
     await Promise.all([serverA.nc.flush(), serverB.nc.flush()]);
   });
 
@@ -122,5 +123,11 @@ describe('request/reply', () => {
     expect(error.code).toBe('service_unavailable');
     expect(error.message).toBe('qry.test.slow did not answer within 300 ms; try again.');
     await expect(client.request('qry.test.slow', {}, 3_000)).resolves.toBe('late');
+  });
+
+  it('answers an answer too large for one message as payload_too_large, and goes on serving', async () => {
+    await expect(client.request('qry.test.huge', {})).rejects.toMatchObject({ code: 'payload_too_large', message: expect.stringMatching(/smaller page/) });
+    // The serving processes are alive and answer the next request.
+    await expect(client.request('qry.test.echo', { n: 999 })).resolves.toMatchObject({ body: { n: 999 } });
   });
 });

@@ -3,9 +3,11 @@ import { Gauge } from 'prom-client';
 import { createHash } from 'node:crypto';
 import {
   Actor, auditQueries, DeadLetterInfo, EventEnvelope, KeelError, opsEventTypes, PLATFORM_TENANT, PositionedEvent, ProjectionStatus,
-  RebuildResult, ReplayPage, subjects, validateEnvelope,
+  RebuildResult, ReplayPage, storableText, subjects,
 } from '@keel/contracts';
-import { ConcurrencyConflict, DeadLetter, DeliveredEvent, DurableEventConsumer, durableName, EventStore, Messaging, RpcClient } from '@keel/messaging';
+import {
+  ConcurrencyConflict, DeadLetter, DeliveredEvent, DurableEventConsumer, durableName, EventStore, eventsOf, Messaging, RetryLaterError, RpcClient,
+} from '@keel/messaging';
 import { Logger, metricsRegistry } from '@keel/observability';
 import { AdvisoryLeadership, ALL_TENANTS, scopeTransaction } from '@keel/database';
 import { Projection } from './projection';
@@ -58,7 +60,7 @@ function nameUuid(name: string): string {
 }
 
 /** The live model is held for a rebuild's swap: not applied now, retried from the checkpoint. */
-class HeldForRebuild extends Error {
+class HeldForRebuild extends RetryLaterError {
   constructor(name: string) {
     super(`${name} is held while its rebuilt read model replaces the live one`);
     this.name = 'HeldForRebuild';
@@ -195,9 +197,12 @@ export class ProjectionRunner {
 
   private async recordDeadLetter(letter: DeadLetter): Promise<void> {
     await this.o.ds.transaction(async (manager) => {
+      // Never during a rebuild's hold: the checkpoint must not move under the swap.
+      const [held] = await manager.query(`SELECT coalesce(held_until > now(), false) AS held FROM ${this.table} WHERE name = $1 FOR UPDATE`, [this.name]);
+      if (held?.held) throw new HeldForRebuild(this.name);
       await manager.query(
         `INSERT INTO "${this.o.schema}".dead_letters (consumer, position, subject, payload, reason) VALUES ($1, $2, $3, $4, $5)`,
-        [this.name, letter.position, letter.subject, letter.payload, letter.reason],
+        [this.name, letter.position, letter.subject, storableText(letter.payload, { multiline: true }), storableText(letter.reason, { multiline: true })],
       );
       await manager.query(`UPDATE ${this.table} SET position = GREATEST(position, $2), updated_at = now() WHERE name = $1`, [this.name, letter.position]);
     });
@@ -277,10 +282,11 @@ export class ProjectionRunner {
       );
       let at = 0;
       let replayed = 0;
+      const appliedAt = new Set<number>();
       const replayTo = async (target: number) => {
         const deadline = Date.now() + 30_000;
         for (;;) {
-          const r = await this.replayIntoShadow(at, skipped);
+          const r = await this.replayIntoShadow(at, skipped, appliedAt);
           at = r.at;
           replayed += r.applied;
           if (at >= target) return;
@@ -305,10 +311,19 @@ export class ProjectionRunner {
             await m.query(`DELETE FROM "${shadow}".${t}`);
           }
           await m.query(`UPDATE ${this.table} SET position = $2, held_until = NULL, rebuilding_since = NULL, updated_at = now() WHERE name = $1`, [this.name, at]);
+          // Open dead letters the rebuilt model applied are resolved with it: a later retry must not apply them twice.
+          if (appliedAt.size) {
+            await m.query(
+              `UPDATE "${this.o.schema}".dead_letters SET resolution = 'retried', resolved_at = now(), resolved_by = 'rebuild'
+               WHERE consumer = $1 AND resolution IS NULL AND position = ANY($2::bigint[])`,
+              [this.name, [...appliedAt]],
+            );
+          }
           return true;
         });
         if (swapped) {
           this.checkpoint = Math.max(this.checkpoint, at);
+          await this.refreshDeadLetters();
           await this.o.projection.afterRebuild?.();
           this.o.logger.info({ projection: this.qualifiedName, position: at, replayed }, 'projection rebuilt from the ledger beside the live one, and swapped in');
           return { name: this.qualifiedName, position: at, replayed };
@@ -333,7 +348,12 @@ export class ProjectionRunner {
   }
 
   /** Replays the ledger after `after` into the shadow until its head; returns where it got and how many it applied. */
-  private async replayIntoShadow(after: number, skipped: Set<number>): Promise<{ at: number; applied: number }> {
+  /**
+   * Replays the ledger after `after` into the shadow until its head; returns where it got and how
+   * many it applied. The positions it applied are added to `appliedAt` (a rebuild resolves the open
+   * dead letters it applied).
+   */
+  private async replayIntoShadow(after: number, skipped: Set<number>, appliedAt: Set<number>): Promise<{ at: number; applied: number }> {
     const p = this.o.projection;
     let applied = 0;
     for (;;) {
@@ -342,14 +362,18 @@ export class ProjectionRunner {
       if (events.length) {
         try {
           await this.inShadow((m) => p.apply(m, events));
+          for (const e of events) appliedAt.add(e.position);
         } catch {
-          // Isolate what fails: each event on its own; one that still fails is a dead letter.
-          for (const e of events) {
+          // Isolate what fails: each message on its own (a decision's events together, never half of
+          // one); one that still fails is a dead letter.
+          const byPosition = new Map<number, PositionedEvent[]>();
+          for (const e of events) byPosition.set(e.position, [...(byPosition.get(e.position) ?? []), e]);
+          for (const [position, group] of byPosition) {
             try {
-              await this.inShadow((m) => p.apply(m, [e]));
+              await this.inShadow((m) => p.apply(m, group));
+              appliedAt.add(position);
             } catch (error) {
-              await this.deadLetterOnce(e, (error as Error).message);
-              continue;
+              await this.deadLetterOnce(group, (error as Error).message);
             }
           }
         }
@@ -361,12 +385,14 @@ export class ProjectionRunner {
     }
   }
 
-  private async deadLetterOnce(e: PositionedEvent, reason: string): Promise<void> {
-    const existing = await this.o.ds.query(`SELECT 1 FROM "${this.o.schema}".dead_letters WHERE consumer = $1 AND position = $2`, [this.name, e.position]);
+  private async deadLetterOnce(group: PositionedEvent[], reason: string): Promise<void> {
+    const { position, event } = group[0]!;
+    const existing = await this.o.ds.query(`SELECT 1 FROM "${this.o.schema}".dead_letters WHERE consumer = $1 AND position = $2`, [this.name, position]);
     if (existing.length) return;
+    const payload = JSON.stringify(group.length === 1 ? event : group.map((g) => g.event));
     await this.o.ds.query(
       `INSERT INTO "${this.o.schema}".dead_letters (consumer, position, subject, payload, reason) VALUES ($1, $2, $3, $4, $5)`,
-      [this.name, e.position, this.store.subjectOf(e.event), JSON.stringify(e.event), `rebuild: ${reason}`],
+      [this.name, position, this.store.subjectOf(event), storableText(payload, { multiline: true }), storableText(`rebuild: ${reason}`, { multiline: true })],
     );
     this.unresolved++;
   }
@@ -419,9 +445,10 @@ export class ProjectionRunner {
    */
   async retryDeadLetter(id: number, actor: Actor): Promise<DeadLetterInfo> {
     const row = await this.unresolvedLetter(id);
-    let event: EventEnvelope;
+    let events: EventEnvelope[];
     try {
-      event = validateEnvelope(JSON.parse(row.payload as string));
+      // One event, or the events of one decision (applied together, as they were delivered).
+      events = eventsOf(JSON.parse(row.payload as string));
     } catch (error) {
       throw new KeelError('conflict', `Dead letter ${id} is not a valid event envelope (${(error as Error).message}); it can only be skipped.`);
     }
@@ -432,7 +459,7 @@ export class ProjectionRunner {
         await scopeTransaction(m, ALL_TENANTS);
         const [locked] = await m.query(`SELECT resolution FROM "${this.o.schema}".dead_letters WHERE id = $1 FOR UPDATE`, [id]);
         if (locked.resolution) throw new KeelError('conflict', `Dead letter ${id} of ${this.qualifiedName} was already ${locked.resolution}.`);
-        result = await this.o.projection.apply(m, [{ position: Number(row.position), event }]);
+        result = await this.o.projection.apply(m, events.map((event) => ({ position: Number(row.position), event })));
         [[resolved]] = await m.query(
           `UPDATE "${this.o.schema}".dead_letters SET resolution = 'retried', resolved_at = now(), resolved_by = $2 WHERE id = $1 RETURNING *`,
           [id, `${actor.kind}:${actor.id}`],
@@ -466,7 +493,7 @@ export class ProjectionRunner {
       occurredAt: new Date().toISOString(),
       actor: meta.actor,
       correlationId: meta.correlationId,
-      data: { projection: this.qualifiedName, position: Number(row.position), subject: row.subject, reason: row.reason },
+      data: { projection: this.qualifiedName, position: Number(row.position), subject: row.subject, reason: storableText(String(row.reason), { multiline: true }) },
     };
     let eventPosition: number;
     try {

@@ -326,6 +326,61 @@ describe('ProjectionRunner', () => {
     expect(r.health()).toMatchObject({ healthy: false, deadLetters: 1 });
   });
 
+  it('dead-letters what is not even JSON, NUL bytes included, and a decision whose retry applies its events together', async () => {
+    const { projection } = rowsProjection('poisoned', 'poisonctx', 'poisoned', {
+      async beforeInsert(e) {
+        if (e.event.data.failOnce && !fixed) throw new PermanentEventError('not yet');
+      },
+    });
+    let fixed = false;
+    const r = runners.find((x) => x.name === 'poisoned')!;
+    await r.stop();
+    const again = await runner(projection);
+    // A raw NUL byte: the parser's message and the payload both reach text columns.
+    const subject = store.subjectOf({ tenantId: 't1', type: 'poisonctx.x.x', aggregateType: 'thing', aggregateId: 'raw' });
+    const nul = await m.js.publish(subject, new Uint8Array([0x7b, 0x22, 0x78, 0x22, 0x3a, 0x31, 0x7d, 0x00]));
+    // A decision of two events that fails as a whole.
+    const head = heads.get('poisonctx/decision') ?? { position: 0, version: 0 };
+    const decision: EventEnvelope[] = [1, 2].map((i) => ({
+      id: newEventId(), type: 'poisonctx.thing.happened', schemaVersion: 1, tenantId: 't1', aggregateType: 'thing', aggregateId: 'decision',
+      aggregateVersion: head.version + i, occurredAt: new Date().toISOString(), actor: { kind: 'system', id: 'projection-runner-test' },
+      correlationId: 'decision', data: { failOnce: true },
+    }));
+    const [position] = await store.append(decision, head.position);
+    const after = await publish('poisonctx', 'p');
+    await again.waitFor(after.position, 15_000);
+    const letters = await again.deadLetters(false, 10);
+    const rawLetter = letters.find((l) => l.position === nul.seq)!;
+    expect(rawLetter.reason).toMatch(/invalid event envelope|JSON/);
+    expect(rawLetter.payload).not.toContain('\u0000');
+    const decisionLetter = letters.find((l) => l.position === position)!;
+    expect(JSON.parse(decisionLetter.payload).map((e: EventEnvelope) => e.id)).toEqual(decision.map((e) => e.id));
+    // After the fix, the retry applies both events of the decision, together, once.
+    fixed = true;
+    await again.retryDeadLetter(decisionLetter.id, { kind: 'user', id: 'operator' });
+    const { rows } = await admin.query(`SELECT event_id FROM "${SCHEMA}".poisoned WHERE position = $1 ORDER BY ctid`, [position]);
+    expect(rows.map((x) => x.event_id)).toEqual(decision.map((e) => e.id));
+    await expect(again.retryDeadLetter(decisionLetter.id, { kind: 'user', id: 'operator' })).rejects.toMatchObject({ code: 'conflict' });
+    // The raw one can only be skipped: the skip is an event whose body holds the (cleaned) reason.
+    await expect(again.retryDeadLetter(rawLetter.id, { kind: 'user', id: 'operator' })).rejects.toMatchObject({ code: 'conflict' });
+    const skipped = await again.skipDeadLetter(rawLetter.id, { actor: { kind: 'user', id: 'operator' }, correlationId: 'skip' });
+    expect(skipped).toMatchObject({ resolution: 'skipped', resolvedBy: 'user:operator' });
+  });
+
+  it('a hold longer than the consumer\'s retries neither dead-letters live events nor reports an error', async () => {
+    const { projection } = rowsProjection('items', 'shop', 'items');
+    const r = runners.find((x) => x.name === 'items' && x.health().running) ?? (await runner(projection));
+    await admin.query(`UPDATE "${SCHEMA}".projection_checkpoints SET held_until = now() + interval '5 seconds' WHERE name = 'items'`);
+    const held = await publish('shop', 'held');
+    const started = Date.now();
+    await r.waitFor(held.position, 20_000);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(3_000);
+    expect(await positionsIn('items')).toContain(held.position);
+    const { rows } = await admin.query(`SELECT count(*)::int AS n FROM "${SCHEMA}".dead_letters WHERE consumer = 'items'`);
+    expect(rows[0].n).toBe(0);
+    expect(r.health()).toMatchObject({ healthy: true });
+  });
+
   it('two replicas of one projection: one applies, the other takes over when it stops', async () => {
     const a = await runner(rowsProjection('replicated', 'repctx', 'replicated').projection);
     const b = await runner(rowsProjection('replicated', 'repctx', 'replicated').projection);

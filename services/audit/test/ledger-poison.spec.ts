@@ -73,7 +73,12 @@ describe('ledger: no content of a message can stop it', () => {
       const e = event(aggregate, v);
       await raw(JSON.stringify(e), e.id);
     }
-    // 7. A decision of two events: one message, one entry.
+    // 7. JSON whose zod complaint quotes a key holding NUL; an envelope behind a UTF-8 byte-order mark.
+    const keyed = event(aggregate, 99);
+    await raw(JSON.stringify({ ...keyed, actor: { ...keyed.actor, PLACEHOLDER_K: 1 } }).replace('"PLACEHOLDER_K"', '"x\\u0000y"'));
+    const bom = event(aggregate, 98);
+    await raw(new Uint8Array([0xef, 0xbb, 0xbf, ...new TextEncoder().encode(JSON.stringify(bom))]));
+    // 8. A decision of two events: one message, one entry.
     const [decision] = await store.append([event(aggregate, 5), event(aggregate, 6)], published[published.length - 1]!);
     published.push(decision!);
     await eventually(ledgerCount, (n) => n >= published.length, { timeoutMs: 60_000, intervalMs: 100, what: 'the ledger to hold every published message' });
@@ -89,8 +94,11 @@ describe('ledger: no content of a message can stop it', () => {
   it('appends every message in stream order, the ones after the poison included', async () => {
     const { rows } = await admin.query('SELECT seq::int, problem, payload IS NOT NULL AS raw FROM audit.ledger ORDER BY seq');
     expect(rows.map((r) => r.seq)).toEqual(published);
-    expect(rows.map((r) => r.problem === null)).toEqual([true, false, false, false, false, true, true, true, true]);
-    expect(rows.map((r) => r.raw)).toEqual([false, true, true, false, true, false, false, false, false]);
+    expect(rows.map((r) => r.problem === null)).toEqual([true, false, false, false, false, true, true, true, false, false, true]);
+    expect(rows.map((r) => r.raw)).toEqual([false, true, true, false, true, false, false, false, false, true, false]);
+    expect(rows[8].problem).toMatch(/not a valid event envelope: actor: Unrecognized key/);
+    expect(rows[8].problem).not.toContain('\u0000');
+    expect(rows[9].problem).toMatch(/not JSON/);
     expect(rows[1].problem).toMatch(/not UTF-8/);
     expect(rows[2].problem).toMatch(/not JSON/);
     expect(rows[3].problem).toMatch(/not a valid event envelope/);
@@ -98,7 +106,7 @@ describe('ledger: no content of a message can stop it', () => {
   });
 
   it('verifies the whole chain, counting the incidents, and finds a change to an incident entry', async () => {
-    expect(await verify()).toEqual({ ok: true, checked: published.length, lastSeq: published[published.length - 1], incidents: 4 });
+    expect(await verify()).toEqual({ ok: true, checked: published.length, lastSeq: published[published.length - 1], incidents: 6 });
     await admin.query('ALTER TABLE audit.ledger DISABLE TRIGGER ledger_append_only');
     try {
       await admin.query(`UPDATE audit.ledger SET payload = '\\x00'::bytea WHERE seq = $1`, [published[1]]);
@@ -108,7 +116,7 @@ describe('ledger: no content of a message can stop it', () => {
       await admin.query(`UPDATE audit.ledger SET payload = '\\xfffe00c3'::bytea WHERE seq = $1`, [published[1]]);
       await admin.query('ALTER TABLE audit.ledger ENABLE TRIGGER ledger_append_only');
     }
-    expect(await verify()).toMatchObject({ ok: true, incidents: 4 });
+    expect(await verify()).toMatchObject({ ok: true, incidents: 6 });
   });
 
   it('keeps the valid envelope exactly as published: NUL and lone surrogates included', async () => {
@@ -127,7 +135,9 @@ describe('ledger: no content of a message can stop it', () => {
 
   it('lists the incidents for an operator, with the bytes of what was not JSON', async () => {
     const page = await rpc.request<Page<LedgerEntry>>('qry.audit.incidents', {});
-    expect(page.items.map((e) => e.seq)).toEqual(published.slice(1, 5));
+    expect(page.items.map((e) => e.seq)).toEqual([...published.slice(1, 5), published[8], published[9]]);
+    // The byte-order mark is kept: the entry is the bytes as published.
+    expect(Buffer.from((page.items[5] as { payload: string }).payload, 'base64').subarray(0, 3)).toEqual(Buffer.from([0xef, 0xbb, 0xbf]));
     const notUtf8 = page.items[0]!;
     expect(notUtf8.problem).toMatch(/not UTF-8/);
     expect(Buffer.from((notUtf8 as { payload: string }).payload, 'base64')).toEqual(Buffer.from([0xff, 0xfe, 0x00, 0xc3]));
@@ -137,7 +147,7 @@ describe('ledger: no content of a message can stop it', () => {
   it('replays only envelopes to projections, a decision of several events as its events in order', async () => {
     const page = await rpc.request<{ events: { position: number; event: EventEnvelope }[] }>('qry.audit.replay', { afterSeq: 0, limit: 100 });
     const decision = published[published.length - 1]!;
-    expect(page.events.map((e) => e.position)).toEqual([published[0], ...published.slice(5), decision]);
+    expect(page.events.map((e) => e.position)).toEqual([published[0], ...published.slice(5, 8), decision, decision]);
     expect(page.events.slice(-2).map((e) => e.event.aggregateVersion)).toEqual([5, 6]);
   });
 

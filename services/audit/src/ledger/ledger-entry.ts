@@ -37,7 +37,19 @@ export interface IndexedColumns {
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM: a leading U+FEFF stays in the text (so JSON.parse refuses it and the bytes are kept as
+// they are): the stored text must re-encode to exactly the bytes that were hashed.
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * A problem description a text column can hold whatever the message held: the parser's and zod's
+ * messages quote the input (a key name with NUL, say), so NUL, lone surrogates and other control
+ * characters are replaced.
+ */
+export function problemText(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  return (columnText(s, 2_000) ?? '').replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]/g, '\uFFFD');
+}
 
 /** A text column cannot hold NUL; lone surrogates become U+FFFD when encoded anyway. */
 const UNSAFE_FOR_TEXT = /[\u0000\uD800-\uDFFF]/;
@@ -72,6 +84,19 @@ export function indexedColumns(value: unknown, valid: boolean): IndexedColumns {
     actorKind: columnText(actor.kind, 64),
     actorId: columnText(actor.id, 500),
     occurredAt,
+  };
+}
+
+/** The last resort: only the bytes, with a fixed problem text, nothing derived from the message. */
+export function bytesOnlyRecord(r: LedgerRecord): LedgerRecord {
+  return {
+    position: r.position,
+    data: r.data,
+    json: null,
+    parsed: undefined,
+    payload: Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength),
+    problem: 'the ledger could not hold this message other than as bytes',
+    columns: indexedColumns(null, false),
   };
 }
 
@@ -112,9 +137,10 @@ export function toLedgerRecord(position: number, data: Uint8Array): LedgerRecord
   try {
     parsed = JSON.parse(text);
   } catch (error) {
-    return { position, json: null, parsed: undefined, payload: bytes(), problem: `the message is not JSON: ${(error as Error).message}`, columns: indexedColumns(null, false), data };
+    return { position, json: null, parsed: undefined, payload: bytes(), problem: problemText(`the message is not JSON: ${(error as Error).message}`), columns: indexedColumns(null, false), data };
   }
-  const problem = envelopeProblem(parsed);
+  const found = envelopeProblem(parsed);
+  const problem = found === null ? null : problemText(found);
   return { position, json: text, parsed, payload: null, problem, columns: indexedColumns(parsed, problem === null), data };
 }
 
@@ -126,7 +152,7 @@ export function asRawRecord(r: LedgerRecord, reason: string): LedgerRecord {
     json: null,
     parsed: undefined,
     payload: Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength),
-    problem: `${r.problem ? `${r.problem}; ` : ''}the ledger could not hold it as JSON: ${reason}`.slice(0, 2_000),
+    problem: problemText(`${r.problem ? `${r.problem}; ` : ''}the ledger could not hold it as JSON: ${reason}`),
     columns: indexedColumns(null, false),
   };
 }

@@ -5,7 +5,7 @@ import { AUDIT_SCHEMA } from '../database/schema';
 import { ALL_TENANTS, inTenant, scopeTransaction } from '@keel/database';
 import { PublicJwk, verifyCheckpoint } from '../signing/signing-keys';
 import { chainHash, GENESIS_HASH } from './hash-chain';
-import { asRawRecord, entryHash, indexedColumns, LedgerRecord, publishedHash } from './ledger-entry';
+import { asRawRecord, bytesOnlyRecord, entryHash, indexedColumns, LedgerRecord, publishedHash } from './ledger-entry';
 
 const LEDGER = `"${AUDIT_SCHEMA}".ledger`;
 const CHECKPOINTS = `"${AUDIT_SCHEMA}".checkpoints`;
@@ -126,7 +126,16 @@ export class LedgerRepository {
       } catch (error) {
         if (!isDataError(error)) throw error;
         await manager.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
-        [prev] = (await this.insert(manager, prev, [asRawRecord(record, (error as Error).message)])) as [Tail];
+        await manager.query(`SAVEPOINT ${savepoint}`);
+        try {
+          [prev] = (await this.insert(manager, prev, [asRawRecord(record, (error as Error).message)])) as [Tail];
+          await manager.query(`RELEASE SAVEPOINT ${savepoint}`);
+        } catch (again) {
+          if (!isDataError(again)) throw again;
+          // Still refused: nothing of the message but its bytes (a bytea takes any).
+          await manager.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
+          [prev] = (await this.insert(manager, prev, [bytesOnlyRecord(record)])) as [Tail];
+        }
       }
       written.push(prev);
     }

@@ -3,10 +3,17 @@ import { FastifyReply } from 'fastify';
 import Redis from 'ioredis';
 import { routes } from '@keel/contracts';
 import { MESSAGING, Messaging } from '@keel/messaging';
-import { metricsRegistry, readiness } from '@keel/observability';
+import { metricsRegistry, readiness, withTimeout } from '@keel/observability';
 import { Endpoint } from '../http/endpoint';
 
 const r = routes.operations;
+
+/**
+ * How long the Redis PING of /ready may take. Well inside the readiness wrapper's bound, so a
+ * silent Redis (stopped, a dead link) is "degraded" like a refused one, and does not take every
+ * gateway out of rotation.
+ */
+export const REDIS_PING_TIMEOUT_MS = 1_000;
 
 @Controller()
 export class OpsController {
@@ -33,7 +40,7 @@ export class OpsController {
         check: async () => {
           const degraded = (why: string) => ({ ok: true, detail: `degraded: ${why}` });
           try {
-            return (await this.redis.ping()) === 'PONG' ? true : degraded('unexpected PING answer');
+            return (await withTimeout(this.redis.ping(), REDIS_PING_TIMEOUT_MS, 'Redis PING')) === 'PONG' ? true : degraded('unexpected PING answer');
           } catch (error) {
             return degraded((error as Error).message);
           }

@@ -81,6 +81,15 @@ const PROJECTION_RUNNERS = Symbol('PROJECTION_RUNNERS');
 /** How long the Redis readiness ping may take: tighter than the ops server's bound, as postgresCheck is. */
 const REDIS_CHECK_TIMEOUT_MS = 2_000;
 
+/**
+ * The kit's Redis client. It fails fast while Redis is away (callers answer 503 or fall back,
+ * rather than queue): one retry, no offline queue, and a command a silent Redis (stopped, or
+ * behind a dead link) never answers is rejected after `commandTimeout`. No Keel code runs a
+ * blocking or long Redis command (no BLPOP, XREAD BLOCK, SUBSCRIBE, WAIT): every command is a
+ * GET/SET, a counter or a short script, well under that bound.
+ */
+export const REDIS_CLIENT_OPTIONS = { maxRetriesPerRequest: 1, enableOfflineQueue: false, enableAutoPipelining: true, commandTimeout: 1_000 } as const;
+
 interface Resolved {
   o: ServiceModuleOptions;
   database: boolean;
@@ -174,8 +183,7 @@ export function serviceModule(o: ServiceModuleOptions): Type<unknown> {
       provide: p.provide,
       useFactory: () => openDataSource({ url: url(), schema, applicationName: `keel-${o.name}-${p.label}`, poolSize: p.poolSize, scope: p.scope }),
     })),
-    // Fail fast while Redis is away: callers answer 503 or fall back, rather than queue.
-    ...(o.redis ? [{ provide: Redis, useFactory: () => new Redis(config.REDIS_URL, { maxRetriesPerRequest: 1, enableOfflineQueue: false, enableAutoPipelining: true }) }] : []),
+    ...(o.redis ? [{ provide: Redis, useFactory: () => new Redis(config.REDIS_URL, { ...REDIS_CLIENT_OPTIONS }) }] : []),
     ...projections.map((p, i) => ({
       provide: runnerTokens[i]!,
       useFactory: (ds: DataSource, m: Messaging, rpc: RpcClient, log: Logger, ...deps: unknown[]) =>

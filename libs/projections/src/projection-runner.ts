@@ -1,6 +1,6 @@
 import { DataSource, EntityManager } from 'typeorm';
 import { Gauge } from 'prom-client';
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import {
   Actor, auditQueries, DeadLetterInfo, EventEnvelope, KeelError, opsEventTypes, PLATFORM_TENANT, PositionedEvent, ProjectionStatus,
   RebuildResult, ReplayPage, storableText, subjects,
@@ -262,13 +262,20 @@ export class ProjectionRunner {
    * in the rebuild is dead-lettered if it was not already.
    */
   async rebuild(): Promise<RebuildResult> {
+    // The claim is a token of this run: every later step acts only while the row still holds it, and
+    // each page renews it, so a claim goes stale only when its rebuild has stopped.
+    const claim = randomUUID();
     // TypeORM answers an UPDATE with [rows, count].
     const [claimed] = await this.o.ds.query(
-      `UPDATE ${this.table} SET rebuilding_since = now()
+      `UPDATE ${this.table} SET rebuilding_since = now(), rebuild_claim = $2
        WHERE name = $1 AND (rebuilding_since IS NULL OR rebuilding_since < now() - interval '${STALE_REBUILD_MINUTES} minutes') RETURNING name`,
-      [this.name],
+      [this.name, claim],
     );
     if (!claimed.length) throw new KeelError('conflict', `A rebuild of ${this.qualifiedName} is already running.`);
+    const renew = async () => {
+      const [still] = await this.o.ds.query(`UPDATE ${this.table} SET rebuilding_since = now() WHERE name = $1 AND rebuild_claim = $2 RETURNING name`, [this.name, claim]);
+      if (!still.length) throw new KeelError('conflict', `Another rebuild of ${this.qualifiedName} took over this one's stale claim.`);
+    };
     const shadow = shadowSchema(this.o.schema);
     const tables = this.o.projection.tables;
     try {
@@ -286,6 +293,7 @@ export class ProjectionRunner {
       const replayTo = async (target: number) => {
         const deadline = Date.now() + 30_000;
         for (;;) {
+          await renew();
           const r = await this.replayIntoShadow(at, skipped, appliedAt);
           at = r.at;
           replayed += r.applied;
@@ -298,19 +306,30 @@ export class ProjectionRunner {
       await replayTo(0);
       for (let attempt = 1; attempt <= 5; attempt++) {
         await replayTo(await this.readCheckpoint());
-        await this.o.ds.query(`UPDATE ${this.table} SET held_until = now() + interval '${HOLD_SECONDS} seconds' WHERE name = $1`, [this.name]);
+        const [holding] = await this.o.ds.query(
+          `UPDATE ${this.table} SET held_until = now() + interval '${HOLD_SECONDS} seconds' WHERE name = $1 AND rebuild_claim = $2 RETURNING name`,
+          [this.name, claim],
+        );
+        if (!holding.length) throw new KeelError('conflict', `Another rebuild of ${this.qualifiedName} took over this one's stale claim.`);
         // Held: whatever batch was being applied has committed (the row lock), and no new one starts.
         await replayTo(await this.readCheckpoint());
         const swapped = await this.o.ds.transaction(async (m) => {
           await scopeTransaction(m, ALL_TENANTS);
-          const [row] = await m.query(`SELECT position, coalesce(held_until > now(), false) AS held FROM ${this.table} WHERE name = $1 FOR UPDATE`, [this.name]);
+          const [row] = await m.query(
+            `SELECT position, coalesce(held_until > now(), false) AS held, rebuild_claim = $2 AS ours FROM ${this.table} WHERE name = $1 FOR UPDATE`,
+            [this.name, claim],
+          );
+          if (!row.ours) throw new KeelError('conflict', `Another rebuild of ${this.qualifiedName} took over this one's stale claim.`);
           if (!row.held || Number(row.position) > at) return false;
           for (const t of tables) {
             await m.query(`DELETE FROM "${this.o.schema}".${t}`);
             await m.query(`INSERT INTO "${this.o.schema}".${t} SELECT * FROM "${shadow}".${t}`);
             await m.query(`DELETE FROM "${shadow}".${t}`);
           }
-          await m.query(`UPDATE ${this.table} SET position = $2, held_until = NULL, rebuilding_since = NULL, updated_at = now() WHERE name = $1`, [this.name, at]);
+          await m.query(
+            `UPDATE ${this.table} SET position = $2, held_until = NULL, rebuilding_since = NULL, rebuild_claim = NULL, updated_at = now() WHERE name = $1`,
+            [this.name, at],
+          );
           // Open dead letters the rebuilt model applied are resolved with it: a later retry must not apply them twice.
           if (appliedAt.size) {
             await m.query(
@@ -333,7 +352,7 @@ export class ProjectionRunner {
       throw new KeelError('service_unavailable', `The rebuilt ${this.qualifiedName} could not catch up with the live one; retry the rebuild.`);
     } finally {
       await this.o.ds
-        .query(`UPDATE ${this.table} SET held_until = NULL, rebuilding_since = NULL WHERE name = $1`, [this.name])
+        .query(`UPDATE ${this.table} SET held_until = NULL, rebuilding_since = NULL, rebuild_claim = NULL WHERE name = $1 AND rebuild_claim = $2`, [this.name, claim])
         .catch((err) => this.o.logger.warn({ err }, 'could not release a rebuild claim; it goes stale by itself'));
     }
   }

@@ -44,5 +44,6 @@ export function projectionBookkeepingUpgradeSql(schema: string): string[] {
     `CREATE INDEX IF NOT EXISTS dead_letters_unresolved ON "${schema}".dead_letters (consumer, position) WHERE resolution IS NULL`,
     `ALTER TABLE "${schema}".projection_checkpoints ADD COLUMN IF NOT EXISTS rebuilding_since timestamptz`,
     `ALTER TABLE "${schema}".projection_checkpoints ADD COLUMN IF NOT EXISTS held_until timestamptz`,
+    `ALTER TABLE "${schema}".projection_checkpoints ADD COLUMN IF NOT EXISTS rebuild_claim uuid`,
   ];
 }

@@ -1,10 +1,18 @@
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
-import { ACCESS_TOKEN_SECONDS, authEventTypes as A, KeelError, TOKEN_AUDIENCE, TOKEN_ISSUER } from '@keel/contracts';
+import { ACCESS_TOKEN_SECONDS, authEventTypes as A, KeelError, newEventId, TOKEN_AUDIENCE, TOKEN_ISSUER } from '@keel/contracts';
 import { parseConfig } from '@keel/config';
 import { encodeJson, Messaging, RpcClient } from '@keel/messaging';
 import { IdentityVerifier } from './identity';
 
 const TENANT = '01a20186-4df0-76d5-bf99-e87be230bc1a';
+
+/** A valid envelope of an auth event, as the event store publishes it. */
+function envelope(type: string, aggregateType: string, aggregateId: string, aggregateVersion = 2) {
+  return {
+    id: newEventId(), type, schemaVersion: 1, tenantId: TENANT, aggregateType, aggregateId, aggregateVersion,
+    occurredAt: new Date().toISOString(), actor: { kind: 'system', id: 'test' }, correlationId: 'c-1', data: {},
+  };
+}
 
 /** The verifier over a stubbed NATS connection (events delivered by hand), RPC client and Redis. */
 async function verifier() {
@@ -52,9 +60,9 @@ async function verifier() {
       .setIssuedAt()
       .setExpirationTime(Math.floor(Date.now() / 1000) + expiresInSeconds)
       .sign(privateKey);
-  const revokeSession = (sid: string) => deliver({ type: A.sessionRevoked, aggregateId: sid });
-  const revokeKey = (id: string) => deliver({ type: A.apiKeyRevoked, aggregateId: id });
-  return { v, token, revokeSession, revokeKey, redisState, apiKeyAnswers, asked };
+  const revokeSession = (sid: string) => deliver(envelope(A.sessionRevoked, 'session', sid));
+  const revokeKey = (id: string) => deliver(envelope(A.apiKeyRevoked, 'api_key', id));
+  return { v, token, revokeSession, revokeKey, deliver, redisState, apiKeyAnswers, asked };
 }
 
 async function codeOf(p: Promise<unknown>): Promise<string> {
@@ -186,5 +194,19 @@ describe('IdentityVerifier, a revoked credential is never cached', () => {
     expect(await codeOf(v.verify(t))).toBe('invalid_token');
     for (let n = 0; n < 5; n++) revokeSession(`other-${n}`);
     expect(await codeOf(v.verify(t))).toBe('service_unavailable');
+  });
+});
+
+describe('IdentityVerifier, events', () => {
+  it('hears each event of a decision published as one message (a JSON array of envelopes)', async () => {
+    const { v, token, deliver } = await verifier();
+    const first = await token('s-a');
+    const second = await token('s-b');
+    await v.verify(first);
+    await v.verify(second);
+    deliver([envelope(A.sessionRevoked, 'session', 's-a'), envelope(A.sessionRevoked, 'session', 's-b')]);
+    expect(await codeOf(v.verify(first))).toBe('invalid_token');
+    expect(await codeOf(v.verify(second))).toBe('invalid_token');
+    expect(v.size.revokedSessions).toBe(2);
   });
 });

@@ -16,7 +16,7 @@ import {
 import Redis from 'ioredis';
 import { KeelConfig } from '@keel/config';
 import { withTimeout } from '@keel/observability';
-import { decodeJson, KEEL_CONFIG, MESSAGING, Messaging, RpcClient } from '@keel/messaging';
+import { decodeJson, eventsOf, KEEL_CONFIG, MESSAGING, Messaging, RpcClient } from '@keel/messaging';
 
 export interface Identity {
   kind: 'user' | 'api_key';
@@ -93,7 +93,8 @@ export class IdentityVerifier implements OnModuleInit, OnModuleDestroy {
       callback: (err, msg) => {
         if (err) return;
         try {
-          this.onEvent(decodeJson<EventEnvelope>(msg.data));
+          // One envelope, or a decision of several events (a JSON array of envelopes): each is heard.
+          for (const e of eventsOf(decodeJson<unknown>(msg.data))) this.onEvent(e);
         } catch {
           this.tokens.clear();
           this.apiKeys.clear();

@@ -1,4 +1,4 @@
-import { Tenant } from '@keel/contracts';
+import { newEventId, Tenant } from '@keel/contracts';
 import { encodeJson, Messaging, RpcClient } from '@keel/messaging';
 import { TenantDirectory } from './tenant-directory';
 
@@ -10,6 +10,14 @@ function tenant(version: number, status: Tenant['status'] = 'active', id = ID, s
 
 /** A tenant id (UUIDv7 shape) numbered n. */
 const idOf = (n: number) => `01a20186-4df0-76d5-bf99-${n.toString(16).padStart(12, '0')}`;
+
+/** A valid envelope of a tenant event at `version`, as the event store publishes it. */
+function envelope(version: number, id = ID) {
+  return {
+    id: newEventId(), type: 'tenant.tenant.settings_updated', schemaVersion: 1, tenantId: id, aggregateType: 'tenant', aggregateId: id,
+    aggregateVersion: version, occurredAt: new Date().toISOString(), actor: { kind: 'system', id: 'test' }, correlationId: 'c-1', data: {},
+  };
+}
 
 /** The directory over a stubbed NATS connection (events are delivered by hand) and RPC client. */
 function directory(answers: Record<string, Tenant>) {
@@ -33,8 +41,8 @@ function directory(answers: Record<string, Tenant>) {
   } as unknown as RpcClient;
   const dir = new TenantDirectory(m, rpc);
   dir.onModuleInit();
-  const hear = (version: number, id = ID) => deliver({ aggregateId: id, aggregateVersion: version });
-  return { dir, asked, hear };
+  const hear = (version: number, id = ID) => deliver(envelope(version, id));
+  return { dir, asked, hear, deliver };
 }
 
 describe('TenantDirectory', () => {
@@ -64,6 +72,22 @@ describe('TenantDirectory', () => {
     // Not kept: the slug is unknown here, so the read model is asked; it lags, so the log is.
     expect((await dir.get('acme')).version).toBe(3);
     expect(asked).toEqual(['qry.tenant.get', 'qry.tenant.current']);
+  });
+
+  it('hears each event of a decision published as one message (a JSON array of envelopes), fencing at the newest', async () => {
+    const { dir, asked, deliver } = directory({ 'qry.tenant.current': tenant(3, 'suspended'), 'qry.tenant.get': tenant(1) });
+    dir.remember(tenant(1));
+    deliver([envelope(2), envelope(3)]);
+    expect(dir.size.entries).toBe(1); // a decodable message does not empty the directory
+    expect(await dir.get(ID)).toMatchObject({ version: 3, status: 'suspended' });
+    expect(asked).toEqual(['qry.tenant.current']);
+  });
+
+  it('empties itself on a message that is no envelope', async () => {
+    const { dir, deliver } = directory({});
+    dir.remember(tenant(1));
+    deliver({ aggregateId: ID });
+    expect(dir.size.entries).toBe(0);
   });
 
   it('goes to the read model with consistentWith, whatever it holds', async () => {

@@ -1,7 +1,7 @@
 import { Inject, Injectable, OnModuleDestroy, OnModuleInit } from '@nestjs/common';
 import { Subscription } from 'nats';
-import { EventEnvelope, Tenant, tenantIdSchema } from '@keel/contracts';
-import { decodeJson, MESSAGING, Messaging, RpcClient } from '@keel/messaging';
+import { Tenant, tenantIdSchema } from '@keel/contracts';
+import { decodeJson, eventsOf, MESSAGING, Messaging, RpcClient } from '@keel/messaging';
 
 const TTL_MS = 60_000;
 
@@ -57,8 +57,10 @@ export class TenantDirectory implements OnModuleInit, OnModuleDestroy {
       callback: (err, msg) => {
         if (err) return;
         try {
-          const e = decodeJson<EventEnvelope>(msg.data);
-          if ((this.latest.get(e.aggregateId) ?? 0) < e.aggregateVersion) this.fence(e.aggregateId, e.aggregateVersion);
+          // One envelope, or a decision of several events (a JSON array of envelopes): each fences.
+          for (const e of eventsOf(decodeJson<unknown>(msg.data))) {
+            if ((this.latest.get(e.aggregateId) ?? 0) < e.aggregateVersion) this.fence(e.aggregateId, e.aggregateVersion);
+          }
         } catch {
           this.byId.clear();
           this.idBySlug.clear();

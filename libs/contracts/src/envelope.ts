@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import Ajv2020 from 'ajv/dist/2020';
+import { createHash } from 'node:crypto';
 import { v7 as uuidv7 } from 'uuid';
 import { parseOrThrow } from './validation';
 
@@ -57,6 +58,18 @@ export const PLATFORM_TENANT = 'platform';
 
 export function newEventId(): string {
   return uuidv7();
+}
+
+/**
+ * A UUID (version 8, RFC 9562) made from SHA-256 of `name`: the same name always gives the same id,
+ * in every replica and after any restart (event ids from a command id, an operator action's event).
+ */
+export function nameBasedUuid(name: string): string {
+  const b = createHash('sha256').update(name).digest().subarray(0, 16);
+  b[6] = (b[6]! & 0x0f) | 0x80;
+  b[8] = (b[8]! & 0x3f) | 0x80;
+  const h = b.toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
 /**

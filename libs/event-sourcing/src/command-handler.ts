@@ -1,5 +1,4 @@
-import { createHash } from 'node:crypto';
-import { CommandMeta, EventEnvelope, KeelError, newEventId } from '@keel/contracts';
+import { CommandMeta, EventEnvelope, KeelError, nameBasedUuid, newEventId } from '@keel/contracts';
 import { ConcurrencyConflict, EventStore } from '@keel/messaging';
 import { Decider, DomainEvent } from './decider';
 
@@ -9,11 +8,7 @@ import { Decider, DomainEvent } from './decider';
  * `commandId` (its events' ids, a created aggregate's id).
  */
 export function deterministicUuid(...parts: string[]): string {
-  const b = createHash('sha256').update(parts.join('\n')).digest().subarray(0, 16);
-  b[6] = (b[6]! & 0x0f) | 0x80;
-  b[8] = (b[8]! & 0x3f) | 0x80;
-  const h = b.toString('hex');
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  return nameBasedUuid(parts.join('\n'));
 }
 
 /**

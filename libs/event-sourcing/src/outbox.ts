@@ -1,7 +1,6 @@
-import { createHash } from 'node:crypto';
 import { headers as natsHeaders, PubAck } from 'nats';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
-import { CommandMeta, EventEnvelope, eventSubject, KeelError, newEventId, validateEnvelope, validateEventBody } from '@keel/contracts';
+import { CommandMeta, EventEnvelope, eventSubject, KeelError, nameBasedUuid, newEventId, validateEnvelope, validateEventBody } from '@keel/contracts';
 import { AdvisoryLeadership, tenantPolicySql } from '@keel/database';
 import { CORRELATION_HEADER, Messaging } from '@keel/messaging';
 
@@ -58,11 +57,7 @@ export interface OutboxEvent {
 
 /** A UUID (version 8, RFC 9562) derived from a command id: a retried command yields the same event ids. */
 export function derivedEventId(commandId: string, tenantId: string, type: string, index: number): string {
-  const b = createHash('sha256').update(`keel.outbox\u0000${tenantId}\u0000${commandId}\u0000${type}\u0000${index}`).digest().subarray(0, 16);
-  b[6] = (b[6]! & 0x0f) | 0x80;
-  b[8] = (b[8]! & 0x3f) | 0x80;
-  const h = b.toString('hex');
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  return nameBasedUuid(`keel.outbox\u0000${tenantId}\u0000${commandId}\u0000${type}\u0000${index}`);
 }
 
 /** The envelope of an outbox event; `index` numbers the events of one command (for derived ids). */

@@ -1,8 +1,8 @@
 import { DataSource, EntityManager } from 'typeorm';
 import { Gauge } from 'prom-client';
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import {
-  Actor, auditQueries, DeadLetterInfo, EventEnvelope, KeelError, opsEventTypes, PLATFORM_TENANT, PositionedEvent, ProjectionStatus,
+  Actor, auditQueries, DeadLetterInfo, EventEnvelope, KeelError, nameBasedUuid, opsEventTypes, PLATFORM_TENANT, PositionedEvent, ProjectionStatus,
   RebuildResult, ReplayPage, storableText, subjects,
 } from '@keel/contracts';
 import {
@@ -50,14 +50,6 @@ export interface ProjectionRunnerOptions {
   service?: string;
 }
 
-/** A deterministic UUID (v8 layout) from a name: the same operator action always gets the same event id. */
-function nameUuid(name: string): string {
-  const h = createHash('sha256').update(name).digest();
-  h[6] = (h[6]! & 0x0f) | 0x80;
-  h[8] = (h[8]! & 0x3f) | 0x80;
-  const x = h.subarray(0, 16).toString('hex');
-  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20, 32)}`;
-}
 
 /** The live model is held for a rebuild's swap: not applied now, retried from the checkpoint. */
 class HeldForRebuild extends RetryLaterError {
@@ -502,7 +494,7 @@ export class ProjectionRunner {
     const row = await this.unresolvedLetter(id);
     const aggregateId = `${this.o.schema}-${this.name}-${id}`.replace(/[^A-Za-z0-9_-]/g, '_');
     const event: EventEnvelope = {
-      id: nameUuid(`keel.dead_letter.skipped/${this.o.messaging.stream}/${aggregateId}`),
+      id: nameBasedUuid(`keel.dead_letter.skipped/${this.o.messaging.stream}/${aggregateId}`),
       type: opsEventTypes.deadLetterSkipped,
       schemaVersion: 1,
       tenantId: PLATFORM_TENANT,

@@ -5,7 +5,7 @@ import Redis from 'ioredis';
 import { createHash } from 'node:crypto';
 import { from, lastValueFrom, Observable } from 'rxjs';
 import { KeelConfig } from '@keel/config';
-import { KeelError } from '@keel/contracts';
+import { KeelError, nameBasedUuid } from '@keel/contracts';
 import { KEEL_CONFIG } from '@keel/messaging';
 import { ENDPOINT, EndpointSpec } from './endpoint';
 import { problem, toKeelError, validationError } from './problem';
@@ -33,11 +33,7 @@ interface Stored {
  * UUID (version 8) from SHA-256, the same in every gateway replica and after any restart.
  */
 export function commandIdFor(scope: string): string {
-  const b = createHash('sha256').update(`keel.command\n${scope}`).digest().subarray(0, 16);
-  b[6] = (b[6]! & 0x0f) | 0x80;
-  b[8] = (b[8]! & 0x3f) | 0x80;
-  const h = b.toString('hex');
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  return nameBasedUuid(`keel.command\n${scope}`);
 }
 
 /** Redis did not answer (down, restarting, silent): the answer cache is skipped, never the request. */

@@ -170,6 +170,12 @@ export class Outbox {
   private readonly waiters = new Map<string, Waiter[]>();
   /** Positions of entries this process sent lately: a writer that asks after the fact finds them here. */
   private readonly recent = new Map<string, number>();
+  /**
+   * Entries this relay has on the stream but could not mark sent yet (Postgres went away after the
+   * publish): outbox seq → stream position. They are marked, not published again, while it leads, so
+   * a mark that fails for longer than the stream's duplicate window does not publish an event twice.
+   */
+  private readonly unmarked = new Map<number, number>();
   private loop?: Promise<void>;
   private listener?: QueryRunner;
   private listenerRetry?: NodeJS.Timeout;
@@ -488,6 +494,7 @@ export class Outbox {
       this.leading = true;
       this.lastSeq = undefined;
       this.gap = undefined;
+      this.unmarked.clear();
       this.o.logger?.info({ outbox: this.table }, 'outbox relay active');
       try {
         await this.lead();
@@ -595,11 +602,22 @@ export class Outbox {
       return 0;
     }
     const timeout = Math.max(1_000, Math.floor(this.o.messaging.requestTimeoutMs / 2));
-    const acks = await Promise.allSettled(rows.map((r) => this.publish(r, timeout)));
+    // All in flight at once on one connection: the stream stores them in the order sent, which is
+    // the outbox order. Entries already on the stream but not marked are not sent again.
+    const acks = await Promise.allSettled(
+      rows.map((r) => {
+        const known = this.unmarked.get(Number(r.seq));
+        return known !== undefined ? Promise.resolve({ seq: known } as PubAck) : this.publish(r, timeout);
+      }),
+    );
     let ok = 0;
     while (ok < acks.length && acks[ok]!.status === 'fulfilled') ok++;
     const done = rows.slice(0, ok);
     const positions = acks.slice(0, ok).map((a) => (a as PromiseFulfilledResult<PubAck>).value.seq);
+    // Published but not in the marked prefix, or the mark below fails: remembered, not republished.
+    acks.forEach((a, i) => {
+      if (a.status === 'fulfilled' && this.unmarked.size < 100_000) this.unmarked.set(Number(rows[i]!.seq), a.value.seq);
+    });
     // Acknowledged means on the stream: the writers here are answered now, before the mark (if
     // the mark is lost, the entries are published again and answer as duplicates).
     done.forEach((r, i) => {
@@ -614,6 +632,7 @@ export class Outbox {
          SELECT count(*) AS n, pg_notify('${this.sentChannel}', '') FROM u`,
         [done.map((r) => r.seq), positions],
       );
+      for (const r of done) this.unmarked.delete(Number(r.seq));
       this.lastSentAt = Date.now();
       this.lastSeq = Math.max(this.lastSeq ?? 0, ...done.map((r) => Number(r.seq)));
     }

@@ -1,6 +1,6 @@
 import { CommandMeta, EventEnvelope, KeelError, nameBasedUuid, newEventId } from '@keel/contracts';
 import { ConcurrencyConflict, EventStore } from '@keel/messaging';
-import { Decider, DomainEvent } from './decider';
+import { Decider, DomainEvent, Recorded } from './decider';
 
 /**
  * A UUID (version 8, RFC 9562) derived from SHA-256 of `parts`: the same parts give the same
@@ -119,7 +119,7 @@ export class CommandHandler<State, Command, Event extends DomainEvent> {
     const commands = base.commands; // superseded by the entry made here, so it may grow in place
     for (const { position: p, event } of newer) {
       const e = this.spec.upcast ? this.spec.upcast(event) : event;
-      state = this.spec.decider.evolve(state, { type: e.type, data: e.data, occurredAt: e.occurredAt } as Event);
+      state = this.spec.decider.evolve(state, { type: e.type, data: e.data, occurredAt: e.occurredAt } as Recorded<Event>);
       version = e.aggregateVersion;
       position = p;
       // The last event of a command's decision holds its outcome (each event overwrites the one before).
@@ -193,7 +193,7 @@ export class CommandHandler<State, Command, Event extends DomainEvent> {
           return { ...(done ?? { state: fromLog.state, version: fromLog.version, position: fromLog.position }), events: [] };
         }
         let state = current.state;
-        envelopes.forEach((env, i) => (state = this.spec.decider.evolve(state, { ...domainEvents[i]!, occurredAt: env.occurredAt })));
+        envelopes.forEach((env, i) => (state = this.spec.decider.evolve(state, { ...domainEvents[i]!, occurredAt: env.occurredAt } as Recorded<Event>)));
         const next = { state, version: current.version + domainEvents.length, position: positions[positions.length - 1]! };
         if (commandId) recordOutcome(current.commands, commandId, next);
         this.remember(key, { ...next, commands: current.commands });

@@ -1,6 +1,6 @@
 import { AssertionError, deepStrictEqual } from 'node:assert';
 import { KeelError } from '@keel/contracts';
-import { Decider, DomainEvent, fold } from './decider';
+import { Decider, DomainEvent, fold, Recorded } from './decider';
 
 /** A refusal a command is expected to meet: the KeelError code, and optionally its message. */
 export interface ExpectedRefusal {
@@ -44,12 +44,18 @@ function refusalOf(run: () => unknown): KeelError {
  *     given(created()).when({ type: 'suspend', data: { reason: 'x' } }).then([suspended('x')]);
  *     given().when({ type: 'suspend', data: { reason: 'x' } }).then({ error: 'not_found' });
  *
- * `given` folds the past events with the decider's own `evolve`; `then` compares the decided
- * events with the expected ones, or checks the refusal.
+ * `given` folds the past events with the decider's own `evolve` (an event written without a time
+ * gets the spec's clock, `options.at`); `then` compares the decided events with the expected ones,
+ * or checks the refusal.
  */
-export function deciderSpec<State, Command, Event extends DomainEvent>(decider: Decider<State, Command, Event>) {
+export function deciderSpec<State, Command, Event extends DomainEvent>(
+  decider: Decider<State, Command, Event>,
+  /** The time given events carry when a test writes them without one: the spec's own, stated clock. */
+  options: { at?: string } = {},
+) {
+  const at = options.at ?? '2024-01-01T00:00:00.000Z';
   function given(...events: Event[]): DeciderGiven<State, Command, Event> {
-    const state = fold(decider, events);
+    const state = fold(decider, events.map((e) => ({ ...e, occurredAt: e.occurredAt ?? at }) as Recorded<Event>));
     return {
       state,
       when(command: Command): DeciderWhen<Event> {

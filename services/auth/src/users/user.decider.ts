@@ -41,7 +41,7 @@ export const userDecider: Decider<UserState, UserCommand, UserEvent> = {
   initialState: () => ({ status: 'none' }),
 
   evolve(state, event) {
-    const at = event.occurredAt ?? new Date(0).toISOString();
+    const at = event.occurredAt;
     if (event.type === A.userCreated) return { status: 'active', ...event.data, createdAt: at, updatedAt: at };
     if (state.status === 'none') return state;
     switch (event.type) {

@@ -262,8 +262,9 @@ describe('tenant decider', () => {
       expect(fold(tenantDecider, [suspended(), closed()])).toEqual({ status: 'none' });
     });
 
-    it('uses the epoch when an event carries no time', () => {
-      expect(given(created()).state).toMatchObject({ createdAt: '1970-01-01T00:00:00.000Z', updatedAt: '1970-01-01T00:00:00.000Z' });
+    it('takes its times from the events: one written without a time gets the spec\'s stated clock, never a default of the decider', () => {
+      expect(given(created()).state).toMatchObject({ createdAt: '2024-01-01T00:00:00.000Z', updatedAt: '2024-01-01T00:00:00.000Z' });
+      expect(deciderSpec(tenantDecider, { at: '2025-05-05T05:05:05.000Z' }).given(created()).state).toMatchObject({ createdAt: '2025-05-05T05:05:05.000Z' });
     });
   });
 });

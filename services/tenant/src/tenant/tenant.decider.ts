@@ -58,7 +58,7 @@ export const tenantDecider: Decider<TenantState, TenantDecisionCommand, Event> =
   initialState: () => ({ status: 'none' }),
 
   evolve(state, event) {
-    const at = event.occurredAt ?? new Date(0).toISOString();
+    const at = event.occurredAt;
     if (event.type === T.created) {
       return { status: 'active', ...event.data, suspendedReason: null, createdAt: at, updatedAt: at };
     }

@@ -244,13 +244,10 @@ export class SessionsService {
        FROM s`,
       [sessionId, sha256Hex(secret), sha256Hex(next), userId, tenantId, version, entry!.eventId, entry!.subject, entry!.envelope],
     );
-    if (rotated.length) {
-      // The old token is spent: answering 503 now would make the client's retry a reuse, which
-      // ends the session. The entry is committed and the relay publishes it; the new tokens go out.
-      await this.outbox.sent({ eventIds: [entry!.eventId] }).catch((error: unknown) => {
-        if (!(error instanceof KeelError && error.code === 'service_unavailable')) throw error;
-      });
-    }
+    // The rotation and its event committed together; the relay publishes the event in outbox order.
+    // A refresh answers tokens, not a position, so it does not wait for that: waiting would put the
+    // relay's round trip into every refresh, and a 503 after the commit would make the client's
+    // retry a reuse of its spent token, which ends the session.
     if (!rotated.length) {
       // Another refresh with the same token turned it in the meantime: that is a reuse too
       // (one of the two holders is not the client), so the session ends.

@@ -1,3 +1,4 @@
+import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import { Client } from 'pg';
 import { DataSource, MigrationInterface } from 'typeorm';
 
@@ -11,6 +12,19 @@ export interface ServiceSchema {
 
 const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
 const quoteLiteral = (value: string) => `'${value.replace(/'/g, "''")}'`;
+
+/**
+ * The SCRAM-SHA-256 verifier Postgres stores for a password (RFC 5802 / 7677, Postgres's own
+ * format): sent instead of the secret, so a server that logs DDL (`log_statement = ddl`) never
+ * writes a role's secret into its log. Keel's secrets are ASCII, which SASLprep leaves as is.
+ */
+export function scramVerifier(password: string, salt = randomBytes(16), iterations = 4096): string {
+  const salted = pbkdf2Sync(password.normalize('NFKC'), salt, iterations, 32, 'sha256');
+  const clientKey = createHmac('sha256', salted).update('Client Key').digest();
+  const storedKey = createHash('sha256').update(clientKey).digest();
+  const serverKey = createHmac('sha256', salted).update('Server Key').digest();
+  return `SCRAM-SHA-256$${iterations}:${salt.toString('base64')}$${storedKey.toString('base64')}:${serverKey.toString('base64')}`;
+}
 
 function withDatabase(url: string, database: string): string {
   const u = new URL(url);
@@ -67,7 +81,7 @@ export async function provisionServiceSchema(adminUrl: string, s: ServiceSchema)
     const role = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [s.role]);
     if (!role.rowCount) {
       await client
-        .query(`CREATE ROLE ${quoteIdent(s.role)} LOGIN PASSWORD ${quoteLiteral(s.password)}`)
+        .query(`CREATE ROLE ${quoteIdent(s.role)} LOGIN PASSWORD ${quoteLiteral(scramVerifier(s.password))}`)
         .catch((e: { code?: string }) => {
           // Roles are cluster-wide: another database's provisioning may have just made it.
           if (e.code !== '42710' && e.code !== '23505') throw e;
@@ -75,7 +89,7 @@ export async function provisionServiceSchema(adminUrl: string, s: ServiceSchema)
     }
     // The secret given here is the role's: set it every time, so a rotated secret takes effect
     // at the next provisioning (and a role made by an older start gets its own).
-    await client.query(`ALTER ROLE ${quoteIdent(s.role)} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD ${quoteLiteral(s.password)}`);
+    await client.query(`ALTER ROLE ${quoteIdent(s.role)} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD ${quoteLiteral(scramVerifier(s.password))}`);
     const db = databaseName(adminUrl);
     await client.query(`GRANT CONNECT ON DATABASE ${quoteIdent(db)} TO ${quoteIdent(s.role)}`);
     await client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(s.schema)}`);

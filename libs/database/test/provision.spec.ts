@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Client } from 'pg';
 import { MigrationInterface, QueryRunner } from 'typeorm';
-import { databaseName, dropDatabase, ensureDatabase, provisionServiceSchema } from '@keel/database';
+import { databaseName, dropDatabase, ensureDatabase, provisionServiceSchema, scramVerifier } from '@keel/database';
 import { cleanupEnv, isolatedEnv } from '@keel/testing';
 
 /** A one-table migration for `schema`, counting how often it ran. */
@@ -96,6 +96,23 @@ describe('provisioning', () => {
     expect(tables.rows.map((t) => t.table_name)).toEqual(['schema_migrations', 'widgets']);
     const applied = await admin.query(`SELECT name FROM "${schema}".schema_migrations`);
     expect(applied.rows).toEqual([{ name: 'CreateWidgets1700000000000' }]);
+
+    // The secret never travels as such: the role holds a SCRAM-SHA-256 verifier of it, made here.
+    const stored = (await admin.query('SELECT rolpassword FROM pg_authid WHERE rolname = $1', [role])).rows[0].rolpassword as string;
+    const [, iterations, salt, storedKey] = /^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):/.exec(stored)!;
+    expect(scramVerifier('secret-1', Buffer.from(salt!, 'base64'), Number(iterations))).toBe(stored);
+    expect(scramVerifier('secret-2', Buffer.from(salt!, 'base64'), Number(iterations))).not.toContain(storedKey!);
+    // The same verifier Postgres makes itself from the plain password, with its salt.
+    const probe = `probe_${randomBytes(3).toString('hex')}`;
+    await admin.query(`SET password_encryption = 'scram-sha-256'`);
+    await admin.query(`CREATE ROLE ${probe} PASSWORD 'Plain-Secret_42'`);
+    try {
+      const own = (await admin.query('SELECT rolpassword FROM pg_authid WHERE rolname = $1', [probe])).rows[0].rolpassword as string;
+      const [, n, s] = /^SCRAM-SHA-256\$(\d+):([^$]+)\$/.exec(own)!;
+      expect(scramVerifier('Plain-Secret_42', Buffer.from(s!, 'base64'), Number(n))).toBe(own);
+    } finally {
+      await admin.query(`DROP ROLE ${probe}`);
+    }
 
     // The role itself: its search_path points at its schema, where it can use what it was granted.
     const asRole = new Client({ connectionString: withUser(env.DATABASE_URL!, role, 'secret-1') });

@@ -52,7 +52,7 @@ function request(key: string | undefined, body: unknown = { slug: 'acme' }): Kee
 
 function reply() {
   const headers: Record<string, string> = {};
-  return { statusCode: 201, headers, header: (k: string, v: string) => ((headers[k] = v), undefined) };
+  return { statusCode: 201, headers, header: (k: string, v: string) => ((headers[k] = v), undefined), getHeader: (k: string) => headers[k] };
 }
 
 /** Runs one request through the interceptor; `handle` stands for the route (it sees the request as the route would). */
@@ -117,7 +117,9 @@ describe('IdempotencyInterceptor', () => {
 
   it('replays the first answer, refuses another request with the key (422) and a retry while pending (409 with Retry-After)', async () => {
     const { redis, interceptor } = setup();
-    await call(interceptor, request('k-1'), reply());
+    const first = reply();
+    first.header('location', '/api/v1/tenants/t1');
+    await call(interceptor, request('k-1'), first);
     const route = jest.fn(() => of({}));
 
     const res = reply();
@@ -131,6 +133,8 @@ describe('IdempotencyInterceptor', () => {
     expect(replayed).toBeInstanceOf(ReplayedResponse);
     expect(replayed).toMatchObject({ status: 201, body: { tenant: { id: 't1' } }, problem: false });
     expect(res.headers['idempotent-replayed']).toBe('true');
+    // The same answer: its Location too.
+    expect(res.headers['location']).toBe('/api/v1/tenants/t1');
     expect((reused as KeelError).code).toBe('idempotency_key_reused');
     expect((pending as KeelError).code).toBe('idempotency_in_progress');
     expect(busy.headers['retry-after']).toBe(String(Math.ceil((TIMEOUT_MS + PENDING_MARGIN_MS) / 1000)));

@@ -26,6 +26,19 @@ interface Stored {
   status?: number;
   body?: unknown;
   problem?: boolean;
+  /** The first answer's headers that belong to it (Location, ETag): a replay is the same answer. */
+  headers?: Record<string, string>;
+}
+
+const REPLAYED_HEADERS = ['location', 'etag'] as const;
+
+function answerHeaders(reply: FastifyReply): Record<string, string> | undefined {
+  const out: Record<string, string> = {};
+  for (const name of REPLAYED_HEADERS) {
+    const value = reply.getHeader(name);
+    if (value !== undefined) out[name] = String(value);
+  }
+  return Object.keys(out).length ? out : undefined;
 }
 
 /**
@@ -86,7 +99,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
     try {
       const body = await run();
       // Cached even when the claim could not be made: the answer is the same for every retry.
-      await this.save(redisKey, { state: 'done', fingerprint, status: reply.statusCode, body });
+      await this.save(redisKey, { state: 'done', fingerprint, status: reply.statusCode, body, headers: answerHeaders(reply) });
       return body;
     } catch (error) {
       const ke = toKeelError(error);
@@ -121,6 +134,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
           throw new KeelError('idempotency_in_progress', 'A request with this Idempotency-Key is still in progress; retry shortly.');
         }
         void reply.header('idempotent-replayed', 'true');
+        for (const [name, value] of Object.entries(stored.headers ?? {})) void reply.header(name, value);
         throw new ReplayedResponse(stored.status!, stored.body, stored.problem ?? false);
       }
       throw new KeelError('idempotency_in_progress', 'A request with this Idempotency-Key just finished; retry.');

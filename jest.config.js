@@ -19,7 +19,8 @@ const swc = [
 const common = {
   testEnvironment: 'node',
   transform: { '^.+\\.ts$': swc },
-  moduleNameMapper: { '^@keel/(.*)$': '<rootDir>/libs/$1/src' },
+  // `@keel/<lib>` is a lib's index; `@keel/<lib>/<module>` one of its modules kept out of the index.
+  moduleNameMapper: { '^@keel/([^/]+)/(.+)$': '<rootDir>/libs/$1/src/$2', '^@keel/([^/]+)$': '<rootDir>/libs/$1/src' },
   moduleFileExtensions: ['ts', 'js', 'json'],
 };
 

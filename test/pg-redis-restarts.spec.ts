@@ -3,6 +3,7 @@ import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
+import { expectCreatesLandedOnce } from './support/creates-landed-once';
 import { connect } from 'node:net';
 import { cleanupEnv, eventually, freePort, httpClient, isolatedEnv, ServiceName, serviceNames, Stack } from '@keel/testing';
 
@@ -249,57 +250,10 @@ describe('a restart of PostgreSQL and of Redis', () => {
     expect(summary).toEqual({});
     expect(outcomes.filter((o) => o.status === 503).length).toBeGreaterThan(0);
 
-    // The read model: every acknowledged tenant, each id and slug once.
-    const last = Math.max(...acknowledged.map((a) => a.position));
-    const readAll = async () => {
-      const items: { id: string; slug: string }[] = [];
-      let cursor: string | null = null;
-      do {
-        const res: { status: number; body: { items: { id: string; slug: string }[]; nextCursor: string | null } } = await operator(
-          'GET',
-          `/api/v1/tenants?limit=500&consistentWith=${last}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`,
-        );
-        if (res.status !== 200) return { status: res.status, items };
-        items.push(...res.body.items);
-        cursor = res.body.nextCursor;
-      } while (cursor);
-      return { status: 200, items };
-    };
-    const read = await eventually(readAll, (r) => r.status === 200, { timeoutMs: 60_000, intervalMs: 200, what: `the read model at position ${last}` });
-    const readIds = read.items.map((t) => t.id);
-    const readSlugs = read.items.map((t) => t.slug);
-    expect(readIds.filter((id, i) => readIds.indexOf(id) !== i)).toEqual([]);
-    expect(readSlugs.filter((slug, i) => readSlugs.indexOf(slug) !== i)).toEqual([]);
-    expect(acknowledged.filter((a) => !readIds.includes(a.id))).toEqual([]);
-    expect(readSlugs.filter((slug) => !attempted.has(slug))).toEqual([]);
-
-    // The ledger: contiguous from 1, each event once, every acknowledged create there once.
     const db = new Client({ connectionString: env.DATABASE_URL });
     await db.connect();
     try {
-      await eventually(
-        async () => (await db.query('SELECT coalesce(max(seq), 0)::int AS last FROM audit.ledger')).rows[0].last as number,
-        (max) => max >= last,
-        { timeoutMs: 60_000, intervalMs: 100, what: `the ledger to reach position ${last}` },
-      );
-      const { rows } = await db.query(
-        `SELECT count(*)::int AS n, count(DISTINCT seq)::int AS seqs, count(DISTINCT event_id)::int AS ids,
-                count(DISTINCT (aggregate_type, aggregate_id, aggregate_version))::int AS versions, min(seq)::int AS first, max(seq)::int AS last
-           FROM audit.ledger`,
-      );
-      const max = rows[0].last as number;
-      expect(rows[0]).toEqual({ n: max, seqs: max, ids: max, versions: max, first: 1, last: max });
-      const { rows: created } = await db.query(
-        `SELECT aggregate_id AS id, envelope->'data'->>'slug' AS slug FROM audit.ledger WHERE type = 'tenant.tenant.created' AND seq <= $1`,
-        [max],
-      );
-      const ledgerIds = created.map((r) => r.id as string);
-      const ledgerSlugs = created.map((r) => r.slug as string);
-      expect(ledgerSlugs.filter((slug, i) => ledgerSlugs.indexOf(slug) !== i)).toEqual([]);
-      expect(acknowledged.filter((a) => !ledgerIds.includes(a.id))).toEqual([]);
-      for (const a of acknowledged) expect({ id: a.id, slug: ledgerSlugs[ledgerIds.indexOf(a.id)] }).toEqual({ id: a.id, slug: a.slug });
-      const verify = await operator('GET', `/api/v1/audit/verify?toSeq=${max}`);
-      expect(verify.body).toEqual({ ok: true, checked: max, lastSeq: max, incidents: 0 });
+      await expectCreatesLandedOnce(operator, db, acknowledged, attempted);
 
       // Each service connected with its own role, none as the superuser (this server serves only this test).
       const { rows: sessions } = await db.query(

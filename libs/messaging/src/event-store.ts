@@ -80,9 +80,9 @@ export class EventStore {
     const h = natsHeaders();
     injectTraceContext(h);
     h.set(CORRELATION_HEADER, events[0]!.correlationId);
-    const payload = events.length === 1 ? events[0]! : events;
-    this.checkSize(encodeJson(payload).length);
-    const ack = await this.publish(subject, payload, events[0]!.id, expectedLastPosition, h, deadline);
+    const data = encodeJson(events.length === 1 ? events[0]! : events);
+    this.checkSize(data.length);
+    const ack = await this.publish(subject, data, events[0]!.id, expectedLastPosition, h, deadline);
     return events.map(() => ack.seq);
   }
 
@@ -155,9 +155,8 @@ export class EventStore {
    * so a retry never stores the event twice. Only "no answer" is retried; a refusal is final.
    * The whole append shares one deadline, well inside the caller's request timeout.
    */
-  private async publish(subject: string, payload: EventEnvelope | EventEnvelope[], msgID: string, expected: number, h: MsgHdrs, deadline: number): Promise<PubAck> {
+  private async publish(subject: string, data: Uint8Array, msgID: string, expected: number, h: MsgHdrs, deadline: number): Promise<PubAck> {
     const attemptTimeout = Math.max(100, Math.floor(this.m.requestTimeoutMs / 5));
-    const data = encodeJson(payload);
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.js.publish(subject, data, {

@@ -87,24 +87,6 @@ export function indexedColumns(value: unknown, valid: boolean): IndexedColumns {
   };
 }
 
-/** The last resort: only the bytes, with a fixed problem text, nothing derived from the message. */
-export function bytesOnlyRecord(r: LedgerRecord): LedgerRecord {
-  return {
-    position: r.position,
-    data: r.data,
-    json: null,
-    parsed: undefined,
-    payload: Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength),
-    problem: 'the ledger could not hold this message other than as bytes',
-    columns: indexedColumns(null, false),
-  };
-}
-
-/** A record from an envelope this process made itself (repairs, tests): the bytes are its JSON. */
-export function envelopeRecord(position: number, envelope: unknown): LedgerRecord {
-  return toLedgerRecord(position, new TextEncoder().encode(JSON.stringify(envelope)));
-}
-
 /** Why a parsed message is not an envelope, or a decision's non-empty array of envelopes of one aggregate; null if it is. */
 function envelopeProblem(parsed: unknown): string | null {
   const items = Array.isArray(parsed) ? parsed : [parsed];
@@ -144,15 +126,22 @@ export function toLedgerRecord(position: number, data: Uint8Array): LedgerRecord
   return { position, json: text, parsed, payload: null, problem, columns: indexedColumns(parsed, problem === null), data };
 }
 
-/** The same message, held as raw bytes only: for a JSON text Postgres itself refuses (too deeply nested, say). */
-export function asRawRecord(r: LedgerRecord, reason: string): LedgerRecord {
+/**
+ * The same message, held as its bytes only: for JSON Postgres itself refuses (too deeply nested,
+ * say), with why; with no reason, the last resort, whose fixed problem text holds nothing of the
+ * message (a bytea takes any bytes).
+ */
+export function asRawRecord(r: LedgerRecord, reason?: string): LedgerRecord {
   return {
     position: r.position,
     data: r.data,
     json: null,
     parsed: undefined,
     payload: Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength),
-    problem: problemText(`${r.problem ? `${r.problem}; ` : ''}the ledger could not hold it as JSON: ${reason}`),
+    problem:
+      reason === undefined
+        ? 'the ledger could not hold this message other than as bytes'
+        : problemText(`${r.problem ? `${r.problem}; ` : ''}the ledger could not hold it as JSON: ${reason}`),
     columns: indexedColumns(null, false),
   };
 }

@@ -5,7 +5,7 @@ import { AUDIT_SCHEMA } from '../database/schema';
 import { ALL_TENANTS, inTenant, scopeTransaction } from '@keel/database';
 import { PublicJwk, verifyCheckpoint } from '../signing/signing-keys';
 import { chainHash, GENESIS_HASH } from './hash-chain';
-import { asRawRecord, bytesOnlyRecord, entryHash, indexedColumns, LedgerRecord, publishedHash } from './ledger-entry';
+import { asRawRecord, entryHash, indexedColumns, LedgerRecord, publishedHash } from './ledger-entry';
 
 const LEDGER = `"${AUDIT_SCHEMA}".ledger`;
 const CHECKPOINTS = `"${AUDIT_SCHEMA}".checkpoints`;
@@ -134,7 +134,7 @@ export class LedgerRepository {
           if (!isDataError(again)) throw again;
           // Still refused: nothing of the message but its bytes (a bytea takes any).
           await manager.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
-          [prev] = (await this.insert(manager, prev, [bytesOnlyRecord(record)])) as [Tail];
+          [prev] = (await this.insert(manager, prev, [asRawRecord(record)])) as [Tail];
         }
       }
       written.push(prev);

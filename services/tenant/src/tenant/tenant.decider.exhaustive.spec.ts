@@ -1,34 +1,10 @@
 import * as path from 'node:path';
-import * as ts from 'typescript';
+import { typeCheckEdited } from '@keel/testing/type-check';
 
-const root = path.resolve(__dirname, '../../../..');
 const deciderFile = path.join(__dirname, 'tenant.decider.ts');
 
 /** Type-checks tenant.decider.ts with `edit` applied to its text: the diagnostics' messages. */
-function typeCheck(edit: (source: string) => string): string[] {
-  const options: ts.CompilerOptions = {
-    target: ts.ScriptTarget.ES2022,
-    module: ts.ModuleKind.CommonJS,
-    moduleResolution: ts.ModuleResolutionKind.Node10,
-    strict: true,
-    noEmit: true,
-    skipLibCheck: true,
-    types: ['node'],
-    baseUrl: root,
-    paths: { '@keel/*': ['libs/*/src'] },
-  };
-  const host = ts.createCompilerHost(options);
-  const original = ts.sys.readFile(deciderFile)!;
-  const edited = edit(original);
-  expect(edited).not.toBe(original); // the edit applied
-  const getSourceFile = host.getSourceFile.bind(host);
-  host.getSourceFile = (name, version, ...rest) =>
-    path.resolve(name) === deciderFile ? ts.createSourceFile(name, edited, version) : getSourceFile(name, version, ...rest);
-  const program = ts.createProgram([deciderFile], options, host);
-  return ts
-    .getPreEmitDiagnostics(program, program.getSourceFile(deciderFile))
-    .map((d) => ts.flattenDiagnosticMessageText(d.messageText, '\n'));
-}
+const typeCheck = (edit: (source: string) => string): string[] => typeCheckEdited(deciderFile, edit);
 
 describe('tenant decider exhaustiveness', () => {
   it('compiles as it is', () => {

@@ -460,6 +460,25 @@ function tsconfigBuild(services, repoRoot) {
   return `${JSON.stringify({ files: [], references }, null, 2)}\n`;
 }
 
+/**
+ * libs/contracts/src/services.generated.ts: every backend's contract (`export const <name>Contract` in
+ * libs/contracts/src/<name>.ts, camel-cased: `gpuSchedulerContract` for gpu-scheduler), from which libs/contracts derives `routes`, `rpcs`, the event
+ * schemas and the documents, and the gateway the routes it forwards. A backend without its
+ * contract file fails the build (tsc names the missing module).
+ */
+function contractsIndex(services) {
+  const backends = services.filter((s) => s.kind === 'backend');
+  const ident = (name) => `${name.replace(/-([a-z0-9])/g, (_, c) => c.toUpperCase())}Contract`;
+  return `// ${GENERATED}
+// Every backend service's contract, by service name, in the manifest's order.
+${backends.map((s) => `import { ${ident(s.name)} } from './${s.name}';`).join('\n')}
+
+export const serviceContracts = {
+${backends.map((s) => `  ${/^[a-z][a-z0-9]*$/.test(s.name) ? s.name : `'${s.name}'`}: ${ident(s.name)},`).join('\n')}
+} as const;
+`;
+}
+
 /** Every generated file's path (from the repository root) and content. */
 export function generate(services, repoRoot = root) {
   const files = {
@@ -468,6 +487,7 @@ export function generate(services, repoRoot = root) {
     'infra/k8s/provision.yaml': provisionJob(services),
     'infra/k8s/secret.yaml': secrets(services),
     'tsconfig.build.json': tsconfigBuild(services, repoRoot),
+    'libs/contracts/src/services.generated.ts': contractsIndex(services),
   };
   for (const s of services) files[`infra/k8s/${s.name}.yaml`] = deployment(s);
   return files;

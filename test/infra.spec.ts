@@ -61,7 +61,7 @@ describe('services.manifest.json', () => {
   it('is where every generated file comes from: each is what infra/generate.mjs gives, byte for byte', () => {
     const files = generated();
     expect(Object.keys(files).sort()).toEqual(
-      ['docker-compose.yml', 'infra/k8s/kustomization.yaml', 'infra/k8s/provision.yaml', 'infra/k8s/secret.yaml', 'tsconfig.build.json', ...KEEL_SERVICES.map((n) => `infra/k8s/${n}.yaml`)].sort(),
+      ['docker-compose.yml', 'infra/k8s/kustomization.yaml', 'infra/k8s/provision.yaml', 'infra/k8s/secret.yaml', 'tsconfig.build.json', 'libs/contracts/src/services.generated.ts', ...KEEL_SERVICES.map((n) => `infra/k8s/${n}.yaml`)].sort(),
     );
     for (const [path, content] of Object.entries(files)) {
       // The path goes with the content, so a failure names the stale file.
@@ -94,6 +94,10 @@ describe('services.manifest.json', () => {
     expect(parseAllDocuments(files!['infra/k8s/secret.yaml']).map((d) => d.toJS().metadata.name)).toContain('keel-billing-db');
     expect(oneLine(parse(files!['infra/k8s/provision.yaml']).spec.template.spec.containers[0].command)).toContain('services/billing/dist/main.js');
     expect(JSON.parse(files!['tsconfig.build.json']).references).toContainEqual({ path: 'services/billing' });
+    // Its contract (libs/contracts/src/billing.ts) is listed, so its routes, subjects and event
+    // schemas join `routes`, `rpcs`, the documents and the gateway's forwarded routes by themselves.
+    expect(files!['libs/contracts/src/services.generated.ts']).toContain("import { billingContract } from './billing';");
+    expect(files!['libs/contracts/src/services.generated.ts']).toMatch(/serviceContracts = \{[^}]*\bbilling: billingContract,/);
   });
 
   it.each([

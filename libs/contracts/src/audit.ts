@@ -1,6 +1,7 @@
 import { z } from 'zod';
-import { isoTime, pageOf, query, route, routeGroup, SameType } from './contract';
+import { isoTime, pageOf, query, route, routeGroup, SameType, serviceContract } from './contract';
 import { EventEnvelope, envelopeSchema } from './envelope';
+import { KeelError } from './errors';
 import { permissions } from './permissions';
 import { text } from './text';
 
@@ -156,15 +157,26 @@ export const auditRoutes = routeGroup({
       limit: z.coerce.number().int().min(1).max(1_000).default(100),
     }),
     response: { status: 200, schema: ledgerPageSchema },
+    forward: {
+      rpc: auditRpc.events,
+      // Outside the platform, a caller reads its own tenant's trail only.
+      request: ({ query }, caller) => {
+        if (caller.crossTenant) return query;
+        if (query.tenantId && query.tenantId !== caller.tenantId) throw new KeelError('not_found', 'No such tenant in your scope.');
+        return { ...query, tenantId: caller.tenantId };
+      },
+    },
   }),
   checkpoints: route({
     method: 'GET', path: '/api/v1/audit/checkpoints', permission: permissions.auditRead, tag: 'audit',
     summary: 'Signed ledger checkpoints (Ed25519 over sequence, hash, time and key id), oldest first', query: cursorQuery,
     response: { status: 200, schema: checkpointPageSchema },
+    forward: { rpc: auditRpc.checkpoints },
   }),
   keys: route({
     method: 'GET', path: '/api/v1/audit/keys', permission: 'public', tag: 'audit', summary: 'Public keys (JWK set) that verify ledger checkpoints',
     response: { status: 200, schema: jwkSetSchema },
+    forward: { rpc: auditRpc.keys },
   }),
   verify: route({
     method: 'GET', path: '/api/v1/audit/verify', permission: permissions.auditVerify, tag: 'audit', summary: 'Verify the hash chain over a range of sequences',
@@ -173,9 +185,20 @@ export const auditRoutes = routeGroup({
       .strict()
       .refine((v) => v.fromSeq === undefined || v.toSeq === undefined || v.fromSeq <= v.toSeq, { message: 'fromSeq must not be greater than toSeq', path: ['fromSeq'] }),
     response: { status: 200, schema: verifyResultSchema },
+    // Verifying a long ledger takes a while: the query's declaration gives it more than a normal request.
+    forward: { rpc: auditRpc.verify },
   }),
 });
 
 // The interfaces callers use and the schemas the documents show cannot drift apart (checked by tsc).
 const verifyResultMatches: SameType<z.output<typeof verifyResultSchema>, VerifyResult> = true;
 void verifyResultMatches;
+
+/** The audit service's contract: the ledger's queries (its events are everyone else's). */
+export const auditContract = serviceContract({
+  service: 'audit',
+  routes: { audit: auditRoutes },
+  rpcs: auditRpc,
+  events: {},
+  projections: 'ledger',
+});

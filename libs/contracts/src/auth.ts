@@ -1,9 +1,13 @@
 import { z } from 'zod';
 import { jwkSetSchema } from './audit';
-import { command, commandMetaSchema, isoTime, jsonObject, listOf, pageOf, positionSchema, query, route, routeGroup, SameType } from './contract';
+import { command, commandMetaSchema, isoTime, jsonObject, listOf, pageOf, positionSchema, query, route, routeGroup, SameType, serviceContract } from './contract';
 import { actorSchema, envelopeSchema } from './envelope';
 import { allPermissions, permissions as P, systemRoleNames } from './permissions';
+import { ssoEventSchemas, ssoRoutes, ssoRpc } from './sso';
 import { text } from './text';
+import { authMetaSchema, clientSchema, tokenPairSchema } from './auth-shared';
+
+export { authMetaSchema, clientSchema, tokenPairSchema };
 
 export const AUTH_CONTEXT = 'auth';
 
@@ -187,9 +191,6 @@ export const userCommandResultSchema = z.object({ state: userSchema, version: z.
 export const userAnswerSchema = userSchema.extend({ position: positionSchema }).meta({ id: 'UserCommandResult' });
 export const userPageSchema = pageOf(userSchema).meta({ id: 'UserPage' });
 
-export const tokenPairSchema = z
-  .object({ accessToken: text(), refreshToken: text(), tokenType: z.literal('Bearer'), expiresIn: z.number().int() })
-  .meta({ id: 'TokenPair' });
 
 export const sessionInfoSchema = z.object({
   id: z.uuid(), tenantId: text(), userId: z.uuid(), createdAt: isoTime, lastUsedAt: isoTime, expiresAt: isoTime, revokedAt: isoTime.nullable(),
@@ -219,12 +220,6 @@ const revoked = z.object({ revoked: z.literal(true), position: positionSchema })
 
 // ---- commands and queries (the subjects the auth service serves) ----
 
-/** Command metadata for the auth service, which also needs what the caller holds ("*" for the operator), so nobody grants what they lack. */
-export const authMetaSchema = commandMetaSchema.extend({ permissions: z.union([z.literal('*'), z.array(text())]) }).strict();
-/** Who is signing in, as the gateway saw them. */
-export const clientSchema = z
-  .object({ ip: actorSchema.shape.ip, userAgent: actorSchema.shape.userAgent, correlationId: envelopeSchema.shape.correlationId })
-  .strict();
 const tenantScope = text().min(1).max(64);
 const authCommand = <P extends z.ZodRawShape>(payload: P) => z.object({ meta: authMetaSchema, payload: z.object({ tenantId: tenantScope, ...payload }).strict() }).strict();
 const signIn = <P extends z.ZodType>(payload: P) => z.object({ client: clientSchema, payload }).strict();
@@ -417,35 +412,35 @@ const teamParams = tenantParams.extend({ teamId: z.uuid() }).strict();
 
 /** Roles, teams, role assignments and the permission matrix of one tenant. */
 export const rbacRoutes = routeGroup({
-  roles: route({ ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/roles', permission: P.rolesRead, tag: 'roles', summary: 'System and custom roles with their permissions', params: tenantParams, response: { status: 200, schema: listOf(roleSchema) } }),
-  createRole: route({
+  roles: route({ forward: { rpc: authRpc.roles }, ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/roles', permission: P.rolesRead, tag: 'roles', summary: 'System and custom roles with their permissions', params: tenantParams, response: { status: 200, schema: listOf(roleSchema) } }),
+  createRole: route({ forward: { rpc: authRpc.createRole, withPermissions: true },
     ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/roles', permission: P.rolesWrite, tag: 'roles', summary: 'Create a custom role (only permissions you hold)',
     params: tenantParams, body: customRoleSchema, response: { status: 201, schema: authRpc.createRole.response },
   }),
-  updateRole: route({
+  updateRole: route({ forward: { rpc: authRpc.updateRole, withPermissions: true },
     ...inTenant, method: 'PUT', path: '/api/v1/tenants/{tenantId}/roles/{name}', permission: P.rolesWrite, tag: 'roles', summary: 'Change a custom role',
     params: roleParams, body: updateRoleSchema, response: { status: 200, schema: authRpc.updateRole.response },
   }),
-  deleteRole: route({ ...inTenant, method: 'DELETE', path: '/api/v1/tenants/{tenantId}/roles/{name}', permission: P.rolesWrite, tag: 'roles', summary: 'Delete a custom role nobody holds', params: roleParams, response: { status: 200, schema: deleted } }),
-  teams: route({ ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/teams', permission: P.usersRead, tag: 'teams', summary: 'Teams (each with its optional parent)', params: tenantParams, response: { status: 200, schema: listOf(teamViewSchema) } }),
-  createTeam: route({
+  deleteRole: route({ forward: { rpc: authRpc.deleteRole, withPermissions: true }, ...inTenant, method: 'DELETE', path: '/api/v1/tenants/{tenantId}/roles/{name}', permission: P.rolesWrite, tag: 'roles', summary: 'Delete a custom role nobody holds', params: roleParams, response: { status: 200, schema: deleted } }),
+  teams: route({ forward: { rpc: authRpc.teams }, ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/teams', permission: P.usersRead, tag: 'teams', summary: 'Teams (each with its optional parent)', params: tenantParams, response: { status: 200, schema: listOf(teamViewSchema) } }),
+  createTeam: route({ forward: { rpc: authRpc.createTeam, withPermissions: true },
     ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/teams', permission: P.usersWrite, tag: 'teams', summary: 'Create a team, optionally below another',
     params: tenantParams, body: teamSchema, response: { status: 201, schema: authRpc.createTeam.response },
   }),
-  updateTeam: route({
+  updateTeam: route({ forward: { rpc: authRpc.updateTeam, withPermissions: true },
     ...inTenant, method: 'PATCH', path: '/api/v1/tenants/{tenantId}/teams/{teamId}', permission: P.usersWrite, tag: 'teams', summary: 'Rename or move a team (never below itself)',
     params: teamParams, body: updateTeamSchema, response: { status: 200, schema: authRpc.updateTeam.response },
   }),
-  deleteTeam: route({ ...inTenant, method: 'DELETE', path: '/api/v1/tenants/{tenantId}/teams/{teamId}', permission: P.usersWrite, tag: 'teams', summary: 'Delete a team without sub-teams or assignments', params: teamParams, response: { status: 200, schema: deleted } }),
-  assignments: route({
+  deleteTeam: route({ forward: { rpc: authRpc.deleteTeam, withPermissions: true }, ...inTenant, method: 'DELETE', path: '/api/v1/tenants/{tenantId}/teams/{teamId}', permission: P.usersWrite, tag: 'teams', summary: 'Delete a team without sub-teams or assignments', params: teamParams, response: { status: 200, schema: deleted } }),
+  assignments: route({ forward: { rpc: authRpc.roleAssignments },
     ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/role-assignments', permission: P.rolesRead, tag: 'roles', summary: 'Role assignments (tenant or team scope)',
     params: tenantParams, query: z.object({ userId: z.uuid().optional() }).strict(), response: { status: 200, schema: listOf(roleAssignmentViewSchema) },
   }),
-  grant: route({
+  grant: route({ forward: { rpc: authRpc.grantRole, withPermissions: true },
     ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/role-assignments', permission: P.rolesWrite, tag: 'roles', summary: 'Grant a role at tenant scope, or at a team (and its sub-teams)',
     params: tenantParams, body: roleAssignmentSchema, response: { status: 201, schema: authRpc.grantRole.response },
   }),
-  revoke: route({
+  revoke: route({ forward: { rpc: authRpc.revokeRoleAssignment, withPermissions: true },
     ...inTenant, method: 'DELETE', path: '/api/v1/tenants/{tenantId}/role-assignments/{assignmentId}', permission: P.rolesWrite, tag: 'roles', summary: 'Take a role assignment away',
     params: tenantParams.extend({ assignmentId: z.uuid() }).strict(), response: { status: 200, schema: revoked },
   }),
@@ -465,3 +460,12 @@ const answersMatch: [
   SameType<z.output<typeof sessionInfoSchema>, SessionInfo>,
 ] = [true, true, true, true];
 void answersMatch;
+
+/** The auth service's contract: identity, roles and teams, and SSO (declared in sso.ts). */
+export const authContract = serviceContract({
+  service: 'auth',
+  routes: { auth: authRoutes, tenantIdentity: tenantIdentityRoutes, rbac: rbacRoutes, sso: ssoRoutes },
+  rpcs: { ...authRpc, ...ssoRpc },
+  events: { ...authEventSchemas, ...ssoEventSchemas },
+  projections: 'dead-letters',
+});

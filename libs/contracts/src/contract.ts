@@ -55,6 +55,39 @@ export interface RouteSpec<
   idempotent?: boolean;
   /** Honours `If-Match: <version>`. */
   conditional?: boolean;
+  /**
+   * The command or query the route forwards to. A route with `forward` needs no gateway code: the
+   * gateway serves it itself (guard, validation, `Idempotency-Key`, the call, the answer as it is).
+   * A route without one is served by a gateway controller of its own (for what a plain forward
+   * cannot do: caches, cookies, redirects, answers assembled from several calls).
+   */
+  forward?: RouteForward<{ body: Out<B>; query: Out<Q>; params: Out<P> }, R extends Schema ? z.output<R> : void>;
+}
+
+/** Who calls a forwarded route, and the metadata a command carries (as the gateway made them). */
+export interface ForwardContext {
+  meta: z.output<typeof commandMetaSchema>;
+  /** What the caller holds (`*` for the operator): for commands of a service that checks grants itself. */
+  permissions: '*' | string[];
+  /** The caller's tenant (`platform` for platform users and the operator). */
+  tenantId: string;
+  /** May act in any tenant (platform administrators). */
+  crossTenant: boolean;
+}
+
+export interface RouteForward<I = { body: unknown; query: unknown; params: unknown }, A = unknown> {
+  rpc: RpcDecl;
+  // (Method syntax: a route's own typed input stays assignable to `RouteDecl`'s.)
+  /**
+   * The request the subject is sent, from the validated input. Without it: a query is sent the path
+   * and query parameters (`{ ...params, ...query }`), a command `{ meta, payload: { ...params, data: body } }`
+   * (`{ meta, payload: params }` for a route without a body).
+   */
+  request?(input: I, caller: ForwardContext): unknown;
+  /** The command's `meta` also carries what the caller holds (`permissions`), for a service that checks grants itself. */
+  withPermissions?: boolean;
+  /** A `Location` header from the answer (a 201 naming what it made). */
+  location?(answer: A): string;
 }
 
 export interface RouteDecl<
@@ -166,3 +199,33 @@ export const jsonObject = z.record(text(), z.unknown());
 
 /** `true` when A and B are the same type (for compile-time checks that an interface and its schema agree). */
 export type SameType<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+
+// ---- a service's whole contract ----
+
+/**
+ * Everything one backend service declares: its route groups (each group served by the gateway,
+ * forwarded or by a controller), its command and query subjects, its event types' bodies, and
+ * whether it serves the operator subjects for read models (`projections`: `dead-letters` for a
+ * service with projections, `ledger` for the audit ledger, which has incidents instead).
+ *
+ * Each backend's contract file (`libs/contracts/src/<service>.ts`) exports it as `<service>Contract`
+ * (camel-cased: `gpuSchedulerContract`);
+ * `node infra/generate.mjs` lists them from services.manifest.json in `services.generated.ts`,
+ * from which `routes`, `rpcs`, `eventSchemas`, the OpenAPI and AsyncAPI documents and the
+ * gateway's forwarded routes are all derived, so a new service registers nowhere else.
+ */
+export interface ServiceContract {
+  service: string;
+  routes: Record<string, Record<string, RouteDecl>>;
+  rpcs: Record<string, RpcDecl>;
+  events: Record<string, z.ZodType>;
+  projections?: 'dead-letters' | 'ledger';
+}
+
+/** Declares a service's contract (typed: every route, subject and schema stays visible). */
+export function serviceContract<const C extends ServiceContract>(contract: C): C {
+  for (const decl of Object.values(contract.rpcs)) {
+    if (decl.service !== contract.service) throw new Error(`${decl.subject} is declared in the ${contract.service} contract but names the ${decl.service} service.`);
+  }
+  return contract;
+}

@@ -1,17 +1,15 @@
 import { z } from 'zod';
-import { authEventSchemas } from './auth';
+import { ServiceContract } from './contract';
 import { contextOf, EventEnvelope } from './envelope';
 import { opsEventSchemas } from './projections';
-import { ssoEventSchemas } from './sso';
-import { tenantEventSchemas } from './tenant';
+import { serviceContracts } from './services.generated';
 
-/** Every event type Keel publishes → the schema of its body (`data`). */
-export const eventSchemas: Readonly<Record<string, z.ZodType>> = {
-  ...tenantEventSchemas,
-  ...authEventSchemas,
-  ...ssoEventSchemas,
-  ...opsEventSchemas,
-};
+/** Every event type Keel publishes → the schema of its body (`data`): each service's, and the operators' (`ops.*`). */
+export const eventSchemas: Readonly<Record<string, z.ZodType>> = Object.assign(
+  {},
+  ...(Object.values(serviceContracts) as ServiceContract[]).map((c) => c.events),
+  opsEventSchemas,
+);
 
 /**
  * The bounded contexts whose event types are all declared here: an event of one of them with a type

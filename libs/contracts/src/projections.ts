@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ledgerCursorQuerySchema, ledgerPageSchema } from './audit';
+import { auditRpc, ledgerCursorQuerySchema, ledgerPageSchema } from './audit';
 import { command, isoTime, listOf, positionSchema, query, route, routeGroup, SameType } from './contract';
 import { actorSchema } from './envelope';
 import { permissions } from './permissions';
@@ -8,11 +8,9 @@ import { text } from './text';
 /**
  * Operating the read models: every service with projections (and the ledger, in audit) answers
  * these, so `GET /api/v1/admin/projections` can list them all and an operator can rebuild one and
- * deal with its dead letters. Names are `<service>.<projection>`, e.g. `tenant.tenants`.
+ * deal with its dead letters. Names are `<service>.<projection>`, e.g. `tenant.tenants`. Which
+ * services answer them is each contract's `projections` (see `PROJECTION_SERVICES` in api.ts).
  */
-export const PROJECTION_SERVICES = ['audit', 'tenant', 'auth'] as const;
-export type ProjectionService = (typeof PROJECTION_SERVICES)[number];
-
 export const projectionSubjects = {
   list: (service: string) => `qry.${service}.projections`,
   deadLetters: (service: string) => `qry.${service}.dead_letters`,
@@ -136,25 +134,17 @@ export const rebuildResultSchema = z.object({ name: text(), position: z.number()
 
 // ---- commands and queries: every service with projections serves these ----
 
-const operatorOps = (service: string) => ({
+/** The operator subjects of a service with read models (or the ledger). */
+export const projectionOperatorRpc = <S extends string>(service: S) => ({
   projections: query(service, 'projections', { summary: `The ${service} service's read models: checkpoint, lag, health, dead letters`, request: z.object({}).loose(), response: listOf(projectionStatusSchema) }),
   deadLetters: query(service, 'dead_letters', { summary: 'Dead letters of one of its read models', request: deadLetterQuerySchema, response: listOf(deadLetterSchema) }),
   rebuild: command(service, 'rebuild_projection', { summary: 'Rebuild a read model beside the live one, then swap it in', request: rebuildCommandSchema, response: rebuildResultSchema, timeoutMs: 600_000 }),
 });
-const deadLetterOps = (service: string) => ({
+/** The dead-letter subjects of a service with projections (the ledger has incidents instead). */
+export const deadLetterRpc = <S extends string>(service: S) => ({
   retry: command(service, 'retry_dead_letter', { summary: 'Apply a dead-lettered event again', request: deadLetterCommandSchema, response: resolvedDeadLetterSchema }),
   skip: command(service, 'skip_dead_letter', { summary: 'Give a dead letter up (recorded as an ops.dead_letter.skipped event)', request: deadLetterCommandSchema, response: resolvedDeadLetterSchema }),
 });
-
-/**
- * The operator subjects per service. The ledger (audit) is listed and refuses a rebuild; it has
- * no dead letters to retry or skip (it keeps what it cannot read as incidents).
- */
-export const projectionRpc = {
-  audit: operatorOps('audit'),
-  tenant: { ...operatorOps('tenant'), ...deadLetterOps('tenant') },
-  auth: { ...operatorOps('auth'), ...deadLetterOps('auth') },
-} satisfies Record<ProjectionService, ReturnType<typeof operatorOps> & Partial<ReturnType<typeof deadLetterOps>>>;
 
 // ---- HTTP routes ----
 
@@ -203,6 +193,7 @@ export const adminRoutes = routeGroup({
     ...admin, method: 'GET', path: '/api/v1/admin/ledger/incidents', summary: 'Ledger entries that are not valid event envelopes (each one an incident), oldest first',
     query: ledgerCursorQuerySchema.extend({ limit: z.coerce.number().int().min(1).max(1_000).default(100) }).strict(),
     response: { status: 200, schema: ledgerPageSchema },
+    forward: { rpc: auditRpc.incidents },
   }),
 });
 

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { tokenPairSchema, authMetaSchema, clientSchema } from './auth';
+import { tokenPairSchema, authMetaSchema, clientSchema } from './auth-shared';
 import { command, isoTime, listOf, positionSchema, query, route, routeGroup, SameType } from './contract';
 import { permissions as P, systemRoleNames } from './permissions';
 import { slugSchema } from './tenant';

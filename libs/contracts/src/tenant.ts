@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { checkCidr } from './cidr';
-import { command, commandRequest, consistentWithParam, emptyRequest, isoTime, pageOf, positionSchema, query, route, routeGroup, SameType } from './contract';
+import { command, commandRequest, consistentWithParam, emptyRequest, isoTime, pageOf, positionSchema, query, route, routeGroup, SameType, serviceContract } from './contract';
 import { permissions } from './permissions';
 import { text } from './text';
 
@@ -305,3 +305,12 @@ export const tenantRoutes = routeGroup({
 // The interfaces callers use and the schemas the documents show cannot drift apart (checked by tsc).
 const tenantSchemaMatches: SameType<z.output<typeof tenantSchema>, Tenant> = true;
 void tenantSchemaMatches;
+
+/** The tenant service's contract (listed from services.manifest.json in services.generated.ts). */
+export const tenantContract = serviceContract({
+  service: 'tenant',
+  routes: { tenants: tenantRoutes },
+  rpcs: tenantRpc,
+  events: tenantEventSchemas,
+  projections: 'dead-letters',
+});

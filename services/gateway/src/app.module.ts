@@ -5,7 +5,8 @@ import { RpcClient, TypedRpc } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { serviceModule } from '@keel/service-kit';
 import { AdminController } from './admin/admin.controller';
-import { AuditController } from './audit/audit.controller';
+import { routes } from '@keel/contracts';
+import { forwardedRouteControllers } from './http/forwarded-routes';
 import { ApiDocsController, ApiDocuments } from './http/openapi';
 import { ProblemFilter } from './http/problem';
 import { IdempotencyInterceptor } from './http/idempotency.interceptor';
@@ -27,7 +28,11 @@ export function gatewayModule(config: KeelConfig, logger: Logger) {
     logger,
     redis: true,
     imports: [DiscoveryModule],
-    controllers: [TenantsController, AuditController, AdminController, AuthController, TenantIdentityController, RbacController, SsoController, OpsController, ApiDocsController],
+    controllers: [
+      TenantsController, AdminController, AuthController, TenantIdentityController, RbacController, SsoController, OpsController, ApiDocsController,
+      // Every route declared with `forward` (a new service's, typically), served without a controller of its own.
+      ...forwardedRouteControllers(routes),
+    ],
     providers: [
       ApiDocuments,
       { provide: TypedRpc, useFactory: (rpc: RpcClient) => new TypedRpc(rpc), inject: [RpcClient] },

@@ -1,5 +1,5 @@
 import { Controller, Get, HttpCode, Post, Req } from '@nestjs/common';
-import { KeelError, PROJECTION_SERVICES, projectionRpc, ProjectionService, queries, RouteInput, RouteOutput, routes } from '@keel/contracts';
+import { KeelError, PROJECTION_SERVICES, projectionRpc, ProjectionService, RouteInput, RouteOutput, routes } from '@keel/contracts';
 import { TypedRpc } from '@keel/messaging';
 import { Endpoint, Input } from '../http/endpoint';
 import { commandMeta, KeelRequest } from '../http/request-context';
@@ -78,11 +78,5 @@ export class AdminController {
   async rebuildTenants(@Req() req: KeelRequest): Promise<RouteOutput<typeof r.rebuildTenants>> {
     const rebuilt = await this.rpc.call(projectionRpc.tenant.rebuild, { meta: commandMeta(req), payload: { projection: 'tenants' } });
     return { position: rebuilt.position };
-  }
-
-  @Get('ledger/incidents')
-  @Endpoint(r.incidents)
-  async incidents(@Input() input: RouteInput<typeof r.incidents>): Promise<RouteOutput<typeof r.incidents>> {
-    return this.rpc.call(queries.audit.incidents, input.query);
   }
 }

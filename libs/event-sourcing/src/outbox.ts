@@ -1,6 +1,6 @@
 import { headers as natsHeaders, PubAck } from 'nats';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
-import { CommandMeta, EventEnvelope, eventSubject, KeelError, nameBasedUuid, newEventId, validateEnvelope, validateEventBody } from '@keel/contracts';
+import { CommandMeta, contextOf, EventEnvelope, eventSubject, KeelError, nameBasedUuid, newEventId, validateEnvelope, validateEventBody } from '@keel/contracts';
 import { AdvisoryLeadership, tenantPolicySql } from '@keel/database';
 import { CORRELATION_HEADER, Messaging } from '@keel/messaging';
 
@@ -12,6 +12,12 @@ import { CORRELATION_HEADER, Messaging } from '@keel/messaging';
  * transaction is held across a publish: the relay reads a batch, publishes it pipelined, and
  * marks it sent in a separate short statement. A crash between publish and mark republishes;
  * the stream's duplicate window and the event id make that a no-op.
+ *
+ * A decision of several events (one `add` or `record` call) is one entry and one stream message,
+ * a JSON array of its envelopes, as `EventStore.append` publishes one (nats-server 2.9 has no atomic
+ * batch publish): every reader gets all of them or none. They share one stream position, and must
+ * share tenant, context and aggregate type, so that every subject filter that matches one of them
+ * matches the message (its subject is the first event's).
  */
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -83,6 +89,8 @@ export function outboxEnvelope(e: OutboxEvent, meta: CommandMeta, index = 0): Ev
 export interface OutboxReceipt {
   eventIds: string[];
   envelopes: EventEnvelope[];
+  /** The entries (one per decision: its first event's id, the message's `Nats-Msg-Id`). */
+  entryIds: string[];
 }
 
 /** The entries are on the stream: where each landed, and the last of them. */
@@ -249,9 +257,9 @@ export class Outbox {
    * roll back) with the caller's own changes. After the commit, `sent` waits for them.
    */
   async add(m: EntityManager, envelopes: EventEnvelope[]): Promise<OutboxReceipt> {
-    if (!envelopes.length) return { eventIds: [], envelopes: [] };
-    const rows = this.prepare(envelopes);
-    this.counts.set(m, (this.counts.get(m) ?? 0) + rows.length);
+    if (!envelopes.length) return { eventIds: [], envelopes: [], entryIds: [] };
+    const rows = [this.prepareDecision(envelopes)];
+    this.counts.set(m, (this.counts.get(m) ?? 0) + envelopes.length);
     try {
       await m.query(
         `WITH i AS (
@@ -268,7 +276,29 @@ export class Outbox {
       }
       throw error;
     }
-    return { eventIds: rows.map((r) => r.eventId), envelopes };
+    return { eventIds: envelopes.map((e) => e.id), envelopes, entryIds: rows.map((r) => r.eventId) };
+  }
+
+  /**
+   * One decision's entry: a single envelope as it is, several as one JSON array (one message,
+   * all or none), identified by the first event's id.
+   */
+  private prepareDecision(envelopes: EventEnvelope[]): PreparedEntry {
+    const [first, ...rest] = this.prepare(envelopes);
+    if (!rest.length) return first!;
+    const head = envelopes[0]!;
+    const odd = envelopes.find((e) => e.tenantId !== head.tenantId || e.aggregateType !== head.aggregateType || contextOf(e.type) !== contextOf(head.type));
+    if (odd) {
+      throw new Error(
+        `One decision's events must share tenant, context and aggregate type to be one message: ${head.type} (${head.tenantId}/${head.aggregateType}) and ${odd.type} (${odd.tenantId}/${odd.aggregateType}).`,
+      );
+    }
+    const envelope = `[${[first!, ...rest].map((r) => r.envelope).join(',')}]`;
+    const max = this.o.messaging.nc.info?.max_payload ?? 1024 * 1024;
+    if (Buffer.byteLength(envelope) > max - 1024) {
+      throw new KeelError('payload_too_large', `These ${envelopes.length} events are together larger than the event log accepts as one message (${max} bytes); change fewer at once.`);
+    }
+    return { ...first!, envelope };
   }
 
   /**
@@ -289,12 +319,12 @@ export class Outbox {
    * After the commit: waits until the relay has the entries on the stream and answers their
    * positions. On timeout, service_unavailable: the entries are durable and will still be sent.
    */
-  async sent(receipt: Pick<OutboxReceipt, 'eventIds'>, timeoutMs = this.waitMs): Promise<OutboxSent> {
-    if (!receipt.eventIds.length) return { positions: [], position: 0 };
+  async sent(receipt: Pick<OutboxReceipt, 'entryIds'>, timeoutMs = this.waitMs): Promise<OutboxSent> {
+    if (!receipt.entryIds.length) return { positions: [], position: 0 };
     this.wake();
     let timer: NodeJS.Timeout | undefined;
     const mine: [string, Waiter][] = [];
-    const waits = receipt.eventIds.map(
+    const waits = receipt.entryIds.map(
       (id) =>
         new Promise<number>((resolve, reject) => {
           const known = this.recent.get(id);
@@ -645,7 +675,9 @@ export class Outbox {
   private publish(r: Row, timeout: number): Promise<PubAck> {
     const h = natsHeaders();
     try {
-      const correlationId = (JSON.parse(r.envelope) as { correlationId?: string }).correlationId;
+      // One envelope, or a decision's array of them (which share the command's correlation id).
+      const decoded = JSON.parse(r.envelope) as { correlationId?: string } | { correlationId?: string }[];
+      const correlationId = (Array.isArray(decoded) ? decoded[0] : decoded)?.correlationId;
       if (correlationId) h.set(CORRELATION_HEADER, correlationId);
     } catch {
       // validated at add: cannot happen, and the header is optional

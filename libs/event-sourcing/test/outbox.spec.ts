@@ -171,7 +171,7 @@ describe('Outbox', () => {
 
     const relay = outbox();
     await relay.start();
-    const sent = await relay.sent({ eventIds: receipts.flatMap((r) => r.eventIds) });
+    const sent = await relay.sent({ entryIds: receipts.flatMap((r) => r.entryIds) });
 
     const events = await onStream('t2', id);
     expect(events.map((p) => p.event.id)).toEqual(receipts.map((r) => r.eventIds[0]));
@@ -254,6 +254,40 @@ describe('Outbox', () => {
     expect((await admin.query(`SELECT items FROM "${SCHEMA}".carts WHERE id = $1`, [id])).rows).toEqual([{ items: 1 }]);
   });
 
+  it('publishes a decision of several events as one message: every reader gets all of them or none, at one position', async () => {
+    const relay = outbox();
+    await relay.start();
+    const ids = [cartId(), cartId(), cartId()];
+    const receipt = await inTenant(writeDs, 't1', async (tx: EntityManager) => {
+      for (const id of ids) await tx.query(`INSERT INTO "${SCHEMA}".carts (id, tenant_id, items, version) VALUES ($1, 't1', 0, 1)`, [id]);
+      return relay.record(tx, ids.map((id) => ({ tenantId: 't1', aggregateType: 'cart', aggregateId: id, version: 1, type: 'shop.cart.emptied', data: {} })), meta);
+    });
+    expect(receipt.eventIds).toHaveLength(3);
+    expect(receipt.entryIds).toEqual([receipt.eventIds[0]]);
+    const { position, positions } = await relay.sent(receipt);
+
+    expect(positions).toEqual([position]);
+    const stored = await store.readPosition(position);
+    expect(stored?.events).toEqual(receipt.envelopes);
+    expect(stored?.headers?.get('Nats-Msg-Id')).toBe(receipt.eventIds[0]);
+    // Read by aggregate: each cart's event is found (at the shared position) under the subject filter of its kind.
+    const heard = await store.readSubject(`${config.KEEL_SUBJECT_PREFIX}evt.*.shop.cart.*`, position - 1);
+    expect(heard.filter((p) => p.position === position).map((p) => p.event.aggregateId)).toEqual(ids);
+    const [row] = (await admin.query(`SELECT count(*)::int AS n, min(position) AS position FROM "${SCHEMA}".outbox WHERE event_id = ANY($1::uuid[])`, [receipt.eventIds])).rows;
+    expect(row).toEqual({ n: 1, position: String(position) });
+  });
+
+  it('refuses a decision whose events another aggregate type\'s subject filter would split, writing nothing', async () => {
+    const relay = outbox();
+    const id = cartId();
+    const mixed: OutboxEvent[] = [
+      { tenantId: 't1', aggregateType: 'cart', aggregateId: id, version: 1, type: 'shop.cart.emptied', data: {} },
+      { tenantId: 't1', aggregateType: 'order', aggregateId: id, version: 1, type: 'shop.order.placed', data: {} },
+    ];
+    await expect(inTenant(writeDs, 't1', (tx) => relay.record(tx, mixed, meta))).rejects.toThrow(/must share tenant, context and aggregate type/);
+    expect((await admin.query(`SELECT count(*)::int AS n FROM "${SCHEMA}".outbox WHERE envelope::text LIKE $1`, [`%${id}%`])).rows[0].n).toBe(0);
+  });
+
   it('refuses an envelope that does not validate, writing nothing', async () => {
     const relay = outbox();
     const id = cartId();
@@ -287,7 +321,7 @@ describe('Outbox', () => {
       expect(relay.health()).toMatchObject({ leader: true, running: true });
 
       await nats.start();
-      await relay.sent({ eventIds: during.flatMap((r) => r.eventIds) }, 30_000);
+      await relay.sent({ entryIds: during.flatMap((r) => r.entryIds) }, 30_000);
       const events = await ownStore.readSubject(`${config.KEEL_SUBJECT_PREFIX}evt.t4.shop.cart.${id}`);
       expect(events.map((p) => p.event.aggregateVersion)).toEqual([1, 2, 3]);
       await eventually(unsent, (left) => left === 0, { what: 'every entry to be marked sent' });

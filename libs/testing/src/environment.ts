@@ -44,13 +44,15 @@ export function isolatedEnv(label: string): TestEnv {
 
 /** Removes what a test namespace created: its stream, database and Redis keys. */
 export async function cleanupEnv(env: TestEnv): Promise<void> {
-  await removeMatching({ stream: (name) => name === env.KEEL_STREAM, database: (name) => `/${name}` === new URL(env.DATABASE_URL!).pathname, redisPattern: `${env.KEEL_REDIS_PREFIX}*` });
+  // The stream, and the KV buckets the transport keeps beside it (`KV_<stream>_events`, `KV_<stream>_leases`).
+  const kvPrefix = `KV_${env.KEEL_STREAM.replace(/[^A-Za-z0-9_-]/g, '_')}_`;
+  await removeMatching({ stream: (name) => name === env.KEEL_STREAM || name.startsWith(kvPrefix), database: (name) => `/${name}` === new URL(env.DATABASE_URL!).pathname, redisPattern: `${env.KEEL_REDIS_PREFIX}*` });
 }
 
 /** Removes every stream, database and Redis key of a whole test run (the safety net). */
 export async function cleanupRun(run: string): Promise<void> {
   await removeMatching({
-    stream: (name) => name.startsWith(`TEST_${run}_`.toUpperCase()),
+    stream: (name) => name.startsWith(`TEST_${run}_`.toUpperCase()) || name.startsWith(`KV_TEST_${run}_`.toUpperCase()),
     database: (name) => name.startsWith(`keel_test_${run}_`),
     redisPattern: `keel:test:${run}_*`,
   });

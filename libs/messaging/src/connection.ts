@@ -1,5 +1,6 @@
 import { connect, JetStreamClient, JetStreamManager, NatsConnection } from 'nats';
 import { KeelConfig } from '@keel/config';
+import { coalesceNatsWrites } from './write-coalescing';
 
 /** One NATS connection with its JetStream handles and the deployment's naming. */
 export interface Messaging {
@@ -12,6 +13,7 @@ export interface Messaging {
 }
 
 export async function connectMessaging(config: KeelConfig, name: string): Promise<Messaging> {
+  coalesceNatsWrites();
   const nc = await connect({
     servers: config.NATS_URL.split(','),
     name,

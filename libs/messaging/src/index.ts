@@ -8,3 +8,4 @@ export * from './nest';
 export * from './backend';
 export * from './transport';
 export * from './typed-rpc';
+export * from './write-coalescing';

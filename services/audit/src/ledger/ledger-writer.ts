@@ -1,4 +1,5 @@
-import { DataSource, EntityManager } from 'typeorm';
+import { DataSource } from 'typeorm';
+import { PostgresDriver } from 'typeorm/driver/postgres/PostgresDriver';
 import { Counter } from 'prom-client';
 import { subjects } from '@keel/contracts';
 import { DurableEventConsumer, EventStore, Messaging, RawDelivery } from '@keel/messaging';
@@ -6,7 +7,7 @@ import { Logger, metricsRegistry } from '@keel/observability';
 import { AdvisoryLeadership, ALL_TENANTS, scopeTransaction } from '@keel/database';
 import { SigningKeys, signCheckpoint } from '../signing/signing-keys';
 import { LedgerRecord, toLedgerRecord } from './ledger-entry';
-import { LedgerRepository, Tail } from './ledger.repository';
+import { APPEND_LOCK, isDataError, LedgerRepository, PreparedAppend, Sql, Tail } from './ledger.repository';
 
 const appended = new Counter({ name: 'keel_ledger_appended_total', help: 'Events appended to the ledger', registers: [metricsRegistry] });
 const incidents = new Counter({
@@ -27,6 +28,8 @@ export class LedgerWriter {
   readonly consumer: DurableEventConsumer;
   private readonly leadership: AdvisoryLeadership;
   private checkpointTimer?: NodeJS.Timeout;
+  /** The ledger's tail as this writer's last commit left it; unknown after any failure. */
+  private known?: Tail;
 
   constructor(
     private readonly ds: DataSource,
@@ -43,7 +46,11 @@ export class LedgerWriter {
       filterSubject: subjects.allEvents(m.prefix),
       logger,
       batchSize: 500,
-      position: async () => (await this.repo.tail()).seq,
+      position: async () => {
+        // Delivery starts again from the ledger itself (a failure, a new leadership): forget the prediction.
+        this.known = undefined;
+        return (await this.repo.tail()).seq;
+      },
       handleRaw: (batch) => this.append(batch),
       acquireLeadership: () => this.leadership.acquire(),
       releaseLeadership: () => this.leadership.release(),
@@ -59,7 +66,7 @@ export class LedgerWriter {
       void this.ds
         .transaction(async (m) => {
           await scopeTransaction(m, ALL_TENANTS);
-          await m.query('SELECT pg_advisory_xact_lock(hashtext($1))', ['keel.ledger.append']);
+          await m.query('SELECT pg_advisory_xact_lock(hashtext($1))', [APPEND_LOCK]);
           const tail = await this.repo.tail(m);
           if (tail.seq > (await this.repo.lastCheckpointSeq(m))) await this.sign(m, tail);
         })
@@ -73,7 +80,7 @@ export class LedgerWriter {
     await this.consumer.stop();
   }
 
-  private async sign(manager: EntityManager, entry: Tail): Promise<void> {
+  private async sign(manager: Sql, entry: Tail): Promise<void> {
     const key = await this.keys.active();
     const signedAt = new Date().toISOString();
     const signature = signCheckpoint(key, { seq: entry.seq, hash: entry.hash, signedAt });
@@ -82,27 +89,68 @@ export class LedgerWriter {
 
   private async append(batch: RawDelivery[]): Promise<void> {
     const sorted = [...batch].sort((a, b) => a.position - b.position);
+    // The tail this writer committed last, or (after a failure, a new leadership) read again. It
+    // only predicts: the tail read under the lock in the transaction decides what is appended.
+    const tail = this.known ?? (await this.repo.tail());
+    this.known = undefined;
     // A gap in delivery is repaired from the stream itself, read before the transaction opens
-    // (no network call inside it); the tail read under the lock decides what is still needed.
-    let tail = await this.repo.tail();
+    // (no network call inside it).
     const records = await this.withGapsFilled(tail.seq, sorted);
-    let flagged: LedgerRecord[] = [];
-    await this.ds.transaction(async (manager) => {
-      await scopeTransaction(manager, ALL_TENANTS);
-      await manager.query('SELECT pg_advisory_xact_lock(hashtext($1))', ['keel.ledger.append']);
-      tail = await this.repo.tail(manager);
-      const fresh = records.filter((r) => r.position > tail.seq);
-      if (!fresh.length) return;
-      if (fresh[0]!.position !== tail.seq + 1) throw new Error(`the ledger tail moved to ${tail.seq} while a batch from ${fresh[0]!.position} was prepared; retrying`);
-      const written = await this.repo.append(manager, tail, fresh);
-      // The fixed cadence: every `every`-th sequence is signed, in the same transaction.
-      for (const entry of written) if (entry.seq % this.checkpoints.every === 0) await this.sign(manager, entry);
-      appended.inc(fresh.length);
-      flagged = fresh.filter((r) => r.problem !== null);
-    });
-    for (const r of flagged) {
+    if (!records.length) {
+      this.known = tail;
+      return;
+    }
+    // Chained and laid out before the transaction: it then holds the lock for one insert.
+    const prepared = this.repo.prepare(tail, records);
+    let outcome: { tail: Tail; flagged: LedgerRecord[] };
+    try {
+      outcome = await this.commit(prepared, false);
+    } catch (error) {
+      if (!isDataError(error)) throw error;
+      // A value Postgres refuses: nothing of the batch was written; again, record by record.
+      outcome = await this.commit(prepared, true);
+    }
+    this.known = outcome.tail;
+    for (const r of outcome.flagged) {
       incidents.inc();
       this.logger.error({ position: r.position, problem: r.problem }, 'ledger incident: a message that is not a valid event envelope was appended');
+    }
+  }
+
+  /**
+   * One transaction on a pooled connection: lock, tail, insert, checkpoint signatures, commit, in
+   * three round trips. `careful` inserts record by record behind savepoints, keeping what Postgres
+   * refuses as bytes (see LedgerRepository.append).
+   */
+  private async commit(prepared: PreparedAppend, careful: boolean): Promise<{ tail: Tail; flagged: LedgerRecord[] }> {
+    const [client, release] = (await (this.ds.driver as PostgresDriver).obtainMasterConnection()) as [
+      { query(text: string, params?: unknown[]): Promise<{ rows: unknown[] }> },
+      (error?: unknown) => void,
+    ];
+    const sql: Sql = { query: async (text, params) => (await client.query(text, params)).rows };
+    let broken: unknown;
+    try {
+      const tail = await this.repo.beginAppend(client);
+      const fresh = prepared.records.filter((r) => r.position > tail.seq);
+      if (!fresh.length) {
+        await client.query('COMMIT');
+        return { tail, flagged: [] };
+      }
+      if (fresh[0]!.position !== tail.seq + 1) throw new Error(`the ledger tail moved to ${tail.seq} while a batch from ${fresh[0]!.position} was prepared; retrying`);
+      const written = careful
+        ? await this.repo.append(sql, tail, fresh)
+        : await this.repo.insertPrepared(sql, tail.seq === prepared.tail.seq && tail.hash === prepared.tail.hash ? prepared : this.repo.prepare(tail, fresh));
+      // The fixed cadence: every `every`-th sequence is signed, in the same transaction.
+      for (const entry of written) if (entry.seq % this.checkpoints.every === 0) await this.sign(sql, entry);
+      await client.query('COMMIT');
+      appended.inc(fresh.length);
+      return { tail: written[written.length - 1]!, flagged: fresh.filter((r) => r.problem !== null) };
+    } catch (error) {
+      // A connection that cannot even roll back is not given back to the pool.
+      await client.query('ROLLBACK').catch((e: unknown) => (broken = e));
+      throw error;
+    } finally {
+      release(broken);
     }
   }
 

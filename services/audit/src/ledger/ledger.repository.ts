@@ -10,6 +10,8 @@ import { asRawRecord, entryHash, indexedColumns, LedgerRecord, publishedHash } f
 const LEDGER = `"${AUDIT_SCHEMA}".ledger`;
 const CHECKPOINTS = `"${AUDIT_SCHEMA}".checkpoints`;
 const KEYS = `"${AUDIT_SCHEMA}".signing_keys`;
+/** The transaction lock every append (and checkpoint signature) takes: one chain, one writer at a time. */
+export const APPEND_LOCK = 'keel.ledger.append';
 
 export interface Checkpoint {
   seq: number;
@@ -18,13 +20,34 @@ export interface Checkpoint {
   keyId: string;
   signature: string;
 }
+/** The ledger's columns as one insert writes them, each with the type of its column array. */
 const COLUMNS = [
-  'seq', 'event_id', 'tenant_id', 'type', 'context', 'aggregate_type', 'aggregate_id',
-  'aggregate_version', 'actor_kind', 'actor_id', 'occurred_at', 'envelope', 'payload', 'problem', 'hashed', 'prev_hash', 'hash',
+  ['seq', 'int8'], ['event_id', 'uuid'], ['tenant_id', 'text'], ['type', 'text'], ['context', 'text'], ['aggregate_type', 'text'],
+  ['aggregate_id', 'text'], ['aggregate_version', 'int4'], ['actor_kind', 'text'], ['actor_id', 'text'], ['occurred_at', 'timestamptz'],
+  ['envelope', 'json'], ['payload', 'bytea'], ['problem', 'text'], ['hashed', 'text'], ['prev_hash', 'bpchar'], ['hash', 'bpchar'],
 ] as const;
+/**
+ * One statement for any number of rows: a parameter per column (an array of the rows' values), so
+ * the statement text and the parameter count stay the same whatever the batch holds.
+ */
+const INSERT_SQL = `INSERT INTO ${LEDGER} (${COLUMNS.map(([c]) => c).join(', ')})
+  SELECT * FROM unnest(${COLUMNS.map(([, t], i) => `$${i + 1}::${t}[]`).join(', ')})`;
+
+/** What the ledger's statements need of a connection: an EntityManager, or a pooled pg client's rows. */
+export interface Sql {
+  query(sql: string, params?: unknown[]): Promise<any>;
+}
+
+/** Records chained onto a tail, ready to insert: each entry's hash, and the rows as column arrays. */
+export interface PreparedAppend {
+  tail: Tail;
+  records: LedgerRecord[];
+  written: Tail[];
+  columns: unknown[][];
+}
 
 /** A value Postgres refuses (SQLSTATE class 22, data exception; 54, a limit such as nesting depth). */
-function isDataError(error: unknown): boolean {
+export function isDataError(error: unknown): boolean {
   const code = String((error as { code?: string })?.code ?? '');
   return code.startsWith('22') || code.startsWith('54');
 }
@@ -91,19 +114,34 @@ function rowHash(prev: string, row: VerifyRow, parsed: unknown): string {
 export class LedgerRepository {
   constructor(private readonly ds: DataSource) {}
 
-  async tail(manager?: EntityManager): Promise<Tail> {
+  async tail(manager?: Sql): Promise<Tail> {
     if (!manager) return inTenant(this.ds, ALL_TENANTS, (m) => this.tail(m));
     const rows = await manager.query(`SELECT seq, hash FROM ${LEDGER} ORDER BY seq DESC LIMIT 1`);
     return rows.length ? { seq: Number(rows[0].seq), hash: rows[0].hash } : { seq: 0, hash: GENESIS_HASH };
   }
 
   /**
-   * Chains and inserts records that directly follow `tail`, in one multi-row statement. Returns
-   * each new entry's sequence and hash. The caller guarantees contiguity (positions tail.seq+1, +2, …).
-   * A record Postgres refuses (a data exception) is kept as raw bytes and flagged instead: nothing a
-   * message holds can stop the append.
+   * Opens the append transaction on a pooled pg client in one round trip: the transaction, its
+   * cross-tenant scope, the append lock, and the tail read under that lock (each statement of a
+   * simple query takes its own snapshot, so the tail read sees every append committed before the
+   * lock was granted). Returns that tail; the caller commits or rolls back.
    */
-  async append(manager: EntityManager, tail: Tail, records: LedgerRecord[]): Promise<Tail[]> {
+  async beginAppend(client: { query(text: string): Promise<unknown> }): Promise<Tail> {
+    const results = (await client.query(
+      `BEGIN; SELECT set_config('keel.tenant_id', '${ALL_TENANTS}', true); SELECT pg_advisory_xact_lock(hashtext('${APPEND_LOCK}'));
+       SELECT seq, hash FROM ${LEDGER} ORDER BY seq DESC LIMIT 1`,
+    )) as { rows: { seq: string; hash: string }[] }[];
+    const rows = results[results.length - 1]!.rows;
+    return rows.length ? { seq: Number(rows[0]!.seq), hash: rows[0]!.hash } : { seq: 0, hash: GENESIS_HASH };
+  }
+
+  /**
+   * Chains and inserts records that directly follow `tail`, in one statement, inside a savepoint.
+   * Returns each new entry's sequence and hash. The caller guarantees contiguity (positions
+   * tail.seq+1, +2, …). A record Postgres refuses (a data exception) is kept as raw bytes and
+   * flagged instead: nothing a message holds can stop the append.
+   */
+  async append(manager: Sql, tail: Tail, records: LedgerRecord[]): Promise<Tail[]> {
     if (!records.length) return [];
     const savepoint = `ledger_append_${++savepoints}`;
     await manager.query(`SAVEPOINT ${savepoint}`);
@@ -142,29 +180,55 @@ export class LedgerRepository {
     return written;
   }
 
-  private async insert(manager: EntityManager, tail: Tail, records: LedgerRecord[]): Promise<Tail[]> {
+  /**
+   * Chains records that directly follow `tail` (positions tail.seq+1, +2, …): each entry's hash and
+   * the column arrays of one insert. No I/O, so a batch can be prepared while the one before commits.
+   */
+  prepare(tail: Tail, records: LedgerRecord[]): PreparedAppend {
     let prev = tail.hash;
     let expected = tail.seq + 1;
-    const params: unknown[] = [];
-    const tuples: string[] = [];
-    const written: Tail[] = [];
-    for (const record of records) {
+    const n = records.length;
+    const columns = COLUMNS.map(() => new Array<unknown>(n));
+    const [seq, eventId, tenantId, type, context, aggregateType, aggregateId, aggregateVersion, actorKind, actorId, occurredAt, json, payload, problem, hashed, prevHash, hashes] = columns;
+    const written: Tail[] = new Array(n);
+    for (let i = 0; i < n; i++) {
+      const record = records[i]!;
       if (record.position !== expected) throw new Error(`ledger would not be contiguous: got ${record.position}, expected ${expected}`);
       const hash = entryHash(prev, record);
       const c = record.columns;
-      const values = [
-        record.position, c.eventId, c.tenantId, c.type, c.context, c.aggregateType, c.aggregateId,
-        c.aggregateVersion, c.actorKind, c.actorId, c.occurredAt, record.json, record.payload, record.problem, 'published', prev, hash,
-      ];
-      const base = params.length;
-      tuples.push(`(${values.map((_, i) => `$${base + i + 1}`).join(', ')})`);
-      params.push(...values);
-      written.push({ seq: record.position, hash });
+      seq![i] = record.position;
+      eventId![i] = c.eventId;
+      tenantId![i] = c.tenantId;
+      type![i] = c.type;
+      context![i] = c.context;
+      aggregateType![i] = c.aggregateType;
+      aggregateId![i] = c.aggregateId;
+      aggregateVersion![i] = c.aggregateVersion;
+      actorKind![i] = c.actorKind;
+      actorId![i] = c.actorId;
+      occurredAt![i] = c.occurredAt;
+      json![i] = record.json;
+      payload![i] = record.payload;
+      problem![i] = record.problem;
+      hashed![i] = 'published';
+      prevHash![i] = prev;
+      hashes![i] = hash;
+      written[i] = { seq: record.position, hash };
       prev = hash;
       expected++;
     }
-    await manager.query(`INSERT INTO ${LEDGER} (${COLUMNS.join(', ')}) VALUES ${tuples.join(', ')}`, params);
-    return written;
+    return { tail, records, written, columns };
+  }
+
+  /** Inserts a prepared batch in one statement (a refused value fails it whole: see `append` for the careful path). */
+  async insertPrepared(sql: Sql, prepared: PreparedAppend): Promise<Tail[]> {
+    if (!prepared.records.length) return [];
+    await sql.query(INSERT_SQL, prepared.columns);
+    return prepared.written;
+  }
+
+  private insert(sql: Sql, tail: Tail, records: LedgerRecord[]): Promise<Tail[]> {
+    return this.insertPrepared(sql, this.prepare(tail, records));
   }
 
   /** Entries that are not valid envelopes (incidents), oldest first. */
@@ -181,12 +245,12 @@ export class LedgerRepository {
     return row.n;
   }
 
-  async lastCheckpointSeq(manager: EntityManager = this.ds.manager): Promise<number> {
+  async lastCheckpointSeq(manager: Sql = this.ds.manager): Promise<number> {
     const rows = await manager.query(`SELECT seq FROM ${CHECKPOINTS} ORDER BY seq DESC LIMIT 1`);
     return rows.length ? Number(rows[0].seq) : 0;
   }
 
-  async insertCheckpoint(manager: EntityManager, c: Checkpoint): Promise<void> {
+  async insertCheckpoint(manager: Sql, c: Checkpoint): Promise<void> {
     await manager.query(`INSERT INTO ${CHECKPOINTS} (seq, hash, signed_at, key_id, signature) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING`, [
       c.seq, c.hash, c.signedAt, c.keyId, c.signature,
     ]);

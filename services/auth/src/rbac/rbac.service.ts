@@ -16,11 +16,13 @@ import {
   updateTeamSchema,
 } from '@keel/contracts';
 import { inTenant } from '@keel/database';
-import { Outbox, OutboxReceipt } from '@keel/event-sourcing';
+import { Outbox } from '@keel/event-sourcing';
 import { MessagePattern } from '@keel/messaging';
 import { ProjectionRunner } from '@keel/projections';
 import { AUTH_SCHEMA } from '../database/schema';
-import { AuthMeta, grantable, metaSchema, UsersService } from '../users/users.service';
+import { AuthMeta, metaSchema, UsersService } from '../users/users.service';
+import { requireGrantable } from './authority';
+import { roleDecider, RoleCommand, RoleEvent, RoleState } from './role.decider';
 import { RoleCatalog } from './role-catalog';
 
 const S = `"${AUTH_SCHEMA}"`;
@@ -67,54 +69,57 @@ export class RbacService {
   ) {}
 
   /**
-   * A role's event, in the transaction that changes it. A role is deleted and can be made again
+   * Decides a command on a custom role and applies it, in one transaction: the row is read under a
+   * lock on the role's name (its state), the role decider decides, the row is written as the
+   * events say and the events are recorded in the outbox. A role is deleted and can be made again
    * under its name: its version lives on in the outbox's version table, past the row.
    */
-  private async recordRole(m: EntityManager, tenantId: string, name: string, type: string, data: Record<string, unknown>, meta: AuthMeta): Promise<OutboxReceipt> {
-    const version = await this.outbox.nextVersion(m, { tenantId, aggregateType: 'role', aggregateId: name });
-    return this.outbox.record(m, [{ tenantId, aggregateType: 'role', aggregateId: name, version, type, data }], meta);
+  private async decideRole(tenantId: string, name: string, meta: AuthMeta, command: (m: EntityManager) => Promise<RoleCommand> | RoleCommand): Promise<number> {
+    const receipt = await inTenant(this.ds, tenantId, async (m) => {
+      await m.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`keel.auth.role.${tenantId}.${name}`]);
+      const [row] = await m.query(`SELECT description, permissions FROM ${S}.roles WHERE tenant_id = $1 AND name = $2 FOR UPDATE`, [tenantId, name]);
+      const state: RoleState = row ? { status: 'custom', description: row.description, permissions: row.permissions } : { status: 'none' };
+      const events = roleDecider.decide(await command(m), state);
+      for (const event of events) await this.applyRole(m, tenantId, name, event);
+      const first = await this.outbox.nextVersion(m, { tenantId, aggregateType: 'role', aggregateId: name }, events.length);
+      return this.outbox.record(m, events.map((e, i) => ({ tenantId, aggregateType: 'role', aggregateId: name, version: first + i, type: e.type, data: e.data })), meta);
+    });
+    this.catalog.invalidate(tenantId);
+    return (await this.outbox.sent(receipt)).position;
   }
 
-  private holds(meta: AuthMeta, permissions: string[]): void {
-    if (meta.permissions === '*') return;
-    const held = new Set(meta.permissions);
-    const missing = permissions.filter((p) => !held.has(p));
-    if (missing.length) throw new KeelError('forbidden', `A role cannot hold permissions you lack: ${missing.join(', ')}.`);
+  /** The row as a role event leaves it. */
+  private async applyRole(m: EntityManager, tenantId: string, name: string, event: RoleEvent): Promise<void> {
+    switch (event.type) {
+      case A.roleCreated:
+        await m.query(`INSERT INTO ${S}.roles (tenant_id, name, description, permissions) VALUES ($1, $2, $3, $4)`, [tenantId, name, event.data.description, event.data.permissions]);
+        return;
+      case A.roleUpdated:
+        await m.query(`UPDATE ${S}.roles SET description = $3, permissions = $4, updated_at = now() WHERE tenant_id = $1 AND name = $2`, [tenantId, name, event.data.description, event.data.permissions]);
+        return;
+      case A.roleDeleted:
+        await m.query(`DELETE FROM ${S}.roles WHERE tenant_id = $1 AND name = $2`, [tenantId, name]);
+        return;
+      default: {
+        const _exhaustive: never = event;
+        throw new Error(`unhandled role event ${(_exhaustive as RoleEvent).type}`);
+      }
+    }
   }
 
   @MessagePattern('cmd.auth.create_role')
   async createRole(body: unknown) {
     const { meta, payload } = parseOrThrow(requests.createRole, body, 'role');
-    this.holds(meta, payload.data.permissions);
     const { name, description, permissions } = payload.data;
-    const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
-      const inserted = await m.query(
-        `INSERT INTO ${S}.roles (tenant_id, name, description, permissions) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING name`,
-        [payload.tenantId, name, description, permissions],
-      );
-      if (!inserted.length) throw new KeelError('conflict', `A role "${name}" already exists in this tenant.`, [{ field: 'name', message: 'already exists' }]);
-      return this.recordRole(m, payload.tenantId, name, A.roleCreated, { description, permissions }, meta);
-    });
-    this.catalog.invalidate(payload.tenantId);
-    const { position } = await this.outbox.sent(receipt);
+    const position = await this.decideRole(payload.tenantId, name, meta, () => ({ type: 'create', name, data: { description, permissions }, held: meta.permissions }));
     return { name, description, permissions, system: false, position };
   }
 
   @MessagePattern('cmd.auth.update_role')
   async updateRole(body: unknown) {
     const { meta, payload } = parseOrThrow(requests.updateRole, body, 'role');
-    this.holds(meta, payload.data.permissions);
     const { description, permissions } = payload.data;
-    const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
-      const [rows] = await m.query(
-        `UPDATE ${S}.roles SET description = $3, permissions = $4, updated_at = now() WHERE tenant_id = $1 AND name = $2 RETURNING name`,
-        [payload.tenantId, payload.name, description, permissions],
-      );
-      if (!rows.length) throw new KeelError('not_found', `No custom role "${payload.name}" in this tenant (system roles cannot change).`);
-      return this.recordRole(m, payload.tenantId, payload.name, A.roleUpdated, { description, permissions }, meta);
-    });
-    this.catalog.invalidate(payload.tenantId);
-    const { position } = await this.outbox.sent(receipt);
+    const position = await this.decideRole(payload.tenantId, payload.name, meta, () => ({ type: 'update', name: payload.name, data: { description, permissions }, held: meta.permissions }));
     return { name: payload.name, description, permissions, system: false, position };
   }
 
@@ -124,19 +129,14 @@ export class RbacService {
     // Holders are counted in the users read model: bring it up to date first, so a user created
     // with this role a moment ago counts.
     await this.usersReadModel.catchUp(READ_MODEL_WAIT_MS);
-    const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
+    const position = await this.decideRole(payload.tenantId, payload.name, meta, async (m) => {
       const [use] = await m.query(
         `SELECT (SELECT count(*) FROM ${S}.users WHERE tenant_id = $1 AND $2 = ANY(roles))
               + (SELECT count(*) FROM ${S}.role_assignments WHERE tenant_id = $1 AND role = $2) AS n`,
         [payload.tenantId, payload.name],
       );
-      if (Number(use.n) > 0) throw new KeelError('conflict', `Role "${payload.name}" is still granted; take it away from its holders first.`);
-      const [rows] = await m.query(`DELETE FROM ${S}.roles WHERE tenant_id = $1 AND name = $2 RETURNING name`, [payload.tenantId, payload.name]);
-      if (!rows.length) throw new KeelError('not_found', `No custom role "${payload.name}" in this tenant.`);
-      return this.recordRole(m, payload.tenantId, payload.name, A.roleDeleted, {}, meta);
+      return { type: 'delete', name: payload.name, holders: Number(use.n) };
     });
-    this.catalog.invalidate(payload.tenantId);
-    const { position } = await this.outbox.sent(receipt);
     return { deleted: true, position };
   }
 
@@ -220,7 +220,7 @@ export class RbacService {
   async grant(body: unknown) {
     const { meta, payload } = parseOrThrow(requests.grant, body, 'role assignment');
     const { userId, role, teamId } = payload.data;
-    await grantable(this.catalog, payload.tenantId, meta, [role]);
+    requireGrantable(meta.permissions, await this.catalog.roles(payload.tenantId), [role]);
     // The user's own log, not the users read model: a user created a moment ago may not be
     // projected yet, and a grant right after creation is the common case.
     await this.users.load(payload.tenantId, userId).catch((error: unknown) => {

@@ -1,6 +1,6 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { DataSource, EntityManager } from 'typeorm';
-import { KeelError, systemRoles } from '@keel/contracts';
+import { systemRoles } from '@keel/contracts';
 import { inTenant } from '@keel/database';
 import { AUTH_SCHEMA } from '../database/schema';
 
@@ -32,17 +32,5 @@ export class RoleCatalog {
   /** Forgets a tenant's roles after this replica changed them. */
   invalidate(tenantId: string): void {
     this.cache.delete(tenantId);
-  }
-
-  /** Every role must exist in the tenant; returns the union of their permissions. */
-  async permissionsOf(tenantId: string, roles: string[], m?: EntityManager): Promise<Set<string>> {
-    const catalog = await this.roles(tenantId, m);
-    const out = new Set<string>();
-    for (const role of roles) {
-      const permissions = catalog.get(role);
-      if (!permissions) throw new KeelError('validation_failed', `No role "${role}" in this tenant.`, [{ field: 'roles', message: `unknown role "${role}"` }]);
-      for (const p of permissions) out.add(p);
-    }
-    return out;
   }
 }

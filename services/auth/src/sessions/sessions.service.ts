@@ -126,9 +126,9 @@ export class SessionsService {
       }
       outcome = 'success';
     } finally {
-      const { lockedForMs } = await this.lockout.end(account, c.ip, limit, outcome);
-      if (lockedForMs !== undefined && found) {
-        await this.users.run(tenantId, found.user_id, { type: 'record_lock', data: { until: new Date(Date.now() + lockedForMs).toISOString() } }, meta(found.user_id));
+      const { lockedUntil } = await this.lockout.end(account, c.ip, limit, outcome);
+      if (lockedUntil !== undefined && found) {
+        await this.users.run(tenantId, found.user_id, { type: 'record_lock', data: { until: lockedUntil } }, meta(found.user_id));
       }
     }
 

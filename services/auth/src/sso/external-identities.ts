@@ -6,6 +6,7 @@ import { Outbox } from '@keel/event-sourcing';
 import { ProjectionRunner } from '@keel/projections';
 import { AUTH_SCHEMA } from '../database/schema';
 import { RbacService } from '../rbac/rbac.service';
+import { lacking, permissionsOf } from '../rbac/authority';
 import { RoleCatalog } from '../rbac/role-catalog';
 import { AuthMeta, UsersService } from '../users/users.service';
 import { MappedIdentity, TeamRole, teamRoleKey } from './claim-mapping';
@@ -79,16 +80,16 @@ export class ExternalIdentities {
       }
       // A provider may take over only accounts it could have made: whoever configured it held
       // the roles its mapping grants, and no more (else it is a way into an administrator's account).
-      const mappable = new Set<string>();
-      for (const p of await this.catalog.permissionsOf(tenantId, rolesGrantedBy(provider.mapping))) mappable.add(p);
-      const held = await this.catalog.permissionsOf(tenantId, await this.users.heldRoles(tenantId, existing.user_id));
-      if ([...held].some((p) => !mappable.has(p))) {
+      const catalog = await this.catalog.roles(tenantId);
+      const mappable = [...permissionsOf(catalog, rolesGrantedBy(provider.mapping))];
+      const held = permissionsOf(catalog, await this.users.heldRoles(tenantId, existing.user_id));
+      if (lacking(mappable, held).length) {
         throw new KeelError('forbidden', 'A Keel account with this email holds more than this identity provider may grant, so it was not linked; an administrator who holds those permissions must link it.');
       }
       return { userId: existing.user_id };
     }
     try {
-      const created = await this.users.createUser(tenantId, { email: identity.email, name: identity.name, roles: identity.roles }, byProvider);
+      const created = await this.users.createUser(tenantId, { email: identity.email, name: identity.name, roles: identity.roles }, byProvider, byProvider.permissions);
       return { userId: created.state.id, provisionedAt: created.position };
     } catch (error) {
       // The email was reserved a moment ago by a concurrent first sign-in: take the existing-user path.
@@ -106,7 +107,7 @@ export class ExternalIdentities {
     if (user.state.status !== 'active') throw new KeelError('forbidden', 'Your Keel account is disabled; ask your administrator to enable it.');
     let roles = user.state.roles;
     if (provider.mapping.roleClaim && roles.join() !== identity.roles.join()) {
-      roles = (await this.users.run(tenantId, link.userId, { type: 'set_roles', data: { roles: identity.roles } }, byProvider)).state.roles;
+      roles = (await this.users.setRolesBy(byProvider, tenantId, link.userId, identity.roles)).state.roles;
     }
     return { roles, teamRoles: await this.syncTeamRoles(tenantId, link, identity.teamRoles, byProvider) };
   }

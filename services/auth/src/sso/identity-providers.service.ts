@@ -9,9 +9,10 @@ import { Outbox } from '@keel/event-sourcing';
 import { MessagePattern } from '@keel/messaging';
 import { AUTH_SCHEMA } from '../database/schema';
 import { RbacService } from '../rbac/rbac.service';
+import { requireGrantable } from '../rbac/authority';
 import { RoleCatalog } from '../rbac/role-catalog';
 import { TenantLookup } from '../users/tenant-lookup';
-import { AuthMeta, grantable, metaSchema } from '../users/users.service';
+import { AuthMeta, metaSchema } from '../users/users.service';
 import { OidcClient, ProviderUnusable } from './oidc-client';
 
 const PROVIDERS = `"${AUTH_SCHEMA}".identity_providers`;
@@ -78,7 +79,7 @@ export class IdentityProvidersService {
    * not hold, teams the tenant does not have, an issuer Keel cannot discover.
    */
   private async check(tenantId: string, data: IdentityProviderInput, meta: AuthMeta): Promise<void> {
-    await grantable(this.catalog, tenantId, meta, rolesGrantedBy(data.mapping));
+    requireGrantable(meta.permissions, await this.catalog.roles(tenantId), rolesGrantedBy(data.mapping));
     const teams = new Set((await this.rbac.listTeams({ tenantId })).items.map((t) => t.id));
     const unknown: FieldError[] = Object.entries(data.mapping.teamMapping)
       .filter(([, t]) => !teams.has(t.teamId))

@@ -15,7 +15,7 @@ export async function createFirstAdmin(ds: DataSource, users: UsersService, conf
     await users.createUser('platform', { email: email.toLowerCase(), name: 'Platform administrator', roles: ['platform_admin'], password }, {
       actor: { kind: 'system', id: 'first-start' },
       correlationId: 'first-start',
-    });
+    }, '*');
     logger.info({ email }, 'first platform administrator created');
   } catch (error) {
     logger.warn({ err: error }, 'first platform administrator not created (another replica may have made it)');

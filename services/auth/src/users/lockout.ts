@@ -1,41 +1,37 @@
 import Redis from 'ioredis';
+import { KeelError } from '@keel/contracts';
+import { Recorded } from '@keel/event-sourcing';
+import {
+  AttemptCounter,
+  DEFAULT_LOCKOUT_POLICY,
+  forgottenAt,
+  lockoutDecider,
+  LockoutCommand,
+  LockoutEvent,
+  LockoutPolicy,
+  noAttempts,
+  Outcome,
+} from './lockout.decider';
+
+export type { Outcome } from './lockout.decider';
 
 /**
- * Brute-force protection in Redis, per account and per source IP. An attempt takes a slot
- * atomically BEFORE the secret is checked, and no more slots are given than failures are
- * still allowed: K parallel guesses never get more than N checks. The Nth failure locks for
- * a period that doubles with each lock; a success clears the failures.
+ * The lockout store: one Redis key per counter (an account, a source IP, a user's MFA codes)
+ * holding its state as JSON. The rule is lockout.decider.ts; this applies its decisions
+ * atomically with one Lua script used two ways: `read` answers the value and Redis's clock,
+ * `cas` writes the decided value only if the key still holds the value it was decided on (else
+ * it answers the current value and clock, and the decision is made again). So parallel attempts
+ * are serialised per counter exactly as the earlier all-in-Lua counters were: K parallel guesses
+ * never get more than the limit's checks.
  */
-const BEGIN = `
-local lockTtl = redis.call('PTTL', KEYS[3])
-if lockTtl > 0 then return {0, lockTtl} end
-local used = tonumber(redis.call('GET', KEYS[1]) or '0') + tonumber(redis.call('GET', KEYS[2]) or '0')
-if used >= tonumber(ARGV[1]) then return {0, 1000} end
-redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {1, 0}
+const APPLY = `
+local current = redis.call('GET', KEYS[1]) or ''
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[1] == 'read' or current ~= ARGV[2] then return {0, current, now} end
+if ARGV[3] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4]) end
+return {1, '', now}
 `;
-
-const END = `
-if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
-if ARGV[2] == 'success' then
-  redis.call('DEL', KEYS[2])
-elseif ARGV[2] == 'failure' then
-  local failures = redis.call('INCR', KEYS[2])
-  if failures == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
-  if failures >= tonumber(ARGV[1]) then
-    local locks = redis.call('INCR', KEYS[4])
-    redis.call('PEXPIRE', KEYS[4], 86400000)
-    local ms = math.min(tonumber(ARGV[4]) * 2 ^ (locks - 1), tonumber(ARGV[5]))
-    redis.call('SET', KEYS[3], '1', 'PX', ms)
-    redis.call('DEL', KEYS[2])
-    return {1, ms}
-  end
-end
-return {0, 0}
-`;
-
-export type Outcome = 'success' | 'failure' | 'neutral';
 
 export interface AttemptDecision {
   allowed: boolean;
@@ -45,40 +41,60 @@ export interface AttemptDecision {
 }
 
 type LockoutRedis = Redis & {
-  keelAttemptBegin(k1: string, k2: string, k3: string, ...args: (string | number)[]): Promise<[number, number]>;
-  keelAttemptEnd(k1: string, k2: string, k3: string, k4: string, ...args: (string | number)[]): Promise<[number, number]>;
+  keelLockoutApply(key: string, mode: 'read' | 'cas', expected: string, next: string, ttlMs: number): Promise<[number, string, number]>;
 };
 
-/** An attempt slot is released on its own if the process dies before ending it. */
-const IN_FLIGHT_MS = 30_000;
+/** Compare-and-set rounds before a counter too contended to decide on answers 503. */
+const MAX_ROUNDS = 500;
 
 export class Lockout {
   private readonly redis: LockoutRedis;
+  private readonly decider: ReturnType<typeof lockoutDecider>;
 
   constructor(
     redis: Redis,
     private readonly prefix: string,
-    private readonly o = { windowMs: 15 * 60_000, baseLockMs: 60_000, maxLockMs: 3_600_000, perIpLimit: 100 },
+    private readonly o: { perIpLimit: number; policy: LockoutPolicy } = { perIpLimit: 100, policy: DEFAULT_LOCKOUT_POLICY },
   ) {
-    redis.defineCommand('keelAttemptBegin', { numberOfKeys: 3, lua: BEGIN });
-    redis.defineCommand('keelAttemptEnd', { numberOfKeys: 4, lua: END });
+    redis.defineCommand('keelLockoutApply', { numberOfKeys: 1, lua: APPLY });
     this.redis = redis as LockoutRedis;
+    this.decider = lockoutDecider(o.policy);
   }
 
-  private keys(kind: string, id: string): [string, string, string, string] {
-    const base = `${this.prefix}lockout:${kind}:${id}`;
-    return [`${base}:inflight`, `${base}:failures`, `${base}:lock`, `${base}:locks`];
+  private key(kind: string, id: string): string {
+    return `${this.prefix}lockout:${kind}:${id}:counter`;
+  }
+
+  /** Decides `command` (made at Redis's time) on the counter and writes what it decided, atomically. */
+  private async apply(kind: string, id: string, command: (at: number) => LockoutCommand): Promise<LockoutEvent[]> {
+    const key = this.key(kind, id);
+    let [, value, now] = await this.redis.keelLockoutApply(key, 'read', '', '', 0);
+    for (let round = 0; round < MAX_ROUNDS; round++) {
+      const state: AttemptCounter = value ? { ...noAttempts(), ...JSON.parse(value) } : noAttempts();
+      const events = this.decider.decide(command(now), state);
+      const occurredAt = new Date(now).toISOString();
+      const next = events.reduce((s, e) => this.decider.evolve(s, { ...e, occurredAt } as Recorded<LockoutEvent>), state);
+      const until = forgottenAt(next, now);
+      const serialized = until > now ? JSON.stringify(next) : '';
+      if (serialized === value) return events; // nothing to write (a refusal, or nothing changed)
+      const [written, current, time] = await this.redis.keelLockoutApply(key, 'cas', value, serialized, Math.max(1, until - now));
+      if (written === 1) return events;
+      value = current;
+      now = time;
+    }
+    throw new KeelError('service_unavailable', 'Too many sign-in attempts at once on this account or address; try again in a moment.');
   }
 
   private async take(kind: string, id: string, limit: number): Promise<AttemptDecision> {
-    const [k1, k2, k3] = this.keys(kind, id);
-    const [ok, retry] = await this.redis.keelAttemptBegin(k1, k2, k3, limit, IN_FLIGHT_MS);
-    return ok === 1 ? { allowed: true } : { allowed: false, retryAfterMs: retry };
+    const [event] = await this.apply(kind, id, (at) => ({ type: 'begin', at, limit }));
+    return event?.type === 'lockout.refused' ? { allowed: false, retryAfterMs: event.data.retryAfterMs } : { allowed: true };
   }
 
-  private async release(kind: string, id: string, limit: number, outcome: Outcome): Promise<number | undefined> {
-    const [locked, ms] = await this.redis.keelAttemptEnd(...this.keys(kind, id), limit, outcome, this.o.windowMs, this.o.baseLockMs, this.o.maxLockMs);
-    return locked === 1 ? ms : undefined;
+  /** Ends an attempt on one counter; the lock when this failure locked it. */
+  private async release(kind: string, id: string, limit: number, outcome: Outcome): Promise<{ forMs: number; until: number } | undefined> {
+    const events = await this.apply(kind, id, (at) => ({ type: 'end', at, limit, outcome }));
+    const locked = events.find((e) => e.type === 'lockout.locked');
+    return locked?.type === 'lockout.locked' ? { forMs: locked.data.forMs, until: locked.data.until } : undefined;
   }
 
   /** Takes an attempt slot for the source IP and the account; refused while either is locked or busy. */
@@ -94,13 +110,13 @@ export class Lockout {
 
   /**
    * Ends an attempt that `begin` allowed. A failure counts towards the lock; a success clears
-   * the failures. Returns the lock period when this failure locked the account.
+   * the failures. Returns the lock period, and until when, when this failure locked the account.
    */
-  async end(account: string, ip: string | undefined, accountLimit: number, outcome: Outcome): Promise<{ lockedForMs?: number }> {
+  async end(account: string, ip: string | undefined, accountLimit: number, outcome: Outcome): Promise<{ lockedForMs?: number; lockedUntil?: string }> {
     // A success clears the account's failures, not the source's: else an attacker's own account
     // would reset the per-IP count between guesses at others.
     if (ip) await this.release('ip', ip, this.o.perIpLimit, outcome === 'success' ? 'neutral' : outcome);
-    const lockedForMs = await this.release('account', account, accountLimit, outcome);
-    return lockedForMs === undefined ? {} : { lockedForMs };
+    const locked = await this.release('account', account, accountLimit, outcome);
+    return locked === undefined ? {} : { lockedForMs: locked.forMs, lockedUntil: new Date(locked.until).toISOString() };
   }
 }

@@ -1,8 +1,27 @@
 import { authEventTypes as A } from '@keel/contracts';
 import { deciderSpec, fold } from '@keel/event-sourcing';
-import { UserCommand, userDecider, UserEvent } from './user.decider';
+import { Authority, OverUser, UserCommand, userDecider, UserEvent } from './user.decider';
 
 const { given } = deciderSpec(userDecider);
+
+/** The tenant's roles: two system roles and a custom one. */
+const catalog = new Map<string, string[]>([
+  ['viewer', ['tenants.read']],
+  ['admin', ['tenants.read', 'users.read', 'users.write']],
+  ['billing', ['billing.read']],
+]);
+const operator: Authority = { held: '*', catalog };
+const anAdmin: Authority = { held: ['tenants.read', 'users.read', 'users.write'], catalog };
+/** An administrator acting on someone else, who holds nothing by assignment. */
+const over = (held: Authority['held'] = '*', assigned: string[] = []): OverUser => ({ held, catalog, self: false, assigned });
+const noQuota = { maxUsers: null, users: 0 };
+const create = (over: Partial<Extract<UserCommand, { type: 'create' }>> = {}): UserCommand => ({
+  type: 'create',
+  data: { email: 'ada@acme.test', name: 'Ada', roles: ['viewer'] },
+  authority: operator,
+  quota: noQuota,
+  ...over,
+});
 
 const created = (roles = ['viewer'], occurredAt?: string): UserEvent => ({
   type: A.userCreated,
@@ -12,28 +31,81 @@ const created = (roles = ['viewer'], occurredAt?: string): UserEvent => ({
 const disabled = (): UserEvent => ({ type: A.userDisabled, data: {} });
 
 const everyCommandOnAUser: UserCommand[] = [
-  { type: 'disable', data: {} },
-  { type: 'enable', data: {} },
-  { type: 'set_roles', data: { roles: ['admin'] } },
+  { type: 'disable', data: {}, authority: over() },
+  { type: 'enable', data: {}, authority: over() },
+  { type: 'set_roles', data: { roles: ['admin'] }, authority: over() },
   { type: 'update_profile', data: { name: 'Ada L.' } },
-  { type: 'record_password_change', data: { byAdmin: false } },
+  { type: 'reset_password', password: 'a brand new password', authority: over() },
+  { type: 'change_password', password: 'a brand new password', currentPasswordRight: true },
   { type: 'record_login_failure', data: { ip: '10.0.0.1' } },
   { type: 'record_lock', data: { until: '2024-01-01T00:15:00.000Z' } },
 ];
 
 describe('user decider', () => {
   describe('create', () => {
-    it('creates a user with its email, name and roles', () => {
+    it('creates a user with its email, name and roles (sorted, without duplicates); the password never enters an event', () => {
       given()
-        .when({ type: 'create', data: { email: 'ada@acme.test', name: 'Ada', roles: ['viewer'] } })
-        .then([created()]);
+        .when(create({ data: { email: 'ada@acme.test', name: 'Ada', roles: ['viewer', 'admin', 'viewer'] }, password: 'correct horse battery' }))
+        .then([{ type: A.userCreated, data: { email: 'ada@acme.test', name: 'Ada', roles: ['admin', 'viewer'] } }]);
     });
 
     it.each([
       ['an active user', [created()]],
       ['a disabled user', [created(), disabled()]],
     ])('refuses to create %s again with conflict', (_, history) => {
-      given(...history).when({ type: 'create', data: { email: 'ada@acme.test', name: 'Ada', roles: [] } }).then({ error: 'conflict' });
+      given(...history).when(create({ data: { email: 'ada@acme.test', name: 'Ada', roles: [] } })).then({ error: 'conflict' });
+    });
+
+    describe('maxUsers', () => {
+      it('creates the last user the plan allows', () => {
+        given().when(create({ quota: { maxUsers: 3, users: 2 } })).then([created()]);
+      });
+
+      it.each([[3, 3], [3, 7], [0, 0]])('refuses with quota_exceeded when %i allowed and %i others hold a place', (maxUsers, users) => {
+        given().when(create({ quota: { maxUsers, users } })).thenRefused('quota_exceeded', `allows ${maxUsers} users; raise the plan's maxUsers first`);
+      });
+
+      it('has no quota where the tenant has none (the platform)', () => {
+        given().when(create({ quota: { maxUsers: null, users: 1_000_000 } })).then([created()]);
+      });
+    });
+
+    describe('nobody grants what they do not hold', () => {
+      it('lets the caller grant roles whose permissions it holds', () => {
+        given().when(create({ data: { email: 'ada@acme.test', name: 'Ada', roles: ['admin'] }, authority: anAdmin })).then([created(['admin'])]);
+      });
+
+      it('refuses a role carrying a permission the caller lacks, naming it', () => {
+        given().when(create({ data: { email: 'ada@acme.test', name: 'Ada', roles: ['viewer', 'billing'] }, authority: anAdmin })).thenRefused('forbidden', 'You cannot grant permissions you do not hold: billing.read.');
+      });
+
+      it('refuses a role the tenant does not have, even for the operator', () => {
+        given().when(create({ data: { email: 'ada@acme.test', name: 'Ada', roles: ['ghost'] } })).thenRefused('validation_failed', 'No role "ghost" in this tenant.');
+      });
+
+      it('is checked before the quota', () => {
+        given().when(create({ data: { email: 'ada@acme.test', name: 'Ada', roles: ['billing'] }, authority: anAdmin, quota: { maxUsers: 1, users: 1 } })).then({ error: 'forbidden' });
+      });
+    });
+
+    describe('the password policy', () => {
+      it.each([
+        ['shorter than 12 characters', 'elevenchars', /at least 12 characters/],
+        ['longer than 256 characters', 'x'.repeat(257), /at most 256 characters/],
+        ['the email address', 'ADA@acme.test', /must not be the email address/],
+        ['a short local part of the email (its length refuses it first)', 'ada', /at least 12 characters/],
+      ])('refuses a password %s', (_, password, message) => {
+        given().when(create({ password })).thenRefused('validation_failed', message);
+      });
+
+      it("refuses the email's local part when it is long enough", () => {
+        const email = 'ada.lovelace.1815@acme.test';
+        given().when(create({ data: { email, name: 'Ada', roles: [] }, password: 'Ada.Lovelace.1815' })).thenRefused('validation_failed', 'The password must not be the email address.');
+      });
+
+      it('creates a user without a password (single sign-on, or set later)', () => {
+        given().when(create()).then([created()]);
+      });
     });
   });
 
@@ -45,23 +117,50 @@ describe('user decider', () => {
 
   describe('disable and enable', () => {
     it('disables an active user, and decides nothing for a disabled one', () => {
-      given(created()).when({ type: 'disable', data: {} }).then([disabled()]);
-      given(created(), disabled()).when({ type: 'disable', data: {} }).thenNothing();
+      given(created()).when({ type: 'disable', data: {}, authority: over() }).then([disabled()]);
+      given(created(), disabled()).when({ type: 'disable', data: {}, authority: over() }).thenNothing();
     });
 
     it('enables a disabled user, and decides nothing for an active one', () => {
-      given(created(), disabled()).when({ type: 'enable', data: {} }).then([{ type: A.userEnabled, data: {} }]);
-      given(created()).when({ type: 'enable', data: {} }).thenNothing();
+      given(created(), disabled()).when({ type: 'enable', data: {}, authority: over() }).then([{ type: A.userEnabled, data: {} }]);
+      given(created()).when({ type: 'enable', data: {}, authority: over() }).thenNothing();
+    });
+  });
+
+  describe('acting on someone else needs everything they hold', () => {
+    it('refuses to disable an administrator for someone who holds less, naming what they lack', () => {
+      given(created(['admin'])).when({ type: 'disable', data: {}, authority: over(['tenants.read', 'users.write']) }).thenRefused('forbidden', 'users.read');
+    });
+
+    it('counts the roles the user holds by assignment too', () => {
+      given(created(['viewer'])).when({ type: 'enable', data: {}, authority: over(['tenants.read'], ['billing']) }).thenRefused('forbidden', 'billing.read');
+      given(created(['viewer']), disabled()).when({ type: 'enable', data: {}, authority: over(['tenants.read', 'billing.read'], ['billing']) }).then([{ type: A.userEnabled, data: {} }]);
+    });
+
+    it('lets a user act on itself whatever it holds', () => {
+      given(created(['admin'])).when({ type: 'disable', data: {}, authority: { held: [], catalog, self: true, assigned: [] } }).then([disabled()]);
+    });
+
+    it("refuses an administrator's password reset to someone who holds less", () => {
+      given(created(['admin'])).when({ type: 'reset_password', password: 'a brand new password', authority: over(['tenants.read']) }).thenRefused('forbidden', /users\.read, users\.write/);
     });
   });
 
   describe('set_roles', () => {
     it('records the roles, sorted and without duplicates', () => {
-      given(created()).when({ type: 'set_roles', data: { roles: ['viewer', 'admin', 'viewer'] } }).then([{ type: A.userRolesChanged, data: { roles: ['admin', 'viewer'] } }]);
+      given(created()).when({ type: 'set_roles', data: { roles: ['viewer', 'admin', 'viewer'] }, authority: over() }).then([{ type: A.userRolesChanged, data: { roles: ['admin', 'viewer'] } }]);
     });
 
     it('decides nothing for the same roles in another order', () => {
-      given(created(['admin', 'viewer'])).when({ type: 'set_roles', data: { roles: ['viewer', 'admin'] } }).thenNothing();
+      given(created(['admin', 'viewer'])).when({ type: 'set_roles', data: { roles: ['viewer', 'admin'] }, authority: over() }).thenNothing();
+    });
+
+    it('refuses roles the caller could not grant, even to itself', () => {
+      given(created()).when({ type: 'set_roles', data: { roles: ['admin'] }, authority: { held: ['tenants.read'], catalog, self: true, assigned: [] } }).thenRefused('forbidden', 'You cannot grant permissions you do not hold: users.read, users.write.');
+    });
+
+    it('refuses to take roles away from someone who holds more than the caller', () => {
+      given(created(['admin', 'billing'])).when({ type: 'set_roles', data: { roles: ['viewer'] }, authority: over(['tenants.read', 'users.read', 'users.write']) }).thenRefused('forbidden', 'billing.read');
     });
   });
 
@@ -72,11 +171,33 @@ describe('user decider', () => {
     });
   });
 
-  describe('facts about credentials and sign-ins', () => {
-    it('records a password change, by an administrator or not', () => {
-      given(created()).when({ type: 'record_password_change', data: { byAdmin: true } }).then([{ type: A.userPasswordChanged, data: { byAdmin: true } }]);
+  describe('passwords', () => {
+    it("records an administrator's reset and a user's own change, never the password", () => {
+      given(created()).when({ type: 'reset_password', password: 'a brand new password', authority: over() }).then([{ type: A.userPasswordChanged, data: { byAdmin: true } }]);
+      given(created()).when({ type: 'change_password', password: 'a brand new password', currentPasswordRight: true }).then([{ type: A.userPasswordChanged, data: { byAdmin: false } }]);
     });
 
+    it('refuses a change whose current password is not right', () => {
+      given(created()).when({ type: 'change_password', password: 'a brand new password', currentPasswordRight: false }).thenRefused('invalid_credentials', 'The current password is not right.');
+    });
+
+    it('applies the policy to a reset and a change (against the user\'s email)', () => {
+      given(created()).when({ type: 'reset_password', password: 'short', authority: over() }).thenRefused('validation_failed', /at least 12/);
+      given(created()).when({ type: 'change_password', password: 'Ada@Acme.Test', currentPasswordRight: true }).thenRefused('validation_failed', 'The password must not be the email address.');
+    });
+
+    it('names the field of a change as the request does (newPassword)', () => {
+      let fields: unknown;
+      try {
+        userDecider.decide({ type: 'change_password', password: 'short', currentPasswordRight: true }, given(created()).state);
+      } catch (error) {
+        fields = (error as { fields?: unknown }).fields;
+      }
+      expect(fields).toEqual([{ field: 'newPassword', message: 'must be at least 12 characters' }]);
+    });
+  });
+
+  describe('facts about sign-ins', () => {
     it('records a failed sign-in with its address, or without one', () => {
       given(created()).when({ type: 'record_login_failure', data: { ip: '10.0.0.1' } }).then([{ type: A.userLoginFailed, data: { ip: '10.0.0.1' } }]);
       given(created()).when({ type: 'record_login_failure', data: {} }).then([{ type: A.userLoginFailed, data: {} }]);

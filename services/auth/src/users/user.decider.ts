@@ -1,17 +1,49 @@
 import { authEventTypes as A, KeelError } from '@keel/contracts';
 import { Decider } from '@keel/event-sourcing';
+import { Catalog, Held, permissionsOf, requireGrantable, requireHoldsAll } from '../rbac/authority';
+import { requirePasswordAllowed } from './password-policy';
 
 export type UserState =
   | { status: 'none' }
   | { status: 'active' | 'disabled'; email: string; name: string; roles: string[]; createdAt: string; updatedAt: string };
 
+/**
+ * What a caller brings to a decision on access: what it holds, and the tenant's roles. The service
+ * gathers both (the gateway's verified permissions, the role catalog); the decider applies the
+ * rule "nobody grants what they do not hold" (rbac/authority.ts).
+ */
+export interface Authority {
+  held: Held;
+  catalog: Catalog;
+}
+
+/**
+ * Acting on someone's credentials or access (disable, enable, roles, a password reset) needs
+ * everything that person holds, unless it is oneself: else resetting an administrator's password
+ * would make its holder one. The decider knows the user's own roles; the service adds the roles
+ * granted by assignment (any scope).
+ */
+export interface OverUser extends Authority {
+  self: boolean;
+  assigned: readonly string[];
+}
+
+/** The tenant's `maxUsers` (null: no quota, the platform tenant) and how many other users hold a place. */
+export interface UserQuota {
+  maxUsers: number | null;
+  users: number;
+}
+
 export type UserCommand =
-  | { type: 'create'; data: { email: string; name: string; roles: string[] } }
-  | { type: 'disable'; data: Record<string, never> }
-  | { type: 'enable'; data: Record<string, never> }
-  | { type: 'set_roles'; data: { roles: string[] } }
+  | { type: 'create'; data: { email: string; name: string; roles: string[] }; password?: string; authority: Authority; quota: UserQuota }
+  | { type: 'disable'; data: Record<string, never>; authority: OverUser }
+  | { type: 'enable'; data: Record<string, never>; authority: OverUser }
+  | { type: 'set_roles'; data: { roles: string[] }; authority: OverUser }
   | { type: 'update_profile'; data: { name: string } }
-  | { type: 'record_password_change'; data: { byAdmin: boolean } }
+  /** An administrator sets the password (a secret: checked against the policy, never in an event). */
+  | { type: 'reset_password'; password: string; authority: OverUser }
+  /** The user changes its own password; the service verified the current one (Argon2) and says so. */
+  | { type: 'change_password'; password: string; currentPasswordRight: boolean }
   | { type: 'record_login_failure'; data: { ip?: string } }
   | { type: 'record_lock'; data: { until: string } };
 
@@ -75,22 +107,38 @@ export const userDecider: Decider<UserState, UserCommand, UserEvent> = {
   decide(command, state) {
     if (command.type === 'create') {
       if (state.status !== 'none') throw new KeelError('conflict', 'This user already exists.');
-      return [{ type: A.userCreated, data: command.data }];
+      const { data, authority, quota } = command;
+      requireGrantable(authority.held, authority.catalog, data.roles);
+      if (command.password !== undefined) requirePasswordAllowed(command.password, data.email);
+      if (quota.maxUsers !== null && quota.users >= quota.maxUsers) {
+        throw new KeelError('quota_exceeded', `This tenant's plan allows ${quota.maxUsers} users; raise the plan's maxUsers first.`);
+      }
+      return [{ type: A.userCreated, data: { email: data.email, name: data.name, roles: [...new Set(data.roles)].sort() } }];
     }
     if (state.status === 'none') throw new KeelError('not_found', 'No such user.');
     switch (command.type) {
       case 'disable':
+        mayActOn(state, command.authority);
         return state.status === 'disabled' ? [] : [{ type: A.userDisabled, data: {} }];
       case 'enable':
+        mayActOn(state, command.authority);
         return state.status === 'active' ? [] : [{ type: A.userEnabled, data: {} }];
       case 'set_roles': {
+        requireGrantable(command.authority.held, command.authority.catalog, command.data.roles);
+        mayActOn(state, command.authority);
         const roles = [...new Set(command.data.roles)].sort();
         return roles.join() === [...state.roles].sort().join() ? [] : [{ type: A.userRolesChanged, data: { roles } }];
       }
       case 'update_profile':
         return command.data.name === state.name ? [] : [{ type: A.userProfileUpdated, data: command.data }];
-      case 'record_password_change':
-        return [{ type: A.userPasswordChanged, data: command.data }];
+      case 'reset_password':
+        mayActOn(state, command.authority);
+        requirePasswordAllowed(command.password, state.email);
+        return [{ type: A.userPasswordChanged, data: { byAdmin: true } }];
+      case 'change_password':
+        if (!command.currentPasswordRight) throw new KeelError('invalid_credentials', 'The current password is not right.');
+        requirePasswordAllowed(command.password, state.email, 'newPassword');
+        return [{ type: A.userPasswordChanged, data: { byAdmin: false } }];
       case 'record_login_failure':
         return [{ type: A.userLoginFailed, data: command.data.ip ? { ip: command.data.ip } : {} }];
       case 'record_lock':
@@ -103,3 +151,9 @@ export const userDecider: Decider<UserState, UserCommand, UserEvent> = {
     }
   },
 };
+
+/** Someone other than the user must hold every permission the user holds (its own roles and its assigned ones). */
+function mayActOn(state: Exclude<UserState, { status: 'none' }>, authority: OverUser): void {
+  if (authority.self) return;
+  requireHoldsAll(authority.held, permissionsOf(authority.catalog, new Set([...state.roles, ...authority.assigned])));
+}

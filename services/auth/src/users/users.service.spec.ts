@@ -33,7 +33,7 @@ const userState = { status: 'active' as const, email: 'ada@acme.test', name: 'Ad
 const userId = '0190f2a0-0000-7000-8000-000000000001';
 
 function service(ds: unknown, handler: object, revoker: object = {}) {
-  const svc = new UsersService({} as never, ds as never, {} as never, revoker as never, { permissionsOf: async () => new Set<string>() } as never);
+  const svc = new UsersService({} as never, ds as never, {} as never, revoker as never, { roles: async () => new Map<string, string[]>() } as never);
   (svc as unknown as { handler: object }).handler = handler;
   return svc;
 }
@@ -60,14 +60,14 @@ describe('UsersService.createUser', () => {
     const meta = { ...systemMeta, commandId: 'idem-1' };
     const u = { email: 'ada@acme.test', name: 'Ada', roles: [], password: 'correct horse battery' };
 
-    const error = await svc.createUser('platform', u, meta).catch((e: unknown) => e);
+    const error = await svc.createUser('platform', u, meta, '*').catch((e: unknown) => e);
     expect(error).toBeInstanceOf(KeelError);
     expect((error as KeelError).code).toBe('service_unavailable');
     expect(log.some((l) => l.sql.startsWith('DELETE FROM "auth".email_reservations'))).toBe(false);
 
     // The Idempotency-Key retry: the reservation is this user's, the log answers, the hash is filled in.
     log.length = 0;
-    const retried = await svc.createUser('platform', u, meta);
+    const retried = await svc.createUser('platform', u, meta, '*');
     expect(retried.state.id).toBeDefined();
     const credentials = log.filter((l) => l.sql.startsWith('INSERT INTO "auth".credentials'));
     expect(credentials).toHaveLength(1);
@@ -78,14 +78,14 @@ describe('UsersService.createUser', () => {
   it('frees the email reservation when the append itself is refused', async () => {
     const { ds, log } = fakeDataSource(() => false);
     const svc = service(ds, { handle: async () => { throw new KeelError('conflict', 'refused'); } });
-    await expect(svc.createUser('platform', { email: 'ada@acme.test', name: 'Ada', roles: [] }, systemMeta)).rejects.toMatchObject({ code: 'conflict' });
+    await expect(svc.createUser('platform', { email: 'ada@acme.test', name: 'Ada', roles: [] }, systemMeta, '*')).rejects.toMatchObject({ code: 'conflict' });
     expect(log.filter((l) => l.sql.startsWith('DELETE FROM "auth".email_reservations'))).toHaveLength(1);
   });
 
   it('keeps the reservation when the log is unavailable (the event may still land)', async () => {
     const { ds, log } = fakeDataSource(() => false);
     const svc = service(ds, { handle: async () => { throw new KeelError('service_unavailable', 'no answer'); } });
-    await expect(svc.createUser('platform', { email: 'ada@acme.test', name: 'Ada', roles: [] }, systemMeta)).rejects.toMatchObject({ code: 'service_unavailable' });
+    await expect(svc.createUser('platform', { email: 'ada@acme.test', name: 'Ada', roles: [] }, systemMeta, '*')).rejects.toMatchObject({ code: 'service_unavailable' });
     expect(log.some((l) => l.sql.startsWith('DELETE FROM "auth".email_reservations'))).toBe(false);
   });
 });

@@ -25,7 +25,8 @@ import { AUTH_SCHEMA } from '../database/schema';
 import { RoleCatalog } from '../rbac/role-catalog';
 import { SessionRevoker } from '../sessions/session-revoker';
 import { TenantLookup } from './tenant-lookup';
-import { UserCommand, userDecider, UserEvent, UserState } from './user.decider';
+import { Held } from '../rbac/authority';
+import { OverUser, UserCommand, userDecider, UserEvent, UserState } from './user.decider';
 
 /** OWASP's Argon2id minimum (19 MiB, 2 passes, 1 lane): ~35 sign-ins/s per core here. */
 export const ARGON2_OPTIONS = { type: argon2.argon2id, memoryCost: 19_456, timeCost: 2, parallelism: 1 } as const;
@@ -64,24 +65,6 @@ const emailInUse = () => new KeelError('conflict', 'A user with this email alrea
 /** A reservation older than this whose user never reached the log is abandoned. */
 const STALE_RESERVATION_MS = 30_000;
 
-/** Nobody grants what they do not hold: every permission of `roles` must be the caller's. */
-export async function grantable(catalog: RoleCatalog, tenantId: string, meta: AuthMeta, roles: string[]): Promise<void> {
-  const granted = await catalog.permissionsOf(tenantId, roles);
-  if (meta.permissions === '*') return;
-  const held = new Set(meta.permissions);
-  const missing = [...granted].filter((p) => !held.has(p));
-  if (missing.length) {
-    throw new KeelError('forbidden', `You cannot grant permissions you do not hold: ${missing.join(', ')}.`);
-  }
-}
-
-export function checkPassword(password: string, email: string): void {
-  const lower = password.toLowerCase();
-  if (lower === email || lower === email.split('@')[0]) {
-    throw new KeelError('validation_failed', 'The password must not be the email address.', [{ field: 'password', message: 'must not be the email address' }]);
-  }
-}
-
 @Injectable()
 export class UsersService {
   readonly handler: CommandHandler<UserState, UserCommand, UserEvent>;
@@ -108,26 +91,43 @@ export class UsersService {
     return loaded;
   }
 
-  /** Every role the user holds: its own, and those granted by assignment (any scope). */
-  async heldRoles(tenantId: string, userId: string): Promise<string[]> {
-    const user = await this.load(tenantId, userId);
+  /** Roles the user holds by assignment (any scope), besides its own. */
+  async assignedRoles(tenantId: string, userId: string): Promise<string[]> {
     const granted: { role: string }[] = await tenantQuery(
       this.ds,
       tenantId,
       `SELECT role FROM "${AUTH_SCHEMA}".role_assignments WHERE tenant_id = $1 AND user_id = $2`,
       [tenantId, userId],
     );
+    return [...new Set(granted.map((g) => g.role))];
+  }
+
+  /** Every role the user holds: its own, and those granted by assignment (any scope). */
+  async heldRoles(tenantId: string, userId: string): Promise<string[]> {
+    const user = await this.load(tenantId, userId);
     const own = user.state.status === 'none' ? [] : user.state.roles;
-    return [...new Set([...own, ...granted.map((g) => g.role)])];
+    return [...new Set([...own, ...(await this.assignedRoles(tenantId, userId))])];
+  }
+
+  /** What the user decider needs to decide on someone's access or credentials: the facts, gathered here. */
+  async overUser(meta: AuthMeta, tenantId: string, userId: string): Promise<OverUser> {
+    await this.load(tenantId, userId); // 404 first: no such user in this tenant
+    const self = meta.actor.kind === 'user' && meta.actor.id === userId;
+    return {
+      held: meta.permissions,
+      catalog: await this.catalog.roles(tenantId),
+      self,
+      assigned: self ? [] : await this.assignedRoles(tenantId, userId),
+    };
   }
 
   /**
-   * Changing someone's credentials or access (reset, disable, roles) needs everything that
-   * person holds: else resetting an administrator's password would make its holder one.
+   * Asks the decider before an expensive step (an Argon2 hash): it is pure, so a refusal here is
+   * the refusal the command handler would meet; the handler decides again on the state it appends
+   * against.
    */
-  async mayActOn(meta: AuthMeta, tenantId: string, userId: string): Promise<void> {
-    if (meta.actor.kind === 'user' && meta.actor.id === userId) return;
-    await grantable(this.catalog, tenantId, meta, await this.heldRoles(tenantId, userId));
+  private decideNow(command: UserCommand, state: UserState): void {
+    userDecider.decide(command, state);
   }
 
   async run(tenantId: string, userId: string, command: UserCommand, meta: CommandMeta, fresh = false): Promise<CommandResult<User>> {
@@ -139,50 +139,63 @@ export class UsersService {
   async create(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.create, body, 'user');
     const { email, name, roles, password } = payload.data;
-    await grantable(this.catalog, payload.tenantId, meta, roles);
-    if (password) checkPassword(password, email);
-    return this.createUser(payload.tenantId, { email, name, roles, password }, meta);
+    return this.createUser(payload.tenantId, { email, name, roles, password }, meta, meta.permissions);
   }
 
-  /** Also used to create the first platform administrator. */
-  async createUser(tenantId: string, u: { email: string; name: string; roles: string[]; password?: string }, meta: CommandMeta): Promise<CommandResult<User>> {
-    let maxUsers = Number.MAX_SAFE_INTEGER;
-    if (tenantId !== 'platform') maxUsers = (await this.tenants.active(tenantId)).quotas.maxUsers;
+  /**
+   * Also used to create the first platform administrator and the users an identity provider
+   * provisions; `held` is what the caller holds ('*' for the system). The rules (the roles are
+   * grantable, the password policy, the tenant's maxUsers) are the user decider's: this gathers
+   * their facts and keeps the email reservation.
+   */
+  async createUser(
+    tenantId: string,
+    u: { email: string; name: string; roles: string[]; password?: string },
+    meta: CommandMeta,
+    held: Held,
+  ): Promise<CommandResult<User>> {
+    const maxUsers = tenantId === 'platform' ? null : (await this.tenants.active(tenantId)).quotas.maxUsers;
+    const catalog = await this.catalog.roles(tenantId);
     // With a command id the user's id comes from it: a retry of this create finds this user (and
     // holds its email reservation) and is answered the first outcome from the log.
     const userId = meta.commandId ? aggregateIdFor(meta.commandId, 'user', tenantId) : newEventId();
-    const hash = u.password ? await argon2.hash(u.password, ARGON2_OPTIONS) : null;
-    const stale = await inTenant(this.ds, tenantId, async (m) => {
-      // Serialises creations per tenant, so the quota check and the reservation agree.
+    const decided = await inTenant(this.ds, tenantId, async (m) => {
+      // Serialises creations per tenant, so the quota's count and the reservation agree.
       await m.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`keel.auth.users.${tenantId}`]);
+      // Every other user holding a place in the tenant (this one's own reservation, on a retry, is not counted).
+      const [{ n }] = await m.query(`SELECT count(*)::int AS n FROM "${AUTH_SCHEMA}".email_reservations WHERE tenant_id = $1 AND user_id <> $2`, [tenantId, userId]);
+      const command: UserCommand = {
+        type: 'create',
+        data: { email: u.email, name: u.name, roles: u.roles },
+        ...(u.password !== undefined ? { password: u.password } : {}),
+        authority: { held, catalog },
+        quota: { maxUsers, users: n },
+      };
       if (meta.commandId) {
-        const [held] = await m.query(`SELECT user_id FROM "${AUTH_SCHEMA}".email_reservations WHERE tenant_id = $1 AND email = $2`, [tenantId, u.email]);
-        if (held?.user_id === userId) return; // a retry of the create that reserved it: already counted
+        const [mine] = await m.query(`SELECT user_id FROM "${AUTH_SCHEMA}".email_reservations WHERE tenant_id = $1 AND email = $2`, [tenantId, u.email]);
+        if (mine?.user_id === userId) return { command, stale: null }; // a retry of the create that reserved it
       }
-      const [{ n }] = await m.query(`SELECT count(*)::int AS n FROM "${AUTH_SCHEMA}".email_reservations WHERE tenant_id = $1`, [tenantId]);
-      if (n >= maxUsers) throw new KeelError('quota_exceeded', `This tenant's plan allows ${maxUsers} users; raise the plan's maxUsers first.`);
+      // The decision before the email is reserved (a refusal reserves nothing), under the lock.
+      this.decideNow(command, userDecider.initialState());
       const inserted = await m.query(
         `INSERT INTO "${AUTH_SCHEMA}".email_reservations (tenant_id, email, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING user_id`,
         [tenantId, u.email, userId],
       );
-      if (inserted.length) return null;
-      const held = await this.staleReservation(m, tenantId, u.email);
-      if (!held) throw emailInUse();
-      return held;
+      if (inserted.length) return { command, stale: null };
+      const stale = await this.staleReservation(m, tenantId, u.email);
+      if (!stale) throw emailInUse();
+      return { command, stale };
     });
     // Outside the transaction: whether the stale reservation's user ever reached the log is a
     // read of the log (no transaction waits on NATS), then a conditional take-over.
-    if (stale && !(await this.takeOverStale(tenantId, u.email, userId, stale))) throw emailInUse();
+    if (decided.stale && !(await this.takeOverStale(tenantId, u.email, userId, decided.stale))) throw emailInUse();
+    // The password was allowed by the decision above: only now is its (expensive) hash made.
+    const hash = u.password ? await argon2.hash(u.password, ARGON2_OPTIONS) : null;
     // Set once the command handler has answered: from then on the user is on the log and its email
     // reservation must stay, whatever fails after.
     let appended = false;
     try {
-      const r = await this.handler.handle(
-        { tenantId, aggregateId: userId },
-        { type: 'create', data: { email: u.email, name: u.name, roles: [...new Set(u.roles)].sort() } },
-        meta,
-        !meta.commandId,
-      );
+      const r = await this.handler.handle({ tenantId, aggregateId: userId }, decided.command, meta, !meta.commandId);
       appended = true;
       const result = { state: this.view(tenantId, userId, r.state, r.version), version: r.version, position: r.position };
       if (r.events.length === 0) {
@@ -261,8 +274,9 @@ export class UsersService {
   @MessagePattern('cmd.auth.set_user_status')
   async setStatus(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.status, body, 'user status');
-    await this.mayActOn(meta, payload.tenantId, payload.userId);
-    const result = await this.run(payload.tenantId, payload.userId, { type: payload.status === 'disabled' ? 'disable' : 'enable', data: {} }, meta);
+    const authority = await this.overUser(meta, payload.tenantId, payload.userId);
+    const command: UserCommand = payload.status === 'disabled' ? { type: 'disable', data: {}, authority } : { type: 'enable', data: {}, authority };
+    const result = await this.run(payload.tenantId, payload.userId, command, meta);
     if (payload.status === 'disabled') await this.revoker.revokeUser(payload.tenantId, payload.userId, 'user_disabled', meta);
     return result;
   }
@@ -270,9 +284,14 @@ export class UsersService {
   @MessagePattern('cmd.auth.set_user_roles')
   async setRoles(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.roles, body, 'roles');
-    await grantable(this.catalog, payload.tenantId, meta, payload.data.roles);
-    await this.mayActOn(meta, payload.tenantId, payload.userId);
-    return this.run(payload.tenantId, payload.userId, { type: 'set_roles', data: payload.data }, meta);
+    const authority = await this.overUser(meta, payload.tenantId, payload.userId);
+    return this.run(payload.tenantId, payload.userId, { type: 'set_roles', data: payload.data, authority }, meta);
+  }
+
+  /** Sets a user's roles as an identity provider's claims say (its roles were checked grantable when it was saved). */
+  async setRolesBy(byProvider: AuthMeta, tenantId: string, userId: string, roles: string[]): Promise<CommandResult<User>> {
+    const authority = await this.overUser(byProvider, tenantId, userId);
+    return this.run(tenantId, userId, { type: 'set_roles', data: { roles }, authority }, byProvider);
   }
 
   @MessagePattern('cmd.auth.update_profile')
@@ -285,12 +304,12 @@ export class UsersService {
   @MessagePattern('cmd.auth.reset_password')
   async resetPassword(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.reset, body, 'password reset');
-    await this.mayActOn(meta, payload.tenantId, payload.userId);
+    const command: UserCommand = { type: 'reset_password', password: payload.data.password, authority: await this.overUser(meta, payload.tenantId, payload.userId) };
     const user = await this.load(payload.tenantId, payload.userId);
-    if (user.state.status !== 'none') checkPassword(payload.data.password, user.state.email);
+    this.decideNow(command, user.state);
     const hash = await argon2.hash(payload.data.password, ARGON2_OPTIONS);
     // The event first: a refused or unavailable append changes nothing (no write around the log).
-    const result = await this.run(payload.tenantId, payload.userId, { type: 'record_password_change', data: { byAdmin: true } }, meta);
+    const result = await this.run(payload.tenantId, payload.userId, command, meta);
     const stored = await this.hashAfterEvent(payload.tenantId, payload.userId, hash);
     // A reset is what an administrator does for a compromised account: its sessions end even when
     // the new hash did not land.
@@ -304,12 +323,11 @@ export class UsersService {
     const { meta, payload } = parseOrThrow(requests.change, body, 'password change');
     const user = await this.load(payload.tenantId, payload.userId);
     const [cred] = await tenantQuery(this.ds, payload.tenantId, `SELECT password_hash FROM "${AUTH_SCHEMA}".credentials WHERE user_id = $1`, [payload.userId]);
-    if (!cred || !(await argon2.verify(cred.password_hash, payload.data.currentPassword))) {
-      throw new KeelError('invalid_credentials', 'The current password is not right.');
-    }
-    if (user.state.status !== 'none') checkPassword(payload.data.newPassword, user.state.email);
+    const currentPasswordRight = !!cred && (await argon2.verify(cred.password_hash, payload.data.currentPassword));
+    const command: UserCommand = { type: 'change_password', password: payload.data.newPassword, currentPasswordRight };
+    this.decideNow(command, user.state);
     const hash = await argon2.hash(payload.data.newPassword, ARGON2_OPTIONS);
-    const result = await this.run(payload.tenantId, payload.userId, { type: 'record_password_change', data: { byAdmin: false } }, meta);
+    const result = await this.run(payload.tenantId, payload.userId, command, meta);
     if (!(await this.hashAfterEvent(payload.tenantId, payload.userId, hash))) throw passwordNotStored();
     return result;
   }

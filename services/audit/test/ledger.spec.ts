@@ -66,6 +66,22 @@ describe('audit ledger', () => {
     expect(await verify({ fromSeq: 10, toSeq: 20 })).toEqual({ ok: true, checked: 11, lastSeq: 20, incidents: 0 });
   });
 
+  it('names an entry whose indexed column was changed, occurred_at by a single millisecond', async () => {
+    await admin.query('ALTER TABLE audit.ledger DISABLE TRIGGER ledger_append_only');
+    try {
+      await admin.query(`UPDATE audit.ledger SET occurred_at = occurred_at + interval '1 millisecond' WHERE seq = 5`);
+      const changed = await verify();
+      expect(changed).toMatchObject({ ok: false, firstInvalidSeq: 5, checked: 4, lastSeq: 4 });
+      expect(changed.problem).toMatch(/indexed columns/);
+      await admin.query(`UPDATE audit.ledger SET occurred_at = occurred_at - interval '1 millisecond', tenant_id = 'someone-else' WHERE seq = 5`);
+      expect((await verify()).problem).toMatch(/indexed columns/);
+    } finally {
+      await admin.query(`UPDATE audit.ledger SET tenant_id = envelope->>'tenantId' WHERE seq = 5`);
+      await admin.query('ALTER TABLE audit.ledger ENABLE TRIGGER ledger_append_only');
+    }
+    expect(await verify()).toEqual({ ok: true, checked: EVENTS, lastSeq: EVENTS, incidents: 0 });
+  });
+
   it('signs a checkpoint every 10 entries that verifies with the published key', async () => {
     const { items } = await rpc.request<{ items: { seq: number; hash: string; signedAt: string; keyId: string; signature: string }[] }>(
       'qry.audit.checkpoints',

@@ -1,11 +1,13 @@
 import { createHash } from 'node:crypto';
 import { DataSource, EntityManager } from 'typeorm';
+import { PostgresDriver } from 'typeorm/driver/postgres/PostgresDriver';
 import { AuditEventsQuery, contextOf, EventEnvelope, LedgerEntry, Page, ReplayPage, VerifyResult } from '@keel/contracts';
 import { AUDIT_SCHEMA } from '../database/schema';
 import { ALL_TENANTS, inTenant, scopeTransaction } from '@keel/database';
 import { PublicJwk, verifyCheckpoint } from '../signing/signing-keys';
 import { chainHash, GENESIS_HASH } from './hash-chain';
-import { asRawRecord, entryHash, indexedColumns, LedgerRecord, publishedHash } from './ledger-entry';
+import { asRawRecord, entryHash, LedgerRecord } from './ledger-entry';
+import { entryProblem, HASH, PREV_HASH, SEQ, VerifyRow, VERIFY_COLUMNS } from './verify-entry';
 
 const LEDGER = `"${AUDIT_SCHEMA}".ledger`;
 const CHECKPOINTS = `"${AUDIT_SCHEMA}".checkpoints`;
@@ -36,6 +38,12 @@ const INSERT_SQL = `INSERT INTO ${LEDGER} (${COLUMNS.map(([c]) => c).join(', ')}
 /** What the ledger's statements need of a connection: an EntityManager, or a pooled pg client's rows. */
 export interface Sql {
   query(sql: string, params?: unknown[]): Promise<any>;
+}
+
+/** A pooled pg client, as typeorm's Postgres driver hands it out. */
+interface PgClient {
+  query(text: string, params?: unknown[]): Promise<{ rows: any[] }>;
+  query(config: { text: string; values: unknown[]; rowMode: 'array' }): Promise<{ rows: unknown[][] }>;
 }
 
 /** Records chained onto a tail, ready to insert: each entry's hash, and the rows as column arrays. */
@@ -96,19 +104,6 @@ function toEntry(row: LedgerRow): LedgerEntry {
     problem: row.problem,
     ...(row.payload !== null ? { payload: row.payload.toString('base64') } : {}),
   };
-}
-
-/** A row as verification reads it: the envelope as its stored text (exactly as published), not parsed by the driver. */
-type VerifyRow = Omit<LedgerRow, 'envelope'> & { envelope_text: string | null };
-
-/** The chain link a stored row must have, computed the way it was appended. */
-function rowHash(prev: string, row: VerifyRow, parsed: unknown): string {
-  if (row.hashed === 'canonical') {
-    // Appended before the published-bytes form: the canonical JSON, raw bytes after a NUL byte.
-    if (row.payload !== null) return createHash('sha256').update(prev).update(Buffer.from([0])).update(row.payload).digest('hex');
-    return chainHash(prev, parsed);
-  }
-  return publishedHash(prev, row.payload ?? Buffer.from(row.envelope_text ?? '', 'utf8'));
 }
 
 export class LedgerRepository {
@@ -331,10 +326,24 @@ export class LedgerRepository {
    * or a column that disagrees with the envelope it was derived from.
    */
   async verify(fromSeq = 1, toSeq?: number): Promise<VerifyResult> {
-    return inTenant(this.ds, ALL_TENANTS, (m) => this.verifyIn(m, fromSeq, toSeq));
+    // A pooled connection of its own: the pages come as arrays of columns (no object per row).
+    const [client, release] = (await (this.ds.driver as PostgresDriver).obtainMasterConnection()) as [PgClient, (error?: unknown) => void];
+    const sql: Sql = { query: async (text, params) => (await client.query(text, params)).rows };
+    let broken: unknown;
+    try {
+      await client.query(`BEGIN; SELECT set_config('keel.tenant_id', '${ALL_TENANTS}', true)`);
+      const result = await this.verifyIn(client, sql, fromSeq, toSeq);
+      await client.query('COMMIT');
+      return result;
+    } catch (error) {
+      await client.query('ROLLBACK').catch((e: unknown) => (broken = e));
+      throw error;
+    } finally {
+      release(broken);
+    }
   }
 
-  private async verifyIn(db: EntityManager, fromSeq: number, toSeq?: number): Promise<VerifyResult> {
+  private async verifyIn(client: PgClient, db: Sql, fromSeq: number, toSeq?: number): Promise<VerifyResult> {
     let prev = GENESIS_HASH;
     if (fromSeq > 1) {
       const before = await db.query(`SELECT hash FROM ${LEDGER} WHERE seq = $1`, [fromSeq - 1]);
@@ -362,12 +371,13 @@ export class LedgerRepository {
     // process checks the one in hand (the connection queues it: one statement at a time).
     const PAGE = 5_000;
     const page = (from: number): Promise<VerifyRow[]> => {
-      const p: Promise<VerifyRow[]> = db.query(
-        `SELECT seq, event_id, tenant_id, type, aggregate_type, aggregate_id, aggregate_version, actor_id, occurred_at,
-                envelope::text AS envelope_text, payload, problem, hashed, prev_hash, hash
-         FROM ${LEDGER} WHERE seq >= $1 ${toSeq ? 'AND seq <= $3' : ''} ORDER BY seq LIMIT $2`,
-        toSeq ? [from, PAGE, toSeq] : [from, PAGE],
-      );
+      const p = client
+        .query({
+          text: `SELECT ${VERIFY_COLUMNS} FROM ${LEDGER} WHERE seq >= $1 ${toSeq ? 'AND seq <= $3' : ''} ORDER BY seq LIMIT $2`,
+          values: toSeq ? [from, PAGE, toSeq] : [from, PAGE],
+          rowMode: 'array',
+        })
+        .then((r) => r.rows as VerifyRow[]);
       p.catch(() => undefined); // a page no longer wanted after a failure must not go unhandled
       return p;
     };
@@ -375,33 +385,18 @@ export class LedgerRepository {
     for (;;) {
       const rows = await pending;
       if (!rows.length) break;
-      pending = rows.length < PAGE ? Promise.resolve([]) : page(Number(rows[rows.length - 1]!.seq) + 1);
+      pending = rows.length < PAGE ? Promise.resolve([]) : page(Number(rows[rows.length - 1]![SEQ]) + 1);
       for (const row of rows) {
-        const seq = Number(row.seq);
+        const seq = Number(row[SEQ]);
         if (seq !== expected) return fail(expected, `entry ${expected} is missing (next present is ${seq})`);
-        if (row.prev_hash !== prev) return fail(seq, 'prev_hash does not link to the previous entry');
-        let parsed: unknown = null;
-        if (row.payload === null) {
-          try {
-            parsed = JSON.parse(row.envelope_text ?? 'null');
-          } catch {
-            return fail(seq, 'the stored envelope is not JSON');
-          }
-        }
-        if (rowHash(prev, row, parsed) !== row.hash) return fail(seq, 'hash does not match the entry content');
-        const c = indexedColumns(parsed, row.problem === null);
-        if (
-          row.tenant_id !== c.tenantId || row.type !== c.type || row.aggregate_type !== c.aggregateType ||
-          row.aggregate_id !== c.aggregateId || row.actor_id !== c.actorId || row.aggregate_version !== c.aggregateVersion ||
-          (row.occurred_at?.getTime() ?? null) !== (c.occurredAt === null ? null : new Date(c.occurredAt).getTime()) ||
-          (row.event_id ?? null) !== c.eventId
-        ) {
-          return fail(seq, 'indexed columns disagree with the hashed envelope');
-        }
+        if (row[PREV_HASH] !== prev) return fail(seq, 'prev_hash does not link to the previous entry');
+        const problem = entryProblem(row);
+        if (problem !== null) return fail(seq, problem);
+        const hash = row[HASH];
         const cp = signed.get(seq);
         if (cp) {
           if (!verifyCheckpoint(cp.jwk, cp)) return fail(seq, `the signature of checkpoint ${seq} does not verify`);
-          if (cp.hash !== row.hash) {
+          if (cp.hash !== hash) {
             return fail(
               seq,
               `entry ${seq} differs from its signed checkpoint: the chain was rewritten somewhere in ${lastGoodCheckpoint + 1}..${seq}`,
@@ -409,7 +404,7 @@ export class LedgerRepository {
           }
           lastGoodCheckpoint = seq;
         }
-        prev = row.hash;
+        prev = hash;
         expected++;
         checked++;
         lastSeq = seq;

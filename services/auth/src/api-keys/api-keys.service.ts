@@ -1,22 +1,20 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { timingSafeEqual } from 'node:crypto';
 import { DataSource } from 'typeorm';
-import { z } from 'zod';
-import { ApiKeyInfo, authEventTypes as A, createApiKeySchema, KeelError, newEventId, parseOrThrow } from '@keel/contracts';
+import { ApiKeyInfo, authEventTypes as A, authRpc, KeelError, newEventId, parseOrThrow, storableText, textProblem } from '@keel/contracts';
 import { randomToken, sha256Hex } from '@keel/crypto';
 import { ALL_TENANTS, inTenant, tenantQuery } from '@keel/database';
 import { Outbox } from '@keel/event-sourcing';
 import { MessagePattern } from '@keel/messaging';
 import { AUTH_SCHEMA } from '../database/schema';
-import { metaSchema } from '../users/users.service';
 
 const KEYS = `"${AUTH_SCHEMA}".api_keys`;
-const tenantId = z.string().min(1).max(64);
+// Each command and query parses its input with the request schema its declaration in libs/contracts names.
 const requests = {
-  create: z.object({ meta: metaSchema, payload: z.object({ tenantId, data: createApiKeySchema }).strict() }).strict(),
-  revoke: z.object({ meta: metaSchema, payload: z.object({ tenantId, keyId: z.uuid() }).strict() }).strict(),
-  list: z.object({ tenantId }).strict(),
-  verify: z.object({ secret: z.string().min(1).max(200) }).strict(),
+  create: authRpc.createApiKey.request,
+  revoke: authRpc.revokeApiKey.request,
+  list: authRpc.apiKeys.request,
+  verify: authRpc.verifyApiKey.request,
 };
 
 /** `keel_<id without dashes>_<secret>`: the id finds the row, the whole string is the secret. */
@@ -37,7 +35,7 @@ export class ApiKeysService {
     private readonly outbox: Outbox,
   ) {}
 
-  @MessagePattern('cmd.auth.create_api_key')
+  @MessagePattern(authRpc.createApiKey.subject)
   async create(body: unknown): Promise<ApiKeyInfo & { secret: string; position: number }> {
     const { meta, payload } = parseOrThrow(requests.create, body, 'API key');
     const { name, permissions, expiresAt } = payload.data;
@@ -64,7 +62,7 @@ export class ApiKeysService {
     return { ...toInfo(row), secret, position };
   }
 
-  @MessagePattern('cmd.auth.revoke_api_key')
+  @MessagePattern(authRpc.revokeApiKey.subject)
   async revoke(body: unknown): Promise<ApiKeyInfo & { position: number }> {
     const { meta, payload } = parseOrThrow(requests.revoke, body, 'API key revocation');
     const { row, receipt } = await inTenant(this.ds, payload.tenantId, async (m) => {
@@ -80,7 +78,7 @@ export class ApiKeysService {
     return { ...toInfo(row), position };
   }
 
-  @MessagePattern('qry.auth.api_keys')
+  @MessagePattern(authRpc.apiKeys.subject)
   async list(body: unknown): Promise<{ items: ApiKeyInfo[] }> {
     const q = parseOrThrow(requests.list, body, 'API key listing');
     const rows = await tenantQuery(this.ds, q.tenantId, `SELECT * FROM ${KEYS} WHERE tenant_id = $1 ORDER BY created_at DESC LIMIT 500`, [q.tenantId]);
@@ -88,11 +86,20 @@ export class ApiKeysService {
   }
 
   /** For the gateway: who a presented key is, or invalid_token. */
-  @MessagePattern('qry.auth.verify_api_key')
+  @MessagePattern(authRpc.verifyApiKey.subject)
   async verify(body: unknown): Promise<ApiKeyInfo> {
+    const invalid = new KeelError('invalid_token', 'The API key is not valid.');
+    // A secret is a credential, not text: one holding a character the contract's text type refuses
+    // (a control character, say) cannot be a key Keel issued, and is answered as any wrong key is
+    // (401), not with a 400 describing it.
+    const presented = (body as { secret?: unknown } | null)?.secret;
+    if (typeof presented === 'string' && textProblem(presented)) {
+      // Everything else (its length, other fields) is still refused as the contract says.
+      parseOrThrow(requests.verify, { ...(body as object), secret: storableText(presented) }, 'API key');
+      throw invalid;
+    }
     const { secret } = parseOrThrow(requests.verify, body, 'API key');
     const m = SECRET.exec(secret);
-    const invalid = new KeelError('invalid_token', 'The API key is not valid.');
     if (!m) throw invalid;
     const id = m[1]!.replace(/^(.{8})(.{4})(.{4})(.{4})(.{12})$/, '$1-$2-$3-$4-$5');
     // The key is the credential: it is found in any tenant.

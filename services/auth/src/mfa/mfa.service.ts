@@ -1,16 +1,15 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { randomBytes } from 'node:crypto';
 import { DataSource, EntityManager } from 'typeorm';
-import { z } from 'zod';
 import { KeelConfig } from '@keel/config';
-import { authEventTypes as A, CommandMeta, KeelError, parseOrThrow } from '@keel/contracts';
+import { authEventTypes as A, authRpc, CommandMeta, KeelError, parseOrThrow } from '@keel/contracts';
 import { kekFrom, open, seal, sha256Hex } from '@keel/crypto';
 import { inTenant, tenantQuery } from '@keel/database';
 import { Outbox, OutboxReceipt } from '@keel/event-sourcing';
 import { MessagePattern } from '@keel/messaging';
 import { AUTH_SCHEMA } from '../database/schema';
 import { Lockout, Outcome } from '../users/lockout';
-import { AuthMeta, metaSchema, UsersService } from '../users/users.service';
+import { AuthMeta, UsersService } from '../users/users.service';
 import { base32Encode, newTotpSecret, otpauthUrl, verifyTotp } from './totp';
 
 const FACTORS = `"${AUTH_SCHEMA}".mfa_factors`;
@@ -20,11 +19,11 @@ const RECOVERY_CODES = 10;
 /** Wrong codes at confirmation or removal before the lockout steps in (a stolen session must not guess its way). */
 const CODE_ATTEMPTS = 5;
 
-const userRef = z.object({ tenantId: z.string().min(1).max(64), userId: z.uuid() });
-const code = z.string().regex(/^\d{6}$/, 'must be the 6-digit code from your authenticator');
+// Each command parses its input with the request schema its declaration in libs/contracts names.
 const requests = {
-  start: z.object({ meta: metaSchema, payload: userRef.strict() }).strict(),
-  withCode: z.object({ meta: metaSchema, payload: userRef.extend({ code }).strict() }).strict(),
+  start: authRpc.mfaTotpStart.request,
+  confirm: authRpc.mfaTotpConfirm.request,
+  remove: authRpc.mfaTotpRemove.request,
 };
 
 /** What the second factor says about a sign-in whose password was right. */
@@ -110,7 +109,7 @@ export class MfaService {
     }
   }
 
-  @MessagePattern('cmd.auth.mfa_totp_start')
+  @MessagePattern(authRpc.mfaTotpStart.subject)
   async start(body: unknown): Promise<{ secret: string; otpauthUrl: string }> {
     const { meta, payload } = parseOrThrow(requests.start, body, 'TOTP enrolment');
     this.ownFactor(meta, payload);
@@ -136,9 +135,9 @@ export class MfaService {
   }
 
   /** Confirms a pending factor with a current code; answers the recovery codes, which are never shown again. */
-  @MessagePattern('cmd.auth.mfa_totp_confirm')
+  @MessagePattern(authRpc.mfaTotpConfirm.subject)
   async confirm(body: unknown): Promise<{ recoveryCodes: string[] }> {
-    const { meta, payload } = parseOrThrow(requests.withCode, body, 'TOTP confirmation');
+    const { meta, payload } = parseOrThrow(requests.confirm, body, 'TOTP confirmation');
     this.ownFactor(meta, payload);
     const { tenantId, userId } = payload;
     const recoveryCodes = Array.from({ length: RECOVERY_CODES }, newRecoveryCode);
@@ -159,9 +158,9 @@ export class MfaService {
   }
 
   /** Removes the factor and its recovery codes; needs a current, unused code. */
-  @MessagePattern('cmd.auth.mfa_totp_remove')
+  @MessagePattern(authRpc.mfaTotpRemove.subject)
   async remove(body: unknown): Promise<{ removed: true }> {
-    const { meta, payload } = parseOrThrow(requests.withCode, body, 'TOTP removal');
+    const { meta, payload } = parseOrThrow(requests.remove, body, 'TOTP removal');
     this.ownFactor(meta, payload);
     const { tenantId, userId } = payload;
     const receipt = await this.attempt(userId, () => inTenant(this.ds, tenantId, async (m) => {

@@ -1,45 +1,32 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { DataSource, EntityManager } from 'typeorm';
-import { z } from 'zod';
-import {
-  allPermissions,
-  authEventTypes as A,
-  customRoleSchema,
-  KeelError,
-  newEventId,
-  parseOrThrow,
-  roleAssignmentSchema,
-  roleNameSchema,
-  systemRoles,
-  teamSchema,
-  updateRoleSchema,
-  updateTeamSchema,
-} from '@keel/contracts';
+import { allPermissions, authEventTypes as A, authRpc, KeelError, newEventId, parseOrThrow, systemRoles } from '@keel/contracts';
 import { inTenant } from '@keel/database';
 import { Outbox } from '@keel/event-sourcing';
 import { MessagePattern } from '@keel/messaging';
 import { ProjectionRunner } from '@keel/projections';
 import { AUTH_SCHEMA } from '../database/schema';
-import { AuthMeta, metaSchema, UsersService } from '../users/users.service';
+import { AuthMeta, UsersService } from '../users/users.service';
 import { requireGrantable } from './authority';
 import { roleDecider, RoleCommand, RoleEvent, RoleState } from './role.decider';
 import { RoleCatalog } from './role-catalog';
 
 const S = `"${AUTH_SCHEMA}"`;
 const READ_MODEL_WAIT_MS = 3_000;
-const tenantId = z.string().min(1).max(64);
-const cmd = <P extends z.ZodRawShape>(payload: P) => z.object({ meta: metaSchema, payload: z.object({ tenantId, ...payload }).strict() }).strict();
+// Each command and query parses its input with the request schema its declaration in libs/contracts names.
 const requests = {
-  createRole: cmd({ data: customRoleSchema }),
-  updateRole: cmd({ name: roleNameSchema, data: updateRoleSchema }),
-  deleteRole: cmd({ name: roleNameSchema }),
-  createTeam: cmd({ data: teamSchema }),
-  updateTeam: cmd({ teamId: z.uuid(), data: updateTeamSchema }),
-  deleteTeam: cmd({ teamId: z.uuid() }),
-  grant: cmd({ data: roleAssignmentSchema }),
-  revoke: cmd({ assignmentId: z.uuid() }),
-  scope: z.object({ tenantId }).strict(),
-  assignments: z.object({ tenantId, userId: z.uuid().optional() }).strict(),
+  createRole: authRpc.createRole.request,
+  updateRole: authRpc.updateRole.request,
+  deleteRole: authRpc.deleteRole.request,
+  roles: authRpc.roles.request,
+  createTeam: authRpc.createTeam.request,
+  updateTeam: authRpc.updateTeam.request,
+  deleteTeam: authRpc.deleteTeam.request,
+  teams: authRpc.teams.request,
+  grant: authRpc.grantRole.request,
+  revoke: authRpc.revokeRoleAssignment.request,
+  assignments: authRpc.roleAssignments.request,
+  matrix: authRpc.permissionMatrix.request,
 };
 
 interface Team {
@@ -107,7 +94,7 @@ export class RbacService {
     }
   }
 
-  @MessagePattern('cmd.auth.create_role')
+  @MessagePattern(authRpc.createRole.subject)
   async createRole(body: unknown) {
     const { meta, payload } = parseOrThrow(requests.createRole, body, 'role');
     const { name, description, permissions } = payload.data;
@@ -115,7 +102,7 @@ export class RbacService {
     return { name, description, permissions, system: false, position };
   }
 
-  @MessagePattern('cmd.auth.update_role')
+  @MessagePattern(authRpc.updateRole.subject)
   async updateRole(body: unknown) {
     const { meta, payload } = parseOrThrow(requests.updateRole, body, 'role');
     const { description, permissions } = payload.data;
@@ -123,7 +110,7 @@ export class RbacService {
     return { name: payload.name, description, permissions, system: false, position };
   }
 
-  @MessagePattern('cmd.auth.delete_role')
+  @MessagePattern(authRpc.deleteRole.subject)
   async deleteRole(body: unknown): Promise<{ deleted: true; position: number }> {
     const { meta, payload } = parseOrThrow(requests.deleteRole, body, 'role');
     // Holders are counted in the users read model: bring it up to date first, so a user created
@@ -140,9 +127,9 @@ export class RbacService {
     return { deleted: true, position };
   }
 
-  @MessagePattern('qry.auth.roles')
+  @MessagePattern(authRpc.roles.subject)
   async roles(body: unknown) {
-    const { tenantId: t } = parseOrThrow(requests.scope, body, 'role listing');
+    const { tenantId: t } = parseOrThrow(requests.roles, body, 'role listing');
     const catalog = await this.catalog.roles(t);
     return {
       items: [...catalog].map(([name, permissions]) => ({ name, system: name in systemRoles, permissions })),
@@ -154,7 +141,7 @@ export class RbacService {
     return rows.map((r: { id: string; name: string; parent_id: string | null }) => ({ id: r.id, name: r.name, parentId: r.parent_id }));
   }
 
-  @MessagePattern('cmd.auth.create_team')
+  @MessagePattern(authRpc.createTeam.subject)
   async createTeam(body: unknown): Promise<Team & { position: number }> {
     const { meta, payload } = parseOrThrow(requests.createTeam, body, 'team');
     const id = newEventId();
@@ -170,7 +157,7 @@ export class RbacService {
     return { id, name: payload.data.name, parentId: payload.data.parentId, position };
   }
 
-  @MessagePattern('cmd.auth.update_team')
+  @MessagePattern(authRpc.updateTeam.subject)
   async updateTeam(body: unknown): Promise<Team & { position: number }> {
     const { meta, payload } = parseOrThrow(requests.updateTeam, body, 'team');
     const { team, receipt } = await inTenant(this.ds, payload.tenantId, async (m) => {
@@ -192,7 +179,7 @@ export class RbacService {
     return { ...team, position };
   }
 
-  @MessagePattern('cmd.auth.delete_team')
+  @MessagePattern(authRpc.deleteTeam.subject)
   async deleteTeam(body: unknown): Promise<{ deleted: true; position: number }> {
     const { meta, payload } = parseOrThrow(requests.deleteTeam, body, 'team');
     const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
@@ -210,13 +197,13 @@ export class RbacService {
     return { deleted: true, position };
   }
 
-  @MessagePattern('qry.auth.teams')
+  @MessagePattern(authRpc.teams.subject)
   async listTeams(body: unknown): Promise<{ items: Team[] }> {
-    const q = parseOrThrow(requests.scope, body, 'team listing');
+    const q = parseOrThrow(requests.teams, body, 'team listing');
     return { items: await inTenant(this.ds, q.tenantId, (m) => this.teams(m, q.tenantId)) };
   }
 
-  @MessagePattern('cmd.auth.grant_role')
+  @MessagePattern(authRpc.grantRole.subject)
   async grant(body: unknown) {
     const { meta, payload } = parseOrThrow(requests.grant, body, 'role assignment');
     const { userId, role, teamId } = payload.data;
@@ -246,7 +233,7 @@ export class RbacService {
     return { id, userId, role, teamId: teamId ?? null, position };
   }
 
-  @MessagePattern('cmd.auth.revoke_role_assignment')
+  @MessagePattern(authRpc.revokeRoleAssignment.subject)
   async revokeAssignment(body: unknown): Promise<{ revoked: true; position: number }> {
     const { meta, payload } = parseOrThrow(requests.revoke, body, 'role assignment');
     const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
@@ -259,7 +246,7 @@ export class RbacService {
     return { revoked: true, position };
   }
 
-  @MessagePattern('qry.auth.role_assignments')
+  @MessagePattern(authRpc.roleAssignments.subject)
   async assignments(body: unknown) {
     const q = parseOrThrow(requests.assignments, body, 'role assignments');
     const rows = await inTenant(this.ds, q.tenantId, (m) =>
@@ -276,9 +263,9 @@ export class RbacService {
    * and tenant-scope grants) and, where it adds to that, for each team (grants on the team or
    * any team above it).
    */
-  @MessagePattern('qry.auth.permission_matrix')
+  @MessagePattern(authRpc.permissionMatrix.subject)
   async matrix(body: unknown): Promise<PermissionMatrix> {
-    const { tenantId: t } = parseOrThrow(requests.scope, body, 'permission matrix');
+    const { tenantId: t } = parseOrThrow(requests.matrix, body, 'permission matrix');
     // An access review: every user appended so far is in it, not only those projected (if the
     // read model is far behind, e.g. rebuilding, it answers with what it has rather than 503).
     await this.usersReadModel.catchUp(READ_MODEL_WAIT_MS).catch((error: unknown) => {

@@ -5,13 +5,12 @@ import { z } from 'zod';
 import {
   ACCESS_TOKEN_SECONDS,
   authEventTypes as A,
+  authRpc,
   CommandMeta,
   DEFAULT_TENANT_SETTINGS,
   KeelError,
-  loginSchema,
   newEventId,
   parseOrThrow,
-  refreshSchema,
   SessionInfo,
   TenantSettings,
   TokenPair,
@@ -25,18 +24,20 @@ import { TokenKeys } from '../keys/token-keys';
 import { MfaService } from '../mfa/mfa.service';
 import { Lockout, Outcome } from '../users/lockout';
 import { TenantLookup } from '../users/tenant-lookup';
-import { ARGON2_OPTIONS, metaSchema, UsersService } from '../users/users.service';
+import { ARGON2_OPTIONS, UsersService } from '../users/users.service';
 import { RoleCatalog } from '../rbac/role-catalog';
 import { requireAllowedNetwork } from './allowed-network';
 import { SessionRevoker } from './session-revoker';
 
 const SESSIONS = `"${AUTH_SCHEMA}".sessions`;
-const client = z.object({ ip: z.string().max(64).optional(), userAgent: z.string().max(512).optional(), correlationId: z.string().min(1).max(200) }).strict();
+// Each command and query parses its input with the request schema its declaration in libs/contracts names.
 const requests = {
-  login: z.object({ client, payload: loginSchema }).strict(),
-  refresh: z.object({ client, payload: refreshSchema }).strict(),
-  revoke: z.object({ meta: metaSchema, payload: z.object({ tenantId: z.string().min(1).max(64), sessionId: z.uuid(), onlyOfUser: z.uuid().optional() }).strict() }).strict(),
-  list: z.object({ tenantId: z.string().min(1).max(64), userId: z.uuid().optional(), activeOnly: z.boolean().default(true), limit: z.number().int().min(1).max(500).default(100) }).strict(),
+  login: authRpc.login.request,
+  refresh: authRpc.refresh.request,
+  revoke: authRpc.revokeSession.request,
+  list: authRpc.sessions.request,
+  jwks: authRpc.jwks.request,
+  rotate: authRpc.rotateSigningKey.request,
 };
 
 /** A hash to verify against when the account does not exist, so timing does not tell. */
@@ -61,7 +62,7 @@ export class SessionsService {
     return new KeelError('invalid_credentials', 'The email, password or tenant is not right.');
   }
 
-  @MessagePattern('cmd.auth.login')
+  @MessagePattern(authRpc.login.subject)
   async login(body: unknown): Promise<TokenPair> {
     const { client: c, payload } = parseOrThrow(requests.login, body, 'sign-in');
     let tenantId = 'platform';
@@ -185,7 +186,7 @@ export class SessionsService {
    * role change or a re-enable), and are read before the token turns: a failure there leaves
    * the presented token valid.
    */
-  @MessagePattern('cmd.auth.refresh')
+  @MessagePattern(authRpc.refresh.subject)
   async refresh(body: unknown): Promise<TokenPair> {
     const { client: c, payload } = parseOrThrow(requests.refresh, body, 'refresh');
     const [sessionId, secret] = payload.refreshToken.split('.');
@@ -259,7 +260,7 @@ export class SessionsService {
     return this.tokens(userId, tenantId, sessionId, next, roles, Number(rotated[0]!.seconds_left));
   }
 
-  @MessagePattern('cmd.auth.revoke_session')
+  @MessagePattern(authRpc.revokeSession.subject)
   async revoke(body: unknown): Promise<{ revoked: boolean }> {
     const { meta, payload } = parseOrThrow(requests.revoke, body, 'session revocation');
     const revoked = await this.revoker.revokeOne(payload.tenantId, payload.sessionId, 'revoked', meta, payload.onlyOfUser);
@@ -267,7 +268,7 @@ export class SessionsService {
     return { revoked };
   }
 
-  @MessagePattern('qry.auth.sessions')
+  @MessagePattern(authRpc.sessions.subject)
   async list(body: unknown): Promise<{ items: SessionInfo[] }> {
     const q = parseOrThrow(requests.list, body, 'session listing');
     const rows = await tenantQuery(
@@ -286,14 +287,15 @@ export class SessionsService {
     };
   }
 
-  @MessagePattern('qry.auth.jwks')
-  async jwks() {
+  @MessagePattern(authRpc.jwks.subject)
+  async jwks(body: unknown) {
+    parseOrThrow(requests.jwks, body ?? {}, 'key set');
     return this.keys.jwks();
   }
 
-  @MessagePattern('cmd.auth.rotate_signing_key')
+  @MessagePattern(authRpc.rotateSigningKey.subject)
   async rotate(body: unknown): Promise<{ kid: string; position: number }> {
-    const { meta } = parseOrThrow(z.object({ meta: metaSchema }).strict(), body, 'key rotation');
+    const { meta } = parseOrThrow(requests.rotate, body, 'key rotation');
     const rotated = await this.keys.rotate(meta);
     return { kid: rotated.kid, position: rotated.position };
   }

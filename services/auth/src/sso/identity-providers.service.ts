@@ -1,8 +1,7 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { DataSource } from 'typeorm';
-import { z } from 'zod';
 import { KeelConfig } from '@keel/config';
-import { CommandResult, createIdentityProviderSchema, FieldError, IdentityProvider, IdentityProviderInput, KeelError, newEventId, parseOrThrow, rolesGrantedBy, ssoEventTypes as E, tenantIdSchema, updateIdentityProviderSchema } from '@keel/contracts';
+import { CommandResult, FieldError, IdentityProvider, IdentityProviderInput, KeelError, newEventId, parseOrThrow, rolesGrantedBy, ssoEventTypes as E, ssoRpc } from '@keel/contracts';
 import { kekFrom, open, seal } from '@keel/crypto';
 import { inTenant, tenantQuery } from '@keel/database';
 import { Outbox } from '@keel/event-sourcing';
@@ -12,19 +11,18 @@ import { RbacService } from '../rbac/rbac.service';
 import { requireGrantable } from '../rbac/authority';
 import { RoleCatalog } from '../rbac/role-catalog';
 import { TenantLookup } from '../users/tenant-lookup';
-import { AuthMeta, metaSchema } from '../users/users.service';
+import { AuthMeta } from '../users/users.service';
 import { OidcClient, ProviderUnusable } from './oidc-client';
 
 const PROVIDERS = `"${AUTH_SCHEMA}".identity_providers`;
 
-const scope = z.object({ tenantId: tenantIdSchema });
-const providerRef = scope.extend({ providerId: z.uuid() });
+// Each command and query parses its input with the request schema its declaration in libs/contracts names.
 const requests = {
-  create: z.object({ meta: metaSchema, payload: scope.extend({ data: createIdentityProviderSchema }).strict() }).strict(),
-  update: z.object({ meta: metaSchema, payload: providerRef.extend({ data: updateIdentityProviderSchema }).strict() }).strict(),
-  remove: z.object({ meta: metaSchema, payload: providerRef.strict() }).strict(),
-  get: providerRef.strict(),
-  list: scope.strict(),
+  create: ssoRpc.createIdentityProvider.request,
+  update: ssoRpc.updateIdentityProvider.request,
+  remove: ssoRpc.deleteIdentityProvider.request,
+  get: ssoRpc.identityProvider.request,
+  list: ssoRpc.identityProviders.request,
 };
 
 interface ProviderRow {
@@ -95,7 +93,7 @@ export class IdentityProvidersService {
     }
   }
 
-  @MessagePattern('cmd.auth.create_identity_provider')
+  @MessagePattern(ssoRpc.createIdentityProvider.subject)
   async create(body: unknown): Promise<CommandResult<IdentityProvider>> {
     const { meta, payload } = parseOrThrow(requests.create, body, 'identity provider');
     const { tenantId, data } = payload;
@@ -116,7 +114,7 @@ export class IdentityProvidersService {
   }
 
   /** Replaces the provider's settings; an omitted client secret keeps the current one. Honours the expected version. */
-  @MessagePattern('cmd.auth.update_identity_provider')
+  @MessagePattern(ssoRpc.updateIdentityProvider.subject)
   async update(body: unknown): Promise<CommandResult<IdentityProvider>> {
     const { meta, payload } = parseOrThrow(requests.update, body, 'identity provider');
     const { tenantId, providerId, data } = payload;
@@ -149,7 +147,7 @@ export class IdentityProvidersService {
   }
 
   /** Deletes the provider; its links to users go with it (the users stay, and keep their sessions until they end). */
-  @MessagePattern('cmd.auth.delete_identity_provider')
+  @MessagePattern(ssoRpc.deleteIdentityProvider.subject)
   async remove(body: unknown): Promise<{ position: number }> {
     const { meta, payload } = parseOrThrow(requests.remove, body, 'identity provider deletion');
     const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
@@ -167,13 +165,13 @@ export class IdentityProvidersService {
     return { position: (await this.outbox.sent(receipt)).position };
   }
 
-  @MessagePattern('qry.auth.identity_provider')
+  @MessagePattern(ssoRpc.identityProvider.subject)
   async get(body: unknown): Promise<IdentityProvider> {
     const q = parseOrThrow(requests.get, body, 'identity provider lookup');
     return this.find(q.tenantId, q.providerId);
   }
 
-  @MessagePattern('qry.auth.identity_providers')
+  @MessagePattern(ssoRpc.identityProviders.subject)
   async list(body: unknown): Promise<{ items: IdentityProvider[] }> {
     const q = parseOrThrow(requests.list, body, 'identity provider listing');
     const rows: ProviderRow[] = await tenantQuery(this.ds, q.tenantId, `SELECT * FROM ${PROVIDERS} WHERE tenant_id = $1 ORDER BY created_at, id`, [q.tenantId]);

@@ -3,19 +3,15 @@ import * as argon2 from 'argon2';
 import { DataSource, EntityManager } from 'typeorm';
 import { z } from 'zod';
 import {
-  actorSchema,
   AUTH_CONTEXT,
-  changePasswordSchema,
+  authMetaSchema,
+  authRpc,
   CommandMeta,
   CommandResult,
-  createUserSchema,
   KeelError,
   newEventId,
   Page,
   parseOrThrow,
-  profileSchema,
-  resetPasswordSchema,
-  setRolesSchema,
   User,
 } from '@keel/contracts';
 import { inTenant, tenantQuery } from '@keel/database';
@@ -31,29 +27,19 @@ import { OverUser, UserCommand, userDecider, UserEvent, UserState } from './user
 /** OWASP's Argon2id minimum (19 MiB, 2 passes, 1 lane): ~35 sign-ins/s per core here. */
 export const ARGON2_OPTIONS = { type: argon2.argon2id, memoryCost: 19_456, timeCost: 2, parallelism: 1 } as const;
 
-export const metaSchema = z
-  .object({
-    actor: actorSchema,
-    correlationId: z.string().min(1).max(200),
-    expectedVersion: z.number().int().min(0).optional(),
-    commandId: z.string().min(1).max(200).optional(),
-    /** What the caller holds ("*" for the operator), so nobody grants what they do not hold. */
-    permissions: z.union([z.literal('*'), z.array(z.string())]),
-  })
-  .strict();
-export type AuthMeta = z.infer<typeof metaSchema>;
+/** Command metadata of every auth command, with what the caller holds (the contract's `authMetaSchema`). */
+export type AuthMeta = z.infer<typeof authMetaSchema>;
 
-const scope = z.object({ tenantId: z.string().min(1).max(64) });
-const userRef = scope.extend({ userId: z.uuid() });
+// Each command and query parses its input with the request schema its declaration in libs/contracts names.
 const requests = {
-  create: z.object({ meta: metaSchema, payload: scope.extend({ data: createUserSchema }).strict() }).strict(),
-  status: z.object({ meta: metaSchema, payload: userRef.extend({ status: z.enum(['active', 'disabled']) }).strict() }).strict(),
-  roles: z.object({ meta: metaSchema, payload: userRef.extend({ data: setRolesSchema }).strict() }).strict(),
-  profile: z.object({ meta: metaSchema, payload: userRef.extend({ data: profileSchema }).strict() }).strict(),
-  reset: z.object({ meta: metaSchema, payload: userRef.extend({ data: resetPasswordSchema }).strict() }).strict(),
-  change: z.object({ meta: metaSchema, payload: userRef.extend({ data: changePasswordSchema }).strict() }).strict(),
-  get: userRef.strict(),
-  list: scope.extend({ cursor: z.uuid().optional(), limit: z.number().int().min(1).max(500).default(50) }).strict(),
+  create: authRpc.createUser.request,
+  status: authRpc.setUserStatus.request,
+  roles: authRpc.setUserRoles.request,
+  profile: authRpc.updateProfile.request,
+  reset: authRpc.resetPassword.request,
+  change: authRpc.changePassword.request,
+  get: authRpc.user.request,
+  list: authRpc.users.request,
 };
 
 /** The password change is on the log but its hash did not land: the old password still signs in. */
@@ -135,7 +121,7 @@ export class UsersService {
     return { state: this.view(tenantId, userId, r.state, r.version), version: r.version, position: r.position };
   }
 
-  @MessagePattern('cmd.auth.create_user')
+  @MessagePattern(authRpc.createUser.subject)
   async create(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.create, body, 'user');
     const { email, name, roles, password } = payload.data;
@@ -271,7 +257,7 @@ export class UsersService {
     );
   }
 
-  @MessagePattern('cmd.auth.set_user_status')
+  @MessagePattern(authRpc.setUserStatus.subject)
   async setStatus(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.status, body, 'user status');
     const authority = await this.overUser(meta, payload.tenantId, payload.userId);
@@ -281,7 +267,7 @@ export class UsersService {
     return result;
   }
 
-  @MessagePattern('cmd.auth.set_user_roles')
+  @MessagePattern(authRpc.setUserRoles.subject)
   async setRoles(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.roles, body, 'roles');
     const authority = await this.overUser(meta, payload.tenantId, payload.userId);
@@ -294,14 +280,14 @@ export class UsersService {
     return this.run(tenantId, userId, { type: 'set_roles', data: { roles }, authority }, byProvider);
   }
 
-  @MessagePattern('cmd.auth.update_profile')
+  @MessagePattern(authRpc.updateProfile.subject)
   async updateProfile(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.profile, body, 'profile');
     await this.load(payload.tenantId, payload.userId);
     return this.run(payload.tenantId, payload.userId, { type: 'update_profile', data: payload.data }, meta);
   }
 
-  @MessagePattern('cmd.auth.reset_password')
+  @MessagePattern(authRpc.resetPassword.subject)
   async resetPassword(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.reset, body, 'password reset');
     const command: UserCommand = { type: 'reset_password', password: payload.data.password, authority: await this.overUser(meta, payload.tenantId, payload.userId) };
@@ -318,7 +304,7 @@ export class UsersService {
     return result;
   }
 
-  @MessagePattern('cmd.auth.change_password')
+  @MessagePattern(authRpc.changePassword.subject)
   async changePassword(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.change, body, 'password change');
     const user = await this.load(payload.tenantId, payload.userId);
@@ -332,14 +318,14 @@ export class UsersService {
     return result;
   }
 
-  @MessagePattern('qry.auth.user')
+  @MessagePattern(authRpc.user.subject)
   async get(body: unknown): Promise<User> {
     const q = parseOrThrow(requests.get, body, 'user lookup');
     const loaded = await this.load(q.tenantId, q.userId);
     return this.view(q.tenantId, q.userId, loaded.state, loaded.version);
   }
 
-  @MessagePattern('qry.auth.users')
+  @MessagePattern(authRpc.users.subject)
   async list(body: unknown): Promise<Page<User>> {
     const q = parseOrThrow(requests.list, body, 'user listing');
     const rows = await tenantQuery(

@@ -4,6 +4,7 @@ import { Parser } from '@asyncapi/parser';
 import { allRoutes, allRpcs, commands, queries, rpcs } from './api';
 import { asyncApiDocument } from './asyncapi';
 import { eventSchemas } from './events';
+import * as contracts from './index';
 
 type Json = Record<string, any>;
 
@@ -57,7 +58,14 @@ describe('the declarations', () => {
     const root = join(__dirname, '..', '..', '..');
     const served = new Set<string>();
     for (const file of [...sources(join(root, 'services')), ...sources(join(root, 'libs'))]) {
-      for (const m of readFileSync(file, 'utf8').matchAll(/@MessagePattern\(\s*'([^']+)'/g)) served.add(m[1]!);
+      const text = readFileSync(file, 'utf8');
+      for (const m of text.matchAll(/@MessagePattern\(\s*'([^']+)'/g)) served.add(m[1]!);
+      // `@MessagePattern(authRpc.createRole.subject)`: the declaration itself, looked up here.
+      for (const m of text.matchAll(/@MessagePattern\(\s*(\w+)\.(\w+)\.subject\s*\)/g)) {
+        const decl = (contracts as unknown as Record<string, Record<string, { subject?: string }> | undefined>)[m[1]!]?.[m[2]!];
+        expect({ file, pattern: m[0], declared: typeof decl?.subject === 'string' }).toEqual({ file, pattern: m[0], declared: true });
+        served.add(decl!.subject!);
+      }
     }
     expect(served.size).toBeGreaterThan(40);
     const declared = new Set(allRpcs().map((d) => d.subject));

@@ -139,6 +139,9 @@ export const identityProviderAnswerSchema = identityProviderSchema.extend({ posi
 const providerRef = { tenantId: z.uuid(), providerId: z.uuid() };
 const ssoCommand = <S extends z.ZodRawShape>(shape: S) => z.object({ meta: authMetaSchema, payload: z.object(shape).strict() }).strict();
 
+/** An absolute URL of at most 2,048 characters (callbacks and redirects). */
+const absoluteUrl = text().max(2048).pipe(z.url());
+
 export const ssoRpc = {
   createIdentityProvider: command('auth', 'create_identity_provider', {
     summary: 'Add an identity provider', request: ssoCommand({ tenantId: z.uuid(), data: createIdentityProviderSchema }), response: identityProviderResultSchema,
@@ -156,11 +159,11 @@ export const ssoRpc = {
         client: clientSchema,
         payload: z
           .object({
-            tenant: text().min(1).max(63),
+            tenant: slugSchema,
             providerId: z.uuid(),
-            callbackUrl: text().max(2048),
+            callbackUrl: absoluteUrl,
             browserBinding: text().min(32).max(128),
-            redirectUri: text().max(2048).optional(),
+            redirectUri: absoluteUrl.optional(),
           })
           .strict(),
       })

@@ -7,8 +7,7 @@ import { ALL_TENANTS, inTenant, scopeTransaction } from '@keel/database';
 import { PublicJwk, verifyCheckpoint } from '../signing/signing-keys';
 import { chainHash, GENESIS_HASH } from './hash-chain';
 import { asRawRecord, entryHash, LedgerRecord } from './ledger-entry';
-import { HASH, PREV_HASH, SEQ, VerifyRow, VERIFY_COLUMNS } from './verify-entry';
-import { checkInline, ContentFailure, VerifyPool } from './verify-pool';
+import { entryProblem, HASH, PREV_HASH, SEQ, VerifyRow, VERIFY_COLUMNS } from './verify-entry';
 
 const LEDGER = `"${AUDIT_SCHEMA}".ledger`;
 const CHECKPOINTS = `"${AUDIT_SCHEMA}".checkpoints`;
@@ -108,9 +107,6 @@ function toEntry(row: LedgerRow): LedgerEntry {
 }
 
 export class LedgerRepository {
-  /** Worker threads for verification, started on its first use. */
-  private pool?: VerifyPool;
-
   constructor(private readonly ds: DataSource) {}
 
   async tail(manager?: Sql): Promise<Tail> {
@@ -388,63 +384,26 @@ export class LedgerRepository {
       p.catch(() => undefined); // a page no longer wanted after a failure must not go unhandled
       return p;
     };
-    // Links and checkpoints are checked here, in order; the content of each page (parse, hash,
-    // indexed columns) on the worker threads meanwhile, or inline where there are none. The first
-    // entry that fails any check is the answer; at one entry the order is: present, linked,
-    // content, checkpoint (as it always was).
-    const pool = VerifyPool.available() ? (this.pool ??= new VerifyPool()) : undefined;
-    const contents: { first: number; check: Promise<ContentFailure | null> }[] = [];
-    let settled = 0;
-    /** The first content failure among the pages checked so far, waiting for at most `keep` still in flight. */
-    const contentFailure = async (keep: number): Promise<VerifyResult | null> => {
-      while (contents.length - settled > keep) {
-        const { first, check } = contents[settled]!;
-        const found = await check;
-        settled++;
-        if (found) {
-          const seq = first + found.index;
-          return { ok: false, checked: seq - fromSeq, lastSeq: seq > fromSeq ? seq - 1 : null, firstInvalidSeq: seq, problem: found.problem };
-        }
-      }
-      return null;
-    };
-    const checkContent = (rows: VerifyRow[]) => {
-      if (!rows.length) return;
-      const first = Number(rows[0]![SEQ]);
-      const check = pool ? pool.check(rows) : Promise.resolve(checkInline(rows));
-      check.catch(() => undefined); // awaited in order below; one not reached after a failure must not go unhandled
-      contents.push({ first, check });
-    };
     let pending = page(expected);
-    let stopped: VerifyResult | null = null;
-    scan: for (;;) {
+    for (;;) {
       const rows = await pending;
       if (!rows.length) break;
       pending = rows.length < PAGE ? Promise.resolve([]) : page(Number(rows[rows.length - 1]![SEQ]) + 1);
-      for (let i = 0; i < rows.length; i++) {
-        const row = rows[i]!;
+      for (const row of rows) {
         const seq = Number(row[SEQ]);
-        if (seq !== expected) {
-          checkContent(rows.slice(0, i));
-          stopped = fail(expected, `entry ${expected} is missing (next present is ${seq})`);
-          break scan;
-        }
-        if (row[PREV_HASH] !== prev) {
-          checkContent(rows.slice(0, i));
-          stopped = fail(seq, 'prev_hash does not link to the previous entry');
-          break scan;
-        }
+        if (seq !== expected) return fail(expected, `entry ${expected} is missing (next present is ${seq})`);
+        if (row[PREV_HASH] !== prev) return fail(seq, 'prev_hash does not link to the previous entry');
+        const problem = entryProblem(row);
+        if (problem !== null) return fail(seq, problem);
         const hash = row[HASH];
         const cp = signed.get(seq);
         if (cp) {
-          let problem: string | null = null;
-          if (!verifyCheckpoint(cp.jwk, cp)) problem = `the signature of checkpoint ${seq} does not verify`;
-          else if (cp.hash !== hash) problem = `entry ${seq} differs from its signed checkpoint: the chain was rewritten somewhere in ${lastGoodCheckpoint + 1}..${seq}`;
-          if (problem !== null) {
-            // This entry's own content comes first.
-            checkContent(rows.slice(0, i + 1));
-            stopped = fail(seq, problem);
-            break scan;
+          if (!verifyCheckpoint(cp.jwk, cp)) return fail(seq, `the signature of checkpoint ${seq} does not verify`);
+          if (cp.hash !== hash) {
+            return fail(
+              seq,
+              `entry ${seq} differs from its signed checkpoint: the chain was rewritten somewhere in ${lastGoodCheckpoint + 1}..${seq}`,
+            );
           }
           lastGoodCheckpoint = seq;
         }
@@ -453,13 +412,7 @@ export class LedgerRepository {
         checked++;
         lastSeq = seq;
       }
-      checkContent(rows);
-      const found = await contentFailure(4);
-      if (found) return found;
     }
-    const found = await contentFailure(0);
-    if (found) return found;
-    if (stopped) return stopped;
     // A signed checkpoint beyond the last entry proves entries were there that are gone now.
     const beyond = [...signed.keys()].filter((seq) => seq > (lastSeq ?? fromSeq - 1));
     if (beyond.length) {

@@ -201,6 +201,36 @@ describe('identity and access', () => {
     expect(await refusedWithin(client, `/api/v1/tenants/${tenants.alpha!.id}`, revokedAt, 1_000)).toBeLessThan(1_000);
   });
 
+  it('ends the oldest session beyond maxConcurrentSessions, and the ledger records why', async () => {
+    const t = await createTenant('sessions-cap');
+    const capped = await operator('PATCH', `/api/v1/tenants/${t.id}/settings`, { body: { maxConcurrentSessions: 2 } });
+    expect(capped.status).toBe(200);
+    // The user is made after the change: the auth service reads the tenant (and its settings) then.
+    await createUser(t.id, 'cap@sessions.test', ['viewer']);
+    const first = (await loginUntil(t.slug, 'cap@sessions.test', 200)).body.accessToken as string;
+    await login(t.slug, 'cap@sessions.test');
+    expect((await as(first)('GET', `/api/v1/tenants/${t.id}`)).status).toBe(200);
+
+    const third = await login(t.slug, 'cap@sessions.test');
+    const revokedAt = Date.now();
+    expect(third.status).toBe(200);
+    expect(await refusedWithin(as(first), `/api/v1/tenants/${t.id}`, revokedAt, 1_000)).toBeLessThan(1_000);
+    expect((await as(third.body.accessToken)('GET', `/api/v1/tenants/${t.id}`)).status).toBe(200);
+
+    // In the ledger: the first session's end, and why.
+    type Entry = { event: { type: string; aggregateId: string; data: { reason?: string } } };
+    const revocations = (items: Entry[]) => items.filter((i) => i.event.type === 'auth.session.revoked');
+    const entries = await eventually(
+      () => operator('GET', `/api/v1/audit/events?tenantId=${t.id}&type=auth.session.revoked`),
+      (r) => r.status === 200 && revocations(r.body.items).length === 1,
+      { what: 'the revocation in the ledger' },
+    );
+    expect(revocations(entries.body.items)[0]!.event.data).toEqual({ reason: 'max_concurrent_sessions' });
+    // Every entry of the tenant is a valid envelope (no decision split across aggregates is an incident).
+    const incidents = await operator('GET', '/api/v1/admin/ledger/incidents?limit=1000');
+    expect(incidents.body.items.filter((i: { event?: { tenantId?: string }[] | { tenantId?: string } }) => JSON.stringify(i).includes(t.id))).toEqual([]);
+  });
+
   it('keeps verifying tokens of a rotated-out key; refuses forged and alg:none tokens', async () => {
     const before = (await login('alpha', 'admin@alpha.test')).body.accessToken;
     const rotated = await operator('POST', '/api/v1/admin/signing-keys/rotate');

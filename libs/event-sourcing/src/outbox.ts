@@ -1,6 +1,6 @@
 import { headers as natsHeaders, PubAck } from 'nats';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
-import { CommandMeta, contextOf, EventEnvelope, eventSubject, KeelError, nameBasedUuid, newEventId, validateEnvelope, validateEventBody } from '@keel/contracts';
+import { CommandMeta, EventEnvelope, eventSubject, KeelError, nameBasedUuid, newEventId, validateEnvelope, validateEventBody } from '@keel/contracts';
 import { AdvisoryLeadership, tenantPolicySql } from '@keel/database';
 import { CORRELATION_HEADER, Messaging } from '@keel/messaging';
 
@@ -13,11 +13,13 @@ import { CORRELATION_HEADER, Messaging } from '@keel/messaging';
  * marks it sent in a separate short statement. A crash between publish and mark republishes;
  * the stream's duplicate window and the event id make that a no-op.
  *
- * A decision of several events (one `add` or `record` call) is one entry and one stream message,
- * a JSON array of its envelopes, as `EventStore.append` publishes one (nats-server 2.9 has no atomic
- * batch publish): every reader gets all of them or none. They share one stream position, and must
- * share tenant, context and aggregate type, so that every subject filter that matches one of them
- * matches the message (its subject is the first event's).
+ * A decision's events of one aggregate (one `add` or `record` call) are one entry and one stream
+ * message, a JSON array of their envelopes, as `EventStore.append` publishes them (nats-server 2.9
+ * has no atomic batch publish): every reader gets all of them or none, at one stream position, on
+ * that aggregate's subject. A decision that touches several aggregates (a user's sessions revoked
+ * at once) is one entry per aggregate, committed together and published in order, pipelined: a
+ * reader can see the first ones a moment before the rest, never a later one without an earlier
+ * one, and all of them land (the entries are durable).
  */
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -258,7 +260,7 @@ export class Outbox {
    */
   async add(m: EntityManager, envelopes: EventEnvelope[]): Promise<OutboxReceipt> {
     if (!envelopes.length) return { eventIds: [], envelopes: [], entryIds: [] };
-    const rows = [this.prepareDecision(envelopes)];
+    const rows = this.prepareDecision(envelopes);
     this.counts.set(m, (this.counts.get(m) ?? 0) + envelopes.length);
     try {
       await m.query(
@@ -280,25 +282,28 @@ export class Outbox {
   }
 
   /**
-   * One decision's entry: a single envelope as it is, several as one JSON array (one message,
-   * all or none), identified by the first event's id.
+   * A decision's entries: each run of consecutive events of one aggregate is one entry (a single
+   * envelope as it is, several as one JSON array: one message, all or none), identified by its
+   * first event's id.
    */
-  private prepareDecision(envelopes: EventEnvelope[]): PreparedEntry {
-    const [first, ...rest] = this.prepare(envelopes);
-    if (!rest.length) return first!;
-    const head = envelopes[0]!;
-    const odd = envelopes.find((e) => e.tenantId !== head.tenantId || e.aggregateType !== head.aggregateType || contextOf(e.type) !== contextOf(head.type));
-    if (odd) {
-      throw new Error(
-        `One decision's events must share tenant, context and aggregate type to be one message: ${head.type} (${head.tenantId}/${head.aggregateType}) and ${odd.type} (${odd.tenantId}/${odd.aggregateType}).`,
-      );
-    }
-    const envelope = `[${[first!, ...rest].map((r) => r.envelope).join(',')}]`;
+  private prepareDecision(envelopes: EventEnvelope[]): PreparedEntry[] {
+    const prepared = this.prepare(envelopes);
+    const key = (e: EventEnvelope) => `${e.tenantId}\u0000${e.aggregateType}\u0000${e.aggregateId}`;
+    const runs: { entries: PreparedEntry[] }[] = [];
+    envelopes.forEach((e, i) => {
+      const last = runs[runs.length - 1];
+      if (last && key(envelopes[i - 1]!) === key(e)) last.entries.push(prepared[i]!);
+      else runs.push({ entries: [prepared[i]!] });
+    });
     const max = this.o.messaging.nc.info?.max_payload ?? 1024 * 1024;
-    if (Buffer.byteLength(envelope) > max - 1024) {
-      throw new KeelError('payload_too_large', `These ${envelopes.length} events are together larger than the event log accepts as one message (${max} bytes); change fewer at once.`);
-    }
-    return { ...first!, envelope };
+    return runs.map(({ entries }) => {
+      if (entries.length === 1) return entries[0]!;
+      const envelope = `[${entries.map((r) => r.envelope).join(',')}]`;
+      if (Buffer.byteLength(envelope) > max - 1024) {
+        throw new KeelError('payload_too_large', `These ${entries.length} events of one aggregate are together larger than the event log accepts as one message (${max} bytes); change less at once.`);
+      }
+      return { ...entries[0]!, envelope };
+    });
   }
 
   /**

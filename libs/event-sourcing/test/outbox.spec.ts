@@ -254,13 +254,14 @@ describe('Outbox', () => {
     expect((await admin.query(`SELECT items FROM "${SCHEMA}".carts WHERE id = $1`, [id])).rows).toEqual([{ items: 1 }]);
   });
 
-  it('publishes a decision of several events as one message: every reader gets all of them or none, at one position', async () => {
+  it('publishes a decision of several events of one aggregate as one message: every reader gets all of them or none, at one position', async () => {
     const relay = outbox();
     await relay.start();
-    const ids = [cartId(), cartId(), cartId()];
+    const id = cartId();
+    const events: OutboxEvent[] = [1, 2, 3].map((version) => ({ tenantId: 't1', aggregateType: 'cart', aggregateId: id, version, type: 'shop.cart.items_added', data: { items: version } }));
     const receipt = await inTenant(writeDs, 't1', async (tx: EntityManager) => {
-      for (const id of ids) await tx.query(`INSERT INTO "${SCHEMA}".carts (id, tenant_id, items, version) VALUES ($1, 't1', 0, 1)`, [id]);
-      return relay.record(tx, ids.map((id) => ({ tenantId: 't1', aggregateType: 'cart', aggregateId: id, version: 1, type: 'shop.cart.emptied', data: {} })), meta);
+      await tx.query(`INSERT INTO "${SCHEMA}".carts (id, tenant_id, items, version) VALUES ($1, 't1', 6, 3)`, [id]);
+      return relay.record(tx, events, meta);
     });
     expect(receipt.eventIds).toHaveLength(3);
     expect(receipt.entryIds).toEqual([receipt.eventIds[0]]);
@@ -270,22 +271,33 @@ describe('Outbox', () => {
     const stored = await store.readPosition(position);
     expect(stored?.events).toEqual(receipt.envelopes);
     expect(stored?.headers?.get('Nats-Msg-Id')).toBe(receipt.eventIds[0]);
-    // Read by aggregate: each cart's event is found (at the shared position) under the subject filter of its kind.
-    const heard = await store.readSubject(`${config.KEEL_SUBJECT_PREFIX}evt.*.shop.cart.*`, position - 1);
-    expect(heard.filter((p) => p.position === position).map((p) => p.event.aggregateId)).toEqual(ids);
-    const [row] = (await admin.query(`SELECT count(*)::int AS n, min(position) AS position FROM "${SCHEMA}".outbox WHERE event_id = ANY($1::uuid[])`, [receipt.eventIds])).rows;
-    expect(row).toEqual({ n: 1, position: String(position) });
+    // Read by its aggregate's subject: all three, in order, at the one position.
+    expect((await onStream('t1', id)).map((p) => [p.position, p.event.aggregateVersion])).toEqual([
+      [position, 1],
+      [position, 2],
+      [position, 3],
+    ]);
   });
 
-  it('refuses a decision whose events another aggregate type\'s subject filter would split, writing nothing', async () => {
+  it('publishes a decision over several aggregates as one message per aggregate, in order, each on its own subject', async () => {
     const relay = outbox();
-    const id = cartId();
-    const mixed: OutboxEvent[] = [
-      { tenantId: 't1', aggregateType: 'cart', aggregateId: id, version: 1, type: 'shop.cart.emptied', data: {} },
-      { tenantId: 't1', aggregateType: 'order', aggregateId: id, version: 1, type: 'shop.order.placed', data: {} },
+    await relay.start();
+    const [a, b] = [cartId(), cartId()];
+    const events: OutboxEvent[] = [
+      { tenantId: 't1', aggregateType: 'cart', aggregateId: a, version: 1, type: 'shop.cart.emptied', data: {} },
+      { tenantId: 't1', aggregateType: 'cart', aggregateId: a, version: 2, type: 'shop.cart.items_added', data: { items: 1 } },
+      { tenantId: 't1', aggregateType: 'cart', aggregateId: b, version: 1, type: 'shop.cart.emptied', data: {} },
     ];
-    await expect(inTenant(writeDs, 't1', (tx) => relay.record(tx, mixed, meta))).rejects.toThrow(/must share tenant, context and aggregate type/);
-    expect((await admin.query(`SELECT count(*)::int AS n FROM "${SCHEMA}".outbox WHERE envelope::text LIKE $1`, [`%${id}%`])).rows[0].n).toBe(0);
+    const receipt = await inTenant(writeDs, 't1', (tx: EntityManager) => relay.record(tx, events, meta));
+    expect(receipt.entryIds).toEqual([receipt.eventIds[0], receipt.eventIds[2]]);
+    const { positions } = await relay.sent(receipt);
+
+    expect(positions[1]).toBeGreaterThan(positions[0]!);
+    expect((await onStream('t1', a)).map((p) => [p.position, p.event.aggregateVersion])).toEqual([
+      [positions[0], 1],
+      [positions[0], 2],
+    ]);
+    expect((await onStream('t1', b)).map((p) => [p.position, p.event.type])).toEqual([[positions[1], 'shop.cart.emptied']]);
   });
 
   it('refuses an envelope that does not validate, writing nothing', async () => {

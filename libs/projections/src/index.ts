@@ -2,3 +2,4 @@ export * from './projection';
 export * from './projection-runner';
 export * from './shadow';
 export * from './projection-admin';
+export * from './folded-rows';

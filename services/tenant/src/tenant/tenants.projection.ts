@@ -1,7 +1,7 @@
 import { EntityManager } from 'typeorm';
 import { EventEnvelope, PositionedEvent, Tenant, TenantEvent, tenantEventTypes as T } from '@keel/contracts';
 import { PermanentEventError } from '@keel/messaging';
-import { Projection } from '@keel/projections';
+import { applyFolded, FoldedRows, Projection } from '@keel/projections';
 import { TenantCache } from './tenant-cache';
 
 /** Unqualified: the role's search_path is its schema, and a rebuild points it at the shadow schema. */
@@ -17,9 +17,11 @@ export interface TenantRow {
   status: Tenant['status'];
   suspended_reason: string | null;
   version: number;
-  position: string;
-  created_at: Date;
-  updated_at: Date;
+  /** A bigint: a string as Postgres answers it, a number as an event gives it. */
+  position: string | number;
+  /** A Date as Postgres answers it, an ISO time as an event gives it. */
+  created_at: Date | string;
+  updated_at: Date | string;
 }
 
 export function rowToTenant(r: TenantRow): Tenant {
@@ -33,8 +35,8 @@ export function rowToTenant(r: TenantRow): Tenant {
     status: r.status,
     suspendedReason: r.suspended_reason,
     version: r.version,
-    createdAt: r.created_at.toISOString(),
-    updatedAt: r.updated_at.toISOString(),
+    createdAt: new Date(r.created_at).toISOString(),
+    updatedAt: new Date(r.updated_at).toISOString(),
   };
 }
 
@@ -46,69 +48,12 @@ export class TenantsProjection implements Projection {
 
   constructor(private readonly cache: TenantCache) {}
 
-  /** Applies events in order; runs of creations become one multi-row INSERT. Returns the rows written. */
-  async apply(m: EntityManager, events: PositionedEvent[]): Promise<TenantRow[]> {
-    const written = new Map<string, TenantRow>();
-    let creations: PositionedEvent[] = [];
-    const flush = async () => {
-      if (!creations.length) return;
-      const params: unknown[] = [];
-      const tuples = creations.map(({ position, event }) => {
-        const e = event as EventEnvelope & Extract<TenantEvent, { type: typeof T.created }>;
-        const values = [e.aggregateId, e.aggregateVersion, position, e.occurredAt, e.data.slug, e.data.name, e.data.plan, JSON.stringify(e.data.quotas), JSON.stringify(e.data.settings)];
-        const base = params.length;
-        params.push(...values);
-        const p = (i: number) => `$${base + i}`;
-        return `(${p(1)}, ${p(2)}, ${p(3)}, ${p(4)}, ${p(4)}, ${p(5)}, ${p(6)}, ${p(7)}, ${p(8)}, ${p(9)}, 'active')`;
-      });
-      creations = [];
-      const rows: TenantRow[] = await m.query(
-        `INSERT INTO ${TABLE} (id, version, position, created_at, updated_at, slug, name, plan, quotas, settings, status)
-         VALUES ${tuples.join(', ')} ON CONFLICT (id) DO NOTHING RETURNING *`,
-        params,
-      );
-      for (const r of rows) written.set(r.id, r);
-    };
-    for (const positioned of events) {
-      if (positioned.event.type === T.created) {
-        creations.push(positioned);
-        continue;
-      }
-      await flush();
-      const row = await this.update(m, positioned);
-      if (row) written.set(row.id, row);
-    }
-    await flush();
-    return [...written.values()];
-  }
-
-  private async update(m: EntityManager, { position, event }: PositionedEvent): Promise<TenantRow | undefined> {
-    const e = event as EventEnvelope & TenantEvent;
-    const id = e.aggregateId;
-    const run = async (set: string, values: unknown[]) => {
-      const [rows] = await m.query(
-        `UPDATE ${TABLE} SET ${set}, version = $2, position = $3, updated_at = $4 WHERE id = $1 AND version < $2 RETURNING *`,
-        [id, e.aggregateVersion, position, e.occurredAt, ...values],
-      );
-      if ((rows as TenantRow[]).length) return (rows as TenantRow[])[0];
-      const exists = await m.query(`SELECT 1 FROM ${TABLE} WHERE id = $1`, [id]);
-      if (!exists.length) throw new PermanentEventError(`${e.type} for unknown tenant ${id}`);
-      return undefined;
-    };
-    switch (e.type) {
-      case T.planChanged:
-        return run('plan = $5, quotas = $6', [e.data.plan, JSON.stringify(e.data.quotas)]);
-      case T.settingsUpdated:
-        return run('settings = $5', [JSON.stringify(e.data.settings)]);
-      case T.suspended:
-        return run(`status = 'suspended', suspended_reason = $5`, [e.data.reason]);
-      case T.reactivated:
-        return run(`status = 'active', suspended_reason = NULL`, []);
-      case T.closed:
-        return run(`status = 'closed'`, []);
-      default:
-        throw new PermanentEventError(`unknown tenant event type ${(e as EventEnvelope).type}`);
-    }
+  /**
+   * Applies events in order: a batch (live) or a replayed page (a rebuild) is folded into rows in
+   * memory and written by one statement. Returns the rows written.
+   */
+  apply(m: EntityManager, events: PositionedEvent[]): Promise<TenantRow[]> {
+    return applyFolded(m, tenantRows, events);
   }
 
   async afterCommit(rows: TenantRow[]): Promise<void> {
@@ -118,4 +63,58 @@ export class TenantsProjection implements Projection {
   async afterRebuild(): Promise<void> {
     await this.cache.clear();
   }
+}
+
+/** Each tenant event folded into its row: the row after it, as the live and the rebuilt model both write it. */
+export const tenantRows: FoldedRows<TenantRow> = {
+  table: TABLE,
+  columns: ['id', 'slug', 'name', 'plan', 'quotas', 'settings', 'status', 'suspended_reason', 'version', 'position', 'created_at', 'updated_at'],
+  key: 'id',
+  version: 'version',
+  // As Postgres prints a uuid.
+  keyOf: ({ event }) => event.aggregateId.toLowerCase(),
+  creates({ event }) {
+    const type = (event as EventEnvelope & TenantEvent).type;
+    switch (type) {
+      case T.created:
+        return true;
+      case T.planChanged:
+      case T.settingsUpdated:
+      case T.suspended:
+      case T.reactivated:
+      case T.closed:
+        return false;
+      default:
+        return unknownType(type, event);
+    }
+  },
+  evolve(row, { position, event }) {
+    const e = event as EventEnvelope & TenantEvent;
+    if (e.type === T.created) {
+      return {
+        id: e.aggregateId.toLowerCase(), slug: e.data.slug, name: e.data.name, plan: e.data.plan, quotas: e.data.quotas, settings: e.data.settings,
+        status: 'active', suspended_reason: null, version: e.aggregateVersion, position, created_at: e.occurredAt, updated_at: e.occurredAt,
+      };
+    }
+    if (!row) throw new PermanentEventError(`${e.type} for unknown tenant ${e.aggregateId}`);
+    const next: TenantRow = { ...row, version: e.aggregateVersion, position, updated_at: e.occurredAt };
+    switch (e.type) {
+      case T.planChanged:
+        return { ...next, plan: e.data.plan, quotas: e.data.quotas };
+      case T.settingsUpdated:
+        return { ...next, settings: e.data.settings };
+      case T.suspended:
+        return { ...next, status: 'suspended', suspended_reason: e.data.reason };
+      case T.reactivated:
+        return { ...next, status: 'active', suspended_reason: null };
+      case T.closed:
+        return { ...next, status: 'closed' };
+      default:
+        return unknownType(e, event);
+    }
+  },
+};
+
+function unknownType(_: never, event: EventEnvelope): never {
+  throw new PermanentEventError(`unknown tenant event type ${event.type}`);
 }

@@ -201,34 +201,40 @@ describe('identity and access', () => {
     expect(await refusedWithin(client, `/api/v1/tenants/${tenants.alpha!.id}`, revokedAt, 1_000)).toBeLessThan(1_000);
   });
 
-  it('ends the oldest session beyond maxConcurrentSessions, and the ledger records why', async () => {
+  it('ends the oldest session beyond maxConcurrentSessions, and a disabled user\'s sessions in one decision; the ledger holds each, none as an incident', async () => {
     const t = await createTenant('sessions-cap');
     const capped = await operator('PATCH', `/api/v1/tenants/${t.id}/settings`, { body: { maxConcurrentSessions: 2 } });
     expect(capped.status).toBe(200);
     // The user is made after the change: the auth service reads the tenant (and its settings) then.
-    await createUser(t.id, 'cap@sessions.test', ['viewer']);
+    const user = await createUser(t.id, 'cap@sessions.test', ['viewer']);
+    const incidentsBefore = (await operator('GET', '/api/v1/audit/verify')).body.incidents;
     const first = (await loginUntil(t.slug, 'cap@sessions.test', 200)).body.accessToken as string;
-    await login(t.slug, 'cap@sessions.test');
+    const second = (await login(t.slug, 'cap@sessions.test')).body.accessToken as string;
     expect((await as(first)('GET', `/api/v1/tenants/${t.id}`)).status).toBe(200);
 
     const third = await login(t.slug, 'cap@sessions.test');
-    const revokedAt = Date.now();
     expect(third.status).toBe(200);
-    expect(await refusedWithin(as(first), `/api/v1/tenants/${t.id}`, revokedAt, 1_000)).toBeLessThan(1_000);
-    expect((await as(third.body.accessToken)('GET', `/api/v1/tenants/${t.id}`)).status).toBe(200);
+    expect(await refusedWithin(as(first), `/api/v1/tenants/${t.id}`, Date.now(), 1_000)).toBeLessThan(1_000);
+    for (const token of [second, third.body.accessToken]) expect((await as(token)('GET', `/api/v1/tenants/${t.id}`)).status).toBe(200);
 
-    // In the ledger: the first session's end, and why.
-    type Entry = { event: { type: string; aggregateId: string; data: { reason?: string } } };
-    const revocations = (items: Entry[]) => items.filter((i) => i.event.type === 'auth.session.revoked');
+    // One decision ends both remaining sessions (two aggregates).
+    const disabled = await operator('PATCH', `/api/v1/tenants/${t.id}/users/${user.id}/status`, { body: { status: 'disabled' } });
+    expect(disabled.status).toBe(200);
+    for (const token of [second, third.body.accessToken]) expect(await refusedWithin(as(token), `/api/v1/tenants/${t.id}`, Date.now(), 1_000)).toBeLessThan(1_000);
+
+    // In the ledger: each revocation, with its reason, under its own session; and no incident.
+    type Entry = { event: { type: string; aggregateId: string; data: { reason?: string } }; events?: Entry['event'][] };
+    const revocations = (items: Entry[]) => items.flatMap((i) => i.events ?? [i.event]).filter((e) => e.type === 'auth.session.revoked');
     const entries = await eventually(
-      () => operator('GET', `/api/v1/audit/events?tenantId=${t.id}&type=auth.session.revoked`),
-      (r) => r.status === 200 && revocations(r.body.items).length === 1,
-      { what: 'the revocation in the ledger' },
+      () => operator('GET', `/api/v1/audit/events?tenantId=${t.id}&limit=1000`),
+      (r) => r.status === 200 && revocations(r.body.items).length === 3,
+      { what: 'the three revocations in the ledger' },
     );
-    expect(revocations(entries.body.items)[0]!.event.data).toEqual({ reason: 'max_concurrent_sessions' });
-    // Every entry of the tenant is a valid envelope (no decision split across aggregates is an incident).
-    const incidents = await operator('GET', '/api/v1/admin/ledger/incidents?limit=1000');
-    expect(incidents.body.items.filter((i: { event?: { tenantId?: string }[] | { tenantId?: string } }) => JSON.stringify(i).includes(t.id))).toEqual([]);
+    const found = revocations(entries.body.items);
+    expect(found.map((e) => e.data.reason).sort()).toEqual(['max_concurrent_sessions', 'user_disabled', 'user_disabled']);
+    expect(new Set(found.map((e) => e.aggregateId)).size).toBe(3);
+    const verified = await operator('GET', '/api/v1/audit/verify');
+    expect(verified.body).toMatchObject({ ok: true, incidents: incidentsBefore });
   });
 
   it('keeps verifying tokens of a rotated-out key; refuses forged and alg:none tokens', async () => {

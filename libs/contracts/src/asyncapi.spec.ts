@@ -58,9 +58,14 @@ describe('the declarations', () => {
     const root = join(__dirname, '..', '..', '..');
     const served = new Set<string>();
     for (const file of [...sources(join(root, 'services')), ...sources(join(root, 'libs'))]) {
-      const text = readFileSync(file, 'utf8');
+      // Code only: a comment may name the decorator in prose.
+      const text = readFileSync(file, 'utf8').split('\n').filter((line) => !/^\s*(\*|\/\/)/.test(line)).join('\n');
       for (const m of text.matchAll(/@MessagePattern\(\s*'([^']+)'/g)) served.add(m[1]!);
       // `@MessagePattern(authRpc.createRole.subject)`: the declaration itself, looked up here.
+      // Any other form could serve a subject this check cannot see: refused.
+      for (const m of text.matchAll(/@MessagePattern\(([^)]*)\)/g)) {
+        expect({ file, pattern: m[0], known: /^\s*'[^']+'\s*$|^\s*\w+\.\w+\.subject\s*$/.test(m[1]!) }).toEqual({ file, pattern: m[0], known: true });
+      }
       for (const m of text.matchAll(/@MessagePattern\(\s*(\w+)\.(\w+)\.subject\s*\)/g)) {
         const decl = (contracts as unknown as Record<string, Record<string, { subject?: string }> | undefined>)[m[1]!]?.[m[2]!];
         expect({ file, pattern: m[0], declared: typeof decl?.subject === 'string' }).toEqual({ file, pattern: m[0], declared: true });

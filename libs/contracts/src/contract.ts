@@ -80,7 +80,7 @@ export interface RouteForward<I = { body: unknown; query: unknown; params: unkno
   // (Method syntax: a route's own typed input stays assignable to `RouteDecl`'s.)
   /**
    * The request the subject is sent, from the validated input. Without it: a query is sent the path
-   * and query parameters (`{ ...params, ...query }`), a command `{ meta, payload: { ...params, data: body } }`
+   * and query parameters (`{ ...query, ...params }`: the path wins), a command `{ meta, payload: { ...params, data: body } }`
    * (`{ meta, payload: params }` for a route without a body).
    */
   request?(input: I, caller: ForwardContext): unknown;

@@ -5,11 +5,17 @@ import { opsEventSchemas } from './projections';
 import { serviceContracts } from './services.generated';
 
 /** Every event type Keel publishes → the schema of its body (`data`): each service's, and the operators' (`ops.*`). */
-export const eventSchemas: Readonly<Record<string, z.ZodType>> = Object.assign(
-  {},
-  ...(Object.values(serviceContracts) as ServiceContract[]).map((c) => c.events),
-  opsEventSchemas,
-);
+export const eventSchemas: Readonly<Record<string, z.ZodType>> = (() => {
+  const all: Record<string, z.ZodType> = {};
+  const declared = [...(Object.values(serviceContracts) as ServiceContract[]).map((c) => [c.service, c.events] as const), ['ops', opsEventSchemas] as const];
+  for (const [owner, events] of declared) {
+    for (const [type, schema] of Object.entries(events)) {
+      if (all[type]) throw new Error(`The event type ${type} of the ${owner} contract is declared twice; each type has one body schema.`);
+      all[type] = schema;
+    }
+  }
+  return all;
+})();
 
 /**
  * The bounded contexts whose event types are all declared here: an event of one of them with a type

@@ -17,9 +17,11 @@ import { CORRELATION_HEADER, Messaging } from '@keel/messaging';
  * message, a JSON array of their envelopes, as `EventStore.append` publishes them (nats-server 2.9
  * has no atomic batch publish): every reader gets all of them or none, at one stream position, on
  * that aggregate's subject. A decision that touches several aggregates (a user's sessions revoked
- * at once) is one entry per aggregate, committed together and published in order, pipelined: a
- * reader can see the first ones a moment before the rest, never a later one without an earlier
- * one, and all of them land (the entries are durable).
+ * at once) is one entry per aggregate, committed together and published in outbox order,
+ * pipelined: a reader can see some of them a moment before the rest, and all of them land (the
+ * entries are durable). Should one publish of a round fail while a later one succeeds, the failed
+ * one lands at the next round, after it: per aggregate the order always holds (one aggregate's
+ * events are one entry, or entries of successive commands waiting on its row lock).
  */
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -288,7 +290,8 @@ export class Outbox {
    */
   private prepareDecision(envelopes: EventEnvelope[]): PreparedEntry[] {
     const prepared = this.prepare(envelopes);
-    const key = (e: EventEnvelope) => `${e.tenantId}\u0000${e.aggregateType}\u0000${e.aggregateId}`;
+    // One message per subject: every event stays findable under its own aggregate's subject.
+    const key = (e: EventEnvelope) => eventSubject('', e);
     const runs: { entries: PreparedEntry[] }[] = [];
     envelopes.forEach((e, i) => {
       const last = runs[runs.length - 1];

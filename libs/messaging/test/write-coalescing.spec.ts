@@ -68,4 +68,24 @@ describe('coalesced NATS writes', () => {
     sub.unsubscribe();
     for (const nc of [plain, coalesced, listener]) await nc.close();
   });
+
+  it('sends what was written in the turn a connection closes in (nats.js closes with destroy(), which would drop corked frames)', async () => {
+    coalesceNatsWrites();
+    const closing = `${subject}.closing`;
+    const listener = await connect({ servers: url });
+    const got: string[] = [];
+    const sub = listener.subscribe(closing, { callback: (_e, m) => got.push(new TextDecoder().decode(m.data)) });
+    await listener.flush();
+
+    const nc = await connect({ servers: url });
+    nc.publish(closing, new TextEncoder().encode('last words'));
+    // nats.js flushes its buffer into the (corked) socket, then the connection closes in the same turn.
+    await new Promise<void>((r) => queueMicrotask(r));
+    await nc.close();
+
+    await eventually(async () => got.length, (n) => n >= 1, { what: 'the frame written just before close()' });
+    expect(got).toEqual(['last words']);
+    sub.unsubscribe();
+    await listener.close();
+  });
 });

@@ -16,7 +16,9 @@ export function forwardedRequest(route: RouteDecl, input: RouteInput<RouteDecl>,
   const forward = route.forward!;
   if (forward.request) return forward.request(input as never, caller);
   const params = (input.params ?? {}) as Record<string, unknown>;
-  if (forward.rpc.kind === 'query') return { ...params, ...((input.query ?? {}) as Record<string, unknown>) };
+  // Path parameters last: a query string can never replace the tenant (or anything) the path names
+  // and the guard checked; and only a declared query is forwarded.
+  if (forward.rpc.kind === 'query') return { ...(route.query ? (input.query as Record<string, unknown>) : {}), ...params };
   const meta = forward.withPermissions ? { ...caller.meta, permissions: caller.permissions } : caller.meta;
   return { meta, payload: route.body && input.body !== undefined ? { ...params, data: input.body } : params };
 }

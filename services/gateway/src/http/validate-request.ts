@@ -50,6 +50,9 @@ export function validateRequest(spec: EndpointSpec, req: KeelRequest): void {
   if (!spec.body && req.body !== undefined && req.body !== null && Object.keys(req.body as object).length > 0) {
     fields.push({ in: 'body', field: '(whole)', message: 'this route takes no body' });
   }
+  if (!spec.query && req.query && typeof req.query === 'object' && Object.keys(req.query as object).length > 0) {
+    fields.push({ in: 'query', field: '(whole)', message: 'this route takes no query parameters' });
+  }
   req.valid = {
     params: check(spec.params, req.params, 'path', fields),
     query: check(spec.query, req.query, 'query', fields),

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { command, commandRequest, KeelError, query, route, routeGroup, RpcDecl } from '@keel/contracts';
 import { KEEL_LOGGER, TypedRpc } from '@keel/messaging';
 import { ENDPOINT, EndpointSpec } from './endpoint';
-import { forwardedRouteControllers } from './forwarded-routes';
+import { forwardedRequest, forwardedRouteControllers } from './forwarded-routes';
 import { ProblemFilter } from './problem';
 import { KeelRequest } from './request-context';
 import { validateRequest } from './validate-request';
@@ -152,6 +152,19 @@ describe('routes declared with forward', () => {
     const res = await send('POST', '/api/v1/tenants/t1/notes', { text: '', extra: 1 });
     expect(res.status).toBe(400);
     expect(res.json().errors.map((e: { field: string }) => e.field).sort()).toEqual(['(whole)', 'text']);
+    expect(calls).toEqual([]);
+  });
+
+  it('never let a query string replace a path parameter, and refuse a query on a route that declares none', async () => {
+    const caller = { meta: { actor: { kind: 'user' as const, id: 'u1' }, correlationId: 'c' }, permissions: [], tenantId: 't1', crossTenant: false };
+    const loose = { ...noteRoutes.list, query: z.object({ tenantId: z.string().optional() }), forward: { rpc: rpc.notes } };
+    expect(forwardedRequest(loose, { params: { tenantId: 't1' }, query: { tenantId: 't2' }, body: undefined }, caller)).toEqual({ tenantId: 't1' });
+    const undeclared = { ...noteRoutes.list, query: undefined, forward: { rpc: rpc.notes } };
+    expect(forwardedRequest(undeclared, { params: { tenantId: 't1' }, query: { tenantId: 't2' }, body: undefined }, caller)).toEqual({ tenantId: 't1' });
+
+    const res = await send('DELETE', '/api/v1/tenants/t1/notes/n1?tenantId=t2');
+    expect(res.status).toBe(400);
+    expect(res.json().errors).toEqual([{ in: 'query', field: '(whole)', message: 'this route takes no query parameters' }]);
     expect(calls).toEqual([]);
   });
 

@@ -60,6 +60,15 @@ class HeldForRebuild extends RetryLaterError {
 }
 
 const HOLD_SECONDS = 30;
+
+/** Where a rebuild's time went (logged with its result). */
+interface RebuildTimings {
+  pages: number;
+  /** Waiting for replay pages that had not come yet (the rest arrived while the page before was applied). */
+  waitingForPagesMs: number;
+  applyingMs: number;
+  swapMs: number;
+}
 const STALE_REBUILD_MINUTES = 15;
 
 /**
@@ -270,6 +279,8 @@ export class ProjectionRunner {
     };
     const shadow = shadowSchema(this.o.schema);
     const tables = this.o.projection.tables;
+    const started = performance.now();
+    const timings: RebuildTimings = { pages: 0, waitingForPagesMs: 0, applyingMs: 0, swapMs: 0 };
     try {
       await this.inShadow(async (m) => {
         if (tables.length) await m.query(`TRUNCATE ${tables.map((t) => `"${shadow}".${t}`).join(', ')}`);
@@ -286,7 +297,7 @@ export class ProjectionRunner {
         const deadline = Date.now() + 30_000;
         for (;;) {
           await renew();
-          const r = await this.replayIntoShadow(at, skipped, appliedAt);
+          const r = await this.replayIntoShadow(at, skipped, appliedAt, timings);
           at = r.at;
           replayed += r.applied;
           if (at >= target) return;
@@ -305,6 +316,7 @@ export class ProjectionRunner {
         if (!holding.length) throw new KeelError('conflict', `Another rebuild of ${this.qualifiedName} took over this one's stale claim.`);
         // Held: whatever batch was being applied has committed (the row lock), and no new one starts.
         await replayTo(await this.readCheckpoint());
+        const swapping = performance.now();
         const swapped = await this.o.ds.transaction(async (m) => {
           await scopeTransaction(m, ALL_TENANTS);
           const [row] = await m.query(
@@ -313,11 +325,7 @@ export class ProjectionRunner {
           );
           if (!row.ours) throw new KeelError('conflict', `Another rebuild of ${this.qualifiedName} took over this one's stale claim.`);
           if (!row.held || Number(row.position) > at) return false;
-          for (const t of tables) {
-            await m.query(`DELETE FROM "${this.o.schema}".${t}`);
-            await m.query(`INSERT INTO "${this.o.schema}".${t} SELECT * FROM "${shadow}".${t}`);
-            await m.query(`DELETE FROM "${shadow}".${t}`);
-          }
+          for (const t of tables) await this.replaceLiveRows(m, t);
           await m.query(
             `UPDATE ${this.table} SET position = $2, held_until = NULL, rebuilding_since = NULL, rebuild_claim = NULL, updated_at = now() WHERE name = $1`,
             [this.name, at],
@@ -332,11 +340,16 @@ export class ProjectionRunner {
           }
           return true;
         });
+        timings.swapMs += performance.now() - swapping;
         if (swapped) {
           this.checkpoint = Math.max(this.checkpoint, at);
           await this.refreshDeadLetters();
           await this.o.projection.afterRebuild?.();
-          this.o.logger.info({ projection: this.qualifiedName, position: at, replayed }, 'projection rebuilt from the ledger beside the live one, and swapped in');
+          const rounded = Object.fromEntries(Object.entries(timings).map(([k, v]) => [k, Math.round(v)]));
+          this.o.logger.info(
+            { projection: this.qualifiedName, position: at, replayed, ms: Math.round(performance.now() - started), ...rounded },
+            'projection rebuilt from the ledger beside the live one, and swapped in',
+          );
           return { name: this.qualifiedName, position: at, replayed };
         }
         this.o.logger.warn({ projection: this.qualifiedName, attempt }, 'the hold ran out before the swap; catching up again');
@@ -349,26 +362,89 @@ export class ProjectionRunner {
     }
   }
 
+  /**
+   * Inside the swap's transaction: makes the live table hold exactly the shadow's rows, then empties the
+   * shadow. With a primary key, only what differs is written: live rows with no equal shadow row (same key,
+   * every column not distinct) are deleted, then shadow rows whose key is no longer live are inserted, so
+   * a rebuild that agrees with the live model rewrites nothing (no dead rows, a shorter swap) and the table
+   * never holds a row that is not the shadow's (its unique constraints hold throughout). Without a key, or
+   * with a column type that has no equality, every row is replaced.
+   */
+  private async replaceLiveRows(m: EntityManager, table: string): Promise<void> {
+    const live = `"${this.o.schema}".${table}`;
+    const shadow = `"${shadowSchema(this.o.schema)}".${table}`;
+    const key: string[] = (
+      await m.query(
+        `SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+         WHERE i.indrelid = $1::regclass AND i.indisprimary`,
+        [live],
+      )
+    ).map((r: { attname: string }) => `"${r.attname.replace(/"/g, '""')}"`);
+    let replaced = false;
+    if (key.length) {
+      const sameKey = key.map((c) => `s.${c} = l.${c}`).join(' AND ');
+      await m.query('SAVEPOINT keel_swap_diff');
+      try {
+        await m.query(`DELETE FROM ${live} l WHERE NOT EXISTS (SELECT 1 FROM ${shadow} s WHERE ${sameKey} AND ROW(s.*) IS NOT DISTINCT FROM ROW(l.*))`);
+        await m.query(`INSERT INTO ${live} SELECT s.* FROM ${shadow} s WHERE NOT EXISTS (SELECT 1 FROM ${live} l WHERE ${sameKey})`);
+        await m.query('RELEASE SAVEPOINT keel_swap_diff');
+        replaced = true;
+      } catch (error) {
+        // A column type without equality (json, xml, point…), 42883: replace every row instead.
+        const code = (error as { code?: string; driverError?: { code?: string } }).driverError?.code ?? (error as { code?: string }).code;
+        if (code !== '42883') throw error;
+        await m.query('ROLLBACK TO SAVEPOINT keel_swap_diff');
+      }
+    }
+    if (!replaced) {
+      await m.query(`DELETE FROM ${live}`);
+      await m.query(`INSERT INTO ${live} SELECT * FROM ${shadow}`);
+    }
+    await m.query(`TRUNCATE ${shadow}`);
+  }
+
   /** A transaction whose unqualified table names are the shadow tables, scoped to every tenant. */
   private inShadow<T>(work: (m: EntityManager) => Promise<T>): Promise<T> {
     return this.o.ds.transaction(async (m) => {
-      await m.query(`SELECT set_config('search_path', $1, true)`, [`"${shadowSchema(this.o.schema)}", "${this.o.schema}"`]);
-      await scopeTransaction(m, ALL_TENANTS);
+      // Both settings in one round trip (scopeTransaction's setting, with the search path).
+      await m.query(`SELECT set_config('search_path', $1, true), set_config('keel.tenant_id', $2, true)`, [
+        `"${shadowSchema(this.o.schema)}", "${this.o.schema}"`,
+        ALL_TENANTS,
+      ]);
       return work(m);
     });
   }
 
-  /** Replays the ledger after `after` into the shadow until its head; returns where it got and how many it applied. */
   /**
    * Replays the ledger after `after` into the shadow until its head; returns where it got and how
    * many it applied. The positions it applied are added to `appliedAt` (a rebuild resolves the open
-   * dead letters it applied).
+   * dead letters it applied). Pipelined: the next page is asked for as soon as this one has come,
+   * and arrives while this one is applied (pages are still applied one after the other, in order).
    */
-  private async replayIntoShadow(after: number, skipped: Set<number>, appliedAt: Set<number>): Promise<{ at: number; applied: number }> {
+  private async replayIntoShadow(
+    after: number,
+    skipped: Set<number>,
+    appliedAt: Set<number>,
+    timings: RebuildTimings,
+  ): Promise<{ at: number; applied: number }> {
     const p = this.o.projection;
+    const request = (afterSeq: number) => {
+      const page = this.o.rpc.request<ReplayPage>(`qry.audit.${auditQueries.replay}`, { afterSeq, limit: 2_000, contexts: p.contexts });
+      // Awaited below, unless applying the page before it failed: then its failure is not unhandled.
+      page.catch(() => undefined);
+      return page;
+    };
     let applied = 0;
+    let pending = request(after);
     for (;;) {
-      const page = await this.o.rpc.request<ReplayPage>(`qry.audit.${auditQueries.replay}`, { afterSeq: after, limit: 2_000, contexts: p.contexts });
+      const waited = performance.now();
+      const page = await pending;
+      timings.waitingForPagesMs += performance.now() - waited;
+      timings.pages++;
+      const next = Math.max(after, page.scannedTo);
+      const last = next <= after || next >= page.headSeq;
+      if (!last) pending = request(next);
+      const applying = performance.now();
       const events = page.events.filter((e) => !skipped.has(e.position));
       if (events.length) {
         try {
@@ -390,8 +466,8 @@ export class ProjectionRunner {
         }
         applied += events.length;
       }
-      const next = Math.max(after, page.scannedTo);
-      if (next <= after || next >= page.headSeq) return { at: next, applied };
+      timings.applyingMs += performance.now() - applying;
+      if (last) return { at: next, applied };
       after = next;
     }
   }

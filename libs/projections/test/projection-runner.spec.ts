@@ -63,6 +63,29 @@ function rowsProjection(name: string, context: string, table: string, hooks: { b
   return { projection, committed };
 }
 
+/** A read model of one row per aggregate in two tables (one with a json column), kept by upserts. */
+function keyedProjection(name: string, context: string): Projection {
+  return {
+    name,
+    contexts: [context],
+    tables: ['keyed', 'keyed_json'],
+    async apply(manager: EntityManager, events: PositionedEvent[]) {
+      for (const { position, event } of events) {
+        const doc = JSON.stringify({ last: event.id });
+        await manager.query(
+          `INSERT INTO keyed (id, events, last_position, doc) VALUES ($1, 1, $2, $3)
+           ON CONFLICT (id) DO UPDATE SET events = keyed.events + 1, last_position = excluded.last_position, doc = excluded.doc`,
+          [event.aggregateId, position, doc],
+        );
+        await manager.query(
+          `INSERT INTO keyed_json (id, events, doc) VALUES ($1, 1, $2) ON CONFLICT (id) DO UPDATE SET events = keyed_json.events + 1, doc = excluded.doc`,
+          [event.aggregateId, doc],
+        );
+      }
+    },
+  };
+}
+
 /** ProjectionRunner against the real NATS JetStream and PostgreSQL. */
 describe('ProjectionRunner', () => {
   const env = isolatedEnv('projrunner');
@@ -118,7 +141,10 @@ describe('ProjectionRunner', () => {
       // No unique constraint: a row applied twice would show as two rows.
       await admin.query(`CREATE TABLE "${SCHEMA}".${table} (position bigint NOT NULL, event_id uuid NOT NULL, aggregate_id text NOT NULL)`);
     }
-    for (const sql of projectionShadowSql(SCHEMA, 'CURRENT_USER', [{ name: 'rebuilt' }])) await admin.query(sql);
+    // Keyed read models: one row per aggregate, with a jsonb column, and one with a json column (no equality operator).
+    await admin.query(`CREATE TABLE "${SCHEMA}".keyed (id text PRIMARY KEY, events integer NOT NULL, last_position bigint NOT NULL, doc jsonb NOT NULL)`);
+    await admin.query(`CREATE TABLE "${SCHEMA}".keyed_json (id text PRIMARY KEY, events integer NOT NULL, doc json NOT NULL)`);
+    for (const sql of projectionShadowSql(SCHEMA, 'CURRENT_USER', [{ name: 'rebuilt' }, { name: 'keyed' }, { name: 'keyed_json' }])) await admin.query(sql);
     ds = await openDataSource({ url: env.DATABASE_URL!, schema: SCHEMA, applicationName: 'projection-runner-test' });
     m = await connectMessaging(config, 'projection-runner-test');
     await ensureEventStream(m.jsm, { stream: config.KEEL_STREAM, prefix: config.KEEL_SUBJECT_PREFIX, replicas: 1 });
@@ -442,6 +468,47 @@ describe('ProjectionRunner', () => {
       expect(both.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
       expect(both.filter((r) => r.status === 'rejected').map((r) => (r as PromiseRejectedResult).reason.code)).toEqual(['conflict']);
       expect(await positionsIn('rebuilt')).toEqual([...published].sort((x, y) => x - y));
+    } finally {
+      await audit.stop();
+    }
+  });
+  it('swaps in only the rows that differ: rows equal to the rebuilt ones are not rewritten, the others are put right', async () => {
+    const audit = new Stack(env);
+    await audit.start('audit');
+    try {
+      const r = await runner(keyedProjection('keyed', 'keyctx'));
+      let last = 0;
+      for (let i = 0; i < 30; i++) last = (await publish('keyctx', `k${i % 6}`)).position;
+      await r.waitFor(last, 10_000);
+      const rows = async (table: string) => (await admin.query(`SELECT id, events, doc::text AS doc FROM "${SCHEMA}".${table} ORDER BY id`)).rows;
+      const expected = { keyed: await rows('keyed'), keyed_json: await rows('keyed_json') };
+      expect(expected.keyed).toHaveLength(6);
+      // The live model drifted (as a bug or a hand edit would leave it): a wrong row, a missing one, one too many.
+      for (const table of ['keyed', 'keyed_json']) {
+        await admin.query(`UPDATE "${SCHEMA}".${table} SET events = 99 WHERE id = 'k1'`);
+        await admin.query(`DELETE FROM "${SCHEMA}".${table} WHERE id = 'k2'`);
+      }
+      await admin.query(`INSERT INTO "${SCHEMA}".keyed (id, events, last_position, doc) VALUES ('ghost', 1, 1, '{}')`);
+      const versions = async (table: string) =>
+        Object.fromEntries((await admin.query(`SELECT id, xmin::text AS x FROM "${SCHEMA}".${table}`)).rows.map((x) => [x.id, x.x]));
+      const before = { keyed: await versions('keyed'), keyed_json: await versions('keyed_json') };
+
+      await r.rebuild();
+      expect(await rows('keyed')).toEqual(expected.keyed);
+      expect(await rows('keyed_json')).toEqual(expected.keyed_json);
+      const after = { keyed: await versions('keyed'), keyed_json: await versions('keyed_json') };
+      // With equality on every column, the rows that agreed are the same row versions; the wrong and missing ones are new.
+      for (const id of ['k0', 'k3', 'k4', 'k5']) expect(after.keyed[id]).toBe(before.keyed[id]);
+      for (const id of ['k1', 'k2']) expect(after.keyed[id]).not.toBe(before.keyed[id]);
+      // A json column has no equality operator: every row was replaced, and the table is right all the same.
+      for (const id of ['k0', 'k3']) expect(after.keyed_json[id]).not.toBe(before.keyed_json[id]);
+      const shadow = await admin.query(`SELECT (SELECT count(*) FROM "${SCHEMA}_rebuild".keyed)::int AS a, (SELECT count(*) FROM "${SCHEMA}_rebuild".keyed_json)::int AS b`);
+      expect(shadow.rows[0]).toEqual({ a: 0, b: 0 });
+
+      // And it goes on live from where the rebuild left it.
+      const next = await publish('keyctx', 'k0');
+      await r.waitFor(next.position, 10_000);
+      expect((await rows('keyed')).find((x) => x.id === 'k0').events).toBe(expected.keyed.find((x: { id: string }) => x.id === 'k0').events + 1);
     } finally {
       await audit.stop();
     }

@@ -68,6 +68,8 @@ interface RebuildTimings {
   waitingForPagesMs: number;
   applyingMs: number;
   swapMs: number;
+  /** The projection's afterRebuild (e.g. dropping a cache). */
+  afterRebuildMs: number;
 }
 const STALE_REBUILD_MINUTES = 15;
 
@@ -280,7 +282,7 @@ export class ProjectionRunner {
     const shadow = shadowSchema(this.o.schema);
     const tables = this.o.projection.tables;
     const started = performance.now();
-    const timings: RebuildTimings = { pages: 0, waitingForPagesMs: 0, applyingMs: 0, swapMs: 0 };
+    const timings: RebuildTimings = { pages: 0, waitingForPagesMs: 0, applyingMs: 0, swapMs: 0, afterRebuildMs: 0 };
     try {
       await this.inShadow(async (m) => {
         if (tables.length) await m.query(`TRUNCATE ${tables.map((t) => `"${shadow}".${t}`).join(', ')}`);
@@ -344,7 +346,9 @@ export class ProjectionRunner {
         if (swapped) {
           this.checkpoint = Math.max(this.checkpoint, at);
           await this.refreshDeadLetters();
+          const after = performance.now();
           await this.o.projection.afterRebuild?.();
+          timings.afterRebuildMs = performance.now() - after;
           const rounded = Object.fromEntries(Object.entries(timings).map(([k, v]) => [k, Math.round(v)]));
           this.o.logger.info(
             { projection: this.qualifiedName, position: at, replayed, ms: Math.round(performance.now() - started), ...rounded },

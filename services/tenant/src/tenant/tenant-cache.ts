@@ -43,12 +43,18 @@ export class TenantCache {
       .exec();
   }
 
+  /**
+   * Drops every entry: large SCAN steps, each step's keys unlinked (freed by Redis in the background)
+   * while the next step is asked for.
+   */
   async clear(): Promise<void> {
+    const unlinked: Promise<number>[] = [];
     let cursor = '0';
     do {
-      const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${this.prefix}tenant:*`, 'COUNT', 1000);
-      if (keys.length) await this.redis.del(...keys);
+      const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${this.prefix}tenant:*`, 'COUNT', 10_000);
+      for (let i = 0; i < keys.length; i += 1_000) unlinked.push(this.redis.unlink(...keys.slice(i, i + 1_000)));
       cursor = next;
     } while (cursor !== '0');
+    await Promise.all(unlinked);
   }
 }

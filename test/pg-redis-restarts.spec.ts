@@ -111,6 +111,8 @@ interface Outcome {
   status: number;
   retryAfter: string | null;
   code?: string;
+  /** A refusal's `detail`, to say why in a failure's message. */
+  detail?: string;
   at: number;
 }
 
@@ -158,12 +160,32 @@ describe('a restart of PostgreSQL and of Redis', () => {
     const attempted = new Set<string>();
     let next = 0;
     let running = true;
-    const record = (route: string, res: { status: number; headers: Headers; body: { code?: string } | undefined }) =>
-      outcomes.push({ route, status: res.status, retryAfter: res.headers.get('retry-after'), code: res.body?.code, at: Date.now() });
+    const record = (route: string, res: { status: number; headers: Headers; body: { code?: string; detail?: string } | undefined }) =>
+      outcomes.push({
+        route,
+        status: res.status,
+        retryAfter: res.headers.get('retry-after'),
+        code: res.body?.code,
+        ...(res.status >= 400 ? { detail: res.body?.detail } : {}),
+        at: Date.now(),
+      });
 
     const signIn = await anonymous('POST', '/api/v1/auth/login', { body: stack.admin });
     expect(signIn.status).toBe(200);
     const admin = httpClient(stack.gatewayUrl, signIn.body.accessToken as string);
+    // The sign-ins under load are another user's: a user's sessions beyond the tenant's
+    // maxConcurrentSessions (10) are revoked, the admin's reading one among them.
+    const home = await operator('POST', '/api/v1/tenants', { body: { slug: 'pr-signins', name: 'Sign-ins', plan: 'starter' } });
+    expect(home.status).toBe(201);
+    attempted.add('pr-signins');
+    const member = { tenant: 'pr-signins', email: 'member@pr-signins.test', password: 'a long enough passphrase 1' };
+    await eventually(
+      () => operator('GET', `/api/v1/tenants/${home.body.tenant.id}?consistentWith=${home.body.position}`),
+      (r) => r.status === 200,
+      { timeoutMs: 30_000, intervalMs: 100, what: 'the sign-in tenant in the read model' },
+    );
+    const created = await operator('POST', `/api/v1/tenants/${home.body.tenant.id}/users`, { body: { email: member.email, name: 'Member', password: member.password } });
+    expect(created.status).toBe(201);
 
     const creates = async () => {
       while (running) {
@@ -176,7 +198,7 @@ describe('a restart of PostgreSQL and of Redis', () => {
       }
     };
     const signIns = async () => {
-      while (running) record('sign-in', await anonymous('POST', '/api/v1/auth/login', { body: stack.admin }));
+      while (running) record('sign-in', await anonymous('POST', '/api/v1/auth/login', { body: member }));
     };
     const reads = async () => {
       while (running) record('authenticated read', await admin('GET', '/api/v1/tenants?limit=5'));
@@ -194,9 +216,10 @@ describe('a restart of PostgreSQL and of Redis', () => {
     const allReadyWithin30s = async (since: number, what: string) => {
       for (const name of services) {
         const url = `${stack.opsUrl(name)}/ready`;
+        // The answer's body names the check that is failing, for the message on a timeout.
         await eventually(
-          () => fetch(url, { signal: AbortSignal.timeout(5_000) }).then((r) => r.status),
-          (status) => status === 200,
+          () => fetch(url, { signal: AbortSignal.timeout(5_000) }).then(async (r) => ({ status: r.status, body: await r.text() })),
+          (ready) => ready.status === 200,
           { timeoutMs: Math.max(0, 30_000 - (Date.now() - since)), intervalMs: 100, what: `${name} /ready after ${what}` },
         );
       }
@@ -234,6 +257,17 @@ describe('a restart of PostgreSQL and of Redis', () => {
         timeoutMs: 30_000,
         what: 'a sign-in after the Redis restart',
       });
+    } catch (error) {
+      // What the load saw in its last 15 s, and each service's last words: the cause of a timeout.
+      const since = Date.now() - 15_000;
+      const seen: Record<string, number> = {};
+      for (const o of outcomes.filter((o) => o.at > since)) {
+        const key = `${o.route}: ${o.status} ${o.code ?? ''} ${o.detail ?? ''}`.trim();
+        seen[key] = (seen[key] ?? 0) + 1;
+      }
+      process.stderr.write(`answers in the last 15 s: ${JSON.stringify(seen)}\n`);
+      for (const name of services) process.stderr.write(`--- ${name}\n${stack.logs(name).slice(-4000)}\n`);
+      throw error;
     } finally {
       running = false;
       await Promise.allSettled(load);
@@ -243,7 +277,7 @@ describe('a restart of PostgreSQL and of Redis', () => {
     const unexpected = outcomes.filter((o) => !(o.status >= 200 && o.status < 300) && !(o.status === 503 && o.retryAfter !== null));
     const summary: Record<string, number> = {};
     for (const o of unexpected) {
-      const key = `${o.route}: ${o.status} ${o.code ?? ''}${o.status === 503 ? ' without Retry-After' : ''}`;
+      const key = `${o.route}: ${o.status} ${o.code ?? ''}${o.status === 503 ? ' without Retry-After' : ''} ${o.detail ?? ''}`.trim();
       summary[key] = (summary[key] ?? 0) + 1;
     }
     if (unexpected.length) for (const name of services) process.stderr.write(`--- ${name}\n${stack.logs(name).slice(-6000)}\n`);

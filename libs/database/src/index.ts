@@ -3,3 +3,4 @@ export * from './data-source';
 export * from './leadership';
 export * from './tenant-scope';
 export * from './readiness';
+export * from './pooled-client';

@@ -77,6 +77,8 @@ export interface DurableConsumerOptions {
   batchSize?: number;
   /** Attempts of one event before it is dead-lettered. */
   maxDeliver?: number;
+  /** The wait after a first failure, doubling with each failure in a row up to `maxMs` (200 ms, 5 s). */
+  backoff?: { initialMs: number; maxMs: number };
   ackWaitMs?: number;
 }
 
@@ -89,7 +91,7 @@ export interface ConsumerHealth {
   lastError?: string;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const DEFAULT_BACKOFF = { initialMs: 200, maxMs: 5_000 };
 
 /**
  * A durable pull consumer that settles a message only after the handler's effect is durable.
@@ -106,6 +108,7 @@ export class DurableEventConsumer {
   private loop?: Promise<void>;
   private messages?: ConsumerMessages;
   private wake?: () => void;
+  private wakePause?: () => void;
   /** Something was applied or dead-lettered since the last failure (resets the back-off). */
   private progressed = false;
   /**
@@ -148,6 +151,7 @@ export class DurableEventConsumer {
     this.running = false;
     this.messages?.stop();
     this.wake?.();
+    this.wakePause?.();
     if (!this.leader) await this.o.releaseLeadership?.();
     await this.loop;
     await this.o.releaseLeadership?.();
@@ -195,7 +199,8 @@ export class DurableEventConsumer {
   }
 
   private async supervise(): Promise<void> {
-    let backoff = 200;
+    const { initialMs, maxMs } = this.o.backoff ?? DEFAULT_BACKOFF;
+    let backoff = initialMs;
     let reposition = false;
     while (this.running) {
       try {
@@ -231,26 +236,55 @@ export class DurableEventConsumer {
           if (this.retryLater) {
             // Not a failure: try again soon, without growing the back-off.
             this.retryLater = false;
-            await sleep(250);
+            await this.pause(250);
             continue;
           }
-          if (this.progressed) backoff = 200;
+          if (this.progressed) backoff = initialMs;
           this.progressed = false;
-          await sleep(backoff);
-          backoff = Math.min(backoff * 2, 10_000);
+          // Stood down (in consume) or lost its lock: acquire again at once (acquiring polls).
+          if (!this.leader || (await this.leadershipLost())) continue;
+          await this.pause(backoff);
+          backoff = Math.min(backoff * 2, maxMs);
         } else {
-          backoff = 200;
+          backoff = initialMs;
         }
       } catch (error) {
         this.lastError = (error as Error).message;
-        if (this.progressed) backoff = 200;
+        if (this.progressed) backoff = initialMs;
         this.progressed = false;
         this.o.logger.warn({ err: error, consumer: this.o.name }, 'consumer failed; retrying');
         reposition = true;
-        await sleep(backoff);
-        backoff = Math.min(backoff * 2, 10_000);
+        if (await this.leadershipLost()) continue;
+        await this.pause(backoff);
+        backoff = Math.min(backoff * 2, maxMs);
       }
     }
+  }
+
+  /**
+   * After a failure: is this replica no longer the single active one (its lock's connection went
+   * with a database restart, say)? Then it stands down at once, without the back-off: acquiring
+   * again polls by itself, so delivery resumes within a poll of the database's return rather than
+   * after a back-off that grew while it was away.
+   */
+  private async leadershipLost(): Promise<boolean> {
+    if (!this.leader || !this.o.confirmLeadership) return false;
+    if (await this.o.confirmLeadership().catch(() => false)) return false;
+    this.o.logger.warn({ consumer: this.o.name }, 'leadership lost; standing down');
+    this.leader = false;
+    return true;
+  }
+
+  /** A back-off that stop() cuts short. */
+  private pause(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wakePause = done;
+    }).finally(() => (this.wakePause = undefined));
   }
 
   /** Processes until stopped; returns true when a failure requires repositioning. */

@@ -459,4 +459,68 @@ describe('DurableEventConsumer', () => {
     expect(c.health()).toMatchObject({ running: false, leader: false });
     await b.stop();
   });
+  it('stands down at once when a failure took its leadership with it, and leads again as soon as it can, not after the back-off', async () => {
+    const tenant = 'lostlock';
+    const sink = new Sink();
+    // The database the handler and the lock live on: while it is down, both fail.
+    let down = false;
+    let goesDown = false;
+    let failures = 0;
+    let acquisitions = 0;
+    const c = consumer(tenant, {
+      // A back-off no test could sit out: recovering must not wait for it.
+      backoff: { initialMs: 120_000, maxMs: 120_000 },
+      position: async () => sink.position,
+      handle: async (batch) => {
+        if (goesDown) {
+          // The database goes away under the handler, taking the lock's session with it.
+          goesDown = false;
+          down = true;
+          failures++;
+          throw new Error('connection terminated');
+        }
+        sink.commit(batch);
+      },
+      acquireLeadership: async () => {
+        await until(() => !down, 'the database to return', 60_000);
+        acquisitions++;
+      },
+      confirmLeadership: async () => !down,
+    });
+    c.start();
+    const first = await publish(tenant, 3);
+    await until(() => sink.applied.length >= 3, 'the first events');
+
+    goesDown = true;
+    const second = await publish(tenant, 3);
+    await until(() => failures >= 1, 'the database to fail under the handler');
+    await until(() => !c.health().leader, 'standing down');
+    expect(c.health()).toMatchObject({ running: true, healthy: false });
+    down = false;
+    await until(() => sink.applied.length >= 6, 'the rest once the database is back');
+    expect(sink.applied).toEqual([...first.positions, ...second.positions]);
+    expect(failures).toBe(1);
+    expect(acquisitions).toBe(2);
+    expect(c.health()).toMatchObject({ leader: true, healthy: true });
+    await c.stop();
+  });
+
+  it('stops promptly while it waits out a back-off', async () => {
+    const tenant = 'stopinbackoff';
+    let failures = 0;
+    const c = consumer(tenant, {
+      backoff: { initialMs: 120_000, maxMs: 120_000 },
+      position: async () => 0,
+      handle: async () => {
+        failures++;
+        throw new Error('not now');
+      },
+    });
+    c.start();
+    await publish(tenant, 1);
+    await until(() => failures >= 1, 'a failure');
+    await c.stop();
+    expect(c.health()).toMatchObject({ running: false });
+    expect(failures).toBe(1);
+  });
 });

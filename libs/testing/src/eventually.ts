@@ -10,7 +10,11 @@ export interface EventuallyOptions {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function show(value: unknown): string {
-  if (value instanceof Error) return `${value.name}: ${value.message}`;
+  // Duck-typed: an error from another realm (fetch's, in a jest sandbox) is no `instanceof Error`.
+  if (value instanceof Error || (typeof value === 'object' && value !== null && typeof (value as Error).message === 'string' && typeof (value as Error).name === 'string')) {
+    const e = value as Error & { cause?: unknown };
+    return `${e.name}: ${e.message}${e.cause !== undefined ? ` (cause: ${show(e.cause)})` : ''}`;
+  }
   let text: string;
   try {
     text = JSON.stringify(value, (_key, v: unknown) => (v instanceof Headers ? Object.fromEntries(v) : v));

@@ -33,7 +33,8 @@ function repositoryOver(rows: VerifyRow[]): LedgerRepository {
       return { rows: [] };
     },
   };
-  const ds = { driver: { obtainMasterConnection: async () => [client, () => undefined] } } as unknown as DataSource;
+  const lent = { ...client, on: () => undefined, removeListener: () => undefined };
+  const ds = { driver: { obtainMasterConnection: async () => [lent, () => undefined] } } as unknown as DataSource;
   return new LedgerRepository(ds);
 }
 

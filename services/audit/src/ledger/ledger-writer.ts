@@ -1,10 +1,9 @@
 import { DataSource } from 'typeorm';
-import { PostgresDriver } from 'typeorm/driver/postgres/PostgresDriver';
 import { Counter } from 'prom-client';
 import { subjects } from '@keel/contracts';
 import { DurableEventConsumer, EventStore, Messaging, RawDelivery } from '@keel/messaging';
 import { Logger, metricsRegistry } from '@keel/observability';
-import { AdvisoryLeadership, ALL_TENANTS, scopeTransaction } from '@keel/database';
+import { AdvisoryLeadership, ALL_TENANTS, scopeTransaction, withPooledClient } from '@keel/database';
 import { SigningKeys, signCheckpoint } from '../signing/signing-keys';
 import { LedgerRecord, toLedgerRecord } from './ledger-entry';
 import { APPEND_LOCK, isDataError, LedgerRepository, PreparedAppend, Sql, Tail } from './ledger.repository';
@@ -123,13 +122,8 @@ export class LedgerWriter {
    * refuses as bytes (see LedgerRepository.append).
    */
   private async commit(prepared: PreparedAppend, careful: boolean): Promise<{ tail: Tail; flagged: LedgerRecord[] }> {
-    const [client, release] = (await (this.ds.driver as PostgresDriver).obtainMasterConnection()) as [
-      { query(text: string, params?: unknown[]): Promise<{ rows: unknown[] }> },
-      (error?: unknown) => void,
-    ];
-    const sql: Sql = { query: async (text, params) => (await client.query(text, params)).rows };
-    let broken: unknown;
-    try {
+    return withPooledClient(this.ds, async (client) => {
+      const sql: Sql = { query: async (text, params) => (await client.query(text, params)).rows };
       const tail = await this.repo.beginAppend(client);
       const fresh = prepared.records.filter((r) => r.position > tail.seq);
       if (!fresh.length) {
@@ -145,13 +139,7 @@ export class LedgerWriter {
       await client.query('COMMIT');
       appended.inc(fresh.length);
       return { tail: written[written.length - 1]!, flagged: fresh.filter((r) => r.problem !== null) };
-    } catch (error) {
-      // A connection that cannot even roll back is not given back to the pool.
-      await client.query('ROLLBACK').catch((e: unknown) => (broken = e));
-      throw error;
-    } finally {
-      release(broken);
-    }
+    });
   }
 
   /** The batch's records with any missing sequence between the tail and them read from the stream. */

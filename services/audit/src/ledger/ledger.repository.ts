@@ -1,9 +1,8 @@
 import { createHash } from 'node:crypto';
 import { DataSource, EntityManager } from 'typeorm';
-import { PostgresDriver } from 'typeorm/driver/postgres/PostgresDriver';
 import { AuditEventsQuery, contextOf, EventEnvelope, LedgerEntry, Page, ReplayPage, VerifyResult } from '@keel/contracts';
 import { AUDIT_SCHEMA } from '../database/schema';
-import { ALL_TENANTS, inTenant, scopeTransaction } from '@keel/database';
+import { ALL_TENANTS, inTenant, PooledClient, scopeTransaction, withPooledClient } from '@keel/database';
 import { PublicJwk, verifyCheckpoint } from '../signing/signing-keys';
 import { chainHash, GENESIS_HASH } from './hash-chain';
 import { asRawRecord, entryHash, LedgerRecord } from './ledger-entry';
@@ -38,12 +37,6 @@ const INSERT_SQL = `INSERT INTO ${LEDGER} (${COLUMNS.map(([c]) => c).join(', ')}
 /** What the ledger's statements need of a connection: an EntityManager, or a pooled pg client's rows. */
 export interface Sql {
   query(sql: string, params?: unknown[]): Promise<any>;
-}
-
-/** A pooled pg client, as typeorm's Postgres driver hands it out. */
-interface PgClient {
-  query(text: string, params?: unknown[]): Promise<{ rows: any[] }>;
-  query(config: { text: string; values: unknown[]; rowMode: 'array' }): Promise<{ rows: unknown[][] }>;
 }
 
 /** Records chained onto a tail, ready to insert: each entry's hash, and the rows as column arrays. */
@@ -333,10 +326,8 @@ export class LedgerRepository {
    */
   async verify(fromSeq = 1, toSeq?: number): Promise<VerifyResult> {
     // A pooled connection of its own: the pages come as arrays of columns (no object per row).
-    const [client, release] = (await (this.ds.driver as PostgresDriver).obtainMasterConnection()) as [PgClient, (error?: unknown) => void];
-    const sql: Sql = { query: async (text, params) => (await client.query(text, params)).rows };
-    let broken: unknown;
-    try {
+    return withPooledClient(this.ds, async (client) => {
+      const sql: Sql = { query: async (text, params) => (await client.query(text, params)).rows };
       // Without sorts: under row-level security the planner takes the policy's filter for very
       // selective, and reads every entry after a page's start into a sort for each page (quadratic
       // in the ledger's length); the primary key's index gives the order and stops at the page.
@@ -344,15 +335,10 @@ export class LedgerRepository {
       const result = await this.verifyIn(client, sql, fromSeq, toSeq);
       await client.query('COMMIT');
       return result;
-    } catch (error) {
-      await client.query('ROLLBACK').catch((e: unknown) => (broken = e));
-      throw error;
-    } finally {
-      release(broken);
-    }
+    });
   }
 
-  private async verifyIn(client: PgClient, db: Sql, fromSeq: number, toSeq?: number): Promise<VerifyResult> {
+  private async verifyIn(client: PooledClient, db: Sql, fromSeq: number, toSeq?: number): Promise<VerifyResult> {
     let prev = GENESIS_HASH;
     if (fromSeq > 1) {
       const before = await db.query(`SELECT hash FROM ${LEDGER} WHERE seq = $1`, [fromSeq - 1]);

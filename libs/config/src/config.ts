@@ -40,6 +40,11 @@ export const configSchema = z.object({
   /** A signed ledger checkpoint after this many entries (and at least every KEEL_CHECKPOINT_INTERVAL_MS). */
   KEEL_CHECKPOINT_EVERY: z.coerce.number().int().min(1).default(1000),
   KEEL_CHECKPOINT_INTERVAL_MS: z.coerce.number().int().min(100).default(60_000),
+  /**
+   * The window over which a gateway counts one principal's 403 refusals: the first of a window is
+   * recorded at once (`security.access.denied`), the rest as one count when the window closes.
+   */
+  KEEL_DENIAL_WINDOW_SECONDS: z.coerce.number().int().min(1).max(3_600).default(60),
   /** Key-encryption key (32 bytes, base64) under which secrets such as signing keys are stored. */
   KEEL_KEK: z
     .string()

@@ -2,6 +2,7 @@ import { DEFAULT_TENANT_SETTINGS, PLAN_QUOTAS, tenantEventTypes } from './tenant
 import { authEventTypes } from './auth';
 import { ssoEventTypes } from './sso';
 import { opsEventTypes } from './projections';
+import { securityEventTypes } from './security';
 import { EventBodyError, eventContexts, eventSchemas, validateEventBody } from './events';
 
 const refusal = (envelope: { type: string; data: Record<string, unknown> }) => {
@@ -14,10 +15,10 @@ const refusal = (envelope: { type: string; data: Record<string, unknown> }) => {
 };
 
 describe('event body schemas', () => {
-  it('declare every event type of tenant, auth (sso included) and ops', () => {
-    const declared = [tenantEventTypes, authEventTypes, ssoEventTypes, opsEventTypes].flatMap((types) => Object.values(types)).sort();
+  it('declare every event type of tenant, auth (sso included), ops and security', () => {
+    const declared = [tenantEventTypes, authEventTypes, ssoEventTypes, opsEventTypes, securityEventTypes].flatMap((types) => Object.values(types)).sort();
     expect(Object.keys(eventSchemas).sort()).toEqual(declared);
-    expect([...eventContexts].sort()).toEqual(['auth', 'ops', 'tenant']);
+    expect([...eventContexts].sort()).toEqual(['auth', 'ops', 'security', 'tenant']);
   });
 
   it('accept the bodies the services publish', () => {

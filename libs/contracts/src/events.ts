@@ -2,12 +2,13 @@ import { z } from 'zod';
 import { ServiceContract } from './contract';
 import { contextOf, EventEnvelope } from './envelope';
 import { opsEventSchemas } from './projections';
+import { securityEventSchemas } from './security';
 import { serviceContracts } from './services.generated';
 
-/** Every event type Keel publishes → the schema of its body (`data`): each service's, and the operators' (`ops.*`). */
+/** Every event type Keel publishes → the schema of its body (`data`): each service's, the operators' (`ops.*`) and the security signals (`security.*`). */
 export const eventSchemas: Readonly<Record<string, z.ZodType>> = (() => {
   const all: Record<string, z.ZodType> = {};
-  const declared = [...(Object.values(serviceContracts) as ServiceContract[]).map((c) => [c.service, c.events] as const), ['ops', opsEventSchemas] as const];
+  const declared = [...(Object.values(serviceContracts) as ServiceContract[]).map((c) => [c.service, c.events] as const), ['ops', opsEventSchemas] as const, ['security', securityEventSchemas] as const];
   for (const [owner, events] of declared) {
     for (const [type, schema] of Object.entries(events)) {
       if (all[type]) throw new Error(`The event type ${type} of the ${owner} contract is declared twice; each type has one body schema.`);

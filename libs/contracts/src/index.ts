@@ -11,6 +11,7 @@ export * from './auth';
 export * from './sso';
 export * from './text';
 export * from './projections';
+export * from './security';
 export * from './contract';
 export * from './operations';
 export * from './api';

@@ -52,9 +52,17 @@ export const tenantSettingsSchema = z
     auditRetentionDays: z.number().int().min(30).max(36_500),
     /** Wrong passwords in a row before an account is locked (for a growing period). */
     maxFailedLogins: z.number().int().min(3).max(50),
+    /**
+     * Failed sign-ins to the tenant in one minute that raise a `security.alert.raised` (once per
+     * minute). Optional: tenants created before it existed have the default.
+     */
+    failedSignInAlertThreshold: z.number().int().min(1).max(1_000_000).optional(),
   })
   .strict();
 export type TenantSettings = z.infer<typeof tenantSettingsSchema>;
+
+/** Failed sign-ins per minute that raise an alert when a tenant's settings do not say (the seeds use 10 for a team, 100 for an enterprise). */
+export const DEFAULT_FAILED_SIGN_IN_ALERT_THRESHOLD = 100;
 
 /** Defaults a new tenant starts with. Seven years of audit retention covers SOX. */
 export const DEFAULT_TENANT_SETTINGS: TenantSettings = {
@@ -65,6 +73,7 @@ export const DEFAULT_TENANT_SETTINGS: TenantSettings = {
   dataResidency: 'global',
   auditRetentionDays: 2_555,
   maxFailedLogins: 5,
+  failedSignInAlertThreshold: DEFAULT_FAILED_SIGN_IN_ALERT_THRESHOLD,
 };
 
 export const tenantStatusSchema = z.enum(['active', 'suspended', 'closed']);

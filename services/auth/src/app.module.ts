@@ -22,6 +22,7 @@ import { OidcClient } from './sso/oidc-client';
 import { SESSION_STARTER, SessionStarter } from './sso/session-starter';
 import { SsoService } from './sso/sso.service';
 import { SsoStates } from './sso/sso-states';
+import { SignInAlerts } from './security/sign-in-alerts';
 import { createFirstAdmin } from './users/first-admin';
 import { Lockout } from './users/lockout';
 import { TenantLookup } from './users/tenant-lookup';
@@ -63,6 +64,8 @@ export function authModule(config: KeelConfig, logger: Logger) {
     // @MessagePattern handlers are served by KeelNatsTransport (Nest finds patterns on controllers).
     // Services that other providers inject stay providers (one instance) and are exposed by patternsOf.
     controllers: [
+      // The failed sign-ins rule: an @EventPattern consumer of the user events.
+      SignInAlerts,
       SsoService,
       ApiKeysService,
       patternsOf(RbacService),

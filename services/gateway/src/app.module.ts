@@ -10,6 +10,7 @@ import { forwardedRouteControllers } from './http/forwarded-routes';
 import { ApiDocsController, ApiDocuments } from './http/openapi';
 import { ProblemFilter } from './http/problem';
 import { IdempotencyInterceptor } from './http/idempotency.interceptor';
+import { DenialRecorder } from './http/denials';
 import { RequestGuard } from './http/request.guard';
 import { OpsController } from './ops/ops.controller';
 import { TenantDirectory } from './tenants/tenant-directory';
@@ -38,6 +39,7 @@ export function gatewayModule(config: KeelConfig, logger: Logger) {
       { provide: TypedRpc, useFactory: (rpc: RpcClient) => new TypedRpc(rpc), inject: [RpcClient] },
       { provide: APP_GUARD, useClass: RequestGuard },
       IdempotencyInterceptor,
+      DenialRecorder,
       TenantDirectory,
       IdentityVerifier,
       { provide: RateLimiter, useFactory: (r: Redis) => new RateLimiter(r, config.KEEL_REDIS_PREFIX), inject: [Redis] },

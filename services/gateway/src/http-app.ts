@@ -6,6 +6,7 @@ import { initMetrics, Logger, metricsRegistry, NestPinoLogger, tracedRequestList
 import { createServer, RequestListener } from 'node:http';
 import { gatewayModule } from './app.module';
 import { refuseBadUrl } from './http/validate-request';
+import { DenialRecorder, recordDenials } from './http/denials';
 
 const BODY_LIMIT = 64 * 1024;
 
@@ -37,7 +38,10 @@ export async function createGatewayApp(config: KeelConfig, logger: Logger): Prom
     );
     done();
   });
-  return NestFactory.create<NestFastifyApplication>(gatewayModule(config, logger), adapter, {
+  const app = await NestFactory.create<NestFastifyApplication>(gatewayModule(config, logger), adapter, {
     logger: new NestPinoLogger(logger),
   });
+  // Before the routes are registered (at listen): every route's 403 is heard.
+  recordDenials(fastify, app.get(DenialRecorder));
+  return app;
 }

@@ -1,0 +1,101 @@
+import { Inject } from '@nestjs/common';
+import Redis from 'ioredis';
+import { Counter } from 'prom-client';
+import { KeelConfig } from '@keel/config';
+import {
+  authEventTypes as A,
+  DEFAULT_FAILED_SIGN_IN_ALERT_THRESHOLD,
+  EventEnvelope,
+  nameBasedUuid,
+  securityEventTypes,
+} from '@keel/contracts';
+import { EventPattern, EventStore, KEEL_CONFIG, KEEL_LOGGER, Payload, RetryLaterError } from '@keel/messaging';
+import { Logger, metricsRegistry, withTimeout } from '@keel/observability';
+import { TenantLookup } from '../users/tenant-lookup';
+
+/** The window the rule counts in. */
+export const ALERT_WINDOW_MS = 60_000;
+/** Failures older than this when they reach the rule are history (a new consumer reading the log from its start), not an attack now. */
+export const STALE_AFTER_MS = 5 * ALERT_WINDOW_MS;
+const REDIS_TIMEOUT_MS = 1_000;
+
+const raised = new Counter({
+  name: 'keel_security_alerts_raised_total',
+  help: 'security.alert.raised events published, by rule',
+  labelNames: ['rule'],
+  registers: [metricsRegistry],
+});
+
+/**
+ * The failed sign-ins rule: when a tenant's failed sign-ins (`auth.user.login_failed`) in one
+ * minute of the log's time pass the tenant's `failedSignInAlertThreshold`, one
+ * `security.alert.raised` is published for that tenant and minute.
+ *
+ * A durable consumer of the user events, so a restart or a second replica neither misses nor
+ * doubles anything: each failure is counted by its event id (a Redis set per tenant and minute,
+ * so a redelivery counts once), the window comes from the event's own time, and the alert's id
+ * is derived from (rule, tenant, minute), so publishing it again after a crash is stored once.
+ * Redis away: the events wait (RetryLaterError) and are counted when it is back.
+ */
+export class SignInAlerts {
+  constructor(
+    private readonly store: EventStore,
+    @Inject(KEEL_CONFIG) private readonly config: KeelConfig,
+    @Inject(KEEL_LOGGER) private readonly logger: Logger,
+    private readonly redis: Redis,
+    private readonly tenants: TenantLookup,
+  ) {}
+
+  @EventPattern('evt.*.auth.user.*', { durable: 'auth-sign-in-alerts' })
+  async onUserEvent(@Payload() event: EventEnvelope): Promise<void> {
+    if (event.type !== A.userLoginFailed) return;
+    const at = Date.parse(event.occurredAt);
+    if (!Number.isFinite(at) || Date.now() - at > STALE_AFTER_MS) return;
+    const windowStart = Math.floor(at / ALERT_WINDOW_MS) * ALERT_WINDOW_MS;
+    const base = `${this.config.KEEL_REDIS_PREFIX}security:failed_sign_ins:${event.tenantId}:${windowStart}`;
+    let observed: number;
+    try {
+      const replies = await withTimeout(
+        this.redis
+          .multi()
+          .sadd(base, event.id)
+          .scard(base)
+          .pexpire(base, 3 * ALERT_WINDOW_MS)
+          .exists(`${base}:alerted`)
+          .exec(),
+        REDIS_TIMEOUT_MS,
+        'counting a failed sign-in',
+      );
+      if (!replies || replies.some(([error]) => error)) throw new Error('the count was not taken');
+      observed = Number(replies[1]![1]);
+      if (Number(replies[3]![1]) === 1) return;
+    } catch (error) {
+      throw new RetryLaterError(`Redis cannot count failed sign-ins now: ${(error as Error).message}`);
+    }
+    const tenant = await this.tenants.find(event.tenantId);
+    if (!tenant) return;
+    const threshold = tenant.settings.failedSignInAlertThreshold ?? DEFAULT_FAILED_SIGN_IN_ALERT_THRESHOLD;
+    if (observed <= threshold) return;
+
+    const id = nameBasedUuid(`security.alert.raised|failed_sign_ins|${event.tenantId}|${windowStart}`);
+    const alert: EventEnvelope = {
+      id,
+      type: securityEventTypes.alertRaised,
+      schemaVersion: 1,
+      tenantId: event.tenantId,
+      aggregateType: 'alert',
+      aggregateId: id,
+      aggregateVersion: 1,
+      occurredAt: new Date().toISOString(),
+      actor: { kind: 'service', id: 'auth' },
+      correlationId: event.correlationId,
+      causationId: event.id,
+      data: { rule: 'failed_sign_ins', windowStart: new Date(windowStart).toISOString(), windowSeconds: ALERT_WINDOW_MS / 1_000, threshold, observed },
+    };
+    // Published before it is marked: a crash in between publishes it again, and the log keeps one (its id).
+    await this.store.appendFacts([alert]);
+    await withTimeout(this.redis.set(`${base}:alerted`, '1', 'PX', 3 * ALERT_WINDOW_MS), REDIS_TIMEOUT_MS, 'marking the alert').catch(() => undefined);
+    raised.inc({ rule: 'failed_sign_ins' });
+    this.logger.warn({ tenantId: event.tenantId, windowStart: alert.data.windowStart, threshold, observed }, 'security alert: failed sign-ins passed the threshold');
+  }
+}

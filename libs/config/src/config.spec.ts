@@ -32,8 +32,15 @@ describe('parseConfig', () => {
       KEEL_CONSISTENCY_WAIT_MS: 3000,
       KEEL_CHECKPOINT_EVERY: 1000,
       KEEL_CHECKPOINT_INTERVAL_MS: 60000,
+      KEEL_SSO_ALLOW_HTTP_LOOPBACK: false,
       KEEL_LOG_LEVEL: 'info',
     });
+  });
+
+  it('reads KEEL_SSO_ALLOW_HTTP_LOOPBACK as true or false only', () => {
+    expect(parseConfig({ KEEL_SSO_ALLOW_HTTP_LOOPBACK: 'true' }).KEEL_SSO_ALLOW_HTTP_LOOPBACK).toBe(true);
+    expect(parseConfig({ KEEL_SSO_ALLOW_HTTP_LOOPBACK: 'false' }).KEEL_SSO_ALLOW_HTTP_LOOPBACK).toBe(false);
+    expect(configError({ KEEL_SSO_ALLOW_HTTP_LOOPBACK: 'yes' }).issues).toEqual(['KEEL_SSO_ALLOW_HTTP_LOOPBACK: must be true or false']);
   });
 
   it('coerces numeric settings from their string form', () => {

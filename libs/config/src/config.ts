@@ -50,6 +50,12 @@ export const configSchema = z.object({
     .string()
     .refine((v) => Buffer.from(v, 'base64').length === 32, 'must be 32 bytes, base64-encoded (openssl rand -base64 32)')
     .optional(),
+  /**
+   * Development only: an identity provider's issuer (and the URLs its discovery names) may be
+   * plain `http://` to a loopback address. Off by default: outbound fetches are https to public
+   * addresses only (services/auth/src/sso/safe-fetch.ts).
+   */
+  KEEL_SSO_ALLOW_HTTP_LOOPBACK: z.enum(['true', 'false'], { message: 'must be true or false' }).default('false').transform((v) => v === 'true'),
   KEEL_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   KEEL_INSTANCE_ID: z.string().optional(),
   OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),

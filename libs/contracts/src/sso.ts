@@ -25,6 +25,7 @@ function isSecureUrl(value: string, { query }: { query: boolean }): boolean {
   return url.protocol === 'https:' || (url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname));
 }
 
+const endpointUrl = text().max(2048).refine((v) => isSecureUrl(v, { query: true }), 'must be an https URL without a fragment (http only on localhost)');
 const claimName = text().min(1).max(200);
 const groupName = text().min(1).max(256);
 
@@ -35,6 +36,21 @@ const oidcConfigSchema = z
     clientId: text().min(1).max(255),
     /** Requested beyond `openid email profile`, e.g. `groups`. */
     scopes: z.array(text().regex(/^[\x21\x23-\x5B\x5D-\x7E]{1,100}$/, 'must be one OAuth scope token')).max(20).default([]),
+    /**
+     * Endpoints used instead of the discovery document's. A discovered endpoint on another
+     * origin than the issuer's is refused unless it is named here (e.g. Google's token endpoint
+     * is on oauth2.googleapis.com): the client secret goes only where its owner said.
+     */
+    endpoints: z
+      .object({
+        authorization: endpointUrl,
+        token: endpointUrl,
+        jwks: endpointUrl,
+        userinfo: endpointUrl,
+      })
+      .partial()
+      .strict()
+      .optional(),
   })
   .strict();
 export type OidcConfig = z.infer<typeof oidcConfigSchema>;

@@ -74,7 +74,8 @@ export class IdentityProvidersService {
 
   /**
    * What would fail every sign-in is refused when the provider is saved: roles its author does
-   * not hold, teams the tenant does not have, an issuer Keel cannot discover.
+   * not hold, teams the tenant does not have, an issuer Keel cannot discover or may not connect
+   * to (not https, a non-public address), endpoints on other origins than the issuer's.
    */
   private async check(tenantId: string, data: IdentityProviderInput, meta: AuthMeta): Promise<void> {
     requireGrantable(meta.permissions, await this.catalog.roles(tenantId), rolesGrantedBy(data.mapping));
@@ -83,12 +84,15 @@ export class IdentityProvidersService {
       .filter(([, t]) => !teams.has(t.teamId))
       .map(([group]) => ({ field: `mapping.teamMapping.${group}.teamId`, message: 'no such team in this tenant' }));
     if (unknown.length) throw new KeelError('validation_failed', 'The team mapping names teams this tenant does not have; create them first.', unknown);
+    // Scheme and address literals first, without a connection; then discovery through the safe fetch.
+    const problem = this.oidc.configProblem(data.config);
+    if (problem) throw new KeelError('validation_failed', `Keel does not connect to this identity provider: ${problem.field} ${problem.message}.`, [problem]);
     try {
-      await this.oidc.discover(data.config.issuer);
+      await this.oidc.check(data.config);
     } catch (error) {
       if (!(error instanceof ProviderUnusable)) throw error;
-      throw new KeelError('validation_failed', `Keel cannot use this issuer (${error.reason}); check config.issuer and that Keel can reach the provider.`, [
-        { field: 'config.issuer', message: error.reason },
+      throw new KeelError('validation_failed', `Keel cannot use this identity provider (${error.reason}); check ${error.field} and that Keel can reach the provider.`, [
+        { field: error.field, message: error.reason },
       ]);
     }
   }

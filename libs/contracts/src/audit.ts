@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { queryInteger } from './validation';
 import { isoTime, pageOf, query, route, routeGroup, SameType, serviceContract } from './contract';
 import { EventEnvelope, envelopeSchema } from './envelope';
 import { KeelError } from './errors';
@@ -145,7 +146,7 @@ export const auditRpc = {
 
 // ---- HTTP routes ----
 
-const cursorQuery = ledgerCursorQuerySchema.extend({ limit: z.coerce.number().int().min(1).max(1_000).default(100) }).strict();
+const cursorQuery = ledgerCursorQuerySchema.extend({ limit: queryInteger({ min: 1, max: 1_000 }).default(100) }).strict();
 
 export const auditRoutes = routeGroup({
   events: route({
@@ -154,7 +155,7 @@ export const auditRoutes = routeGroup({
     query: auditEventsQuerySchema.extend({
       from: z.iso.datetime().optional().describe('occurredAt at or after (ISO-8601)'),
       to: z.iso.datetime().optional().describe('occurredAt before (ISO-8601)'),
-      limit: z.coerce.number().int().min(1).max(1_000).default(100),
+      limit: queryInteger({ min: 1, max: 1_000 }).default(100),
     }),
     response: { status: 200, schema: ledgerPageSchema },
     forward: {
@@ -181,7 +182,7 @@ export const auditRoutes = routeGroup({
   verify: route({
     method: 'GET', path: '/api/v1/audit/verify', permission: permissions.auditVerify, tag: 'audit', summary: 'Verify the hash chain over a range of sequences',
     query: z
-      .object({ fromSeq: z.coerce.number().int().min(1).optional(), toSeq: z.coerce.number().int().min(1).optional() })
+      .object({ fromSeq: queryInteger({ min: 1 }).optional(), toSeq: queryInteger({ min: 1 }).optional() })
       .strict()
       .refine((v) => v.fromSeq === undefined || v.toSeq === undefined || v.fromSeq <= v.toSeq, { message: 'fromSeq must not be greater than toSeq', path: ['fromSeq'] }),
     response: { status: 200, schema: verifyResultSchema },

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { queryInteger } from './validation';
 import { jwkSetSchema } from './audit';
 import { command, commandMetaSchema, isoTime, jsonObject, listOf, pageOf, positionSchema, query, route, routeGroup, SameType, serviceContract } from './contract';
 import { actorSchema, envelopeSchema } from './envelope';
@@ -365,7 +366,7 @@ export const tenantIdentityRoutes = routeGroup({
   }),
   listUsers: route({
     ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/users', permission: P.usersRead, tag: 'users', summary: 'List users', params: tenantParams,
-    query: z.object({ cursor: z.uuid().optional(), limit: z.coerce.number().int().min(1).max(500).default(50) }).strict(),
+    query: z.object({ cursor: z.uuid().optional(), limit: queryInteger({ min: 1, max: 500 }).default(50) }).strict(),
     response: { status: 200, schema: userPageSchema },
   }),
   getUser: route({ ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/users/{userId}', permission: P.usersRead, tag: 'users', summary: 'Get a user', params: userParams, response: { status: 200, schema: userSchema } }),

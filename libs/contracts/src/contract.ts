@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { queryInteger } from './validation';
 import { actorSchema, envelopeSchema } from './envelope';
 import { text } from './text';
 import type { Permission } from './permissions';
@@ -191,7 +192,7 @@ export const pageOf = <T extends Schema>(item: T) => z.object({ items: z.array(i
 /** A list (no paging) of `item`. */
 export const listOf = <T extends Schema>(item: T) => z.object({ items: z.array(item) });
 /** `?consistentWith=` on a query string. */
-export const consistentWithParam = z.coerce.number().int().min(0).optional().describe('Answer once the read model has applied this position');
+export const consistentWithParam = queryInteger().optional().describe('Answer once the read model has applied this position');
 /** A request without anything in it. */
 export const emptyRequest = z.object({}).strict();
 /** Any JSON object (a document served as it is). */

@@ -15,6 +15,7 @@ describe('KeelError', () => {
     ['idempotency_in_progress', 409],
     ['version_mismatch', 412],
     ['payload_too_large', 413],
+    ['headers_too_large', 431],
     ['unsupported_media_type', 415],
     ['idempotency_key_reused', 422],
     ['internal', 500],
@@ -31,7 +32,7 @@ describe('KeelError', () => {
   });
 
   it('covers every code of the catalogue in the table above', () => {
-    expect(Object.keys(errorCatalogue)).toHaveLength(24);
+    expect(Object.keys(errorCatalogue)).toHaveLength(25);
   });
 
   it('is an Error with its name, code and message', () => {

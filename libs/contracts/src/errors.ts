@@ -19,6 +19,8 @@ export const errorCatalogue = {
   idempotency_in_progress: 409,
   version_mismatch: 412,
   payload_too_large: 413,
+  /** The request's headers (or its URL) are larger than the server reads. */
+  headers_too_large: 431,
   account_locked: 423,
   rate_limited: 429,
   quota_exceeded: 409,

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { queryInteger } from './validation';
 import { auditRpc, ledgerCursorQuerySchema, ledgerPageSchema } from './audit';
 import { command, isoTime, listOf, positionSchema, query, route, routeGroup, SameType } from './contract';
 import { actorSchema } from './envelope';
@@ -149,7 +150,7 @@ export const deadLetterRpc = <S extends string>(service: S) => ({
 // ---- HTTP routes ----
 
 const nameParams = z.object({ name: projectionNameSchema }).strict();
-const letterParams = z.object({ name: projectionNameSchema, id: z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER) }).strict();
+const letterParams = z.object({ name: projectionNameSchema, id: queryInteger({ min: 1 }) }).strict();
 const admin = { permission: permissions.platformOperate, tag: 'operations' } as const;
 
 export const adminRoutes = routeGroup({
@@ -172,7 +173,7 @@ export const adminRoutes = routeGroup({
     query: z
       .object({
         resolved: z.enum(['true', 'false']).default('false').describe('list resolved (retried or skipped) letters instead of open ones'),
-        limit: z.coerce.number().int().min(1).max(500).default(100),
+        limit: queryInteger({ min: 1, max: 500 }).default(100),
       })
       .strict(),
     response: { status: 200, schema: listOf(deadLetterSchema).meta({ id: 'DeadLetterList' }) },
@@ -191,7 +192,7 @@ export const adminRoutes = routeGroup({
   }),
   incidents: route({
     ...admin, method: 'GET', path: '/api/v1/admin/ledger/incidents', summary: 'Ledger entries that are not valid event envelopes (each one an incident), oldest first',
-    query: ledgerCursorQuerySchema.extend({ limit: z.coerce.number().int().min(1).max(1_000).default(100) }).strict(),
+    query: ledgerCursorQuerySchema.extend({ limit: queryInteger({ min: 1, max: 1_000 }).default(100) }).strict(),
     response: { status: 200, schema: ledgerPageSchema },
     forward: { rpc: auditRpc.incidents },
   }),

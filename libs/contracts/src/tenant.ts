@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { queryInteger } from './validation';
 import { checkCidr } from './cidr';
 import { command, commandRequest, consistentWithParam, emptyRequest, isoTime, pageOf, positionSchema, query, route, routeGroup, SameType, serviceContract } from './contract';
 import { permissions } from './permissions';
@@ -276,7 +277,7 @@ export const tenantRoutes = routeGroup({
     query: z
       .object({
         cursor: text().max(200).optional(),
-        limit: z.coerce.number().int().min(1).max(500).default(50),
+        limit: queryInteger({ min: 1, max: 500 }).default(50),
         status: tenantStatusSchema.optional(),
         consistentWith: consistentWithParam,
       })

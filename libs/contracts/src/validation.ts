@@ -21,3 +21,26 @@ export function parseOrThrow<S extends z.ZodType>(schema: S, input: unknown, wha
   }
   return result.data;
 }
+
+const DECIMAL = /^[0-9]{1,16}$/;
+
+/**
+ * An integer in a query string (or path): plain decimal digits only, so `''`, `0x10`, `1e3`,
+ * `' 1'`, `+1`, `1.0` and a repeated parameter are refused (400 naming the parameter) where
+ * `z.coerce.number()` would have read them as numbers. The OpenAPI document shows an integer.
+ */
+export function queryInteger(o: { min?: number; max?: number } = {}) {
+  const min = o.min ?? 0;
+  const max = o.max ?? Number.MAX_SAFE_INTEGER;
+  return z
+    .string({ error: 'must be a plain decimal integer, given once' })
+    .regex(DECIMAL, 'must be a plain decimal integer (digits only, no sign, spaces, exponent or fraction)')
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max))
+    .meta({
+      override: ({ jsonSchema }: { jsonSchema: Record<string, unknown> }) => {
+        delete jsonSchema.pattern;
+        Object.assign(jsonSchema, { type: 'integer', minimum: min, maximum: max });
+      },
+    });
+}

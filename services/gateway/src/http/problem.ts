@@ -26,6 +26,7 @@ const titles: Record<ErrorCode, string> = {
   idempotency_in_progress: 'Request with this Idempotency-Key in progress',
   version_mismatch: 'Version mismatch',
   payload_too_large: 'Payload too large',
+  headers_too_large: 'Request headers too large',
   unsupported_media_type: 'Unsupported media type',
   idempotency_key_reused: 'Idempotency-Key reused with a different request',
   internal: 'Internal error',

@@ -72,12 +72,32 @@ export const totpCodeSchema = text().regex(/^\d{6}$/, 'must be the 6-digit code 
 
 export const refreshSchema = z.object({ refreshToken: text().min(10).max(512) }).strict();
 
+/** Proving who one is again, for a signed-in session: the password and, with a factor enrolled, a code. */
+export const reauthenticateSchema = z
+  .object({
+    password: text().min(1).max(256),
+    totp: text().regex(/^\d{6}$/, 'must be the 6-digit code from your authenticator').optional(),
+    recoveryCode: text().trim().min(10).max(32).regex(/^[A-Za-z0-9 -]+$/, 'must be a recovery code as shown at enrolment').optional(),
+  })
+  .strict()
+  .refine((r) => !(r.totp && r.recoveryCode), { path: ['recoveryCode'], message: 'send either totp or recoveryCode, not both' });
+
+/** A new access token of the same session (the refresh token stays as it is). */
+export const accessTokenSchema = z
+  .object({ accessToken: text(), tokenType: z.literal('Bearer'), expiresIn: z.number().int(), authTime: isoTime.describe('when you last proved who you are (the token\'s auth_time)') })
+  .meta({ id: 'AccessToken' });
+
 export const createApiKeySchema = z
   .object({
     name: text().trim().min(1).max(100),
     permissions: z.array(permissionSchema).min(1).max(64),
-    expiresAt: z.iso.datetime(),
+    /** At most the tenant's `apiKeyMaxLifetimeDays` from now; without it, the key gets that maximum. */
+    expiresAt: z.iso.datetime().optional().describe("at most the tenant's apiKeyMaxLifetimeDays (default 365) from now; omitted: that maximum"),
   })
+  .strict();
+/** Rotation: a new secret; the old one ends now, or after the grace period. */
+export const rotateApiKeySchema = z
+  .object({ gracePeriodSeconds: z.number().int().min(0).max(86_400).default(0).describe('how long the old secret keeps working (0: it ends now; at most a day)') })
   .strict();
 export type CreateApiKey = z.infer<typeof createApiKeySchema>;
 
@@ -108,6 +128,10 @@ export interface AccessClaims {
   roles: string[];
   /** Effective tenant-scope permissions when the token was issued (custom roles included). */
   perms: string[];
+  /** When the person last proved who they are (seconds since epoch): sign-in, SSO or re-authentication; a refresh keeps it. */
+  auth_time: number;
+  /** How (RFC 8176): `pwd`, `otp` and `mfa` with a second factor, `fed` for single sign-on. */
+  amr: string[];
   iss: string;
   aud: string;
   iat: number;
@@ -123,6 +147,9 @@ export interface ApiKeyInfo {
   createdBy: string;
   createdAt: string;
   revokedAt: string | null;
+  /** When the key was last used, to within about a minute (recorded at most once a minute). */
+  lastUsedAt: string | null;
+  rotatedAt: string | null;
 }
 
 export interface SessionInfo {
@@ -148,11 +175,15 @@ export const authEventTypes = {
   userMfaEnrolled: 'auth.user.mfa_enrolled',
   userMfaRemoved: 'auth.user.mfa_removed',
   userRecoveryCodeUsed: 'auth.user.recovery_code_used',
+  userMfaReset: 'auth.user.mfa_reset',
   sessionStarted: 'auth.session.started',
   sessionRevoked: 'auth.session.revoked',
   sessionRefreshed: 'auth.session.refreshed',
+  sessionReauthenticated: 'auth.session.reauthenticated',
   apiKeyCreated: 'auth.api_key.created',
   apiKeyRevoked: 'auth.api_key.revoked',
+  apiKeyRotated: 'auth.api_key.rotated',
+  apiKeyUsed: 'auth.api_key.used',
   signingKeyRotated: 'auth.signing_key.rotated',
   roleCreated: 'auth.role.created',
   roleUpdated: 'auth.role.updated',
@@ -171,6 +202,13 @@ export const ACCESS_TOKEN_SECONDS = 900;
 
 /** Where a revoked session is kept (in Redis) for as long as its access tokens can live. */
 export const revokedSessionKey = (prefix: string, sessionId: string) => `${prefix}revoked:session:${sessionId}`;
+/**
+ * When a user's access last changed (roles, a tenant-scope grant, disabled), in ms since epoch, kept
+ * (in Redis) as long as a token issued before can live: gateways refuse such tokens.
+ */
+export const userChangedKey = (prefix: string, userId: string) => `${prefix}changed:user:${userId}`;
+/** When a tenant's custom role last changed (its permissions, or deleted), in ms since epoch: tokens carrying it issued before are refused. */
+export const roleChangedKey = (prefix: string, tenantId: string, role: string) => `${prefix}changed:role:${tenantId}:${role}`;
 
 // ---- answers ----
 
@@ -201,9 +239,16 @@ export const sessionListSchema = listOf(sessionInfoSchema).meta({ id: 'SessionLi
 export const apiKeyInfoSchema = z
   .object({
     id: z.uuid(), tenantId: text(), name: text(), permissions: z.array(text()), expiresAt: isoTime, createdBy: text(), createdAt: isoTime, revokedAt: isoTime.nullable(),
+    lastUsedAt: isoTime.nullable(), rotatedAt: isoTime.nullable(),
   })
   .meta({ id: 'ApiKey' });
 export const createdApiKeySchema = apiKeyInfoSchema.extend({ secret: text().describe('shown once, never again'), position: positionSchema });
+export const rotatedApiKeySchema = createdApiKeySchema.extend({ previousSecretValidUntil: isoTime.describe('when the old secret stops working') });
+/** What the gateway learns of a presented key: the key, what it may do now (its permissions ∩ its creator's current ones) and until when this secret works. */
+export const verifiedApiKeySchema = apiKeyInfoSchema.extend({ effectivePermissions: z.array(text()), validUntil: isoTime });
+export type VerifiedApiKey = z.infer<typeof verifiedApiKeySchema>;
+/** A user's access now, as a token issued now would carry it (for the gateway's check of a token issued around a change). */
+export const currentAccessSchema = z.object({ active: z.boolean(), roles: z.array(text()), permissions: z.array(text()) });
 export const apiKeyListSchema = listOf(apiKeyInfoSchema);
 
 export const roleSchema = z.object({ name: text(), description: text({ multiline: true }).optional(), system: z.boolean(), permissions: z.array(text()) });
@@ -243,8 +288,23 @@ export const authRpc = {
   changePassword: command(A_, 'change_password', { summary: 'Change one\'s own password', request: authCommand({ userId: z.uuid(), data: changePasswordSchema }), response: userCommandResultSchema }),
   mfaTotpStart: command(A_, 'mfa_totp_start', { summary: 'Start TOTP enrolment', request: authCommand({ userId: z.uuid() }), response: z.object({ secret: text(), otpauthUrl: text() }) }),
   mfaTotpConfirm: command(A_, 'mfa_totp_confirm', { summary: 'Confirm TOTP enrolment', request: authCommand({ userId: z.uuid(), code: totpCodeSchema }), response: z.object({ recoveryCodes: z.array(text()) }) }),
+  reauthenticate: command(A_, 'reauthenticate', {
+    summary: 'Prove who one is again: a fresh auth_time for the current session',
+    request: authCommand({ userId: z.uuid(), sessionId: z.uuid(), data: reauthenticateSchema }),
+    response: accessTokenSchema,
+  }),
+  resetMfa: command(A_, 'reset_mfa', {
+    summary: "Remove a user's second factor (an administrator, for a user who lost it); ends the user's sessions",
+    request: authCommand({ userId: z.uuid() }),
+    response: z.object({ reset: z.literal(true), sessionsRevoked: z.number().int().min(0), position: positionSchema }),
+  }),
   mfaTotpRemove: command(A_, 'mfa_totp_remove', { summary: 'Remove the TOTP factor', request: authCommand({ userId: z.uuid(), code: totpCodeSchema }), response: z.object({ removed: z.literal(true) }) }),
   createApiKey: command(A_, 'create_api_key', { summary: 'Create an API key', request: authCommand({ data: createApiKeySchema }), response: createdApiKeySchema }),
+  rotateApiKey: command(A_, 'rotate_api_key', {
+    summary: 'Issue a new secret for an API key (the old one ends now or after a grace period)',
+    request: authCommand({ keyId: z.uuid(), data: rotateApiKeySchema }),
+    response: rotatedApiKeySchema,
+  }),
   revokeApiKey: command(A_, 'revoke_api_key', { summary: 'Revoke an API key', request: authCommand({ keyId: z.uuid() }), response: apiKeyInfoSchema.extend({ position: positionSchema }) }),
   createRole: command(A_, 'create_role', { summary: 'Create a custom role', request: authCommand({ data: customRoleSchema }), response: roleSchema.extend({ position: positionSchema }) }),
   updateRole: command(A_, 'update_role', { summary: 'Change a custom role', request: authCommand({ name: roleNameSchema, data: updateRoleSchema }), response: roleSchema.extend({ position: positionSchema }) }),
@@ -267,7 +327,12 @@ export const authRpc = {
   }),
   jwks: query(A_, 'jwks', { summary: 'Keys that verify access tokens', request: z.object({}).loose(), response: jwkSetSchema }),
   apiKeys: query(A_, 'api_keys', { summary: "A tenant's API keys (never their secrets)", request: z.object({ tenantId: tenantScope }).strict(), response: apiKeyListSchema }),
-  verifyApiKey: query(A_, 'verify_api_key', { summary: 'Who a presented API key is (for the gateway)', request: z.object({ secret: text().min(1).max(200) }).strict(), response: apiKeyInfoSchema }),
+  verifyApiKey: query(A_, 'verify_api_key', { summary: 'Who a presented API key is (for the gateway)', request: z.object({ secret: text().min(1).max(200) }).strict(), response: verifiedApiKeySchema }),
+  currentAccess: query(A_, 'current_access', {
+    summary: "A user's status, tenant-scope roles and permissions now (for the gateway)",
+    request: z.object({ tenantId: tenantScope, userId: z.uuid() }).strict(),
+    response: currentAccessSchema,
+  }),
   roles: query(A_, 'roles', { summary: 'System and custom roles', request: z.object({ tenantId: tenantScope }).strict(), response: listOf(roleSchema) }),
   teams: query(A_, 'teams', { summary: 'Teams', request: z.object({ tenantId: tenantScope }).strict(), response: listOf(teamViewSchema) }),
   roleAssignments: query(A_, 'role_assignments', { summary: 'Role assignments', request: z.object({ tenantId: tenantScope, userId: z.uuid().optional() }).strict(), response: listOf(roleAssignmentViewSchema) }),
@@ -291,11 +356,18 @@ export const authEventSchemas = {
   [authEventTypes.userMfaEnrolled]: z.object({ method: z.literal('totp'), recoveryCodes: z.number().int().min(0) }),
   [authEventTypes.userMfaRemoved]: z.object({ method: z.literal('totp') }),
   [authEventTypes.userRecoveryCodeUsed]: z.object({ remaining: z.number().int().min(0) }),
-  [authEventTypes.sessionStarted]: z.object({ userId: z.uuid() }),
+  /** An administrator removed the user's factor (the actor is the administrator); `sessionsRevoked` of the user's sessions ended. */
+  [authEventTypes.userMfaReset]: z.object({ method: z.literal('totp'), sessionsRevoked: z.number().int().min(0) }),
+  /** `amr`: how the person proved who they are (RFC 8176); the session's auth_time is the event's time. */
+  [authEventTypes.sessionStarted]: z.object({ userId: z.uuid(), amr: z.array(text()).optional() }),
+  [authEventTypes.sessionReauthenticated]: z.object({ amr: z.array(text()) }),
   [authEventTypes.sessionRevoked]: z.object({ reason: text() }),
   [authEventTypes.sessionRefreshed]: z.object({}),
   [authEventTypes.apiKeyCreated]: z.object({ name: text(), permissions: z.array(text()), expiresAt: isoTime }),
   [authEventTypes.apiKeyRevoked]: z.object({}),
+  [authEventTypes.apiKeyRotated]: z.object({ previousSecretValidUntil: isoTime }),
+  /** Recorded at most once a minute per key. */
+  [authEventTypes.apiKeyUsed]: z.object({ at: isoTime }),
   [authEventTypes.signingKeyRotated]: z.object({ kid: text(), retired: z.array(text()) }),
   [authEventTypes.roleCreated]: z.object({ description: freeText, permissions: z.array(text()) }),
   [authEventTypes.roleUpdated]: z.object({ description: freeText, permissions: z.array(text()) }),
@@ -304,7 +376,8 @@ export const authEventSchemas = {
   [authEventTypes.teamUpdated]: z.object({ name: text(), parentId: z.uuid().nullable() }),
   [authEventTypes.teamDeleted]: z.object({}),
   [authEventTypes.roleGranted]: z.object({ userId: z.uuid(), role: text(), teamId: z.uuid().optional() }),
-  [authEventTypes.roleRevoked]: z.object({}),
+  /** Whose grant it was (optional: events written before carry none). */
+  [authEventTypes.roleRevoked]: z.object({ userId: z.uuid().optional(), role: text().optional(), teamId: z.uuid().optional() }),
 } satisfies Record<(typeof authEventTypes)[keyof typeof authEventTypes], z.ZodType>;
 
 // ---- HTTP routes ----
@@ -324,16 +397,21 @@ export const authRoutes = routeGroup({
     body: refreshSchema, response: { status: 200, schema: tokenPairSchema },
   }),
   logout: route({ ...me, method: 'POST', path: '/api/v1/auth/logout', summary: 'Sign out: revoke this session', response: noContent }),
-  changePassword: route({ ...me, method: 'POST', path: '/api/v1/auth/password', summary: 'Change your own password', body: changePasswordSchema, response: noContent }),
+  changePassword: route({ ...me, stepUp: true, method: 'POST', path: '/api/v1/auth/password', summary: 'Change your own password (needs a recent sign-in)', body: changePasswordSchema, response: noContent }),
+  reauthenticate: route({
+    ...me, method: 'POST', path: '/api/v1/auth/reauthenticate',
+    summary: 'Prove who you are again (password, and a code when you have a second factor) → an access token with a fresh auth_time, for routes that need a recent sign-in',
+    body: reauthenticateSchema, response: { status: 200, schema: accessTokenSchema },
+  }),
   startTotp: route({
-    ...me, method: 'POST', path: '/api/v1/auth/mfa/totp', summary: 'Start TOTP enrolment: a new secret and otpauth:// URL for your authenticator app (confirm it with a code)',
+    ...me, stepUp: true, method: 'POST', path: '/api/v1/auth/mfa/totp', summary: 'Start TOTP enrolment: a new secret and otpauth:// URL for your authenticator app (confirm it with a code; needs a recent sign-in)',
     response: { status: 201, schema: authRpc.mfaTotpStart.response },
   }),
   confirmTotp: route({
-    ...me, method: 'POST', path: '/api/v1/auth/mfa/totp/verify', summary: 'Confirm TOTP enrolment with a current code → 10 single-use recovery codes (shown once)',
+    ...me, stepUp: true, method: 'POST', path: '/api/v1/auth/mfa/totp/verify', summary: 'Confirm TOTP enrolment with a current code → 10 single-use recovery codes (shown once; needs a recent sign-in)',
     body: totpCodeBody, response: { status: 200, schema: authRpc.mfaTotpConfirm.response },
   }),
-  removeTotp: route({ ...me, method: 'DELETE', path: '/api/v1/auth/mfa/totp', summary: 'Remove your TOTP factor and its recovery codes (needs a current code)', body: totpCodeBody, response: noContent }),
+  removeTotp: route({ ...me, stepUp: true, method: 'DELETE', path: '/api/v1/auth/mfa/totp', summary: 'Remove your TOTP factor and its recovery codes (needs a current code and a recent sign-in)', body: totpCodeBody, response: noContent }),
   updateProfile: route({ ...me, method: 'PATCH', path: '/api/v1/auth/profile', summary: 'Update your own profile', body: profileSchema, response: { status: 200, schema: userAnswerSchema } }),
   mySessions: route({ ...me, method: 'GET', path: '/api/v1/auth/sessions', summary: 'Your own active sessions', response: { status: 200, schema: sessionListSchema } }),
   revokeMine: route({
@@ -386,8 +464,14 @@ export const tenantIdentityRoutes = routeGroup({
     ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/users/{userId}/password', permission: P.usersWrite, tag: 'users', summary: "Reset a user's password (revokes every session)",
     params: userParams, body: resetPasswordSchema, response: noContent,
   }),
+  resetMfa: route({
+    forward: { rpc: authRpc.resetMfa, withPermissions: true },
+    ...inTenant, stepUp: true, method: 'POST', path: '/api/v1/tenants/{tenantId}/users/{userId}/mfa/reset', permission: P.usersResetMfa, tag: 'users',
+    summary: "Remove a user's second factor and recovery codes, for a user who lost them (ends every session of the user; they sign in with the password and may enrol again)",
+    params: userParams, response: { status: 200, schema: authRpc.resetMfa.response },
+  }),
   createKey: route({
-    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/api-keys', permission: P.apiKeysWrite, tag: 'api-keys', summary: 'Create an API key (permissions ⊆ yours); the secret is shown once',
+    ...inTenant, stepUp: true, method: 'POST', path: '/api/v1/tenants/{tenantId}/api-keys', permission: P.apiKeysWrite, tag: 'api-keys', summary: 'Create an API key (permissions ⊆ yours; needs a recent sign-in); the secret is shown once',
     params: tenantParams, body: createApiKeySchema, response: { status: 201, schema: createdApiKeySchema },
   }),
   listKeys: route({
@@ -397,6 +481,11 @@ export const tenantIdentityRoutes = routeGroup({
   revokeKey: route({
     ...inTenant, method: 'DELETE', path: '/api/v1/tenants/{tenantId}/api-keys/{keyId}', permission: P.apiKeysWrite, tag: 'api-keys', summary: 'Revoke an API key (refused everywhere within a second)',
     params: tenantParams.extend({ keyId: z.uuid() }).strict(), response: { status: 200, schema: authRpc.revokeApiKey.response },
+  }),
+  rotateKey: route({
+    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/api-keys/{keyId}/rotate', permission: P.apiKeysWrite, tag: 'api-keys',
+    summary: "Issue a new secret for an API key (you must hold its permissions); the old secret ends now, or after gracePeriodSeconds",
+    params: tenantParams.extend({ keyId: z.uuid() }).strict(), body: rotateApiKeySchema, response: { status: 200, schema: rotatedApiKeySchema },
   }),
   listSessions: route({
     ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/sessions', permission: P.sessionsRead, tag: 'sessions', summary: 'Active sessions in the tenant',

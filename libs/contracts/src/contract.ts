@@ -57,6 +57,11 @@ export interface RouteSpec<
   /** Honours `If-Match: <version>`. */
   conditional?: boolean;
   /**
+   * Needs a recent authentication: a signed-in user whose token's `auth_time` is within the tenant's
+   * `stepUpWindowSeconds` (API keys never are; the operator token is exempt). Enforced by the gateway's guard.
+   */
+  stepUp?: boolean;
+  /**
    * The command or query the route forwards to. A route with `forward` needs no gateway code: the
    * gateway serves it itself (guard, validation, `Idempotency-Key`, the call, the answer as it is).
    * A route without one is served by a gateway controller of its own (for what a plain forward

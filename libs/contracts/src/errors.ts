@@ -8,6 +8,8 @@ export const errorCatalogue = {
   unauthorized: 401,
   invalid_credentials: 401,
   mfa_required: 401,
+  /** The route needs a recent authentication (RFC 9470): re-authenticate, then retry. */
+  step_up_required: 401,
   invalid_token: 401,
   forbidden: 403,
   not_found: 404,

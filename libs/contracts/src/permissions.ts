@@ -12,6 +12,8 @@ export const permissions = {
   tenantsClose: 'tenants:close',
   usersRead: 'users:read',
   usersWrite: 'users:write',
+  /** Removing a user's second factor (and ending their sessions), for a user who lost it. */
+  usersResetMfa: 'users:reset_mfa',
   rolesRead: 'roles:read',
   rolesWrite: 'roles:write',
   sessionsRead: 'sessions:read',
@@ -37,7 +39,7 @@ const P = permissions;
 export const systemRoles = {
   platform_admin: allPermissions,
   tenant_admin: [
-    P.tenantsRead, P.tenantsUpdate, P.usersRead, P.usersWrite, P.rolesRead, P.rolesWrite, P.sessionsRead,
+    P.tenantsRead, P.tenantsUpdate, P.usersRead, P.usersWrite, P.usersResetMfa, P.rolesRead, P.rolesWrite, P.sessionsRead,
     P.sessionsRevoke, P.apiKeysRead, P.apiKeysWrite, P.auditRead, P.budgetsRead, P.budgetsWrite, P.gpuAllocate,
   ],
   security_auditor: [P.tenantsRead, P.usersRead, P.rolesRead, P.sessionsRead, P.apiKeysRead, P.auditRead, P.auditVerify],

@@ -58,12 +58,24 @@ export const tenantSettingsSchema = z
      * minute). Optional: tenants created before it existed have the default.
      */
     failedSignInAlertThreshold: z.number().int().min(1).max(1_000_000).optional(),
+    /**
+     * How long after signing in (or re-authenticating) a user may do sensitive things for themselves
+     * (second factor, password, API keys) without proving who they are again. Optional: tenants
+     * created before it existed have the default.
+     */
+    stepUpWindowSeconds: z.number().int().min(5).max(86_400).optional(),
   })
   .strict();
 export type TenantSettings = z.infer<typeof tenantSettingsSchema>;
 
 /** Failed sign-ins per minute that raise an alert when a tenant's settings do not say (the seeds use 10 for a team, 100 for an enterprise). */
 export const DEFAULT_FAILED_SIGN_IN_ALERT_THRESHOLD = 100;
+
+/** The step-up window when a tenant's settings do not say (10 minutes). */
+export const DEFAULT_STEP_UP_WINDOW_SECONDS = 600;
+
+/** A tenant's step-up window, tolerating settings stored before the setting existed. */
+export const stepUpWindowOf = (settings: Partial<TenantSettings> | undefined): number => settings?.stepUpWindowSeconds ?? DEFAULT_STEP_UP_WINDOW_SECONDS;
 
 /** Defaults a new tenant starts with. Seven years of audit retention covers SOX. */
 export const DEFAULT_TENANT_SETTINGS: TenantSettings = {
@@ -75,6 +87,7 @@ export const DEFAULT_TENANT_SETTINGS: TenantSettings = {
   auditRetentionDays: 2_555,
   maxFailedLogins: 5,
   failedSignInAlertThreshold: DEFAULT_FAILED_SIGN_IN_ALERT_THRESHOLD,
+  stepUpWindowSeconds: DEFAULT_STEP_UP_WINDOW_SECONDS,
 };
 
 export const tenantStatusSchema = z.enum(['active', 'suspended', 'closed']);

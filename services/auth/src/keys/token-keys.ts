@@ -91,7 +91,7 @@ export class TokenKeys {
 
   async sign(claims: Omit<AccessClaims, 'iss' | 'aud' | 'iat' | 'exp'>, lifetimeSeconds = ACCESS_TOKEN_SECONDS): Promise<string> {
     const { kid, key } = await this.active();
-    return new SignJWT({ tid: claims.tid, sid: claims.sid, roles: claims.roles, perms: claims.perms })
+    return new SignJWT({ tid: claims.tid, sid: claims.sid, roles: claims.roles, perms: claims.perms, auth_time: claims.auth_time, amr: claims.amr })
       .setProtectedHeader({ alg: 'EdDSA', kid, typ: 'at+jwt' })
       .setSubject(claims.sub)
       .setIssuer(TOKEN_ISSUER)

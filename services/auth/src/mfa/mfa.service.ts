@@ -8,6 +8,8 @@ import { inTenant, tenantQuery } from '@keel/database';
 import { Outbox, OutboxReceipt } from '@keel/event-sourcing';
 import { MessagePattern } from '@keel/messaging';
 import { AUTH_SCHEMA } from '../database/schema';
+import { permissionsOf, requireHoldsAll } from '../rbac/authority';
+import { SessionRevoker } from '../sessions/session-revoker';
 import { Lockout, Outcome } from '../users/lockout';
 import { AuthMeta, UsersService } from '../users/users.service';
 import { base32Encode, newTotpSecret, otpauthUrl, verifyTotp } from './totp';
@@ -24,6 +26,7 @@ const requests = {
   start: authRpc.mfaTotpStart.request,
   confirm: authRpc.mfaTotpConfirm.request,
   remove: authRpc.mfaTotpRemove.request,
+  reset: authRpc.resetMfa.request,
 };
 
 /** What the second factor says about a sign-in whose password was right. */
@@ -61,6 +64,7 @@ export class MfaService {
     private readonly users: UsersService,
     private readonly outbox: Outbox,
     private readonly lockout: Lockout,
+    private readonly revoker: SessionRevoker,
     @Inject('KEEL_AUTH_CONFIG') config: KeelConfig,
   ) {
     this.kek = kekFrom(config.KEEL_KEK);
@@ -177,6 +181,38 @@ export class MfaService {
     }));
     await this.outbox.sent(receipt);
     return { removed: true };
+  }
+
+  /**
+   * An administrator removes a user's second factor (confirmed or pending) and its recovery codes,
+   * for a user who lost their authenticator. Whoever does it must hold every permission the user
+   * holds (as for a password reset), and nobody resets their own (that is removal, with a current
+   * code). Every session of the user ends in the same transaction: whoever held them may be the
+   * one who enrolled a factor the owner does not control. One `auth.user.mfa_reset` event, with
+   * the administrator as its actor.
+   */
+  @MessagePattern(authRpc.resetMfa.subject)
+  async reset(body: unknown): Promise<{ reset: true; sessionsRevoked: number; position: number }> {
+    const { meta, payload } = parseOrThrow(requests.reset, body, 'MFA reset');
+    const { tenantId, userId } = payload;
+    const authority = await this.users.overUser(meta, tenantId, userId);
+    if (authority.self) {
+      throw new KeelError('forbidden', 'Nobody resets their own second factor: remove it with a current code (DELETE /api/v1/auth/mfa/totp), or ask another administrator.');
+    }
+    const { state } = await this.users.load(tenantId, userId);
+    const roles = state.status === 'none' ? [] : state.roles;
+    requireHoldsAll(authority.held, permissionsOf(authority.catalog, new Set([...roles, ...authority.assigned])));
+    const done = await inTenant(this.ds, tenantId, async (m) => {
+      const [removed]: [unknown[], number] = await m.query(`DELETE FROM ${FACTORS} WHERE user_id = $1 AND tenant_id = $2 RETURNING user_id`, [userId, tenantId]);
+      if (!removed.length) throw new KeelError('not_found', 'This user has no second factor, enrolled or pending.');
+      await m.query(`DELETE FROM ${CODES} WHERE user_id = $1`, [userId]);
+      const revoked = await this.revoker.revokeUserIn(m, tenantId, userId, 'mfa_reset', meta);
+      const receipt = await this.record(m, tenantId, userId, A.userMfaReset, { method: 'totp', sessionsRevoked: revoked.ids.length }, meta);
+      return { revoked, receipt };
+    });
+    await this.revoker.settle(done.revoked);
+    const { position } = await this.outbox.sent(done.receipt);
+    return { reset: true, sessionsRevoked: done.revoked.ids.length, position };
   }
 
   /**

@@ -55,17 +55,20 @@ export class SessionRevoker {
   }
 
   async revokeUser(tenantId: string, userId: string, reason: string, meta: CommandMeta): Promise<number> {
-    const revoked = await inTenant(this.ds, tenantId, (m) =>
-      this.revokeIn(
-        m,
-        `UPDATE ${SESSIONS} SET revoked_at = now(), revoked_reason = $3, version = version + 1
-         WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL RETURNING id, tenant_id, version`,
-        [tenantId, userId, reason],
-        reason,
-        meta,
-      ),
-    );
+    const revoked = await inTenant(this.ds, tenantId, (m) => this.revokeUserIn(m, tenantId, userId, reason, meta));
     return this.settle(revoked);
+  }
+
+  /** Inside the caller's transaction: revokes every active session of a user (`settle` after the commit). */
+  revokeUserIn(m: EntityManager, tenantId: string, userId: string, reason: string, meta: CommandMeta): Promise<Revoked> {
+    return this.revokeIn(
+      m,
+      `UPDATE ${SESSIONS} SET revoked_at = now(), revoked_reason = $3, version = version + 1
+       WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL RETURNING id, tenant_id, version`,
+      [tenantId, userId, reason],
+      reason,
+      meta,
+    );
   }
 
   /** Revokes one session; `userId` restricts it to that user's own sessions. Returns false when there was none. */

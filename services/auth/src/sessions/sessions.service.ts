@@ -1,5 +1,6 @@
 import { Inject, Injectable } from '@nestjs/common';
 import * as argon2 from 'argon2';
+import { randomUUID } from 'node:crypto';
 import { DataSource } from 'typeorm';
 import { z } from 'zod';
 import {
@@ -10,6 +11,7 @@ import {
   DEFAULT_TENANT_SETTINGS,
   KeelError,
   newEventId,
+  PLATFORM_TENANT,
   parseOrThrow,
   SessionInfo,
   TenantSettings,
@@ -18,10 +20,11 @@ import {
 import { randomToken, sha256Hex } from '@keel/crypto';
 import { inTenant, tenantQuery } from '@keel/database';
 import { Outbox, outboxEnvelope } from '@keel/event-sourcing';
-import { MessagePattern } from '@keel/messaging';
+import { KEEL_LOGGER, MessagePattern } from '@keel/messaging';
+import { Logger } from '@keel/observability';
 import { AUTH_SCHEMA, CROSS_TENANT_DS } from '../database/schema';
 import { TokenKeys } from '../keys/token-keys';
-import { MfaService } from '../mfa/mfa.service';
+import { MfaService, SecondFactor } from '../mfa/mfa.service';
 import { Lockout, Outcome } from '../users/lockout';
 import { TenantLookup } from '../users/tenant-lookup';
 import { ARGON2_OPTIONS, UsersService } from '../users/users.service';
@@ -38,10 +41,34 @@ const requests = {
   list: authRpc.sessions.request,
   jwks: authRpc.jwks.request,
   rotate: authRpc.rotateSigningKey.request,
+  reauthenticate: authRpc.reauthenticate.request,
 };
 
-/** A hash to verify against when the account does not exist, so timing does not tell. */
+/**
+ * A hash to verify against when the account does not exist (or has no password), made with the
+ * same Argon2id parameters as every stored hash, so the verify costs the same.
+ */
 let decoyHash: Promise<string> | undefined;
+const decoy = () => (decoyHash ??= argon2.hash(randomToken(), ARGON2_OPTIONS));
+
+/** Where a sign-in to an unknown or inactive tenant looks its user up: no tenant has this id, so nothing is found, at the same cost. */
+const NO_TENANT = '00000000-0000-0000-0000-000000000000';
+/** The user a sign-in with an unknown email reads from the log: nobody has this id, so the read costs what a real user's does. */
+const NO_USER = '00000000-0000-0000-0000-000000000000';
+
+/** How the person proved who they are (RFC 8176), by the second factor a right password came with. */
+function amrOf(secondFactor: SecondFactor): string[] {
+  return secondFactor === 'passed' ? ['mfa', 'otp', 'pwd'] : ['pwd'];
+}
+
+/** Postgres answers `extract(epoch …)` as text (numeric). */
+const seconds = (value: unknown): number => Math.floor(Number(value));
+
+/** When and how a session's person last proved who they are (the access token's `auth_time` and `amr`). */
+interface Proof {
+  authTime: number;
+  amr: string[];
+}
 
 @Injectable()
 export class SessionsService {
@@ -56,67 +83,85 @@ export class SessionsService {
     private readonly revoker: SessionRevoker,
     private readonly catalog: RoleCatalog,
     private readonly mfa: MfaService,
-  ) {}
+    @Inject(KEEL_LOGGER) private readonly logger: Logger,
+  ) {
+    void decoy();
+  }
 
   private invalid(): KeelError {
     return new KeelError('invalid_credentials', 'The email, password or tenant is not right.');
   }
 
+  /**
+   * Signs in. Every refusal takes the same path, so its time tells nothing (unknown tenant, unknown
+   * email, disabled user, wrong password): the tenant is looked up (misses are cached as hits are),
+   * the lockout slot taken, the email's reservation read (under a tenant id nobody has when the
+   * tenant is unknown or inactive), one Argon2id verify with the same parameters (against a decoy
+   * hash when there is no account or no password), and a user read from the log (one nobody is,
+   * when the email is unknown). A failure charged to an existing account (`auth.user.login_failed`,
+   * and `auth.user.locked` when the lockout locks it) is appended after the answer, as the only
+   * work an unknown email could not match; the lockout itself is in Redis before the answer.
+   */
   @MessagePattern(authRpc.login.subject)
   async login(body: unknown): Promise<TokenPair> {
     const { client: c, payload } = parseOrThrow(requests.login, body, 'sign-in');
-    let tenantId = 'platform';
+    let tenantId: string = PLATFORM_TENANT;
     let settings: TenantSettings = DEFAULT_TENANT_SETTINGS;
+    let account = `${PLATFORM_TENANT}:${payload.email}`;
     if (payload.tenant) {
       const tenant = await this.tenants.find(payload.tenant);
-      // A suspended or closed tenant's users cannot sign in; the answer does not say why.
-      if (!tenant || tenant.status !== 'active') throw this.invalid();
-      tenantId = tenant.id;
-      settings = { ...DEFAULT_TENANT_SETTINGS, ...tenant.settings };
-      // Before the password is tried: an attempt from outside the tenant's networks counts for nothing.
-      requireAllowedNetwork(c.ip, settings.allowedIpRanges);
+      if (tenant && tenant.status === 'active') {
+        tenantId = tenant.id;
+        settings = { ...DEFAULT_TENANT_SETTINGS, ...tenant.settings };
+        account = `${tenantId}:${payload.email}`;
+        // Before the password is tried: an attempt from outside the tenant's networks counts for nothing.
+        requireAllowedNetwork(c.ip, settings.allowedIpRanges);
+      } else {
+        // A suspended, closed or unknown tenant's sign-ins fail as a wrong password does, and as slowly.
+        tenantId = NO_TENANT;
+        account = `unknown:${payload.tenant}:${payload.email}`;
+      }
     }
-    const account = `${tenantId}:${payload.email}`;
     const limit = settings.maxFailedLogins;
     const attempt = await this.lockout.begin(account, c.ip, limit);
     if (!attempt.allowed) {
       throw new KeelError('account_locked', `Too many failed sign-ins; try again in ${Math.ceil(attempt.retryAfterMs! / 1000)} s.`);
     }
-    const [found] = await tenantQuery(
-      this.ds,
-      tenantId,
-      `SELECT r.user_id, c.password_hash FROM "${AUTH_SCHEMA}".email_reservations r
-       LEFT JOIN "${AUTH_SCHEMA}".credentials c ON c.user_id = r.user_id WHERE r.tenant_id = $1 AND r.email = $2`,
-      [tenantId, payload.email],
-    ).catch(async (error: unknown) => {
-      // Postgres away: end the attempt as neutral, or its slot stays taken and an outage locks the account.
-      await this.lockout.end(account, c.ip, limit, 'neutral').catch(() => undefined);
-      throw error;
-    });
     const actor = (userId: string) => ({ kind: 'user' as const, id: userId, tenantId, ...(c.ip ? { ip: c.ip } : {}), ...(c.userAgent ? { userAgent: c.userAgent } : {}) });
     const meta = (userId: string): CommandMeta => ({ actor: actor(userId), correlationId: c.correlationId });
     // Every path ends the attempt: a failure counts towards the lock, a success clears it.
     let outcome: Outcome = 'neutral';
+    let found: { user_id: string; password_hash: string | null } | undefined;
+    /** The existing user a failure is charged to (none for an unknown email). */
+    let charged: string | undefined;
     let user;
+    let secondFactor: SecondFactor = 'not_enrolled';
     try {
-      decoyHash ??= argon2.hash(randomToken(), ARGON2_OPTIONS);
-      const ok = await argon2.verify(found?.password_hash ?? (await decoyHash), payload.password);
-      if (!found || !found.password_hash || !ok) {
+      [found] = await tenantQuery(
+        this.ds,
+        tenantId,
+        `SELECT r.user_id, c.password_hash FROM "${AUTH_SCHEMA}".email_reservations r
+         LEFT JOIN "${AUTH_SCHEMA}".credentials c ON c.user_id = r.user_id WHERE r.tenant_id = $1 AND r.email = $2`,
+        [tenantId, payload.email],
+      );
+      const ok = await argon2.verify(found?.password_hash ?? (await decoy()), payload.password);
+      // Found or not, a user is read from the log; a reservation whose user never reached the log
+      // (its creation failed) has nobody to charge.
+      const loaded = await this.users.load(tenantId, found?.user_id ?? NO_USER).catch((error: unknown) => {
+        if (error instanceof KeelError && error.code === 'not_found') return null;
+        throw error;
+      });
+      if (!found || !found.password_hash || !ok || !loaded) {
         outcome = 'failure';
-        // A reservation whose user never reached the log (its creation failed) has nobody to charge.
-        if (found) {
-          await this.users.run(tenantId, found.user_id, { type: 'record_login_failure', data: c.ip ? { ip: c.ip } : {} }, meta(found.user_id)).catch((error: unknown) => {
-            if (!(error instanceof KeelError && error.code === 'not_found')) throw error;
-          });
-        }
+        if (found && loaded) charged = found.user_id;
         throw this.invalid();
       }
-      user = await this.users.load(tenantId, found.user_id);
+      user = loaded;
       if (user.state.status !== 'active') throw this.invalid();
-      const secondFactor = await this.mfa.atSignIn(tenantId, found.user_id, payload, meta(found.user_id));
+      secondFactor = await this.mfa.atSignIn(tenantId, found.user_id, payload, meta(found.user_id));
       if (secondFactor === 'refused') {
         outcome = 'failure';
-        await this.users.run(tenantId, found.user_id, { type: 'record_login_failure', data: c.ip ? { ip: c.ip } : {} }, meta(found.user_id));
+        charged = found.user_id;
         throw new KeelError('mfa_required', 'The second factor is not right or was already used; send "totp" with the current code from your authenticator, or an unused "recoveryCode".');
       }
       if (secondFactor === 'missing') {
@@ -127,36 +172,53 @@ export class SessionsService {
       }
       outcome = 'success';
     } finally {
+      // Postgres or the log away: the attempt ends as neutral, or its slot stays taken and an outage locks the account.
       const { lockedUntil } = await this.lockout.end(account, c.ip, limit, outcome);
-      if (lockedUntil !== undefined && found) {
-        await this.users.run(tenantId, found.user_id, { type: 'record_lock', data: { until: lockedUntil } }, meta(found.user_id));
-      }
+      const lockedUser = lockedUntil !== undefined ? found?.user_id : undefined;
+      if (charged || lockedUser) this.recordFailure(tenantId, charged, lockedUser, lockedUntil, meta((charged ?? lockedUser)!), c.ip);
     }
 
-    return this.startSession(tenantId, found.user_id, await this.tenantScopeRoles(tenantId, found.user_id, user.state.roles), settings, meta(found.user_id));
+    return this.startSession(tenantId, found.user_id, await this.tenantScopeRoles(tenantId, found.user_id, user.state.roles), settings, meta(found.user_id), amrOf(secondFactor));
+  }
+
+  /**
+   * Appends a failed sign-in (and the lock it led to) to the user's log, after the answer: an
+   * unknown email has no log to append to, so awaiting it would tell existing accounts apart. The
+   * lock itself is already in Redis; these events are the trail. A failure to append is logged.
+   */
+  private recordFailure(tenantId: string, charged: string | undefined, lockedUser: string | undefined, until: string | undefined, meta: CommandMeta, ip: string | undefined): void {
+    void (async () => {
+      if (charged) await this.users.run(tenantId, charged, { type: 'record_login_failure', data: ip ? { ip } : {} }, meta);
+      if (lockedUser && until !== undefined) await this.users.run(tenantId, lockedUser, { type: 'record_lock', data: { until } }, meta);
+    })().catch((err: unknown) => {
+      if (err instanceof KeelError && err.code === 'not_found') return;
+      this.logger.warn({ err, tenantId, userId: charged ?? lockedUser }, 'a failed sign-in could not be recorded on the user\'s log');
+    });
   }
 
   /**
    * Starts a session for a user whose identity is proven (password and second factor here; the
-   * identity provider for single sign-on) and issues its first tokens.
+   * identity provider for single sign-on) and issues its first tokens. `amr` says how (RFC 8176;
+   * `fed` for an identity provider); the session's auth_time is now.
    */
-  async startSession(tenantId: string, userId: string, roles: string[], settings: TenantSettings, meta: CommandMeta): Promise<TokenPair> {
+  async startSession(tenantId: string, userId: string, roles: string[], settings: TenantSettings, meta: CommandMeta, amr: string[] = ['fed']): Promise<TokenPair> {
     requireAllowedNetwork(meta.actor.ip, settings.allowedIpRanges);
     const sessionId = newEventId();
     const secret = randomToken();
     const timeoutSeconds = settings.sessionTimeoutMinutes * 60;
     // The session, the sessions beyond the tenant's limit it ends, and all their events: one transaction.
-    const { started, revoked } = await inTenant(this.ds, tenantId, async (m) => {
-      await m.query(
-        `INSERT INTO ${SESSIONS} (id, tenant_id, user_id, refresh_hash, expires_at, version) VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), 1)`,
-        [sessionId, tenantId, userId, sha256Hex(secret), timeoutSeconds],
+    const { started, revoked, authTime } = await inTenant(this.ds, tenantId, async (m) => {
+      const [row] = await m.query(
+        `INSERT INTO ${SESSIONS} (id, tenant_id, user_id, refresh_hash, expires_at, version, auth_time, amr)
+         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), 1, now(), $6) RETURNING extract(epoch FROM auth_time) AS auth_time`,
+        [sessionId, tenantId, userId, sha256Hex(secret), timeoutSeconds, amr],
       );
-      const started = await this.outbox.record(m, [{ tenantId, aggregateType: 'session', aggregateId: sessionId, version: 1, type: A.sessionStarted, data: { userId } }], meta);
-      return { started, revoked: await this.revoker.keepNewestIn(m, tenantId, userId, settings.maxConcurrentSessions, meta) };
+      const started = await this.outbox.record(m, [{ tenantId, aggregateType: 'session', aggregateId: sessionId, version: 1, type: A.sessionStarted, data: { userId, amr } }], meta);
+      return { started, revoked: await this.revoker.keepNewestIn(m, tenantId, userId, settings.maxConcurrentSessions, meta), authTime: seconds(row.auth_time) };
     });
     await this.revoker.settle(revoked);
     await this.outbox.sent(started);
-    return this.tokens(userId, tenantId, sessionId, secret, roles, timeoutSeconds);
+    return this.tokens(userId, tenantId, sessionId, secret, roles, timeoutSeconds, { authTime, amr });
   }
 
   /** The user's own roles and those granted at tenant scope (team-scope grants stay out of tokens). */
@@ -170,13 +232,19 @@ export class SessionsService {
     return [...new Set([...own, ...granted.map((g) => g.role)])];
   }
 
-  private async tokens(userId: string, tenantId: string, sessionId: string, secret: string, roles: string[], secondsLeft: number): Promise<TokenPair> {
+  private async tokens(userId: string, tenantId: string, sessionId: string, secret: string, roles: string[], secondsLeft: number, proof: Proof): Promise<TokenPair> {
+    const { accessToken, expiresIn } = await this.accessToken(userId, tenantId, sessionId, roles, secondsLeft, proof);
+    return { accessToken, refreshToken: `${sessionId}.${secret}`, tokenType: 'Bearer', expiresIn };
+  }
+
+  /** An access token of the session, carrying when and how its person last proved who they are. */
+  private async accessToken(userId: string, tenantId: string, sessionId: string, roles: string[], secondsLeft: number, proof: Proof): Promise<{ accessToken: string; expiresIn: number }> {
     const expiresIn = Math.min(ACCESS_TOKEN_SECONDS, Math.floor(secondsLeft));
     // Custom roles resolve here, so gateways need no role lookups; changes apply at the next refresh.
     const catalog = await this.catalog.roles(tenantId);
     const perms = [...new Set(roles.flatMap((r) => catalog.get(r) ?? []))].sort();
-    const accessToken = await this.keys.sign({ sub: userId, tid: tenantId, sid: sessionId, roles, perms }, expiresIn);
-    return { accessToken, refreshToken: `${sessionId}.${secret}`, tokenType: 'Bearer', expiresIn };
+    const accessToken = await this.keys.sign({ sub: userId, tid: tenantId, sid: sessionId, roles, perms, auth_time: proof.authTime, amr: proof.amr }, expiresIn);
+    return { accessToken, expiresIn };
   }
 
   /**
@@ -231,15 +299,15 @@ export class SessionsService {
     // One statement (one transaction) turns the token (only if it is still the current one and
     // nothing else changed the session: two refreshes racing with the same token, one wins),
     // adds its event to the outbox and reads the tenant-scope role grants.
-    const rotated: { seconds_left: string; granted: string[] | null }[] = await this.crossTenant.query(
+    const rotated: { seconds_left: string; auth_time: string; amr: string[]; granted: string[] | null }[] = await this.crossTenant.query(
       `WITH s AS (
          UPDATE ${SESSIONS} SET refresh_hash = $3, generation = generation + 1, last_used_at = now(), version = $6
          WHERE id = $1 AND refresh_hash = $2 AND version = $6 - 1 AND revoked_at IS NULL AND expires_at > now()
-         RETURNING extract(epoch FROM expires_at - now()) AS seconds_left),
+         RETURNING extract(epoch FROM expires_at - now()) AS seconds_left, extract(epoch FROM auth_time) AS auth_time, amr),
        o AS (
          INSERT INTO ${this.outbox.table} (event_id, tenant_id, subject, envelope)
          SELECT $7::uuid, $5, $8, $9::json FROM s RETURNING seq)
-       SELECT s.seconds_left, (SELECT count(*) FROM o) AS queued,
+       SELECT s.seconds_left, s.auth_time, s.amr, (SELECT count(*) FROM o) AS queued,
          (SELECT array_agg(a.role) FROM "${AUTH_SCHEMA}".role_assignments a
           WHERE a.tenant_id = $5 AND a.user_id = $4 AND a.team_id IS NULL) AS granted${this.outbox.notifySql()}
        FROM s`,
@@ -257,7 +325,90 @@ export class SessionsService {
       throw invalid();
     }
     const roles = [...new Set([...(user.state.status === 'active' ? user.state.roles : []), ...(rotated[0]!.granted ?? [])])];
-    return this.tokens(userId, tenantId, sessionId, next, roles, Number(rotated[0]!.seconds_left));
+    // A refresh proves only that the refresh token is held: the session's auth_time and amr carry over.
+    const proof = { authTime: seconds(rotated[0]!.auth_time), amr: rotated[0]!.amr ?? [] };
+    return this.tokens(userId, tenantId, sessionId, next, roles, Number(rotated[0]!.seconds_left), proof);
+  }
+
+  /**
+   * Re-authentication of a signed-in session: the password and, when the user has a second
+   * factor, a code. It gives the session a fresh auth_time (so routes that need a recent sign-in
+   * pass again) and answers an access token that carries it; the refresh token stays. Failures
+   * count towards the same lockout as sign-in (a stolen token cannot guess the password faster
+   * here), and are charged to the user's log as failed sign-ins.
+   */
+  @MessagePattern(authRpc.reauthenticate.subject)
+  async reauthenticate(body: unknown): Promise<{ accessToken: string; tokenType: 'Bearer'; expiresIn: number; authTime: string }> {
+    const { meta, payload } = parseOrThrow(requests.reauthenticate, body, 're-authentication');
+    const { tenantId, userId, sessionId, data } = payload;
+    if (meta.actor.kind !== 'user' || meta.actor.id !== userId) throw new KeelError('forbidden', 'Only a signed-in user re-authenticates, for their own session.');
+    const ended = () => new KeelError('invalid_token', 'This session has ended; sign in again.');
+    const [session] = await tenantQuery(
+      this.ds,
+      tenantId,
+      `SELECT user_id FROM ${SESSIONS} WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL AND expires_at > now()`,
+      [tenantId, sessionId],
+    );
+    if (!session || session.user_id !== userId) throw ended();
+    const user = await this.users.load(tenantId, userId);
+    if (user.state.status !== 'active') throw new KeelError('invalid_token', 'This account is disabled.');
+    let settings: TenantSettings = DEFAULT_TENANT_SETTINGS;
+    if (tenantId !== PLATFORM_TENANT) {
+      const tenant = await this.tenants.find(tenantId);
+      if (tenant?.status !== 'active') throw new KeelError('invalid_token', 'This tenant is not active; its sessions have ended.');
+      settings = { ...DEFAULT_TENANT_SETTINGS, ...tenant.settings };
+      requireAllowedNetwork(meta.actor.ip, settings.allowedIpRanges);
+    }
+    const ip = meta.actor.ip;
+    const account = `${tenantId}:${user.state.email}`;
+    const limit = settings.maxFailedLogins;
+    const attempt = await this.lockout.begin(account, ip, limit);
+    if (!attempt.allowed) throw new KeelError('account_locked', `Too many failed sign-ins; try again in ${Math.ceil(attempt.retryAfterMs! / 1000)} s.`);
+    let outcome: Outcome = 'neutral';
+    let secondFactor: SecondFactor;
+    const asUser: CommandMeta = { actor: meta.actor, correlationId: meta.correlationId };
+    try {
+      const [cred] = await tenantQuery(this.ds, tenantId, `SELECT password_hash FROM "${AUTH_SCHEMA}".credentials WHERE user_id = $1`, [userId]);
+      const ok = await argon2.verify(cred?.password_hash ?? (await decoy()), data.password);
+      if (!cred?.password_hash || !ok) {
+        outcome = 'failure';
+        throw new KeelError('invalid_credentials', cred?.password_hash ? 'The password is not right.' : 'This account has no password (it signs in with single sign-on): sign in again through the identity provider instead.');
+      }
+      secondFactor = await this.mfa.atSignIn(tenantId, userId, data, asUser);
+      if (secondFactor === 'refused') {
+        outcome = 'failure';
+        throw new KeelError('mfa_required', 'The second factor is not right or was already used; send "totp" with the current code from your authenticator, or an unused "recoveryCode".');
+      }
+      if (secondFactor === 'missing') {
+        throw new KeelError('mfa_required', 'This account has a second factor; send "totp" with the code from your authenticator, or "recoveryCode" with one of your recovery codes.');
+      }
+      outcome = 'success';
+    } finally {
+      const { lockedUntil } = await this.lockout.end(account, ip, limit, outcome);
+      if (outcome === 'failure' || lockedUntil !== undefined) this.recordFailure(tenantId, outcome === 'failure' ? userId : undefined, lockedUntil !== undefined ? userId : undefined, lockedUntil, asUser, ip);
+    }
+    const amr = amrOf(secondFactor);
+    const renewed = await inTenant(this.ds, tenantId, async (m) => {
+      const [[row]]: [{ version: number; auth_time: string; seconds_left: string }[], number] = await m.query(
+        `UPDATE ${SESSIONS} SET auth_time = now(), amr = $3, last_used_at = now(), version = version + 1
+         WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL AND expires_at > now()
+         RETURNING version, extract(epoch FROM auth_time) AS auth_time, extract(epoch FROM expires_at - now()) AS seconds_left`,
+        [tenantId, sessionId, amr],
+      );
+      if (!row) return null;
+      const receipt = await this.outbox.record(
+        m,
+        [{ tenantId, aggregateType: 'session', aggregateId: sessionId, version: Number(row.version), type: A.sessionReauthenticated, data: { amr } }],
+        meta,
+      );
+      return { receipt, authTime: seconds(row.auth_time), secondsLeft: Number(row.seconds_left) };
+    });
+    // Revoked or expired while the password was checked.
+    if (!renewed) throw ended();
+    await this.outbox.sent(renewed.receipt);
+    const roles = await this.tenantScopeRoles(tenantId, userId, user.state.roles);
+    const { accessToken, expiresIn } = await this.accessToken(userId, tenantId, sessionId, roles, renewed.secondsLeft, { authTime: renewed.authTime, amr });
+    return { accessToken, tokenType: 'Bearer', expiresIn, authTime: new Date(renewed.authTime * 1000).toISOString() };
   }
 
   @MessagePattern(authRpc.revokeSession.subject)

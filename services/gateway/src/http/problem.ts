@@ -12,6 +12,7 @@ const titles: Record<ErrorCode, string> = {
   unauthorized: 'Authentication required',
   invalid_credentials: 'Invalid credentials',
   mfa_required: 'Second factor required',
+  step_up_required: 'Recent authentication required',
   invalid_token: 'Invalid token',
   account_locked: 'Account locked',
   rate_limited: 'Too many requests',

@@ -8,6 +8,9 @@ export interface Principal {
   /** The tenant the credential belongs to (`platform` for platform users and the operator). */
   tenantId: string;
   sessionId?: string;
+  /** When the person last proved who they are (seconds since epoch; a user's access token only) and how (RFC 8176). */
+  authTime?: number;
+  amr?: string[];
   /** May act in any tenant (platform administrators only). */
   crossTenant: boolean;
 }

@@ -4,7 +4,7 @@ import { FastifyReply } from 'fastify';
 import { randomUUID, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
 import { KeelConfig } from '@keel/config';
-import { ipAllowed, KeelError, permissions as P, tenantIdSchema } from '@keel/contracts';
+import { ipAllowed, KeelError, permissions as P, stepUpWindowOf, Tenant, tenantIdSchema } from '@keel/contracts';
 import { KEEL_CONFIG, KEEL_LOGGER } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { IdentityVerifier } from '../identity/identity';
@@ -57,7 +57,8 @@ export class RequestGuard implements CanActivate {
       }
       refuseBadTenantParam(spec, req);
       if (spec.tenantParam && !principal.crossTenant) await this.sameTenant(principal, (req.params as Record<string, string>)[spec.tenantParam]);
-      await this.tenantPolicy(principal, req, reply);
+      const tenant = await this.tenantPolicy(principal, req, reply);
+      if (spec.stepUp) this.requireRecentAuthentication(principal, tenant, reply);
     }
     // Validation after authentication: an anonymous caller learns nothing about the contract.
     validateRequest(spec, req);
@@ -82,8 +83,32 @@ export class RequestGuard implements CanActivate {
       permissions: identity.permissions,
       tenantId: identity.tenantId,
       ...(identity.sessionId ? { sessionId: identity.sessionId } : {}),
+      ...(identity.authTime !== undefined ? { authTime: identity.authTime } : {}),
+      ...(identity.amr ? { amr: identity.amr } : {}),
       crossTenant: identity.permissions.has(P.platformCrossTenant),
     };
+  }
+
+  /**
+   * A route declared `stepUp` needs a person who proved who they are recently: the access token's
+   * `auth_time` within the tenant's `stepUpWindowSeconds` (default 600). Otherwise 401
+   * `step_up_required` with an RFC 9470 challenge: re-authenticate, then retry with the new token.
+   * An API key has no person behind it and never passes; the operator's break-glass token is not
+   * a session and is exempt.
+   */
+  private requireRecentAuthentication(principal: Principal, tenant: Tenant | undefined, reply: FastifyReply): void {
+    if (principal.actor.kind === 'system') return;
+    if (principal.actor.kind !== 'user') {
+      throw new KeelError('forbidden', 'An API key cannot do this: it needs a signed-in user who has recently proved who they are.');
+    }
+    const window = stepUpWindowOf(tenant?.settings);
+    const age = principal.authTime === undefined ? undefined : Math.floor(Date.now() / 1000) - principal.authTime;
+    if (age !== undefined && age <= window) return;
+    void reply.header('www-authenticate', `Bearer error="insufficient_user_authentication", error_description="A more recent authentication is required", max_age=${window}`);
+    throw new KeelError(
+      'step_up_required',
+      `This needs a recent sign-in (within ${window} s${age === undefined ? '' : `; yours was ${age} s ago`}): re-authenticate with POST /api/v1/auth/reauthenticate (your password, and a code if you have a second factor), then retry with the access token it answers.`,
+    );
   }
 
   /** 404, not 403: a caller learns nothing about other tenants' resources. */
@@ -98,8 +123,8 @@ export class RequestGuard implements CanActivate {
    * outside the tenant's allowed IP ranges is refused; the plan sets the requests per minute,
    * counted across all gateways in Redis. Platform principals are not bound by a tenant's rules.
    */
-  private async tenantPolicy(principal: Principal, req: KeelRequest, reply: FastifyReply): Promise<void> {
-    if (principal.tenantId === 'platform') return;
+  private async tenantPolicy(principal: Principal, req: KeelRequest, reply: FastifyReply): Promise<Tenant | undefined> {
+    if (principal.tenantId === 'platform') return undefined;
     // Fail closed: without the tenant, its rules (status, networks, limit) cannot be applied.
     const tenant = await this.directory.get(principal.tenantId).catch((error: unknown) => {
       if (error instanceof KeelError && error.code === 'not_found') throw new KeelError('forbidden', 'The tenant of this credential no longer exists.');
@@ -124,5 +149,6 @@ export class RequestGuard implements CanActivate {
     if (!decision.allowed) {
       throw new KeelError('rate_limited', `This tenant's plan allows ${limit} requests per minute; retry in ${decision.retryAfterSeconds ?? 1} s.`);
     }
+    return tenant;
   }
 }

@@ -47,6 +47,15 @@ export class AuthController {
     await this.rpc.call(C.revokeSession, { meta: authMeta(req), payload: { tenantId: p.tenantId, sessionId: p.sessionId } });
   }
 
+  @Post('api/v1/auth/reauthenticate')
+  @HttpCode(200)
+  @Endpoint(r.reauthenticate)
+  async reauthenticate(@Req() req: KeelRequest, @Input() input: RouteInput<typeof r.reauthenticate>): Promise<RouteOutput<typeof r.reauthenticate>> {
+    const p = req.principal!;
+    if (p.actor.kind !== 'user' || !p.sessionId) throw new KeelError('forbidden', 'Only a signed-in user re-authenticates (an API key or the operator token has no session).');
+    return this.rpc.call(C.reauthenticate, { meta: authMeta(req), payload: { tenantId: p.tenantId, userId: p.actor.id, sessionId: p.sessionId, data: input.body } });
+  }
+
   @Post('api/v1/auth/password')
   @HttpCode(204)
   @Endpoint(r.changePassword)

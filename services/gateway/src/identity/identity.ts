@@ -27,6 +27,9 @@ export interface Identity {
   permissions: ReadonlySet<string>;
   /** Seconds since epoch after which this identity must be checked again. */
   expiresAt: number;
+  /** A user's access token: when the person last proved who they are (seconds since epoch) and how (RFC 8176); absent for API keys and older tokens. */
+  authTime?: number;
+  amr?: string[];
 }
 
 const API_KEY_CACHE_MS = 30_000;
@@ -212,6 +215,8 @@ export class IdentityVerifier implements OnModuleInit, OnModuleDestroy {
       roles,
       permissions: perms,
       expiresAt: payload.exp!,
+      ...(typeof payload.auth_time === 'number' ? { authTime: payload.auth_time } : {}),
+      ...(Array.isArray(payload.amr) ? { amr: (payload.amr as unknown[]).filter((v): v is string => typeof v === 'string') } : {}),
     };
     // A revoked session's token is never cached: the cache must hold only what the sets need not guard.
     if (!this.isRevoked(identity.sessionId!)) this.remember(this.tokens, token, identity);

@@ -34,7 +34,27 @@ describe('parseConfig', () => {
       KEEL_CHECKPOINT_INTERVAL_MS: 60000,
       KEEL_SSO_ALLOW_HTTP_LOOPBACK: false,
       KEEL_LOG_LEVEL: 'info',
+      KEEL_TRUSTED_PROXIES: [],
+      KEEL_PUBLIC_RATE_LIMIT_PER_MINUTE: 120,
     });
+  });
+
+  it('reads KEEL_TRUSTED_PROXIES as a list of addresses and CIDR blocks, refusing anything else', () => {
+    expect(parseConfig({ KEEL_TRUSTED_PROXIES: ' 10.0.0.0/8, 192.168.1.10 ,2001:db8::/32,' }).KEEL_TRUSTED_PROXIES).toEqual(['10.0.0.0/8', '192.168.1.10', '2001:db8::/32']);
+    expect(configError({ KEEL_TRUSTED_PROXIES: '10.0.0.0/8,lb.internal' }).issues).toEqual(['KEEL_TRUSTED_PROXIES: "lb.internal" is not an IP address or CIDR block (e.g. 10.0.0.0/8)']);
+    expect(configError({ KEEL_TRUSTED_PROXIES: '10.0.0.0/33' }).issues).toEqual(['KEEL_TRUSTED_PROXIES: "10.0.0.0/33" has a bad prefix length (at most 32)']);
+    expect(configError({ KEEL_TRUSTED_PROXIES: '10.0.0.0/8/1' }).issues).toHaveLength(1);
+  });
+
+  it('takes KEEL_TLS_CERT and KEEL_TLS_KEY together or not at all', () => {
+    expect(parseConfig({ KEEL_TLS_CERT: '/etc/keel/tls.crt', KEEL_TLS_KEY: '/etc/keel/tls.key' })).toMatchObject({ KEEL_TLS_CERT: '/etc/keel/tls.crt', KEEL_TLS_KEY: '/etc/keel/tls.key' });
+    expect(configError({ KEEL_TLS_CERT: '/etc/keel/tls.crt' }).issues).toEqual(['KEEL_TLS_KEY: set KEEL_TLS_CERT and KEEL_TLS_KEY together (both or neither)']);
+    expect(configError({ KEEL_TLS_KEY: '/etc/keel/tls.key' }).issues).toEqual(['KEEL_TLS_CERT: set KEEL_TLS_CERT and KEEL_TLS_KEY together (both or neither)']);
+  });
+
+  it('reads KEEL_PUBLIC_RATE_LIMIT_PER_MINUTE as a non-negative integer (0: off)', () => {
+    expect(parseConfig({ KEEL_PUBLIC_RATE_LIMIT_PER_MINUTE: '0' }).KEEL_PUBLIC_RATE_LIMIT_PER_MINUTE).toBe(0);
+    expect(configError({ KEEL_PUBLIC_RATE_LIMIT_PER_MINUTE: '-1' }).issues[0]).toMatch(/^KEEL_PUBLIC_RATE_LIMIT_PER_MINUTE: /);
   });
 
   it('reads KEEL_SSO_ALLOW_HTTP_LOOPBACK as true or false only', () => {

@@ -1,6 +1,17 @@
+import { isIP } from 'node:net';
 import { z } from 'zod';
 
 const port = z.coerce.number().int().min(0).max(65535);
+
+/** Why `value` is not an address or CIDR block (undefined when it is one). */
+function cidrProblem(value: string): string | undefined {
+  const [address, prefix, extra] = value.split('/');
+  const family = isIP(address ?? '');
+  if (!family || extra !== undefined) return 'is not an IP address or CIDR block (e.g. 10.0.0.0/8)';
+  if (prefix === undefined) return undefined;
+  if (!/^\d{1,3}$/.test(prefix) || Number(prefix) > (family === 4 ? 32 : 128)) return `has a bad prefix length (at most ${family === 4 ? 32 : 128})`;
+  return undefined;
+}
 
 /**
  * Every setting Keel reads from the environment, validated once at start-up.
@@ -58,6 +69,29 @@ export const configSchema = z.object({
   KEEL_SSO_ALLOW_HTTP_LOOPBACK: z.enum(['true', 'false'], { message: 'must be true or false' }).default('false').transform((v) => v === 'true'),
   KEEL_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   KEEL_INSTANCE_ID: z.string().optional(),
+  /**
+   * The gateway's reverse proxies / load balancers, comma-separated CIDR blocks or addresses
+   * (e.g. `10.0.0.0/8,192.168.1.10`). `X-Forwarded-For` (and `-Proto`, `-Host`) is honoured
+   * only from a peer in them; the client is the rightmost address not in them. Empty (the
+   * default): no proxy is trusted and the peer's address is the client.
+   */
+  KEEL_TRUSTED_PROXIES: z.string().default('').transform((v, ctx) => {
+    const entries = v.split(',').map((e) => e.trim()).filter(Boolean);
+    for (const entry of entries) {
+      const problem = cidrProblem(entry);
+      if (problem) ctx.addIssue({ code: 'custom', message: `"${entry}" ${problem}` });
+    }
+    return entries;
+  }),
+  /** TLS on the gateway: PEM certificate (chain) and private key files, both or neither. TLS 1.2 minimum. */
+  KEEL_TLS_CERT: z.string().optional(),
+  KEEL_TLS_KEY: z.string().optional(),
+  /**
+   * Requests per minute one client address (an IPv6 client's /64) may make to the
+   * unauthenticated routes that do work (sign-in, refresh, SSO start and callback); 0 turns
+   * the limit off. Counted across gateways in Redis.
+   */
+  KEEL_PUBLIC_RATE_LIMIT_PER_MINUTE: z.coerce.number().int().min(0).default(120),
   OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),
 });
 
@@ -86,6 +120,9 @@ export function parseConfig(env: Record<string, string | undefined>): KeelConfig
   const result = configSchema.safeParse(present);
   if (!result.success) {
     throw new ConfigError(result.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`));
+  }
+  if (Boolean(result.data.KEEL_TLS_CERT) !== Boolean(result.data.KEEL_TLS_KEY)) {
+    throw new ConfigError([`${result.data.KEEL_TLS_CERT ? 'KEEL_TLS_KEY' : 'KEEL_TLS_CERT'}: set KEEL_TLS_CERT and KEEL_TLS_KEY together (both or neither)`]);
   }
   return result.data;
 }

@@ -89,18 +89,69 @@ describe('user decider', () => {
     });
 
     describe('the password policy', () => {
+      const refusedFor = (password: string, over: Partial<Extract<UserCommand, { type: 'create' }>> = {}) => {
+        try {
+          userDecider.decide(create({ password, ...over }), userDecider.initialState());
+        } catch (error) {
+          return error as { code: string; message: string; fields?: { field: string; message: string }[] };
+        }
+        throw new Error('expected the password to be refused');
+      };
+
       it.each([
         ['shorter than 12 characters', 'elevenchars', /at least 12 characters/],
         ['longer than 256 characters', 'x'.repeat(257), /at most 256 characters/],
-        ['the email address', 'ADA@acme.test', /must not be the email address/],
+        ['the email address', 'ada@acme.test', /must not be or contain the email address/],
+        ['the upper-cased email address', 'ADA@ACME.TEST', /must not be or contain the email address/],
+        ['containing the email address', 'my login is Ada@Acme.test!', /must not be or contain the email address/],
         ['a short local part of the email (its length refuses it first)', 'ada', /at least 12 characters/],
+        ['a repetition', 'aaaaaaaaaaaa', /too easy to guess \(Repeated characters/],
+        ['a common password', 'password1234', /too easy to guess \(This is similar to a commonly used password\)/],
+        ['a keyboard walk', '1qaz2wsx3edc', /too easy to guess/],
+        ['a sequence', 'abcdefghijklmnop', /too easy to guess/],
+        ['a repeated pattern', 'letmeinletmein', /too easy to guess/],
       ])('refuses a password %s', (_, password, message) => {
         given().when(create({ password })).thenRefused('validation_failed', message);
       });
 
-      it("refuses the email's local part when it is long enough", () => {
+      it("refuses the email's local part, alone or inside, whatever the case", () => {
         const email = 'ada.lovelace.1815@acme.test';
-        given().when(create({ data: { email, name: 'Ada', roles: [] }, password: 'Ada.Lovelace.1815' })).thenRefused('validation_failed', 'The password must not be the email address.');
+        given().when(create({ data: { email, name: 'Countess', roles: [] }, password: 'Ada.Lovelace.1815' })).thenRefused('validation_failed', /must not be or contain the email address or its local part/);
+        given().when(create({ data: { email, name: 'Countess', roles: [] }, password: 'x ADA.LOVELACE.1815 y' })).thenRefused('validation_failed', /email address/);
+      });
+
+      it("refuses the user's name or a word of it, whatever the case", () => {
+        const data = { email: 'gh@navy.test', name: 'Grace Hopper', roles: [] };
+        given().when(create({ data, password: 'GRACE HOPPER was here' })).thenRefused('validation_failed', "The password must not contain the user's name.");
+        given().when(create({ data, password: 'graceHopper violets' })).thenRefused('validation_failed', "The password must not contain the user's name.");
+        given().when(create({ data, password: 'violet kettle hopper' })).thenRefused('validation_failed', "The password must not contain the user's name.");
+      });
+
+      it("refuses the tenant's slug or a word of it", () => {
+        given().when(create({ password: 'Umbrella-Corp forever', tenantSlug: 'umbrella-corp' })).thenRefused('validation_failed', "The password must not contain the tenant's slug.");
+        given().when(create({ password: 'umbrellacorp violet kettle', tenantSlug: 'umbrella-corp' })).thenRefused('validation_failed', "The password must not contain the tenant's slug.");
+        given().when(create({ password: 'violet umbrella kettle', tenantSlug: 'umbrella-corp' })).thenRefused('validation_failed', "The password must not contain the tenant's slug.");
+        // The same password where the slug is another one (or none: the platform) is allowed.
+        given().when(create({ password: 'violet umbrella kettle', tenantSlug: 'acme' })).then([created()]);
+      });
+
+      it('says which rule failed, on the field, without echoing the password', () => {
+        for (const [password, detail] of [
+          ['aaaaaaaaaaaa', 'is too easy to guess'],
+          ['ADA@ACME.TEST', 'must not contain the email address'],
+          ['elevenchars', 'must be at least 12 characters'],
+        ] as const) {
+          const error = refusedFor(password);
+          expect(error.code).toBe('validation_failed');
+          expect(error.fields).toEqual([{ field: 'password', message: detail }]);
+          expect(JSON.stringify(error)).not.toContain(password);
+          expect(error.message.toLowerCase()).not.toContain(password.toLowerCase());
+        }
+      });
+
+      it('allows a passphrase of unrelated words', () => {
+        given().when(create({ password: 'violet kettle drums sideways', tenantSlug: 'acme' })).then([created()]);
+        given().when(create({ password: 'correct horse battery staple' })).then([created()]);
       });
 
       it('creates a user without a password (single sign-on, or set later)', () => {
@@ -181,9 +232,14 @@ describe('user decider', () => {
       given(created()).when({ type: 'change_password', password: 'a brand new password', currentPasswordRight: false }).thenRefused('invalid_credentials', 'The current password is not right.');
     });
 
-    it('applies the policy to a reset and a change (against the user\'s email)', () => {
+    it("applies the policy to a reset and a change (against the user's email, name and tenant)", () => {
       given(created()).when({ type: 'reset_password', password: 'short', authority: over() }).thenRefused('validation_failed', /at least 12/);
-      given(created()).when({ type: 'change_password', password: 'Ada@Acme.Test', currentPasswordRight: true }).thenRefused('validation_failed', 'The password must not be the email address.');
+      given(created()).when({ type: 'reset_password', password: 'qwertyuiop12', authority: over() }).thenRefused('validation_failed', /too easy to guess/);
+      given(created()).when({ type: 'change_password', password: 'Ada@Acme.Test', currentPasswordRight: true }).thenRefused('validation_failed', /must not be or contain the email address/);
+      given(created()).when({ type: 'change_password', password: 'violet kettle acme-corp', tenantSlug: 'acme-corp', currentPasswordRight: true }).thenRefused('validation_failed', "The password must not contain the tenant's slug.");
+      // The name as it stands now (a profile update changed it).
+      const renamed = { type: A.userProfileUpdated, data: { name: 'Lovelace' } } as const;
+      given(created(), renamed).when({ type: 'change_password', password: 'violet lovelace kettle', currentPasswordRight: true }).thenRefused('validation_failed', "The password must not contain the user's name.");
     });
 
     it('names the field of a change as the request does (newPassword)', () => {

@@ -35,15 +35,16 @@ export interface UserQuota {
 }
 
 export type UserCommand =
-  | { type: 'create'; data: { email: string; name: string; roles: string[] }; password?: string; authority: Authority; quota: UserQuota }
+  /** `tenantSlug`: the tenant's (none on the platform), which a password must not contain. */
+  | { type: 'create'; data: { email: string; name: string; roles: string[] }; password?: string; tenantSlug?: string; authority: Authority; quota: UserQuota }
   | { type: 'disable'; data: Record<string, never>; authority: OverUser }
   | { type: 'enable'; data: Record<string, never>; authority: OverUser }
   | { type: 'set_roles'; data: { roles: string[] }; authority: OverUser }
   | { type: 'update_profile'; data: { name: string } }
   /** An administrator sets the password (a secret: checked against the policy, never in an event). */
-  | { type: 'reset_password'; password: string; authority: OverUser }
+  | { type: 'reset_password'; password: string; tenantSlug?: string; authority: OverUser }
   /** The user changes its own password; the service verified the current one (Argon2) and says so. */
-  | { type: 'change_password'; password: string; currentPasswordRight: boolean }
+  | { type: 'change_password'; password: string; tenantSlug?: string; currentPasswordRight: boolean }
   | { type: 'record_login_failure'; data: { ip?: string } }
   | { type: 'record_lock'; data: { until: string } };
 
@@ -109,7 +110,7 @@ export const userDecider: Decider<UserState, UserCommand, UserEvent> = {
       if (state.status !== 'none') throw new KeelError('conflict', 'This user already exists.');
       const { data, authority, quota } = command;
       requireGrantable(authority.held, authority.catalog, data.roles);
-      if (command.password !== undefined) requirePasswordAllowed(command.password, data.email);
+      if (command.password !== undefined) requirePasswordAllowed(command.password, { email: data.email, name: data.name, tenantSlug: command.tenantSlug });
       if (quota.maxUsers !== null && quota.users >= quota.maxUsers) {
         throw new KeelError('quota_exceeded', `This tenant's plan allows ${quota.maxUsers} users; raise the plan's maxUsers first.`);
       }
@@ -133,11 +134,11 @@ export const userDecider: Decider<UserState, UserCommand, UserEvent> = {
         return command.data.name === state.name ? [] : [{ type: A.userProfileUpdated, data: command.data }];
       case 'reset_password':
         mayActOn(state, command.authority);
-        requirePasswordAllowed(command.password, state.email);
+        requirePasswordAllowed(command.password, { email: state.email, name: state.name, tenantSlug: command.tenantSlug });
         return [{ type: A.userPasswordChanged, data: { byAdmin: true } }];
       case 'change_password':
         if (!command.currentPasswordRight) throw new KeelError('invalid_credentials', 'The current password is not right.');
-        requirePasswordAllowed(command.password, state.email, 'newPassword');
+        requirePasswordAllowed(command.password, { email: state.email, name: state.name, tenantSlug: command.tenantSlug }, 'newPassword');
         return [{ type: A.userPasswordChanged, data: { byAdmin: false } }];
       case 'record_login_failure':
         return [{ type: A.userLoginFailed, data: command.data.ip ? { ip: command.data.ip } : {} }];

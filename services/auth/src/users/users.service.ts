@@ -140,7 +140,8 @@ export class UsersService {
     meta: CommandMeta,
     held: Held,
   ): Promise<CommandResult<User>> {
-    const maxUsers = tenantId === 'platform' ? null : (await this.tenants.active(tenantId)).quotas.maxUsers;
+    const tenant = tenantId === 'platform' ? undefined : await this.tenants.active(tenantId);
+    const maxUsers = tenant ? tenant.quotas.maxUsers : null;
     const catalog = await this.catalog.roles(tenantId);
     // With a command id the user's id comes from it: a retry of this create finds this user (and
     // holds its email reservation) and is answered the first outcome from the log.
@@ -153,7 +154,7 @@ export class UsersService {
       const command: UserCommand = {
         type: 'create',
         data: { email: u.email, name: u.name, roles: u.roles },
-        ...(u.password !== undefined ? { password: u.password } : {}),
+        ...(u.password !== undefined ? { password: u.password, ...(tenant ? { tenantSlug: tenant.slug } : {}) } : {}),
         authority: { held, catalog },
         quota: { maxUsers, users: n },
       };
@@ -287,10 +288,17 @@ export class UsersService {
     return this.run(payload.tenantId, payload.userId, { type: 'update_profile', data: payload.data }, meta);
   }
 
+  /** The tenant's slug, which the password policy keeps out of passwords (the platform has none). */
+  private async slugOf(tenantId: string): Promise<{ tenantSlug?: string }> {
+    if (tenantId === 'platform') return {};
+    const tenant = await this.tenants.find(tenantId);
+    return tenant ? { tenantSlug: tenant.slug } : {};
+  }
+
   @MessagePattern(authRpc.resetPassword.subject)
   async resetPassword(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.reset, body, 'password reset');
-    const command: UserCommand = { type: 'reset_password', password: payload.data.password, authority: await this.overUser(meta, payload.tenantId, payload.userId) };
+    const command: UserCommand = { type: 'reset_password', password: payload.data.password, ...(await this.slugOf(payload.tenantId)), authority: await this.overUser(meta, payload.tenantId, payload.userId) };
     const user = await this.load(payload.tenantId, payload.userId);
     this.decideNow(command, user.state);
     const hash = await argon2.hash(payload.data.password, ARGON2_OPTIONS);
@@ -310,7 +318,7 @@ export class UsersService {
     const user = await this.load(payload.tenantId, payload.userId);
     const [cred] = await tenantQuery(this.ds, payload.tenantId, `SELECT password_hash FROM "${AUTH_SCHEMA}".credentials WHERE user_id = $1`, [payload.userId]);
     const currentPasswordRight = !!cred && (await argon2.verify(cred.password_hash, payload.data.currentPassword));
-    const command: UserCommand = { type: 'change_password', password: payload.data.newPassword, currentPasswordRight };
+    const command: UserCommand = { type: 'change_password', password: payload.data.newPassword, ...(await this.slugOf(payload.tenantId)), currentPasswordRight };
     this.decideNow(command, user.state);
     const hash = await argon2.hash(payload.data.newPassword, ARGON2_OPTIONS);
     const result = await this.run(payload.tenantId, payload.userId, command, meta);

@@ -64,6 +64,11 @@ export const tenantSettingsSchema = z
      * created before it existed have the default.
      */
     stepUpWindowSeconds: z.number().int().min(5).max(86_400).optional(),
+    /**
+     * The longest an API key may live, in days: caps `expiresAt` at creation (a key without one
+     * gets this). Optional: tenants created before it existed have the default (365).
+     */
+    apiKeyMaxLifetimeDays: z.number().int().min(1).max(3_650).optional(),
   })
   .strict();
 export type TenantSettings = z.infer<typeof tenantSettingsSchema>;
@@ -77,6 +82,12 @@ export const DEFAULT_STEP_UP_WINDOW_SECONDS = 600;
 /** A tenant's step-up window, tolerating settings stored before the setting existed. */
 export const stepUpWindowOf = (settings: Partial<TenantSettings> | undefined): number => settings?.stepUpWindowSeconds ?? DEFAULT_STEP_UP_WINDOW_SECONDS;
 
+/** The longest an API key lives when a tenant's settings do not say (a year). */
+export const DEFAULT_API_KEY_MAX_LIFETIME_DAYS = 365;
+
+/** A tenant's API key lifetime cap in days, tolerating settings stored before the setting existed. */
+export const apiKeyMaxLifetimeDaysOf = (settings: Partial<TenantSettings> | undefined): number => settings?.apiKeyMaxLifetimeDays ?? DEFAULT_API_KEY_MAX_LIFETIME_DAYS;
+
 /** Defaults a new tenant starts with. Seven years of audit retention covers SOX. */
 export const DEFAULT_TENANT_SETTINGS: TenantSettings = {
   mfaRequired: false,
@@ -88,6 +99,7 @@ export const DEFAULT_TENANT_SETTINGS: TenantSettings = {
   maxFailedLogins: 5,
   failedSignInAlertThreshold: DEFAULT_FAILED_SIGN_IN_ALERT_THRESHOLD,
   stepUpWindowSeconds: DEFAULT_STEP_UP_WINDOW_SECONDS,
+  apiKeyMaxLifetimeDays: DEFAULT_API_KEY_MAX_LIFETIME_DAYS,
 };
 
 export const tenantStatusSchema = z.enum(['active', 'suspended', 'closed']);

@@ -1,9 +1,10 @@
-import { Inject, Injectable } from '@nestjs/common';
+import { Inject, Injectable, OnModuleDestroy, OnModuleInit, Optional } from '@nestjs/common';
 import { DataSource, EntityManager } from 'typeorm';
+import { Subscription } from 'nats';
 import { allPermissions, authEventTypes as A, authRpc, KeelError, newEventId, parseOrThrow, systemRoles } from '@keel/contracts';
 import { inTenant } from '@keel/database';
 import { Outbox } from '@keel/event-sourcing';
-import { MessagePattern } from '@keel/messaging';
+import { decodeJson, eventsOf, MESSAGING, Messaging, MessagePattern } from '@keel/messaging';
 import { ProjectionRunner } from '@keel/projections';
 import { AUTH_SCHEMA } from '../database/schema';
 import { AuthMeta, UsersService } from '../users/users.service';
@@ -46,14 +47,39 @@ export interface PermissionMatrix {
  * grant applies to that team and every team below it.
  */
 @Injectable()
-export class RbacService {
+export class RbacService implements OnModuleInit, OnModuleDestroy {
+  private roleEvents?: Subscription;
+
   constructor(
     @Inject(DataSource) private readonly ds: DataSource,
     private readonly outbox: Outbox,
     private readonly catalog: RoleCatalog,
     private readonly users: UsersService,
     private readonly usersReadModel: ProjectionRunner,
+    @Optional() @Inject(MESSAGING) private readonly m?: Messaging,
   ) {}
+
+  /**
+   * A custom role changed on another replica: forget this replica's copy of the tenant's roles at
+   * once (not when its cache lets go), so a refresh here issues the new permissions; gateways
+   * refuse the role's tokens issued before the change.
+   */
+  onModuleInit(): void {
+    this.roleEvents = this.m?.nc.subscribe(`${this.m.prefix}evt.*.auth.role.>`, {
+      callback: (err, msg) => {
+        if (err) return;
+        try {
+          for (const e of eventsOf(decodeJson<unknown>(msg.data))) this.catalog.invalidate(e.tenantId);
+        } catch {
+          // Not an envelope: nothing to forget.
+        }
+      },
+    });
+  }
+
+  onModuleDestroy(): void {
+    this.roleEvents?.unsubscribe();
+  }
 
   /**
    * Decides a command on a custom role and applies it, in one transaction: the row is read under a
@@ -62,17 +88,22 @@ export class RbacService {
    * under its name: its version lives on in the outbox's version table, past the row.
    */
   private async decideRole(tenantId: string, name: string, meta: AuthMeta, command: (m: EntityManager) => Promise<RoleCommand> | RoleCommand): Promise<number> {
+    let changed = false;
     const receipt = await inTenant(this.ds, tenantId, async (m) => {
       await m.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`keel.auth.role.${tenantId}.${name}`]);
       const [row] = await m.query(`SELECT description, permissions FROM ${S}.roles WHERE tenant_id = $1 AND name = $2 FOR UPDATE`, [tenantId, name]);
       const state: RoleState = row ? { status: 'custom', description: row.description, permissions: row.permissions } : { status: 'none' };
       const events = roleDecider.decide(await command(m), state);
+      changed = events.some((e) => e.type === A.roleUpdated || e.type === A.roleDeleted);
       for (const event of events) await this.applyRole(m, tenantId, name, event);
       const first = await this.outbox.nextVersion(m, { tenantId, aggregateType: 'role', aggregateId: name }, events.length);
       return this.outbox.record(m, events.map((e, i) => ({ tenantId, aggregateType: 'role', aggregateId: name, version: first + i, type: e.type, data: e.data })), meta);
     });
     this.catalog.invalidate(tenantId);
-    return (await this.outbox.sent(receipt)).position;
+    const { position } = await this.outbox.sent(receipt);
+    // Its holders' tokens issued before are refused at every gateway (by the event, and Redis).
+    if (changed) await this.users.accessChanged([{ tenantId, role: name }]);
+    return position;
   }
 
   /** The row as a role event leaves it. */
@@ -230,6 +261,8 @@ export class RbacService {
       return this.outbox.record(m, [event], meta);
     });
     const { position } = await this.outbox.sent(receipt);
+    // Tokens carry tenant-scope grants: the user's tokens issued before are refused, so a refresh brings the grant.
+    if (!teamId) await this.users.accessChanged([{ user: userId }]);
     return { id, userId, role, teamId: teamId ?? null, position };
   }
 
@@ -237,12 +270,19 @@ export class RbacService {
   async revokeAssignment(body: unknown): Promise<{ revoked: true; position: number }> {
     const { meta, payload } = parseOrThrow(requests.revoke, body, 'role assignment');
     const receipt = await inTenant(this.ds, payload.tenantId, async (m) => {
-      const [rows] = await m.query(`DELETE FROM ${S}.role_assignments WHERE id = $1 AND tenant_id = $2 RETURNING id, version`, [payload.assignmentId, payload.tenantId]);
+      const [rows] = await m.query(
+        `DELETE FROM ${S}.role_assignments WHERE id = $1 AND tenant_id = $2 RETURNING id, version, user_id, role, team_id`,
+        [payload.assignmentId, payload.tenantId],
+      );
       if (!rows.length) throw new KeelError('not_found', 'No such role assignment in this tenant.');
-      const event = { tenantId: payload.tenantId, aggregateType: 'role_assignment', aggregateId: payload.assignmentId, version: rows[0].version + 1, type: A.roleRevoked, data: {} };
-      return this.outbox.record(m, [event], meta);
+      const r = rows[0] as { version: number; user_id: string; role: string; team_id: string | null };
+      // Whose grant it was, so that gateways can refuse the user's tokens that still carry it.
+      const data = { userId: r.user_id, role: r.role, ...(r.team_id ? { teamId: r.team_id } : {}) };
+      const event = { tenantId: payload.tenantId, aggregateType: 'role_assignment', aggregateId: payload.assignmentId, version: r.version + 1, type: A.roleRevoked, data };
+      return { receipt: await this.outbox.record(m, [event], meta), grant: r };
     });
-    const { position } = await this.outbox.sent(receipt);
+    const { position } = await this.outbox.sent(receipt.receipt);
+    if (!receipt.grant.team_id) await this.users.accessChanged([{ user: receipt.grant.user_id }]);
     return { revoked: true, position };
   }
 

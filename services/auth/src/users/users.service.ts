@@ -1,4 +1,6 @@
-import { Inject, Injectable } from '@nestjs/common';
+import { Inject, Injectable, Optional } from '@nestjs/common';
+import Redis from 'ioredis';
+import { KeelConfig } from '@keel/config';
 import * as argon2 from 'argon2';
 import { DataSource, EntityManager } from 'typeorm';
 import { z } from 'zod';
@@ -17,6 +19,7 @@ import {
 import { inTenant, tenantQuery } from '@keel/database';
 import { aggregateIdFor, CommandHandler } from '@keel/event-sourcing';
 import { EventStore, MessagePattern } from '@keel/messaging';
+import { AccessChange, recordAccessChanges } from '../api-keys/access-changes';
 import { AUTH_SCHEMA } from '../database/schema';
 import { RoleCatalog } from '../rbac/role-catalog';
 import { SessionRevoker } from '../sessions/session-revoker';
@@ -61,6 +64,9 @@ export class UsersService {
     private readonly tenants: TenantLookup,
     private readonly revoker: SessionRevoker,
     private readonly catalog: RoleCatalog,
+    // Access changes for gateways that did not hear them (optional: unit tests run without).
+    @Optional() private readonly redis?: Redis,
+    @Optional() @Inject('KEEL_AUTH_CONFIG') private readonly config?: KeelConfig,
   ) {
     this.handler = new CommandHandler(store, { context: AUTH_CONTEXT, aggregateType: 'user', decider: userDecider });
   }
@@ -264,21 +270,36 @@ export class UsersService {
     const authority = await this.overUser(meta, payload.tenantId, payload.userId);
     const command: UserCommand = payload.status === 'disabled' ? { type: 'disable', data: {}, authority } : { type: 'enable', data: {}, authority };
     const result = await this.run(payload.tenantId, payload.userId, command, meta);
-    if (payload.status === 'disabled') await this.revoker.revokeUser(payload.tenantId, payload.userId, 'user_disabled', meta);
+    if (payload.status === 'disabled') {
+      await this.revoker.revokeUser(payload.tenantId, payload.userId, 'user_disabled', meta);
+      await this.accessChanged([{ user: payload.userId }]);
+    }
     return result;
+  }
+
+  /** Records access changes in Redis (after their events are on the log), for gateways that did not hear them. */
+  async accessChanged(changes: AccessChange[]): Promise<void> {
+    await recordAccessChanges(this.redis, this.config?.KEEL_REDIS_PREFIX ?? '', changes);
+  }
+
+  /** Sets a user's roles; when they changed, the user's tokens issued before are refused at every gateway (by the event, and Redis). */
+  private async runSetRoles(tenantId: string, userId: string, command: UserCommand, meta: CommandMeta): Promise<CommandResult<User>> {
+    const r = await this.handler.handle({ tenantId, aggregateId: userId }, command, meta);
+    if (r.events.length) await this.accessChanged([{ user: userId }]);
+    return { state: this.view(tenantId, userId, r.state, r.version), version: r.version, position: r.position };
   }
 
   @MessagePattern(authRpc.setUserRoles.subject)
   async setRoles(body: unknown): Promise<CommandResult<User>> {
     const { meta, payload } = parseOrThrow(requests.roles, body, 'roles');
     const authority = await this.overUser(meta, payload.tenantId, payload.userId);
-    return this.run(payload.tenantId, payload.userId, { type: 'set_roles', data: payload.data, authority }, meta);
+    return this.runSetRoles(payload.tenantId, payload.userId, { type: 'set_roles', data: payload.data, authority }, meta);
   }
 
   /** Sets a user's roles as an identity provider's claims say (its roles were checked grantable when it was saved). */
   async setRolesBy(byProvider: AuthMeta, tenantId: string, userId: string, roles: string[]): Promise<CommandResult<User>> {
     const authority = await this.overUser(byProvider, tenantId, userId);
-    return this.run(tenantId, userId, { type: 'set_roles', data: { roles }, authority }, byProvider);
+    return this.runSetRoles(tenantId, userId, { type: 'set_roles', data: { roles }, authority }, byProvider);
   }
 
   @MessagePattern(authRpc.updateProfile.subject)

@@ -69,6 +69,13 @@ export class TenantIdentityController {
     return this.rpc.call(C.createApiKey, { meta: authMeta(req), payload: { tenantId: input.params.tenantId, data: input.body } });
   }
 
+  @Post('api-keys/:keyId/rotate')
+  @HttpCode(200)
+  @Endpoint(r.rotateKey)
+  async rotateKey(@Req() req: KeelRequest, @Input() input: RouteInput<typeof r.rotateKey>): Promise<RouteOutput<typeof r.rotateKey>> {
+    return this.rpc.call(C.rotateApiKey, { meta: authMeta(req), payload: { ...input.params, data: input.body } });
+  }
+
   @Get('api-keys')
   @Endpoint(r.listKeys)
   async listKeys(@Input() input: RouteInput<typeof r.listKeys>): Promise<RouteOutput<typeof r.listKeys>> {

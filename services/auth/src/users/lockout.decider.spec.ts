@@ -45,6 +45,32 @@ describe('lockout decider', () => {
       given(failed(1), failed(2)).when(begin(T0 + policy.windowMs)).then([taken(1, T0 + policy.windowMs)]);
     });
 
+    describe('a limit lowered below the failures already counted (the tenant changed maxFailedLogins)', () => {
+      const lockedNow = (at = T0 + 5_000) => [locked(1, at), { type: 'lockout.refused', data: { reason: 'locked', retryAfterMs: 60_000 } }] as LockoutEvent[];
+
+      it('locks at the next attempt, as the limit-th failure would have, and says for how long (not "1 s")', () => {
+        given(failed(1), failed(2)).when({ type: 'begin', at: T0 + 5_000, limit: 2 }).then(lockedNow());
+        given(failed(1), failed(2), failed(3), failed(4)).when({ type: 'begin', at: T0 + 5_000, limit: 1 }).then(lockedNow());
+        // Attempts in flight change nothing: the failures alone reached the limit.
+        given(failed(1), failed(2), taken(1)).when({ type: 'begin', at: T0 + 5_000, limit: 2 }).then(lockedNow());
+      });
+
+      it('keeps the lock it told of: the next attempts are refused with the time left, then allowed with the failures cleared', () => {
+        const history = [failed(1), failed(2), ...lockedNow()];
+        expect(given(...history).state).toMatchObject({ failures: 0, locks: 1, lockedUntil: T0 + 65_000 });
+        given(...history).when({ type: 'begin', at: T0 + 35_000, limit: 2 }).then([{ type: 'lockout.refused', data: { reason: 'locked', retryAfterMs: 30_000 } }]);
+        given(...history).when({ type: 'begin', at: T0 + 65_000, limit: 2 }).then([taken(1, T0 + 65_000)]);
+      });
+
+      it('doubles the lock as any further lock does', () => {
+        given(locked(1), failed(1, T0 + 60_000), failed(2, T0 + 60_000)).when({ type: 'begin', at: T0 + 61_000, limit: 2 }).then([locked(2, T0 + 61_000), { type: 'lockout.refused', data: { reason: 'locked', retryAfterMs: 120_000 } }]);
+      });
+
+      it('a raised limit allows the attempts it adds', () => {
+        given(failed(1), failed(2)).when({ type: 'begin', at: T0 + 5_000, limit: 5 }).then([taken(1, T0 + 5_000)]);
+      });
+    });
+
     it('refuses a command without a time (no silent epoch)', () => {
       given().when({ type: 'begin', at: 0, limit }).thenRefused('validation_failed', /time/);
       given().when({ type: 'begin', at: Number.NaN, limit }).thenRefused('validation_failed', /time/);

@@ -12,7 +12,9 @@ import { Decider } from '@keel/event-sourcing';
  * than failures are still allowed (failures + attempts in flight < limit), so K parallel guesses
  * never get more than N checks. The Nth failure within the window locks the counter for a period
  * that doubles with each lock (remembered for a day) up to a maximum; a success clears the
- * failures. A slot a process never ended is given back on its own after `inFlightMs`.
+ * failures. A slot a process never ended is given back on its own after `inFlightMs`. The limit is
+ * the command's (the tenant's maxFailedLogins as it is now): a counter holding as many failures as
+ * a lowered limit allows, or more, locks at its next attempt, and the refusal says for how long.
  *
  * Its events never reach the log: they are the changes to the counter the store writes.
  */
@@ -127,6 +129,18 @@ export function lockoutDecider(policy: LockoutPolicy = DEFAULT_LOCKOUT_POLICY): 
       switch (command.type) {
         case 'begin': {
           if (live.lockedUntil > at) return [{ type: 'lockout.refused', data: { reason: 'locked', retryAfterMs: live.lockedUntil - at } }];
+          if (live.failures >= command.limit) {
+            // The limit was lowered below the failures counted under the one before: under the rule
+            // in force the limit-th failure has happened, so the counter locks now, as that failure
+            // would have locked it, and the refusal says how long the lock lasts (not "busy").
+            const locks = live.locks + 1;
+            const forMs = lockPeriod(policy, locks);
+            return [
+              { type: 'lockout.locked', data: { until: at + forMs, forMs, locks, locksUntil: at + policy.locksMemoryMs } },
+              { type: 'lockout.refused', data: { reason: 'locked', retryAfterMs: forMs } },
+            ];
+          }
+          // Failures still allowed, but every one of them is an attempt in flight: retry in a moment.
           if (live.inFlight + live.failures >= command.limit) return [{ type: 'lockout.refused', data: { reason: 'busy', retryAfterMs: policy.busyRetryMs } }];
           return [{ type: 'lockout.slot_taken', data: { inFlight: live.inFlight + 1, inFlightUntil: at + policy.inFlightMs } }];
         }

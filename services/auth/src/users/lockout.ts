@@ -37,7 +37,11 @@ export interface AttemptDecision {
   allowed: boolean;
   /** When refused: how long until an attempt may be made. */
   retryAfterMs?: number;
+  /** When refused: locked (for `retryAfterMs`), or every allowed attempt is in flight (retry in a moment). */
+  reason?: 'locked' | 'busy';
   scope?: 'ip' | 'account';
+  /** When this very decision locked the account (a lowered limit already reached): until when, for the trail. */
+  lockedUntil?: string;
 }
 
 type LockoutRedis = Redis & {
@@ -86,8 +90,16 @@ export class Lockout {
   }
 
   private async take(kind: string, id: string, limit: number): Promise<AttemptDecision> {
-    const [event] = await this.apply(kind, id, (at) => ({ type: 'begin', at, limit }));
-    return event?.type === 'lockout.refused' ? { allowed: false, retryAfterMs: event.data.retryAfterMs } : { allowed: true };
+    const events = await this.apply(kind, id, (at) => ({ type: 'begin', at, limit }));
+    const refused = events.find((e) => e.type === 'lockout.refused');
+    const locked = events.find((e) => e.type === 'lockout.locked');
+    if (refused?.type !== 'lockout.refused') return { allowed: true };
+    return {
+      allowed: false,
+      retryAfterMs: refused.data.retryAfterMs,
+      reason: refused.data.reason,
+      ...(locked?.type === 'lockout.locked' ? { lockedUntil: new Date(locked.data.until).toISOString() } : {}),
+    };
   }
 
   /** Ends an attempt on one counter; the lock when this failure locked it. */

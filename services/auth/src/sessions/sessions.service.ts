@@ -94,7 +94,7 @@ export class SessionsService {
 
   /**
    * Signs in. Every refusal takes the same path, so its time tells nothing (unknown tenant, unknown
-   * email, disabled user, wrong password): the tenant is looked up (misses are cached as hits are),
+   * email, disabled user, wrong password): the tenant is looked up on the log (never from a cache),
    * the lockout slot taken, the email's reservation read (under a tenant id nobody has when the
    * tenant is unknown or inactive), one Argon2id verify with the same parameters (against a decoy
    * hash when there is no account or no password), and a user read from the log (one nobody is,
@@ -109,7 +109,7 @@ export class SessionsService {
     let settings: TenantSettings = DEFAULT_TENANT_SETTINGS;
     let account = `${PLATFORM_TENANT}:${payload.email}`;
     if (payload.tenant) {
-      const tenant = await this.tenants.find(payload.tenant);
+      const tenant = await this.tenants.current(payload.tenant);
       if (tenant && tenant.status === 'active') {
         tenantId = tenant.id;
         settings = { ...DEFAULT_TENANT_SETTINGS, ...tenant.settings };

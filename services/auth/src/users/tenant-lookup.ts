@@ -29,6 +29,15 @@ export class TenantLookup {
     return tenant;
   }
 
+  /**
+   * Always the log's answer, found or not (for sign-in: a known tenant costs the same lookup as
+   * an unknown one, so the time of a refusal does not tell them apart).
+   */
+  async current(idOrSlug: string): Promise<Tenant | null> {
+    this.cache.delete(idOrSlug);
+    return this.find(idOrSlug);
+  }
+
   /** For commands: always the log's answer, never a cached one. */
   async active(tenantId: string): Promise<Tenant> {
     this.cache.delete(tenantId);

@@ -34,6 +34,7 @@ describe('parseConfig', () => {
       KEEL_CHECKPOINT_INTERVAL_MS: 60000,
       KEEL_SSO_ALLOW_HTTP_LOOPBACK: false,
       KEEL_LOG_LEVEL: 'info',
+      KEEL_ENV: 'production',
       KEEL_TRUSTED_PROXIES: [],
       KEEL_PUBLIC_RATE_LIMIT_PER_MINUTE: 120,
     });
@@ -217,5 +218,50 @@ describe('role secrets', () => {
     const url = new URL(serviceDatabaseUrl(config, 'keel_tenant'));
     expect([url.username, url.password, url.host, url.pathname]).toEqual(['keel_tenant', 'its-own', 'db:5432', '/keel']);
     expect(url.searchParams.get('statement_timeout')).toBe('30000');
+  });
+
+  describe('operator secrets outside development', () => {
+    const strongToken = 'Zq3v9Lr8Tn2Wx7Ky4Hb6Md1Pf5Gs0Ac';
+    const strongPassword = 'Tq8-vLm2.Zr6Wx4Nb';
+
+    it.each([
+      ['KEEL_BOOTSTRAP_TOKEN', 'REPLACE-WITH-A-RANDOM-TOKEN', /placeholder/],
+      ['KEEL_BOOTSTRAP_TOKEN', 'changeme-changeme-changeme', /placeholder/],
+      ['KEEL_BOOTSTRAP_TOKEN', '<your operator token here>', /placeholder/],
+      ['KEEL_BOOTSTRAP_TOKEN', 'aaaaaaaaaaaaaaaaaaaaaaaa', /too easy to guess/],
+      ['KEEL_BOOTSTRAP_TOKEN', '1234567890123456', /too easy to guess/],
+      ['KEEL_BOOTSTRAP_TOKEN', 'passwordpassword', /too easy to guess/],
+      ['KEEL_ADMIN_PASSWORD', 'REPLACE-WITH-A-STRONG-PASSWORD', /placeholder/],
+      ['KEEL_ADMIN_PASSWORD', 'password1234', /too easy to guess/],
+      ['KEEL_ADMIN_PASSWORD', 'aaaaaaaaaaaa', /too easy to guess/],
+      ['KEEL_ADMIN_PASSWORD', 'Password123!', /too easy to guess/],
+    ])('refuses %s=%s in production (the default), without echoing it', (name, value, why) => {
+      for (const env of [{ [name]: value }, { [name]: value, KEEL_ENV: 'production' }]) {
+        const error = configError(env);
+        expect(error.issues).toHaveLength(1);
+        expect(error.issues[0]).toMatch(new RegExp(`^${name}: `));
+        expect(error.issues[0]).toMatch(why);
+        expect(error.message).not.toContain(value);
+      }
+    });
+
+    it.each(['development', 'test'])('allows them with KEEL_ENV=%s (the lengths still count)', (KEEL_ENV) => {
+      const config = parseConfig({ KEEL_ENV, KEEL_BOOTSTRAP_TOKEN: 'REPLACE-WITH-A-RANDOM-TOKEN', KEEL_ADMIN_PASSWORD: 'aaaaaaaaaaaa' });
+      expect(config).toMatchObject({ KEEL_ENV, KEEL_BOOTSTRAP_TOKEN: 'REPLACE-WITH-A-RANDOM-TOKEN', KEEL_ADMIN_PASSWORD: 'aaaaaaaaaaaa' });
+      expect(configError({ KEEL_ENV, KEEL_BOOTSTRAP_TOKEN: 'too-short' }).issues[0]).toMatch(/^KEEL_BOOTSTRAP_TOKEN: /);
+    });
+
+    it('accepts random secrets in production, and the ones npm start and the tests make', () => {
+      expect(parseConfig({ KEEL_BOOTSTRAP_TOKEN: strongToken, KEEL_ADMIN_PASSWORD: strongPassword })).toMatchObject({ KEEL_ENV: 'production', KEEL_BOOTSTRAP_TOKEN: strongToken });
+      expect(() => parseConfig({ KEEL_BOOTSTRAP_TOKEN: 'test-token-7f3a9c1e5b2d8046a1b2c3d4', KEEL_ADMIN_PASSWORD: 'kW3_pQ9zR7xT2mB5vN8cJ4hL' })).not.toThrow();
+    });
+
+    it('reports both secrets at once', () => {
+      expect(configError({ KEEL_BOOTSTRAP_TOKEN: 'REPLACE-WITH-A-RANDOM-TOKEN', KEEL_ADMIN_PASSWORD: 'password1234' }).issues.map((i) => i.split(':')[0])).toEqual(['KEEL_BOOTSTRAP_TOKEN', 'KEEL_ADMIN_PASSWORD']);
+    });
+
+    it('refuses an unknown KEEL_ENV', () => {
+      expect(configError({ KEEL_ENV: 'prod' }).issues).toEqual(['KEEL_ENV: must be production, development or test']);
+    });
   });
 });

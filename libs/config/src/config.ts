@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
+import { secretProblem } from './secret-strength';
 
 const port = z.coerce.number().int().min(0).max(65535);
 
@@ -38,6 +39,12 @@ export const configSchema = z.object({
   KEEL_HTTP_HOST: z.string().default('127.0.0.1'),
   KEEL_HTTP_PORT: port.default(8080),
   KEEL_OPS_PORT: port.optional(),
+  /**
+   * Where this process runs: `production` (the default) refuses placeholder and guessable operator
+   * secrets (KEEL_BOOTSTRAP_TOKEN, KEEL_ADMIN_PASSWORD) at start-up; `development` and `test` only
+   * check their lengths (secret-strength.ts).
+   */
+  KEEL_ENV: z.enum(['production', 'development', 'test'], { message: 'must be production, development or test' }).default('production'),
   KEEL_BOOTSTRAP_TOKEN: z.string().min(16).optional(),
   /** The first platform administrator, created at the auth service's start when none exists. */
   KEEL_ADMIN_EMAIL: z.email().optional(),
@@ -120,6 +127,15 @@ export function parseConfig(env: Record<string, string | undefined>): KeelConfig
   const result = configSchema.safeParse(present);
   if (!result.success) {
     throw new ConfigError(result.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`));
+  }
+  if (result.data.KEEL_ENV === 'production') {
+    const weak: string[] = [];
+    for (const [key, kind] of [['KEEL_BOOTSTRAP_TOKEN', 'token'], ['KEEL_ADMIN_PASSWORD', 'password']] as const) {
+      const value = result.data[key];
+      const problem = value === undefined ? undefined : secretProblem(value, kind);
+      if (problem) weak.push(`${key}: ${problem} (KEEL_ENV=development allows it on a developer's machine)`);
+    }
+    if (weak.length) throw new ConfigError(weak);
   }
   if (Boolean(result.data.KEEL_TLS_CERT) !== Boolean(result.data.KEEL_TLS_KEY)) {
     throw new ConfigError([`${result.data.KEEL_TLS_CERT ? 'KEEL_TLS_KEY' : 'KEEL_TLS_CERT'}: set KEEL_TLS_CERT and KEEL_TLS_KEY together (both or neither)`]);

@@ -16,11 +16,13 @@ describe('KeelError', () => {
     ['version_mismatch', 412],
     ['payload_too_large', 413],
     ['headers_too_large', 431],
+    ['request_timeout', 408],
     ['unsupported_media_type', 415],
     ['idempotency_key_reused', 422],
     ['internal', 500],
     ['invalid_credentials', 401],
     ['mfa_required', 401],
+    ['step_up_required', 401],
     ['invalid_token', 401],
     ['account_locked', 423],
     ['rate_limited', 429],
@@ -32,7 +34,7 @@ describe('KeelError', () => {
   });
 
   it('covers every code of the catalogue in the table above', () => {
-    expect(Object.keys(errorCatalogue)).toHaveLength(25);
+    expect(Object.keys(errorCatalogue)).toHaveLength(27);
   });
 
   it('is an Error with its name, code and message', () => {

@@ -23,6 +23,8 @@ export const errorCatalogue = {
   payload_too_large: 413,
   /** The request's headers (or its URL) are larger than the server reads. */
   headers_too_large: 431,
+  /** The request did not arrive (headers and body) within the server's time. */
+  request_timeout: 408,
   account_locked: 423,
   rate_limited: 429,
   quota_exceeded: 409,

@@ -1,4 +1,6 @@
 import { ChildProcess, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { get as httpsGet } from 'node:https';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { manifestService, manifestServices, startOrder, stopOrder } from '@keel/service-kit';
@@ -50,13 +52,25 @@ export async function freePort(): Promise<number> {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export async function waitForReady(url: string, timeoutMs = 30_000, proc?: ChildProcess): Promise<void> {
+/** A GET over https trusting `ca` (a test's self-signed certificate), as much of a Response as waitForReady reads. */
+function getTrusting(url: string, ca: Buffer): Promise<{ ok: boolean; status: number; text: () => Promise<string> }> {
+  return new Promise((resolve, reject) => {
+    httpsGet(url, { ca }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => resolve({ ok: res.statusCode === 200, status: res.statusCode ?? 0, text: async () => body }));
+    }).on('error', reject);
+  });
+}
+
+/** Waits for `url` to answer 200; an https URL with `ca` trusts that certificate. */
+export async function waitForReady(url: string, timeoutMs = 30_000, proc?: ChildProcess, ca?: Buffer): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   while (Date.now() < deadline) {
     if (proc && proc.exitCode !== null) throw new Error(`process exited with ${proc.exitCode} before ${url} was ready`);
     try {
-      const res = await fetch(url);
+      const res = ca ? await getTrusting(url, ca) : await fetch(url);
       if (res.ok) return;
       last = `${res.status} ${await res.text()}`;
     } catch (error) {
@@ -86,7 +100,12 @@ export class Stack {
 
   get gatewayUrl(): string {
     const gateway = manifestServices().find((s) => s.kind === 'gateway');
-    return `http://127.0.0.1:${gateway && this.ports.get(gateway.name)}`;
+    return `${this.tlsCertificate ? 'https' : 'http'}://127.0.0.1:${gateway && this.ports.get(gateway.name)}`;
+  }
+
+  /** The gateway's certificate file when the stack runs it with TLS (KEEL_TLS_CERT). */
+  get tlsCertificate(): string | undefined {
+    return this.extraEnv.KEEL_TLS_CERT ?? this.env.KEEL_TLS_CERT;
   }
 
   get token(): string {
@@ -147,7 +166,8 @@ export class Stack {
     proc.stderr!.on('data', keep);
     this.running.set(name, { proc, port, output });
     try {
-      await waitForReady(`http://127.0.0.1:${port}/ready`, 60_000, proc);
+      const tls = service.kind === 'gateway' && this.tlsCertificate ? readFileSync(this.tlsCertificate) : undefined;
+      await waitForReady(`${tls ? 'https' : 'http'}://127.0.0.1:${port}/ready`, 60_000, proc, tls);
     } catch (error) {
       throw new Error(`${name} did not start: ${(error as Error).message}\n${output.join('').slice(-4000)}`);
     }

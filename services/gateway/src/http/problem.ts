@@ -28,6 +28,7 @@ const titles: Record<ErrorCode, string> = {
   version_mismatch: 'Version mismatch',
   payload_too_large: 'Payload too large',
   headers_too_large: 'Request headers too large',
+  request_timeout: 'Request timeout',
   unsupported_media_type: 'Unsupported media type',
   idempotency_key_reused: 'Idempotency-Key reused with a different request',
   internal: 'Internal error',

@@ -1,0 +1,96 @@
+import { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { isIPv4, isIPv6 } from 'node:net';
+import { KeelError, RouteDecl } from '@keel/contracts';
+import { Logger } from '@keel/observability';
+import { sendProblem } from './problem';
+import { RateLimiter, rateLimitHeaders, RateLimiterUnavailableError } from './rate-limiter';
+
+/**
+ * Public routes that only serve a document or a probe: cheap, polled by load balancers,
+ * monitoring and token verifiers, so not limited per address. Every other route without a
+ * caller (sign-in, refresh, SSO start and callback, and any public route added later) is.
+ */
+export const UNLIMITED_PUBLIC_ROUTES: ReadonlySet<string> = new Set([
+  'operations.health',
+  'operations.ready',
+  'operations.metrics',
+  'operations.openapi',
+  'operations.asyncapi',
+  'operations.docs',
+  'operations.asset',
+  'auth.jwks',
+  'auth.discovery',
+  'audit.keys',
+]);
+
+/** `/api/v1/auth/sso/{tenantSlug}/start` → Fastify's `/api/v1/auth/sso/:tenantSlug/start`. */
+const fastifyPath = (path: string) => path.replace(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g, ':$1');
+
+/** `METHOD path` (as Fastify names a matched route) of every public route that is limited. */
+export function limitedPublicRoutes(routes: Iterable<RouteDecl>): Set<string> {
+  const limited = new Set<string>();
+  for (const r of routes) if (r.permission === 'public' && !UNLIMITED_PUBLIC_ROUTES.has(r.operationId)) limited.add(`${r.method} ${fastifyPath(r.path)}`);
+  return limited;
+}
+
+function ipv6Groups(ip: string): string[] {
+  const [head, tail] = ip.split('::') as [string, string | undefined];
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill('0'), ...t];
+  return groups.map((g) => parseInt(g, 16).toString(16));
+}
+
+/**
+ * Whose quota a request takes: the client's IPv4 address (an IPv4-mapped IPv6 address counts
+ * as the IPv4 one), or its IPv6 /64 (one subscriber's network: a host there can use any of
+ * 2^64 addresses). Anything else (no address) is counted as itself.
+ */
+export function clientKey(ip: string | undefined): string {
+  if (!ip) return 'unknown';
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+  if (mapped) return mapped[1]!;
+  if (isIPv4(ip)) return ip;
+  if (isIPv6(ip) && !ip.includes('.') && !ip.includes('%')) return `${ipv6Groups(ip).slice(0, 4).join(':')}::/64`;
+  return ip;
+}
+
+/**
+ * The per-address limit on unauthenticated routes that do work: KEEL_PUBLIC_RATE_LIMIT_PER_MINUTE
+ * requests per minute per client address (`req.ip`: the forwarded client behind a trusted proxy),
+ * counted in Redis across gateways with the tenant limiter's sliding window in a key space of its
+ * own (`<prefix>public:ratelimit:<address>:`). An `onRequest` hook, so a refused request costs no
+ * body parsing, no guard and no call to a service: 429 problem+json with Retry-After and the
+ * RateLimit headers. Redis away: the request is served (fail open, as the tenant limit does) and
+ * a warning logged at most every 10 s. A limit of 0 turns it off.
+ */
+export function registerPublicRateLimit(
+  fastify: FastifyInstance,
+  o: { limiter: RateLimiter; limitPerMinute: number; routes: Iterable<RouteDecl>; logger: Logger },
+): void {
+  if (o.limitPerMinute <= 0) return;
+  const limited = limitedPublicRoutes(o.routes);
+  let lastWarning = 0;
+  fastify.addHook('onRequest', async (req: FastifyRequest, reply: FastifyReply) => {
+    const url = req.routeOptions.url;
+    if (url === undefined || !limited.has(`${req.method} ${url}`)) return;
+    const key = clientKey(req.ip);
+    const decision = await o.limiter.consume(key, o.limitPerMinute).catch((err: unknown) => {
+      if (!(err instanceof RateLimiterUnavailableError)) throw err;
+      if (Date.now() - lastWarning > 10_000) {
+        lastWarning = Date.now();
+        o.logger.warn({ err }, 'rate limit store unavailable; allowing public requests');
+      }
+      return o.limiter.failOpen(o.limitPerMinute);
+    });
+    void reply.headers(rateLimitHeaders(decision));
+    if (!decision.allowed) {
+      sendProblem(
+        reply,
+        new KeelError('rate_limited', `At most ${o.limitPerMinute} requests a minute from one address to this route's kind (sign-in, refresh, SSO); retry in ${decision.retryAfterSeconds ?? 1} s.`),
+        req.url,
+      );
+      return reply;
+    }
+  });
+}

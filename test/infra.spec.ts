@@ -1,9 +1,11 @@
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import Ajv from 'ajv';
 import { parse, parseAllDocuments } from 'yaml';
+import { ConfigError, parseConfig } from '@keel/config';
 import { loadManifest, ServiceEntry } from '@keel/service-kit';
 import { serviceEnv, serviceNames } from '@keel/testing';
 
@@ -316,6 +318,29 @@ describe('infra/k8s', () => {
     expect(container.env.map((e: { name: string }) => e.name).filter((n: string) => n.startsWith('KEEL_DB_PASSWORD'))).toEqual([]);
     const secret = objects.find((o) => o.kind === 'Secret' && o.metadata.name === `keel-${name}-db`);
     expect(new URL(secret.stringData.DATABASE_URL).username).toBe(DATA_SERVICES[name]);
+  });
+
+  it("keel-secrets' placeholders do not start a service (production, the default): each is refused by name", () => {
+    const config = objects.find((o) => o.kind === 'ConfigMap' && o.metadata.name === 'keel-config').data as Record<string, string>;
+    const secrets = objects.find((o) => o.kind === 'Secret' && o.metadata.name === 'keel-secrets').stringData as Record<string, string>;
+    expect(config.KEEL_ENV).toBe('production');
+    const issues = (env: Record<string, string>): string[] => {
+      try {
+        parseConfig(env);
+        return [];
+      } catch (error) {
+        if (error instanceof ConfigError) return error.issues;
+        throw error;
+      }
+    };
+    for (const key of ['KEEL_BOOTSTRAP_TOKEN', 'KEEL_ADMIN_PASSWORD', 'KEEL_KEK']) {
+      const refused = issues({ ...config, [key]: secrets[key]! });
+      expect(refused).toHaveLength(1);
+      expect(refused[0]).toMatch(new RegExp(`^${key}: `));
+      expect(refused[0]).not.toContain(secrets[key]);
+    }
+    // What the comments there say to run instead is accepted.
+    expect(issues({ ...config, KEEL_BOOTSTRAP_TOKEN: randomBytes(24).toString('base64'), KEEL_ADMIN_PASSWORD: randomBytes(18).toString('base64'), KEEL_KEK: randomBytes(32).toString('base64') })).toEqual([]);
   });
 
   it('exposes the gateway through a Service', () => {

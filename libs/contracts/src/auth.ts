@@ -483,8 +483,8 @@ export const tenantIdentityRoutes = routeGroup({
     params: tenantParams.extend({ keyId: z.uuid() }).strict(), response: { status: 200, schema: authRpc.revokeApiKey.response },
   }),
   rotateKey: route({
-    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/api-keys/{keyId}/rotate', permission: P.apiKeysWrite, tag: 'api-keys',
-    summary: "Issue a new secret for an API key (you must hold its permissions); the old secret ends now, or after gracePeriodSeconds",
+    ...inTenant, stepUp: true, method: 'POST', path: '/api/v1/tenants/{tenantId}/api-keys/{keyId}/rotate', permission: P.apiKeysWrite, tag: 'api-keys',
+    summary: "Issue a new secret for an API key (you must hold its permissions; needs a recent sign-in); the old secret ends now, or after gracePeriodSeconds",
     params: tenantParams.extend({ keyId: z.uuid() }).strict(), body: rotateApiKeySchema, response: { status: 200, schema: rotatedApiKeySchema },
   }),
   listSessions: route({

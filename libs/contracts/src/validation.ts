@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { FieldError, KeelError } from './errors';
+import { text } from './text';
 
 export function fieldErrors(error: z.ZodError): FieldError[] {
   return error.issues.map((issue) => ({
@@ -32,8 +33,7 @@ const DECIMAL = /^[0-9]{1,16}$/;
 export function queryInteger(o: { min?: number; max?: number } = {}) {
   const min = o.min ?? 0;
   const max = o.max ?? Number.MAX_SAFE_INTEGER;
-  return z
-    .string({ error: 'must be a plain decimal integer, given once' })
+  return text()
     .regex(DECIMAL, 'must be a plain decimal integer (digits only, no sign, spaces, exponent or fraction)')
     .transform(Number)
     .pipe(z.number().int().min(min).max(max))

@@ -229,7 +229,7 @@ export class SafeFetch {
       }
       const location = res.headers.location;
       if (REDIRECTS.has(res.statusCode) && typeof location === 'string' && (method === 'GET' || method === 'HEAD')) {
-        res.body.destroy();
+        discard(res);
         if (hop >= this.maxRedirects) throw new OutboundError(origin, `more than ${this.maxRedirects} redirects`);
         if (!URL.canParse(location, current.href)) throw new OutboundError(origin, `${current.href} redirects to an invalid URL`);
         const next = new URL(location, current);
@@ -247,7 +247,7 @@ export class SafeFetch {
   private async read(origin: string, url: URL, res: Dispatcher.ResponseData): Promise<Buffer> {
     const declared = Number(res.headers['content-length']);
     if (Number.isFinite(declared) && declared > this.maxBytes) {
-      res.body.destroy();
+      discard(res);
       throw new OutboundError(origin, `${url.href} announces ${declared} bytes, more than ${this.maxBytes}`);
     }
     const chunks: Buffer[] = [];
@@ -256,7 +256,7 @@ export class SafeFetch {
       for await (const chunk of res.body) {
         size += (chunk as Buffer).length;
         if (size > this.maxBytes) {
-          res.body.destroy();
+          discard(res);
           throw new OutboundError(origin, `${url.href} sent more than ${this.maxBytes} bytes`);
         }
         chunks.push(chunk as Buffer);
@@ -268,9 +268,16 @@ export class SafeFetch {
     return Buffer.concat(chunks);
   }
 
+  /** Ends every connection, also those of requests still waiting. */
   async close(): Promise<void> {
-    await Promise.all([this.publicOnly.close(), this.loopbackToo.close()]);
+    await Promise.all([this.publicOnly.destroy(), this.loopbackToo.destroy()]);
   }
+}
+
+/** Drops a body not read (a redirect's, one too large); its stream may still report the abort, which nobody needs. */
+function discard(res: Dispatcher.ResponseData): void {
+  res.body.on('error', () => undefined);
+  res.body.destroy();
 }
 
 function describe(error: unknown): string {

@@ -17,6 +17,15 @@ describe('tenant allowed IP ranges', () => {
   // Waiting for sign-ins to change is done as another user: the sessions it starts meanwhile
   // must not push the user's own session out (maxConcurrentSessions).
   const probe = () => login('prober@fenced.test');
+  // Refreshes read the tenant through the identity service's short cache, sign-ins do not: a
+  // change of ranges is awaited for refreshes too, with the prober's own session (its token
+  // turns on every refresh that succeeds meanwhile).
+  let proberRefreshToken = '';
+  const probeRefresh = async () => {
+    const res = await anonymous('POST', '/api/v1/auth/refresh', { body: { refreshToken: proberRefreshToken } });
+    if (res.status === 200) proberRefreshToken = res.body.refreshToken;
+    return res;
+  };
   const setRanges = async (allowedIpRanges: string[]) => {
     const res = await operator('PATCH', `/api/v1/tenants/${tenantId}/settings`, { body: { allowedIpRanges } });
     expect(res.status).toBe(200);
@@ -45,6 +54,7 @@ describe('tenant allowed IP ranges', () => {
 
   it('refuses sign-in, refresh and requests from outside the ranges, and serves them again from inside', async () => {
     const session = await until('a first sign-in', login, 200);
+    proberRefreshToken = (await until("the prober's sign-in", probe, 200)).body.refreshToken;
     const user = httpClient(stack.gatewayUrl, session.body.accessToken);
     expect((await user('GET', `/api/v1/tenants/${tenantId}`)).status).toBe(200);
 
@@ -53,6 +63,7 @@ describe('tenant allowed IP ranges', () => {
     expect(refused.body).toMatchObject({ code: 'forbidden', detail: expect.stringContaining('allowed IP ranges') });
     const signIn = await until('sign-in from 127.0.0.1 refused', probe, 403);
     expect(signIn.body.detail).toContain("tenant's IP ranges");
+    await until('refresh from 127.0.0.1 refused', probeRefresh, 403);
     // A refused refresh leaves the session as it was: its token still refreshes from inside.
     const outside = await anonymous('POST', '/api/v1/auth/refresh', { body: { refreshToken: session.body.refreshToken } });
     expect(outside.body).toMatchObject({ status: 403, code: 'forbidden' });
@@ -68,6 +79,7 @@ describe('tenant allowed IP ranges', () => {
     await setRanges(['10.0.0.0/8', '127.0.0.0/8']);
     await until('requests from 127.0.0.1 served again', () => user('GET', `/api/v1/tenants/${tenantId}`), 200);
     await until('sign-in from 127.0.0.1 allowed again', probe, 200);
+    await until('refresh from 127.0.0.1 allowed again', probeRefresh, 200);
     expect((await login()).status).toBe(200);
     expect((await anonymous('POST', '/api/v1/auth/refresh', { body: { refreshToken: session.body.refreshToken } })).status).toBe(200);
   });

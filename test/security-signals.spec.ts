@@ -86,23 +86,28 @@ describe('security signals', () => {
     expect(JSON.stringify(facts)).not.toContain('127.0.0.1');
   });
 
-  it('raises one security.alert.raised when a tenant’s failed sign-ins in a minute pass its threshold (10)', async () => {
+  it('raises one security.alert.raised when a tenant’s failed sign-ins in a minute pass its threshold (10), emails it does not have included', async () => {
     const users = ['a', 'b'];
     for (const u of users) {
       const res = await operator()('POST', `/api/v1/tenants/${tenant.id}/users`, { body: { email: `${u}@signals.test`, name: u, password: PASSWORD } });
       expect(res.status).toBe(201);
     }
-    // Sixteen failures inside one minute of the log's clock: start early in a minute.
+    // Sixteen failures inside one minute: start early in a minute. Six are wrong passwords of
+    // existing accounts (events on their logs), ten are emails the tenant does not have (credential
+    // stuffing: no log to be on), which alone do not pass the threshold.
     await eventually(async () => Date.now() % 60_000, (ms) => ms < 40_000, { timeoutMs: 25_000, intervalMs: 200, what: 'the first 40 s of a minute' });
     for (let i = 0; i < 16; i++) {
-      const res = await anonymous()('POST', '/api/v1/auth/login', { body: { tenant: tenant.slug, email: `${users[i % 2]}@signals.test`, password: 'not the password at all' } });
+      const email = i < 6 ? `${users[i % 2]}@signals.test` : `nobody-${i}@signals.test`;
+      const res = await anonymous()('POST', '/api/v1/auth/login', { body: { tenant: tenant.slug, email, password: 'not the password at all' } });
       expect(res.status).toBe(401);
     }
-    await eventually(() => ledger(tenant.id, 'auth.user.login_failed'), (entries) => entries.length >= 16, { timeoutMs: 30_000, what: 'the 16 failures on the ledger' });
+    await eventually(() => ledger(tenant.id, 'auth.user.login_failed'), (entries) => entries.length >= 6, { timeoutMs: 30_000, what: 'the 6 charged failures on the ledger' });
     const alerts = await eventually(() => ledger(tenant.id, 'security.alert.raised'), (a) => a.length >= 1, { timeoutMs: 30_000, what: 'the alert' });
     expect(alerts).toHaveLength(1);
     expect(alerts[0]!.event.data).toMatchObject({ rule: 'failed_sign_ins', threshold: 10, windowSeconds: 60 });
-    expect(alerts[0]!.event.data.observed).toBe(11);
+    // Raised when the count passed 10 (the two ways of counting may cross it together: the first published is kept).
+    expect(alerts[0]!.event.data.observed).toBeGreaterThanOrEqual(11);
+    expect(alerts[0]!.event.data.observed).toBeLessThanOrEqual(16);
     expect(alerts[0]!.event.actor).toEqual({ kind: 'service', id: 'auth' });
   });
 });

@@ -50,6 +50,7 @@ export function authModule(config: KeelConfig, logger: Logger) {
       },
       { provide: TokenKeys, useFactory: (ds: DataSource, outbox: Outbox) => new TokenKeys(ds, kekFrom(config.KEEL_KEK), outbox), inject: [DataSource, Outbox] },
       SessionRevoker,
+      SignInAlerts,
       RoleCatalog,
       RbacService,
       UsersService,
@@ -64,8 +65,8 @@ export function authModule(config: KeelConfig, logger: Logger) {
     // @MessagePattern handlers are served by KeelNatsTransport (Nest finds patterns on controllers).
     // Services that other providers inject stay providers (one instance) and are exposed by patternsOf.
     controllers: [
-      // The failed sign-ins rule: an @EventPattern consumer of the user events.
-      SignInAlerts,
+      // The failed sign-ins rule: an @EventPattern consumer of the user events (sign-in counts unknown emails with it).
+      patternsOf(SignInAlerts),
       SsoService,
       ApiKeysService,
       patternsOf(RbacService),

@@ -1,4 +1,5 @@
-import { Inject } from '@nestjs/common';
+import { Inject, Injectable } from '@nestjs/common';
+import { randomUUID } from 'node:crypto';
 import Redis from 'ioredis';
 import { Counter } from 'prom-client';
 import { KeelConfig } from '@keel/config';
@@ -27,9 +28,11 @@ const raised = new Counter({
 });
 
 /**
- * The failed sign-ins rule: when a tenant's failed sign-ins (`auth.user.login_failed`) in one
- * minute of the log's time pass the tenant's `failedSignInAlertThreshold`, one
- * `security.alert.raised` is published for that tenant and minute.
+ * The failed sign-ins rule: when a tenant's failed sign-ins in one minute pass the tenant's
+ * `failedSignInAlertThreshold`, one `security.alert.raised` is published for that tenant and
+ * minute. A failure charged to an account is an `auth.user.login_failed` on the log, heard here; a
+ * failure for an email the tenant does not have (credential stuffing) has no log to be on, so
+ * sign-in counts it here directly (`countUnknownAccount`), and both count in the same window.
  *
  * A durable consumer of the user events, so a restart or a second replica neither misses nor
  * doubles anything: each failure is counted by its event id (a Redis set per tenant and minute,
@@ -37,6 +40,7 @@ const raised = new Counter({
  * is derived from (rule, tenant, minute), so publishing it again after a crash is stored once.
  * Redis away: the events wait (RetryLaterError) and are counted when it is back.
  */
+@Injectable()
 export class SignInAlerts {
   constructor(
     private readonly store: EventStore,
@@ -51,14 +55,28 @@ export class SignInAlerts {
     if (event.type !== A.userLoginFailed) return;
     const at = Date.parse(event.occurredAt);
     if (!Number.isFinite(at) || Date.now() - at > STALE_AFTER_MS) return;
+    try {
+      await this.count(event.tenantId, event.id, at, event.correlationId, event.id);
+    } catch (error) {
+      if (error instanceof RedisUnavailable) throw new RetryLaterError(error.message);
+      throw error;
+    }
+  }
+
+  /** A failed sign-in for an email the tenant does not have, counted at once (best effort: it has no event to be redelivered). */
+  async countUnknownAccount(tenantId: string, correlationId: string): Promise<void> {
+    await this.count(tenantId, randomUUID(), Date.now(), correlationId);
+  }
+
+  private async count(tenantId: string, failureId: string, at: number, correlationId: string, causationId?: string): Promise<void> {
     const windowStart = Math.floor(at / ALERT_WINDOW_MS) * ALERT_WINDOW_MS;
-    const base = `${this.config.KEEL_REDIS_PREFIX}security:failed_sign_ins:${event.tenantId}:${windowStart}`;
+    const base = `${this.config.KEEL_REDIS_PREFIX}security:failed_sign_ins:${tenantId}:${windowStart}`;
     let observed: number;
     try {
       const replies = await withTimeout(
         this.redis
           .multi()
-          .sadd(base, event.id)
+          .sadd(base, failureId)
           .scard(base)
           .pexpire(base, 3 * ALERT_WINDOW_MS)
           .exists(`${base}:alerted`)
@@ -70,32 +88,34 @@ export class SignInAlerts {
       observed = Number(replies[1]![1]);
       if (Number(replies[3]![1]) === 1) return;
     } catch (error) {
-      throw new RetryLaterError(`Redis cannot count failed sign-ins now: ${(error as Error).message}`);
+      throw new RedisUnavailable(`Redis cannot count failed sign-ins now: ${(error as Error).message}`);
     }
-    const tenant = await this.tenants.find(event.tenantId);
+    const tenant = await this.tenants.find(tenantId);
     if (!tenant) return;
     const threshold = tenant.settings.failedSignInAlertThreshold ?? DEFAULT_FAILED_SIGN_IN_ALERT_THRESHOLD;
     if (observed <= threshold) return;
 
-    const id = nameBasedUuid(`security.alert.raised|failed_sign_ins|${event.tenantId}|${windowStart}`);
+    const id = nameBasedUuid(`security.alert.raised|failed_sign_ins|${tenantId}|${windowStart}`);
     const alert: EventEnvelope = {
       id,
       type: securityEventTypes.alertRaised,
       schemaVersion: 1,
-      tenantId: event.tenantId,
+      tenantId,
       aggregateType: 'alert',
       aggregateId: id,
       aggregateVersion: 1,
       occurredAt: new Date().toISOString(),
       actor: { kind: 'service', id: 'auth' },
-      correlationId: event.correlationId,
-      causationId: event.id,
+      correlationId,
+      ...(causationId ? { causationId } : {}),
       data: { rule: 'failed_sign_ins', windowStart: new Date(windowStart).toISOString(), windowSeconds: ALERT_WINDOW_MS / 1_000, threshold, observed },
     };
     // Published before it is marked: a crash in between publishes it again, and the log keeps one (its id).
     await this.store.appendFacts([alert]);
     await withTimeout(this.redis.set(`${base}:alerted`, '1', 'PX', 3 * ALERT_WINDOW_MS), REDIS_TIMEOUT_MS, 'marking the alert').catch(() => undefined);
     raised.inc({ rule: 'failed_sign_ins' });
-    this.logger.warn({ tenantId: event.tenantId, windowStart: alert.data.windowStart, threshold, observed }, 'security alert: failed sign-ins passed the threshold');
+    this.logger.warn({ tenantId, windowStart: alert.data.windowStart, threshold, observed }, 'security alert: failed sign-ins passed the threshold');
   }
 }
+
+class RedisUnavailable extends Error {}

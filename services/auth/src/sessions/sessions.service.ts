@@ -27,6 +27,7 @@ import { TokenKeys } from '../keys/token-keys';
 import { MfaService, SecondFactor } from '../mfa/mfa.service';
 import { Lockout, Outcome } from '../users/lockout';
 import { TenantLookup } from '../users/tenant-lookup';
+import { SignInAlerts } from '../security/sign-in-alerts';
 import { ARGON2_OPTIONS, UsersService } from '../users/users.service';
 import { RoleCatalog } from '../rbac/role-catalog';
 import { requireAllowedNetwork } from './allowed-network';
@@ -84,6 +85,7 @@ export class SessionsService {
     private readonly catalog: RoleCatalog,
     private readonly mfa: MfaService,
     @Inject(KEEL_LOGGER) private readonly logger: Logger,
+    private readonly alerts: SignInAlerts,
   ) {
     void decoy();
   }
@@ -176,6 +178,11 @@ export class SessionsService {
       const { lockedUntil } = await this.lockout.end(account, c.ip, limit, outcome);
       const lockedUser = lockedUntil !== undefined ? found?.user_id : undefined;
       if (charged || lockedUser) this.recordFailure(tenantId, charged, lockedUser, lockedUntil, meta((charged ?? lockedUser)!), c.ip);
+      // A failure with nobody to charge (an email the tenant does not have: credential stuffing)
+      // still counts towards the tenant's failed sign-ins alert; after the answer, as the rest.
+      else if (outcome === 'failure' && tenantId !== NO_TENANT) {
+        void this.alerts.countUnknownAccount(tenantId, c.correlationId).catch((err: unknown) => this.logger.warn({ err, tenantId }, 'a failed sign-in could not be counted for the alert rule'));
+      }
     }
 
     return this.startSession(tenantId, found.user_id, await this.tenantScopeRoles(tenantId, found.user_id, user.state.roles), settings, meta(found.user_id), amrOf(secondFactor));

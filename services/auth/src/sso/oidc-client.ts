@@ -162,7 +162,7 @@ export class OidcClient implements OnModuleDestroy {
     if (doc.code_challenge_methods_supported && !doc.code_challenge_methods_supported.includes('S256')) {
       throw new ProviderUnusable(issuer, 'it does not support PKCE with S256');
     }
-    this.discovered.set(issuer, { doc, at: Date.now() });
+    remember(this.discovered, issuer, { doc, at: Date.now() });
     return doc;
   }
 
@@ -252,7 +252,7 @@ export class OidcClient implements OnModuleDestroy {
       throw new ProviderUnusable(issuer, 'its keys are not a JSON Web Key Set');
     }
     const entry = { keys, at: Date.now() };
-    this.keySets.set(jwksUri, entry);
+    remember(this.keySets, jwksUri, entry);
     return entry;
   }
 
@@ -303,4 +303,14 @@ export class OidcClient implements OnModuleDestroy {
     if ((claims as { sub?: unknown }).sub !== subject) throw new KeelError('invalid_token', 'The identity provider described another user than the one signed in; start the sign-in again.');
     return claims as Record<string, unknown>;
   }
+}
+
+/** Providers' documents kept at once: a tenant saving providers by the thousand cannot grow memory without bound. */
+export const MAX_CACHED_PROVIDERS = 1_000;
+
+/** Sets `key` as the newest entry, dropping the oldest beyond MAX_CACHED_PROVIDERS. */
+function remember<V>(cache: Map<string, V>, key: string, value: V): void {
+  cache.delete(key);
+  cache.set(key, value);
+  while (cache.size > MAX_CACHED_PROVIDERS) cache.delete(cache.keys().next().value!);
 }

@@ -223,6 +223,10 @@ describe('user decider', () => {
   });
 
   describe('passwords', () => {
+    it('refuses an administrator resetting their own password (that is a change, with the current one and a recent sign-in)', () => {
+      given(created(['admin'])).when({ type: 'reset_password', password: 'a brand new password', authority: { ...over(), self: true } }).thenRefused('forbidden', /auth\/password/);
+    });
+
     it("records an administrator's reset and a user's own change, never the password", () => {
       given(created()).when({ type: 'reset_password', password: 'a brand new password', authority: over() }).then([{ type: A.userPasswordChanged, data: { byAdmin: true } }]);
       given(created()).when({ type: 'change_password', password: 'a brand new password', currentPasswordRight: true }).then([{ type: A.userPasswordChanged, data: { byAdmin: false } }]);

@@ -133,6 +133,9 @@ export const userDecider: Decider<UserState, UserCommand, UserEvent> = {
       case 'update_profile':
         return command.data.name === state.name ? [] : [{ type: A.userProfileUpdated, data: command.data }];
       case 'reset_password':
+        // One's own password is changed with the current one (POST /auth/password, a step-up route):
+        // a stolen administrator's token must not reset it and sign in afresh.
+        if (command.authority.self) throw new KeelError('forbidden', 'Change your own password with POST /api/v1/auth/password (it needs the current one and a recent sign-in).');
         mayActOn(state, command.authority);
         requirePasswordAllowed(command.password, { email: state.email, name: state.name, tenantSlug: command.tenantSlug });
         return [{ type: A.userPasswordChanged, data: { byAdmin: true } }];

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Inject, Injectable, OnModuleDestroy, OnModuleInit } from '@nestjs/common';
 import { Counter } from 'prom-client';
@@ -46,7 +47,8 @@ interface Window {
 @Injectable()
 export class DenialRecorder implements OnModuleInit, OnModuleDestroy {
   private readonly windowMs: number;
-  private readonly gateway = `${hostname()}:${process.pid}`;
+  // A restarted replica (same host name, same pid in a container) is another counter: its ids must not repeat the last one's.
+  private readonly gateway = `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
   private readonly windows = new Map<string, Window>();
   private timer?: NodeJS.Timeout;
   private readonly inFlight = new Set<Promise<void>>();

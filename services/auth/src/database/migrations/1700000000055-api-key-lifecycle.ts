@@ -6,7 +6,7 @@ import { AUTH_SCHEMA } from '../schema';
  * tenant of that principal: a platform administrator may make a key in any tenant), when it was
  * last used (at most one write a minute per key), and rotation (the previous secret's hash, valid
  * until the grace period ends). Keys made before this were made by the user `created_by` names
- * when it is a user id, else by the operator.
+ * when it is a user id (in the tenant of that user's email reservation), else by the operator.
  */
 export class ApiKeyLifecycle1700000000055 implements MigrationInterface {
   name = 'ApiKeyLifecycle1700000000055';
@@ -16,8 +16,10 @@ export class ApiKeyLifecycle1700000000055 implements MigrationInterface {
     await q.query(`ALTER TABLE ${k} ADD COLUMN IF NOT EXISTS created_by_kind text`);
     await q.query(`ALTER TABLE ${k} ADD COLUMN IF NOT EXISTS created_by_tenant text`);
     await q.query(
-      `UPDATE ${k} SET created_by_kind = CASE WHEN created_by ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN 'user' ELSE 'system' END,
-                       created_by_tenant = tenant_id
+      // The creator's own tenant from its email reservation: a platform administrator's key made
+      // in tenant X has its creator in \`platform\`, not X (else the key would lose its creator).
+      `UPDATE ${k} k SET created_by_kind = CASE WHEN created_by ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN 'user' ELSE 'system' END,
+                       created_by_tenant = coalesce((SELECT r.tenant_id FROM "${AUTH_SCHEMA}".email_reservations r WHERE r.user_id::text = k.created_by), k.tenant_id)
        WHERE created_by_kind IS NULL`,
     );
     await q.query(`ALTER TABLE ${k} ALTER COLUMN created_by_kind SET NOT NULL, ALTER COLUMN created_by_tenant SET NOT NULL`);

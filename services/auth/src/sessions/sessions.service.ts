@@ -263,6 +263,10 @@ export class SessionsService {
    */
   @MessagePattern(authRpc.refresh.subject)
   async refresh(body: unknown): Promise<TokenPair> {
+    return this.refreshOnce(body, false);
+  }
+
+  private async refreshOnce(body: unknown, retried: boolean): Promise<TokenPair> {
     const { client: c, payload } = parseOrThrow(requests.refresh, body, 'refresh');
     const [sessionId, secret] = payload.refreshToken.split('.');
     if (!sessionId || !secret || !z.uuid().safeParse(sessionId).success) throw new KeelError('invalid_token', 'The refresh token is not valid.');
@@ -329,6 +333,9 @@ export class SessionsService {
       // (one of the two holders is not the client), so the session ends.
       const [now] = await this.crossTenant.query(`SELECT revoked_at, refresh_hash, expires_at > now() AS live FROM ${SESSIONS} WHERE id = $1`, [sessionId]);
       if (now && !now.revoked_at && now.live && now.refresh_hash !== sha256Hex(secret)) throw await reused();
+      // The token is still the current one, but the session changed meanwhile (a re-authentication
+      // gave it a fresh auth_time): turn it again from the session as it is now, once.
+      if (now && !now.revoked_at && now.live && !retried) return this.refreshOnce(body, true);
       throw invalid();
     }
     const roles = [...new Set([...(user.state.status === 'active' ? user.state.roles : []), ...(rotated[0]!.granted ?? [])])];

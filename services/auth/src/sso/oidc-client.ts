@@ -1,10 +1,12 @@
 import { createHash } from 'node:crypto';
-import { Inject, Injectable, OnModuleDestroy } from '@nestjs/common';
+import { Inject, Injectable, OnModuleDestroy, Optional } from '@nestjs/common';
 import { createLocalJWKSet, errors as joseErrors, JSONWebKeySet, JWTPayload, jwtVerify } from 'jose';
 import { z } from 'zod';
 import { KeelConfig } from '@keel/config';
 import { KeelError, OidcConfig } from '@keel/contracts';
 import { randomToken } from '@keel/crypto';
+import { KEEL_LOGGER } from '@keel/messaging';
+import { Logger } from '@keel/observability';
 import { OutboundError, SafeFetch, SafeRequest, SafeResponse } from './safe-fetch';
 
 /** Each call to a provider; four of them fit in the gateway's wait for a callback. */
@@ -82,7 +84,10 @@ export class OidcClient implements OnModuleDestroy {
   /** Every request to a provider goes through it: https to public addresses only, size- and time-limited. */
   readonly http: SafeFetch;
 
-  constructor(@Inject('KEEL_AUTH_CONFIG') config: Pick<KeelConfig, 'KEEL_SSO_ALLOW_HTTP_LOOPBACK'>) {
+  constructor(
+    @Inject('KEEL_AUTH_CONFIG') config: Pick<KeelConfig, 'KEEL_SSO_ALLOW_HTTP_LOOPBACK'>,
+    @Optional() @Inject(KEEL_LOGGER) private readonly logger?: Logger,
+  ) {
     this.http = new SafeFetch({ allowHttpLoopback: config.KEEL_SSO_ALLOW_HTTP_LOOPBACK, maxBytes: MAX_DOCUMENT_BYTES, timeoutMs: PROVIDER_TIMEOUT_MS });
   }
 
@@ -95,6 +100,8 @@ export class OidcClient implements OnModuleDestroy {
       return await this.http.fetch(url, init);
     } catch (error) {
       if (!(error instanceof OutboundError)) throw error;
+      // The caller learns only that it failed; the operator's log says why (a closed port, TLS, a refused address).
+      this.logger?.warn({ issuer, origin: error.origin, detail: error.detail }, 'an identity provider could not be reached or answered unusably');
       throw new ProviderUnusable(issuer, UNREACHABLE, field);
     }
   }

@@ -1,27 +1,9 @@
 import { cleanupEnv, eventually, httpClient, isolatedEnv, Stack } from '@keel/testing';
-import { base32Decode, hotp, totpStep } from '../services/auth/src/mfa/totp';
+import { Authenticator } from './support/authenticator';
 
 const PASSWORD = 'correct horse battery staple';
 /** The smallest step-up window a tenant may set: the test waits it out on the wall clock. */
 const WINDOW_SECONDS = 5;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** An authenticator app: each step's code handed out once (the server accepts one step ahead). */
-class Authenticator {
-  private readonly secret: Buffer;
-  private lastStep = -1;
-
-  constructor(base32: string) {
-    this.secret = base32Decode(base32);
-  }
-
-  async next(): Promise<string> {
-    const step = Math.max(totpStep(Date.now()), this.lastStep + 1);
-    while (step > totpStep(Date.now()) + 1) await sleep(200);
-    this.lastStep = step;
-    return hotp(this.secret, step);
-  }
-}
 
 interface Claims {
   sub: string;

@@ -73,11 +73,15 @@ export async function dropDatabase(adminUrl: string): Promise<void> {
 export async function provisionServiceSchema(adminUrl: string, s: ServiceSchema): Promise<void> {
   await ensureDatabase(adminUrl);
   const client = new Client({ connectionString: adminUrl });
+  // The lock is taken in the \`postgres\` database: advisory locks belong to one database, and roles,
+  // their settings and database grants are catalog rows of the whole cluster, so provisioning two
+  // databases at once (parallel test stacks, two deployments' Jobs) must share one lock: two
+  // concurrent ALTER ROLE or GRANT on the same row fail with "tuple concurrently updated".
+  const lock = new Client({ connectionString: withDatabase(adminUrl, 'postgres') });
   await client.connect();
   try {
-    // One lock for every service: roles and database grants are shared catalog rows, and two
-    // concurrent GRANTs on one database fail with "tuple concurrently updated".
-    await client.query('SELECT pg_advisory_lock(hashtext($1))', ['keel.provision']);
+    await lock.connect();
+    await lock.query('SELECT pg_advisory_lock(hashtext($1))', ['keel.provision']);
     const role = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [s.role]);
     if (!role.rowCount) {
       await client
@@ -96,7 +100,8 @@ export async function provisionServiceSchema(adminUrl: string, s: ServiceSchema)
     await client.query(`GRANT USAGE ON SCHEMA ${quoteIdent(s.schema)} TO ${quoteIdent(s.role)}`);
     await client.query(`ALTER ROLE ${quoteIdent(s.role)} IN DATABASE ${quoteIdent(db)} SET search_path = ${quoteIdent(s.schema)}`);
   } finally {
-    await client.query('SELECT pg_advisory_unlock(hashtext($1))', ['keel.provision']).catch(() => undefined);
+    // Ending the lock's session releases the lock.
+    await lock.end().catch(() => undefined);
     await client.end();
   }
   const ds = new DataSource({
@@ -108,14 +113,14 @@ export async function provisionServiceSchema(adminUrl: string, s: ServiceSchema)
     migrationsTransactionMode: 'each',
   });
   await ds.initialize();
-  const lock = ds.createQueryRunner();
+  const migrating = ds.createQueryRunner();
   try {
-    await lock.connect();
-    await lock.query('SELECT pg_advisory_lock(hashtext($1))', [`keel.migrate.${s.schema}`]);
+    await migrating.connect();
+    await migrating.query('SELECT pg_advisory_lock(hashtext($1))', [`keel.migrate.${s.schema}`]);
     await ds.runMigrations();
   } finally {
-    await lock.query('SELECT pg_advisory_unlock(hashtext($1))', [`keel.migrate.${s.schema}`]).catch(() => undefined);
-    await lock.release();
+    await migrating.query('SELECT pg_advisory_unlock(hashtext($1))', [`keel.migrate.${s.schema}`]).catch(() => undefined);
+    await migrating.release();
     await ds.destroy();
   }
 }

@@ -161,7 +161,18 @@ describe('provisioning', () => {
     expect((await admin.query('SELECT count(*)::int AS n FROM pg_roles WHERE rolname = $1', [role])).rows[0].n).toBe(1);
   });
 
-it('two services provisioning their own schemas at the same time both succeed', async () => {
+it('one role provisioned into two databases at the same time (two stacks, two deployments) both succeed', async () => {
+    // Roles are the cluster's, not a database's: the lock must be too.
+    for (let round = 0; round < 5; round++) {
+      const runs = [env.DATABASE_URL!, raceUrl, env.DATABASE_URL!, raceUrl].map((url, i) => {
+        const m = widgetsMigration(`svc_e${round}_${i}`, roles[0]!);
+        return provisionServiceSchema(url, { schema: `svc_e${round}_${i}`, role: roles[0]!, password: 'secret-1', migrations: [m.migration] });
+      });
+      await expect(Promise.all(runs)).resolves.toBeDefined();
+    }
+  });
+
+  it('two services provisioning their own schemas at the same time both succeed', async () => {
     for (let round = 0; round < 5; round++) {
       const a = widgetsMigration(`svc_c${round}`, roles[2]!);
       const b = widgetsMigration(`svc_d${round}`, roles[3]!);

@@ -84,6 +84,23 @@ describe('credentials follow their owner', () => {
     expect((await key('GET', t())).status).toBe(200);
   });
 
+  it("an API key cannot reset its creator's password through the admin route (a stolen key would sign in afresh); another user's it can", async () => {
+    const makerId = await createUser('keymaker@creds.test', ['tenant_admin']);
+    const token = (await login('keymaker@creds.test')).accessToken;
+    const maker = as(token);
+    // Everything the administrator holds: resetting another user's password needs all that user holds.
+    const perms = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString('utf8')).perms as string[];
+    const made = await maker('POST', `${t()}/api-keys`, { body: { name: 'everything', permissions: perms } });
+    expect(made.status).toBe(201);
+    const key = as(made.body.secret as string);
+    const own = await key('POST', `${t()}/users/${makerId}/password`, { body: { password: 'a takeover passphrase here' } });
+    expect(own.status).toBe(403);
+    expect(own.body.detail).toMatch(/auth\/password/);
+    await login('keymaker@creds.test'); // the password is unchanged
+    const otherId = await createUser('helped@creds.test', ['viewer']);
+    expect((await key('POST', `${t()}/users/${otherId}/password`, { body: { password: 'a fresh passphrase for you' } })).status).toBe(204);
+  });
+
   it('an API key of a disabled creator fails every request within 1 s', async () => {
     const makerId = await createUser('leaver@creds.test', ['tenant_admin']);
     const maker = as((await login('leaver@creds.test')).accessToken);

@@ -54,6 +54,8 @@ export class AdvisoryLeadership {
       return true;
     } catch {
       this.held = false;
+      // A connection that is still alive (the check timed out, say) must not go back to the pool holding the lock.
+      await this.runner.query('SELECT pg_advisory_unlock(hashtext($1))', [this.key]).catch(() => undefined);
       await this.runner.release().catch(() => undefined);
       this.runner = undefined;
       return false;

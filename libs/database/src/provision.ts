@@ -78,6 +78,8 @@ export async function provisionServiceSchema(adminUrl: string, s: ServiceSchema)
   // databases at once (parallel test stacks, two deployments' Jobs) must share one lock: two
   // concurrent ALTER ROLE or GRANT on the same row fail with "tuple concurrently updated".
   const lock = new Client({ connectionString: withDatabase(adminUrl, 'postgres') });
+  // A server restart while a session sits idle is an error on the client, not a crash: the step fails and is run again.
+  for (const c of [client, lock]) c.on('error', () => undefined);
   await client.connect();
   try {
     await lock.connect();

@@ -1,5 +1,4 @@
 import { Inject, Injectable } from '@nestjs/common';
-import { randomUUID } from 'node:crypto';
 import Redis from 'ioredis';
 import { Counter } from 'prom-client';
 import { KeelConfig } from '@keel/config';
@@ -19,6 +18,26 @@ export const ALERT_WINDOW_MS = 60_000;
 /** Failures older than this when they reach the rule are history (a new consumer reading the log from its start), not an attack now. */
 export const STALE_AFTER_MS = 5 * ALERT_WINDOW_MS;
 const REDIS_TIMEOUT_MS = 1_000;
+/** How long a window's count and its alert mark are kept: past the oldest failure still counted, so a late one neither starts a fresh count nor raises the alert again. */
+const KEEP_MS = STALE_AFTER_MS + 2 * ALERT_WINDOW_MS;
+
+/**
+ * One step on Redis: nothing more is counted once the window's alert is raised (an attack does not
+ * grow the set); a failure of an account is counted by its event id (a redelivery counts once), one
+ * of an unknown email by a counter (its id would be random: nothing to deduplicate). Answers the
+ * window's failures, or -1 when its alert is already raised.
+ */
+const COUNT_LUA = `
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if ARGV[1] == '' then
+  redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+else
+  redis.call('SADD', KEYS[1], ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return redis.call('SCARD', KEYS[1]) + tonumber(redis.call('GET', KEYS[2]) or '0')
+`;
 
 const raised = new Counter({
   name: 'keel_security_alerts_raised_total',
@@ -65,31 +84,22 @@ export class SignInAlerts {
 
   /** A failed sign-in for an email the tenant does not have, counted at once (best effort: it has no event to be redelivered). */
   async countUnknownAccount(tenantId: string, correlationId: string): Promise<void> {
-    await this.count(tenantId, randomUUID(), Date.now(), correlationId);
+    await this.count(tenantId, '', Date.now(), correlationId);
   }
 
+  /** `failureId` is the event's id, or '' for a failure with no event (an unknown email). */
   private async count(tenantId: string, failureId: string, at: number, correlationId: string, causationId?: string): Promise<void> {
     const windowStart = Math.floor(at / ALERT_WINDOW_MS) * ALERT_WINDOW_MS;
     const base = `${this.config.KEEL_REDIS_PREFIX}security:failed_sign_ins:${tenantId}:${windowStart}`;
     let observed: number;
     try {
-      const replies = await withTimeout(
-        this.redis
-          .multi()
-          .sadd(base, failureId)
-          .scard(base)
-          .pexpire(base, 3 * ALERT_WINDOW_MS)
-          .exists(`${base}:alerted`)
-          .exec(),
-        REDIS_TIMEOUT_MS,
-        'counting a failed sign-in',
+      observed = Number(
+        await withTimeout(this.redis.eval(COUNT_LUA, 3, base, `${base}:unknown`, `${base}:alerted`, failureId, KEEP_MS), REDIS_TIMEOUT_MS, 'counting a failed sign-in'),
       );
-      if (!replies || replies.some(([error]) => error)) throw new Error('the count was not taken');
-      observed = Number(replies[1]![1]);
-      if (Number(replies[3]![1]) === 1) return;
     } catch (error) {
       throw new RedisUnavailable(`Redis cannot count failed sign-ins now: ${(error as Error).message}`);
     }
+    if (observed < 0) return;
     const tenant = await this.tenants.find(tenantId);
     if (!tenant) return;
     const threshold = tenant.settings.failedSignInAlertThreshold ?? DEFAULT_FAILED_SIGN_IN_ALERT_THRESHOLD;
@@ -112,7 +122,7 @@ export class SignInAlerts {
     };
     // Published before it is marked: a crash in between publishes it again, and the log keeps one (its id).
     await this.store.appendFacts([alert]);
-    await withTimeout(this.redis.set(`${base}:alerted`, '1', 'PX', 3 * ALERT_WINDOW_MS), REDIS_TIMEOUT_MS, 'marking the alert').catch(() => undefined);
+    await withTimeout(this.redis.set(`${base}:alerted`, '1', 'PX', KEEP_MS), REDIS_TIMEOUT_MS, 'marking the alert').catch(() => undefined);
     raised.inc({ rule: 'failed_sign_ins' });
     this.logger.warn({ tenantId, windowStart: alert.data.windowStart, threshold, observed }, 'security alert: failed sign-ins passed the threshold');
   }

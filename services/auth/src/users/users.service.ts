@@ -101,10 +101,22 @@ export class UsersService {
     return [...new Set([...own, ...(await this.assignedRoles(tenantId, userId))])];
   }
 
+  /** An API key acts as its creator: on its creator, it is the creator acting on themselves (no password reset through the admin route). */
+  private async isKeyOf(meta: AuthMeta, userId: string): Promise<boolean> {
+    if (meta.actor.kind !== 'api_key' || !meta.actor.tenantId) return false;
+    const [key]: { created_by: string }[] = await tenantQuery(
+      this.ds,
+      meta.actor.tenantId,
+      `SELECT created_by FROM "${AUTH_SCHEMA}".api_keys WHERE tenant_id = $1 AND id = $2`,
+      [meta.actor.tenantId, meta.actor.id],
+    );
+    return key?.created_by === userId;
+  }
+
   /** What the user decider needs to decide on someone's access or credentials: the facts, gathered here. */
   async overUser(meta: AuthMeta, tenantId: string, userId: string): Promise<OverUser> {
     await this.load(tenantId, userId); // 404 first: no such user in this tenant
-    const self = meta.actor.kind === 'user' && meta.actor.id === userId;
+    const self = (meta.actor.kind === 'user' && meta.actor.id === userId) || (await this.isKeyOf(meta, userId));
     return {
       held: meta.permissions,
       catalog: await this.catalog.roles(tenantId),

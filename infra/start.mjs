@@ -158,7 +158,9 @@ async function main() {
   }
   await ensureInfra(ctx);
 
-  const gatewayUrl = `http://${host}:${ports.KEEL_HTTP_PORT}`;
+  // With KEEL_TLS_CERT and KEEL_TLS_KEY the gateway serves HTTPS (its ops routes too: one port).
+  const gatewayScheme = env.KEEL_TLS_CERT && env.KEEL_TLS_KEY ? 'https' : 'http';
+  const gatewayUrl = `${gatewayScheme}://${host}:${ports.KEEL_HTTP_PORT}`;
   const secrets = rolePasswords(keelDir, env, dataServices(MANIFEST));
   const shared = { ...env, NATS_URL: ctx.urls.nats, REDIS_URL: ctx.urls.redis, KEEL_HTTP_HOST: httpHost };
   // The admin URL and the roles' secrets are for the provisioning step only; the other secrets
@@ -172,7 +174,7 @@ async function main() {
     const own = s.database ? { DATABASE_URL: roleUrl(ctx.urls.postgres, s.role, secrets[s.name].password) } : {};
     const given = Object.fromEntries(s.secrets.map((k) => [k, secretValues[k] ?? env[k]]).filter(([, v]) => v !== undefined));
     const port = ports[s.startPortEnv];
-    const readyUrl = `http://${host}:${port}/ready`;
+    const readyUrl = `${s.kind === 'gateway' ? gatewayScheme : 'http'}://${host}:${port}/ready`;
     return new Service({ name: s.name, kind: s.kind, root, script: s.script, env: { ...shared, ...own, ...given, [s.portEnv]: port }, readyUrl, pids: ctx.pids });
   };
 

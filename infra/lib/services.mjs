@@ -3,6 +3,8 @@
  * back-off when it exits on its own after it had once been ready. An exit before it was ever
  * ready is a start-up failure (bad configuration, a port in use) that restarting would not fix.
  */
+import http from 'node:http';
+import https from 'node:https';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -22,6 +24,23 @@ function forward(stream, out, name) {
 }
 
 const describeExit = ({ code, signal, error }) => error?.message ?? signal ?? `exit code ${code}`;
+
+/**
+ * The status `url` answers within 2 s. Over https the certificate is not checked: this asks a
+ * process `npm start` itself started, on its own address, whether it serves yet (its certificate
+ * may name the public host, or be the operator's own).
+ */
+function statusOf(url) {
+  return new Promise((resolve, reject) => {
+    const secure = url.startsWith('https:');
+    const req = (secure ? https : http).get(url, { timeout: 2_000, ...(secure ? { rejectUnauthorized: false } : {}) }, (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    });
+    req.on('timeout', () => req.destroy(new Error('timed out')));
+    req.on('error', reject);
+  });
+}
 
 export class Service {
   /** `kind` is the manifest's (backend or gateway); `script` is relative to `root`; `readyUrl` answers 200 once the process serves. */
@@ -60,8 +79,8 @@ export class Service {
         throw new UserError(`${this.name} exited (${describeExit(await child.exited)}) before it was ready; see its log above for why.`);
       }
       try {
-        const res = await fetch(this.readyUrl, { signal: AbortSignal.timeout(2000) });
-        if (res.ok) {
+        const status = await statusOf(this.readyUrl);
+        if (status >= 200 && status < 300) {
           this.ready = true;
           return;
         }

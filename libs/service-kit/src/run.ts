@@ -50,7 +50,7 @@ export async function runGateway(app: INestApplication, entry: ServiceEntry, con
   });
   await app.startAllMicroservices();
   await app.listen(config.KEEL_HTTP_PORT, config.KEEL_HTTP_HOST);
-  logger.info({ url: `http://${config.KEEL_HTTP_HOST}:${config.KEEL_HTTP_PORT}` }, `${entry.name} listening`);
+  logger.info({ url: `${config.KEEL_TLS_CERT ? 'https' : 'http'}://${config.KEEL_HTTP_HOST}:${config.KEEL_HTTP_PORT}` }, `${entry.name} listening`);
   exitOnSignal(
     entry.name,
     [

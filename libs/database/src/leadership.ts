@@ -2,6 +2,13 @@ import { DataSource, QueryRunner } from 'typeorm';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Ends a runner's session instead of giving it back to the pool (pg destroys a client released with an error). */
+async function discard(runner: QueryRunner, error: unknown): Promise<void> {
+  const pg = runner as QueryRunner & { releasePostgresConnection?: (err?: unknown) => Promise<void> };
+  if (pg.releasePostgresConnection) await pg.releasePostgresConnection(error ?? new Error('discarded')).catch(() => undefined);
+  else await runner.release().catch(() => undefined);
+}
+
 /**
  * Single active replica per key: a session-level Postgres advisory lock held on a
  * dedicated connection. Losing that connection loses the lock, and `lost` reports it.
@@ -39,8 +46,9 @@ export class AdvisoryLeadership {
         }
       } catch (error) {
         if (this.released) throw error;
-        await this.runner?.release().catch(() => undefined);
+        const runner = this.runner;
         this.runner = undefined;
+        if (runner) await discard(runner, error);
       }
       await sleep(this.pollMs);
     }
@@ -48,16 +56,16 @@ export class AdvisoryLeadership {
 
   /** True while the lock's connection still answers. */
   async stillHeld(): Promise<boolean> {
-    if (!this.held || !this.runner) return false;
+    const runner = this.runner;
+    if (!this.held || !runner) return false;
     try {
-      await this.runner.query('SELECT 1');
+      await runner.query('SELECT 1');
       return true;
-    } catch {
+    } catch (error) {
       this.held = false;
-      // A connection that is still alive (the check timed out, say) must not go back to the pool holding the lock.
-      await this.runner.query('SELECT pg_advisory_unlock(hashtext($1))', [this.key]).catch(() => undefined);
-      await this.runner.release().catch(() => undefined);
-      this.runner = undefined;
+      if (this.runner === runner) this.runner = undefined;
+      // Not back to the pool: a session that is still alive (the check timed out, say) holds the lock.
+      await discard(runner, error);
       return false;
     }
   }

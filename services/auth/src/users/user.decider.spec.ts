@@ -223,8 +223,14 @@ describe('user decider', () => {
   });
 
   describe('passwords', () => {
-    it('refuses an administrator resetting their own password (that is a change, with the current one and a recent sign-in)', () => {
+    it('refuses an administrator resetting their own password (that is a change, with the current one and a recent sign-in), also through their own API key', () => {
       given(created(['admin'])).when({ type: 'reset_password', password: 'a brand new password', authority: { ...over(), self: true } }).thenRefused('forbidden', /auth\/password/);
+      given(created(['admin'])).when({ type: 'reset_password', password: 'a brand new password', authority: { ...over(), viaOwnKey: true } }).thenRefused('forbidden', /auth\/password/);
+    });
+
+    it('gives a key acting on its creator no more than any other caller: it needs all the creator holds to disable them or change their roles', () => {
+      given(created(['admin'])).when({ type: 'disable', authority: { ...over(['users.write']), viaOwnKey: true } }).thenRefused('forbidden');
+      given(created(['admin'])).when({ type: 'set_roles', data: { roles: [] }, authority: { ...over(['roles.write']), viaOwnKey: true } }).thenRefused('forbidden');
     });
 
     it("records an administrator's reset and a user's own change, never the password", () => {

@@ -25,6 +25,8 @@ export interface Authority {
  */
 export interface OverUser extends Authority {
   self: boolean;
+  /** An API key acting on the user who made it: not `self` (it needs all the user holds), but never a password reset. */
+  viaOwnKey?: boolean;
   assigned: readonly string[];
 }
 
@@ -135,7 +137,7 @@ export const userDecider: Decider<UserState, UserCommand, UserEvent> = {
       case 'reset_password':
         // One's own password is changed with the current one (POST /auth/password, a step-up route):
         // a stolen administrator's token must not reset it and sign in afresh.
-        if (command.authority.self) throw new KeelError('forbidden', 'Change your own password with POST /api/v1/auth/password (it needs the current one and a recent sign-in).');
+        if (command.authority.self || command.authority.viaOwnKey) throw new KeelError('forbidden', 'Change your own password with POST /api/v1/auth/password (it needs the current one and a recent sign-in).');
         mayActOn(state, command.authority);
         requirePasswordAllowed(command.password, { email: state.email, name: state.name, tenantSlug: command.tenantSlug });
         return [{ type: A.userPasswordChanged, data: { byAdmin: true } }];

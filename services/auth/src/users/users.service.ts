@@ -101,13 +101,13 @@ export class UsersService {
     return [...new Set([...own, ...(await this.assignedRoles(tenantId, userId))])];
   }
 
-  /** An API key acts as its creator: on its creator, it is the creator acting on themselves (no password reset through the admin route). */
+  /** The acting API key was made by `userId` (a stolen key must not reset its creator's password and sign in afresh). */
   private async isKeyOf(meta: AuthMeta, userId: string): Promise<boolean> {
     if (meta.actor.kind !== 'api_key' || !meta.actor.tenantId) return false;
     const [key]: { created_by: string }[] = await tenantQuery(
       this.ds,
       meta.actor.tenantId,
-      `SELECT created_by FROM "${AUTH_SCHEMA}".api_keys WHERE tenant_id = $1 AND id = $2`,
+      `SELECT created_by FROM "${AUTH_SCHEMA}".api_keys WHERE tenant_id = $1 AND id::text = $2 AND created_by_kind = 'user'`,
       [meta.actor.tenantId, meta.actor.id],
     );
     return key?.created_by === userId;
@@ -116,11 +116,12 @@ export class UsersService {
   /** What the user decider needs to decide on someone's access or credentials: the facts, gathered here. */
   async overUser(meta: AuthMeta, tenantId: string, userId: string): Promise<OverUser> {
     await this.load(tenantId, userId); // 404 first: no such user in this tenant
-    const self = (meta.actor.kind === 'user' && meta.actor.id === userId) || (await this.isKeyOf(meta, userId));
+    const self = meta.actor.kind === 'user' && meta.actor.id === userId;
     return {
       held: meta.permissions,
       catalog: await this.catalog.roles(tenantId),
       self,
+      viaOwnKey: await this.isKeyOf(meta, userId),
       assigned: self ? [] : await this.assignedRoles(tenantId, userId),
     };
   }

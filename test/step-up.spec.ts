@@ -106,6 +106,8 @@ describe('step-up: sensitive self-service needs a recent authentication', () => 
     const stale = as(first.accessToken);
     // The gateway learns the window from the tenant's events: wait until a stale token is refused there.
     await outlive(first.accessToken);
+    // The administrator signed in just after: its token must be old too for the reset below.
+    await outlive(admin.accessToken);
     const refused = await eventually(() => stale('POST', '/api/v1/auth/mfa/totp'), (r) => r.status !== 201, {
       timeoutMs: 20_000,
       intervalMs: 200,

@@ -249,6 +249,8 @@ export const verifiedApiKeySchema = apiKeyInfoSchema.extend({ effectivePermissio
 export type VerifiedApiKey = z.infer<typeof verifiedApiKeySchema>;
 /** A user's access now, as a token issued now would carry it (for the gateway's check of a token issued around a change). */
 export const currentAccessSchema = z.object({ active: z.boolean(), roles: z.array(text()), permissions: z.array(text()) });
+/** A user's access now: what an access token issued now would carry (`qry.auth.current_access`). */
+export type CurrentAccess = z.infer<typeof currentAccessSchema>;
 export const apiKeyListSchema = listOf(apiKeyInfoSchema);
 
 export const roleSchema = z.object({ name: text(), description: text({ multiline: true }).optional(), system: z.boolean(), permissions: z.array(text()) });

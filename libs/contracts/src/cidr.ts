@@ -22,6 +22,12 @@ function ipv6ToBigInt(ip: string): bigint {
   return groups.reduce((acc, g) => (acc << 16n) | BigInt(parseInt(g, 16)), 0n);
 }
 
+/** The /64 network an IPv6 address is in, as its first four groups (`2001:db8:1:2`). */
+export function ipv6Prefix64(ip: string): string {
+  const network = ipv6ToBigInt(ip) >> 64n;
+  return [48n, 32n, 16n, 0n].map((shift) => ((network >> shift) & 0xffffn).toString(16)).join(':');
+}
+
 /**
  * Checks a CIDR block strictly: a valid address, a prefix in range, and no host bits set
  * (`10.0.0.1/8` is refused: it almost always means a typo for `10.0.0.0/8` or `/32`).

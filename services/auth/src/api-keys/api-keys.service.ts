@@ -6,6 +6,7 @@ import {
   apiKeyMaxLifetimeDaysOf,
   authEventTypes as A,
   authRpc,
+  CurrentAccess,
   KeelError,
   newEventId,
   parseOrThrow,
@@ -19,7 +20,6 @@ import { Outbox } from '@keel/event-sourcing';
 import { KEEL_LOGGER, MessagePattern } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { AUTH_SCHEMA } from '../database/schema';
-import { RoleCatalog } from '../rbac/role-catalog';
 import { TenantLookup } from '../users/tenant-lookup';
 import { UsersService } from '../users/users.service';
 
@@ -41,13 +41,6 @@ const DAY_MS = 86_400_000;
 const EXPIRY_SLACK_MS = 60_000;
 /** A key's last use is written at most this often (one row update and one `auth.api_key.used` event). */
 export const LAST_USED_EVERY_MS = 60_000;
-
-/** A user's access now: what an access token issued now would carry. */
-export interface CurrentAccess {
-  active: boolean;
-  roles: string[];
-  permissions: string[];
-}
 
 type Row = Record<string, unknown>;
 
@@ -75,7 +68,6 @@ export class ApiKeysService {
     @Inject(DataSource) private readonly ds: DataSource,
     private readonly outbox: Outbox,
     private readonly users: UsersService,
-    private readonly catalog: RoleCatalog,
     private readonly tenants: TenantLookup,
     @Inject(KEEL_LOGGER) private readonly logger: Logger,
   ) {}
@@ -216,35 +208,14 @@ export class ApiKeysService {
   @MessagePattern(authRpc.currentAccess.subject)
   async currentAccess(body: unknown): Promise<CurrentAccess> {
     const q = parseOrThrow(requests.access, body, 'current access');
-    return this.access(q.tenantId, q.userId);
-  }
-
-  /**
-   * What a user holds now, as a token issued now would carry it: its own roles (from its log, not
-   * the read model, which may lag a change) and its tenant-scope grants, resolved with the role
-   * catalog read afresh. A disabled, erased or unknown user holds nothing.
-   */
-  async access(tenantId: string, userId: string): Promise<CurrentAccess> {
-    const none: CurrentAccess = { active: false, roles: [], permissions: [] };
-    const loaded = await this.users.load(tenantId, userId).catch((error: unknown) => {
-      if (error instanceof KeelError && error.code === 'not_found') return null;
-      throw error;
-    });
-    if (!loaded || loaded.state.status !== 'active') return none;
-    const own = loaded.state.roles;
-    const { granted, catalog } = await inTenant(this.ds, tenantId, async (m) => ({
-      granted: (await m.query(`SELECT role FROM "${AUTH_SCHEMA}".role_assignments WHERE tenant_id = $1 AND user_id = $2 AND team_id IS NULL`, [tenantId, userId])) as { role: string }[],
-      catalog: await this.catalog.roles(tenantId, m),
-    }));
-    const roles = [...new Set([...own, ...granted.map((g) => g.role)])];
-    return { active: true, roles, permissions: [...new Set(roles.flatMap((r) => catalog.get(r) ?? []))].sort() };
+    return this.users.currentAccess(q.tenantId, q.userId);
   }
 
   /** The key's permissions that its creator still holds (all of them for a key made by the operator). */
   private async effectivePermissions(row: Row): Promise<string[]> {
     const own = row.permissions as string[];
     if (row.created_by_kind !== 'user') return own;
-    const creator = await this.access(row.created_by_tenant as string, row.created_by as string);
+    const creator = await this.users.currentAccess(row.created_by_tenant as string, row.created_by as string);
     if (!creator.active) throw new KeelError('invalid_token', "The API key's creator is disabled or no longer exists; the key no longer works.");
     const held = new Set(creator.permissions);
     return own.filter((p) => held.has(p));

@@ -185,7 +185,7 @@ export class SessionsService {
       }
     }
 
-    return this.startSession(tenantId, found.user_id, await this.tenantScopeRoles(tenantId, found.user_id, user.state.roles), settings, meta(found.user_id), amrOf(secondFactor));
+    return this.startSession(tenantId, found.user_id, await this.users.tenantScopeRoles(tenantId, found.user_id, user.state.roles), settings, meta(found.user_id), amrOf(secondFactor));
   }
 
   /**
@@ -226,17 +226,6 @@ export class SessionsService {
     await this.revoker.settle(revoked);
     await this.outbox.sent(started);
     return this.tokens(userId, tenantId, sessionId, secret, roles, timeoutSeconds, { authTime, amr });
-  }
-
-  /** The user's own roles and those granted at tenant scope (team-scope grants stay out of tokens). */
-  private async tenantScopeRoles(tenantId: string, userId: string, own: string[]): Promise<string[]> {
-    const granted: { role: string }[] = await tenantQuery(
-      this.ds,
-      tenantId,
-      `SELECT role FROM "${AUTH_SCHEMA}".role_assignments WHERE tenant_id = $1 AND user_id = $2 AND team_id IS NULL`,
-      [tenantId, userId],
-    );
-    return [...new Set([...own, ...granted.map((g) => g.role)])];
   }
 
   private async tokens(userId: string, tenantId: string, sessionId: string, secret: string, roles: string[], secondsLeft: number, proof: Proof): Promise<TokenPair> {
@@ -420,7 +409,7 @@ export class SessionsService {
     // Revoked or expired while the password was checked.
     if (!renewed) throw ended();
     await this.outbox.sent(renewed.receipt);
-    const roles = await this.tenantScopeRoles(tenantId, userId, user.state.roles);
+    const roles = await this.users.tenantScopeRoles(tenantId, userId, user.state.roles);
     const { accessToken, expiresIn } = await this.accessToken(userId, tenantId, sessionId, roles, renewed.secondsLeft, { authTime: renewed.authTime, amr });
     return { accessToken, tokenType: 'Bearer', expiresIn, authTime: new Date(renewed.authTime * 1000).toISOString() };
   }

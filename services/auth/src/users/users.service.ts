@@ -10,6 +10,7 @@ import {
   authRpc,
   CommandMeta,
   CommandResult,
+  CurrentAccess,
   KeelError,
   newEventId,
   Page,
@@ -92,6 +93,33 @@ export class UsersService {
       [tenantId, userId],
     );
     return [...new Set(granted.map((g) => g.role))];
+  }
+
+  /** The user's own roles and those granted at tenant scope (team-scope grants stay out of tokens and keys). */
+  async tenantScopeRoles(tenantId: string, userId: string, own: readonly string[], m?: EntityManager): Promise<string[]> {
+    const sql = `SELECT role FROM "${AUTH_SCHEMA}".role_assignments WHERE tenant_id = $1 AND user_id = $2 AND team_id IS NULL`;
+    const granted: { role: string }[] = m ? await m.query(sql, [tenantId, userId]) : await tenantQuery(this.ds, tenantId, sql, [tenantId, userId]);
+    return [...new Set([...own, ...granted.map((g) => g.role)])];
+  }
+
+  /**
+   * What a user holds now, as a token issued now would carry it: its own roles (from its log, not
+   * the read model, which may lag a change) and its tenant-scope grants, resolved with the role
+   * catalog read afresh. A disabled, erased or unknown user holds nothing.
+   */
+  async currentAccess(tenantId: string, userId: string): Promise<CurrentAccess> {
+    const loaded = await this.load(tenantId, userId).catch((error: unknown) => {
+      if (error instanceof KeelError && error.code === 'not_found') return null;
+      throw error;
+    });
+    const state = loaded?.state;
+    if (!state || state.status !== 'active') return { active: false, roles: [], permissions: [] };
+    // The grants and the catalog in one transaction, the catalog not from its cache.
+    const { roles, catalog } = await inTenant(this.ds, tenantId, async (m) => ({
+      roles: await this.tenantScopeRoles(tenantId, userId, state.roles, m),
+      catalog: await this.catalog.roles(tenantId, m),
+    }));
+    return { active: true, roles, permissions: [...new Set(roles.flatMap((r) => catalog.get(r) ?? []))].sort() };
   }
 
   /** Every role the user holds: its own, and those granted by assignment (any scope). */

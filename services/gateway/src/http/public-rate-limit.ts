@@ -1,6 +1,6 @@
 import { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { isIPv4, isIPv6 } from 'node:net';
-import { KeelError, RouteDecl } from '@keel/contracts';
+import { ipv6Prefix64, KeelError, RouteDecl } from '@keel/contracts';
 import { Logger } from '@keel/observability';
 import { sendProblem } from './problem';
 import { RateLimiter, rateLimitHeaders, RateLimiterUnavailableError } from './rate-limiter';
@@ -33,14 +33,6 @@ export function limitedPublicRoutes(routes: Iterable<RouteDecl>): Set<string> {
   return limited;
 }
 
-function ipv6Groups(ip: string): string[] {
-  const [head, tail] = ip.split('::') as [string, string | undefined];
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill('0'), ...t];
-  return groups.map((g) => parseInt(g, 16).toString(16));
-}
-
 /**
  * Whose quota a request takes: the client's IPv4 address (an IPv4-mapped IPv6 address counts
  * as the IPv4 one), or its IPv6 /64 (one subscriber's network: a host there can use any of
@@ -51,7 +43,7 @@ export function clientKey(ip: string | undefined): string {
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
   if (mapped) return mapped[1]!;
   if (isIPv4(ip)) return ip;
-  if (isIPv6(ip) && !ip.includes('.') && !ip.includes('%')) return `${ipv6Groups(ip).slice(0, 4).join(':')}::/64`;
+  if (isIPv6(ip) && !ip.includes('%')) return `${ipv6Prefix64(ip)}::/64`;
   return ip;
 }
 

@@ -4,6 +4,7 @@ import { Subscription } from 'nats';
 import {
   ACCESS_TOKEN_SECONDS,
   authEventTypes as A,
+  CurrentAccess,
   EventEnvelope,
   KeelError,
   revokedSessionKey,
@@ -37,12 +38,6 @@ export interface Identity {
   createdBy?: string;
 }
 
-/** What the auth service answers for a user's access now (`qry.auth.current_access`). */
-interface CurrentAccess {
-  active: boolean;
-  roles: string[];
-  permissions: string[];
-}
 
 const API_KEY_CACHE_MS = 30_000;
 const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
@@ -55,8 +50,6 @@ const MAX_CACHE = 20_000;
 const REVOKED_KEY_MEMORY_MS = 10 * 60_000;
 /** How long a change of a user's or role's access is remembered: as long as a token issued before it can be presented. */
 const CHANGE_MEMORY_MS = (ACCESS_TOKEN_SECONDS + 60) * 1000;
-/** Erasure of a person (crypto-shredding) ends their access as disabling does. */
-const USER_ERASED = 'auth.user.erased';
 /** A Redis that is connected but silent counts as away after this. */
 const REDIS_CHECK_TIMEOUT_MS = 500;
 
@@ -77,7 +70,7 @@ export interface IdentityLimits {
  * each gateway hears on NATS and applies at once.
  *
  * Access changes are pushed the same way (Keycloak's "not before", per user and per role): when
- * a user's roles or tenant-scope grants change, or the user is disabled or erased, or a custom
+ * a user's roles or tenant-scope grants change, or the user is disabled, or a custom
  * role's permissions change or it is deleted, the gateway remembers when, and refuses the
  * user's (or the role's holders') access tokens issued before with 401 invalid_token "Your roles
  * changed; refresh your token"; the refresh reads the roles from the log. The auth service also
@@ -100,7 +93,7 @@ export class IdentityVerifier implements OnModuleInit, OnModuleDestroy {
   private readonly tokens = new Map<string, Identity>();
   private readonly apiKeys = new Map<string, { identity: Identity; at: number }>();
   /**
-   * Access changes: `u:<userId>` (roles, a tenant-scope grant, disabled or erased) or
+   * Access changes: `u:<userId>` (roles, a tenant-scope grant, disabled) or
    * `r:<tenantId>:<role>` (a custom role's permissions changed, or it was deleted) → until when it is
    * remembered (the change's time + CHANGE_MEMORY_MS). Tokens issued before the change are refused.
    */
@@ -172,7 +165,7 @@ export class IdentityVerifier implements OnModuleInit, OnModuleDestroy {
       this.changesHeard++;
     } else if (e.type === A.signingKeyRotated) {
       this.jwks = undefined;
-    } else if (e.type === A.userRolesChanged || e.type === A.userDisabled || e.type === USER_ERASED) {
+    } else if (e.type === A.userRolesChanged || e.type === A.userDisabled) {
       this.userChanged(e.aggregateId, changedAt(e));
     } else if (e.type === A.roleGranted || e.type === A.roleRevoked) {
       // Tokens and keys carry tenant-scope roles only; a grant of an older event names no user.

@@ -1,4 +1,4 @@
-import type { ZxcvbnFactory } from '@zxcvbn-ts/core';
+import { estimateGuessability } from './guessability';
 
 /**
  * The start-up check of the operator's secrets outside development (KEEL_ENV=production, the
@@ -19,25 +19,10 @@ const PLACEHOLDER = /replace|change[-_ .]?(me|it|this)|placeholder|example|dummy
 const MIN_TOKEN_GUESSES_LOG10 = 14;
 const MIN_PASSWORD_SCORE = 4;
 
-let estimator: ZxcvbnFactory | undefined;
-function estimate(value: string) {
-  if (!estimator) {
-    // Loaded on first use: every service parses its configuration, few hold a secret to check.
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { ZxcvbnFactory: Factory } = require('@zxcvbn-ts/core') as typeof import('@zxcvbn-ts/core');
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const common = require('@zxcvbn-ts/language-common') as typeof import('@zxcvbn-ts/language-common');
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const en = require('@zxcvbn-ts/language-en') as typeof import('@zxcvbn-ts/language-en');
-    estimator = new Factory({ dictionary: { ...common.dictionary, ...en.dictionary }, graphs: common.adjacencyGraphs, maxLength: 64, l33tMaxSubstitutions: 10 });
-  }
-  return estimator.check(value);
-}
-
 /** Why `value` is no fit secret of its `kind` outside development, or undefined when it is. */
 export function secretProblem(value: string, kind: 'token' | 'password'): string | undefined {
   if (PLACEHOLDER.test(value)) return 'is a placeholder (a template\'s value, such as "REPLACE-WITH-..."): set a secret of your own';
-  const result = estimate(value);
+  const result = estimateGuessability(value);
   if (kind === 'token' && result.guessesLog10 < MIN_TOKEN_GUESSES_LOG10) return 'is too easy to guess (low entropy): make one with `openssl rand -base64 24`';
   if (kind === 'password' && result.score < MIN_PASSWORD_SCORE) return 'is too easy to guess (a common password, a repetition, a sequence or dictionary words): use a long random one, e.g. `openssl rand -base64 18`';
   return undefined;

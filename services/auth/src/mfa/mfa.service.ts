@@ -8,7 +8,7 @@ import { inTenant, tenantQuery } from '@keel/database';
 import { Outbox, OutboxReceipt } from '@keel/event-sourcing';
 import { MessagePattern } from '@keel/messaging';
 import { AUTH_SCHEMA } from '../database/schema';
-import { permissionsOf, requireHoldsAll } from '../rbac/authority';
+import { mayActOn } from '../users/user.decider';
 import { SessionRevoker } from '../sessions/session-revoker';
 import { Lockout, Outcome } from '../users/lockout';
 import { AuthMeta, UsersService } from '../users/users.service';
@@ -200,8 +200,7 @@ export class MfaService {
       throw new KeelError('forbidden', 'Nobody resets their own second factor: remove it with a current code (DELETE /api/v1/auth/mfa/totp), or ask another administrator.');
     }
     const { state } = await this.users.load(tenantId, userId);
-    const roles = state.status === 'none' ? [] : state.roles;
-    requireHoldsAll(authority.held, permissionsOf(authority.catalog, new Set([...roles, ...authority.assigned])));
+    if (state.status !== 'none') mayActOn(state, authority);
     const done = await inTenant(this.ds, tenantId, async (m) => {
       const [removed]: [unknown[], number] = await m.query(`DELETE FROM ${FACTORS} WHERE user_id = $1 AND tenant_id = $2 RETURNING user_id`, [userId, tenantId]);
       if (!removed.length) throw new KeelError('not_found', 'This user has no second factor, enrolled or pending.');

@@ -1,6 +1,5 @@
 import { Inject, Injectable } from '@nestjs/common';
 import * as argon2 from 'argon2';
-import { randomUUID } from 'node:crypto';
 import { DataSource } from 'typeorm';
 import { z } from 'zod';
 import {
@@ -60,6 +59,17 @@ const NO_USER = '00000000-0000-0000-0000-000000000000';
 /** How the person proved who they are (RFC 8176), by the second factor a right password came with. */
 function amrOf(secondFactor: SecondFactor): string[] {
   return secondFactor === 'passed' ? ['mfa', 'otp', 'pwd'] : ['pwd'];
+}
+
+/** Why a right password does not sign in yet: its second factor refused or missing; undefined when it passed (or none is enrolled). */
+function secondFactorRefusal(secondFactor: SecondFactor): KeelError | undefined {
+  if (secondFactor === 'refused') {
+    return new KeelError('mfa_required', 'The second factor is not right or was already used; send "totp" with the current code from your authenticator, or an unused "recoveryCode".');
+  }
+  if (secondFactor === 'missing') {
+    return new KeelError('mfa_required', 'This account has a second factor; send "totp" with the code from your authenticator, or "recoveryCode" with one of your recovery codes.');
+  }
+  return undefined;
 }
 
 /** Postgres answers `extract(epoch …)` as text (numeric). */
@@ -161,13 +171,13 @@ export class SessionsService {
       user = loaded;
       if (user.state.status !== 'active') throw this.invalid();
       secondFactor = await this.mfa.atSignIn(tenantId, found.user_id, payload, meta(found.user_id));
-      if (secondFactor === 'refused') {
-        outcome = 'failure';
-        charged = found.user_id;
-        throw new KeelError('mfa_required', 'The second factor is not right or was already used; send "totp" with the current code from your authenticator, or an unused "recoveryCode".');
-      }
-      if (secondFactor === 'missing') {
-        throw new KeelError('mfa_required', 'This account has a second factor; send "totp" with the code from your authenticator, or "recoveryCode" with one of your recovery codes.');
+      const refusal = secondFactorRefusal(secondFactor);
+      if (refusal) {
+        if (secondFactor === 'refused') {
+          outcome = 'failure';
+          charged = found.user_id;
+        }
+        throw refusal;
       }
       if (secondFactor === 'not_enrolled' && settings.mfaRequired) {
         throw new KeelError('mfa_required', 'This tenant requires a second factor and this account has none enrolled; ask an administrator to let you enrol one.');
@@ -378,12 +388,10 @@ export class SessionsService {
         throw new KeelError('invalid_credentials', cred?.password_hash ? 'The password is not right.' : 'This account has no password (it signs in with single sign-on): sign in again through the identity provider instead.');
       }
       secondFactor = await this.mfa.atSignIn(tenantId, userId, data, asUser);
-      if (secondFactor === 'refused') {
-        outcome = 'failure';
-        throw new KeelError('mfa_required', 'The second factor is not right or was already used; send "totp" with the current code from your authenticator, or an unused "recoveryCode".');
-      }
-      if (secondFactor === 'missing') {
-        throw new KeelError('mfa_required', 'This account has a second factor; send "totp" with the code from your authenticator, or "recoveryCode" with one of your recovery codes.');
+      const refusal = secondFactorRefusal(secondFactor);
+      if (refusal) {
+        if (secondFactor === 'refused') outcome = 'failure';
+        throw refusal;
       }
       outcome = 'success';
     } finally {

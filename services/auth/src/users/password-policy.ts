@@ -1,6 +1,4 @@
-import { ZxcvbnFactory } from '@zxcvbn-ts/core';
-import * as zxcvbnCommon from '@zxcvbn-ts/language-common';
-import * as zxcvbnEn from '@zxcvbn-ts/language-en';
+import { estimateGuessability } from '@keel/config';
 import { KeelError } from '@keel/contracts';
 
 /**
@@ -27,7 +25,7 @@ import { KeelError } from '@keel/contracts';
  * substitutions, so the worst case is some tens of milliseconds, less than the Argon2id hash the
  * same request makes. The dictionaries are loaded once, on the first password checked.
  */
-export const PASSWORD_POLICY = { minLength: 12, maxLength: 256, minScore: 3, estimatedLength: 64 } as const;
+export const PASSWORD_POLICY = { minLength: 12, maxLength: 256, minScore: 3 } as const;
 
 export type PasswordRule = 'length' | 'email' | 'name' | 'tenant' | 'guessable';
 
@@ -45,18 +43,6 @@ export interface PasswordProblem {
   message: string;
   /** The field's message. */
   detail: string;
-}
-
-let estimator: ZxcvbnFactory | undefined;
-function estimate(password: string, userInputs: string[]) {
-  estimator ??= new ZxcvbnFactory({
-    dictionary: { ...zxcvbnCommon.dictionary, ...zxcvbnEn.dictionary },
-    graphs: zxcvbnCommon.adjacencyGraphs,
-    translations: zxcvbnEn.translations,
-    maxLength: PASSWORD_POLICY.estimatedLength,
-    l33tMaxSubstitutions: 10,
-  });
-  return estimator.check(password, userInputs);
 }
 
 /** A text and its words of 4+ letters or digits, lower-cased: what a password must not contain. */
@@ -83,7 +69,7 @@ export function passwordProblem(password: string, context: PasswordContext): Pas
   if (name.some((w) => lower.includes(w))) return { rule: 'name', message: "The password must not contain the user's name.", detail: "must not contain the user's name" };
   const slug = contextWords(context.tenantSlug);
   if (slug.some((w) => lower.includes(w))) return { rule: 'tenant', message: "The password must not contain the tenant's slug.", detail: "must not contain the tenant's slug" };
-  const result = estimate(password, [email, local, ...name, ...slug]);
+  const result = estimateGuessability(password, [email, local, ...name, ...slug]);
   if (result.score < minScore) {
     // zxcvbn's warnings are fixed sentences ("This is a commonly used password."), never the password.
     const why = result.feedback.warning ? ` (${result.feedback.warning.replace(/\.$/, '')})` : '';

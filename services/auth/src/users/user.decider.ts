@@ -159,7 +159,7 @@ export const userDecider: Decider<UserState, UserCommand, UserEvent> = {
 };
 
 /** Someone other than the user must hold every permission the user holds (its own roles and its assigned ones). */
-function mayActOn(state: Exclude<UserState, { status: 'none' }>, authority: OverUser): void {
+export function mayActOn(state: Exclude<UserState, { status: 'none' }>, authority: OverUser): void {
   if (authority.self) return;
   requireHoldsAll(authority.held, permissionsOf(authority.catalog, new Set([...state.roles, ...authority.assigned])));
 }

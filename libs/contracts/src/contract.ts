@@ -62,6 +62,12 @@ export interface RouteSpec<
    */
   stepUp?: boolean;
   /**
+   * Answers about every tenant at once (the ledger's checkpoints and verification): for platform
+   * principals only (the platform tenant's users and keys, the operator); a tenant's caller gets 403
+   * whatever it holds. Enforced by the gateway's guard.
+   */
+  platformOnly?: boolean;
+  /**
    * The command or query the route forwards to. A route with `forward` needs no gateway code: the
    * gateway serves it itself (guard, validation, `Idempotency-Key`, the call, the answer as it is).
    * A route without one is served by a gateway controller of its own (for what a plain forward

@@ -55,6 +55,9 @@ export class RequestGuard implements CanActivate {
       if (spec.permission !== 'authenticated' && principal.permissions !== '*' && !principal.permissions.has(spec.permission)) {
         throw new KeelError('forbidden', `This needs the permission "${spec.permission}".`);
       }
+      if (spec.platformOnly && !principal.crossTenant && principal.tenantId !== 'platform') {
+        throw new KeelError('forbidden', 'This route covers the ledger of every tenant: platform principals only. A tenant\'s trail is GET /api/v1/audit/events.');
+      }
       refuseBadTenantParam(spec, req);
       if (spec.tenantParam && !principal.crossTenant) await this.sameTenant(principal, (req.params as Record<string, string>)[spec.tenantParam]);
       const tenant = await this.tenantPolicy(principal, req, reply);

@@ -43,7 +43,7 @@ export function clientKey(ip: string | undefined): string {
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
   if (mapped) return mapped[1]!;
   if (isIPv4(ip)) return ip;
-  if (isIPv6(ip) && !ip.includes('%')) return `${ipv6Prefix64(ip)}::/64`;
+  if (isIPv6(ip) && !ip.includes('.') && !ip.includes('%')) return `${ipv6Prefix64(ip)}::/64`;
   return ip;
 }
 

@@ -4,7 +4,7 @@ import { FastifyReply } from 'fastify';
 import { randomUUID, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
 import { KeelConfig } from '@keel/config';
-import { ipAllowed, KeelError, permissions as P, stepUpWindowOf, Tenant, tenantIdSchema } from '@keel/contracts';
+import { ipAllowed, KeelError, permissions as P, PLATFORM_TENANT, stepUpWindowOf, Tenant, tenantIdSchema } from '@keel/contracts';
 import { KEEL_CONFIG, KEEL_LOGGER } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { IdentityVerifier } from '../identity/identity';
@@ -55,9 +55,6 @@ export class RequestGuard implements CanActivate {
       if (spec.permission !== 'authenticated' && principal.permissions !== '*' && !principal.permissions.has(spec.permission)) {
         throw new KeelError('forbidden', `This needs the permission "${spec.permission}".`);
       }
-      if (spec.platformOnly && !principal.crossTenant && principal.tenantId !== 'platform') {
-        throw new KeelError('forbidden', 'This route covers the ledger of every tenant: platform principals only. A tenant\'s trail is GET /api/v1/audit/events.');
-      }
       refuseBadTenantParam(spec, req);
       if (spec.tenantParam && !principal.crossTenant) await this.sameTenant(principal, (req.params as Record<string, string>)[spec.tenantParam]);
       const tenant = await this.tenantPolicy(principal, req, reply);
@@ -65,6 +62,11 @@ export class RequestGuard implements CanActivate {
     }
     // Validation after authentication: an anonymous caller learns nothing about the contract.
     validateRequest(spec, req);
+    // Last, as the answer it replaces did: nobody but a platform principal (never an anonymous caller).
+    const p = req.principal;
+    if (spec.platformOnly && (!p || (!p.crossTenant && p.tenantId !== PLATFORM_TENANT))) {
+      throw new KeelError('forbidden', "This route covers the ledger of every tenant: platform principals only. A tenant's trail is GET /api/v1/audit/events.");
+    }
     return true;
   }
 

@@ -76,7 +76,7 @@ describe('Idempotency-Key through gateway crashes, timeouts and a forgetful Redi
     );
 
   beforeAll(async () => {
-    await stack.start('audit', 'tenant', 'gateway');
+    await stack.start('audit', 'auth', 'tenant', 'gateway');
     http = httpClient(stack.gatewayUrl, stack.token);
     nc = await connect({ servers: env.NATS_URL });
     redis = new Redis(env.REDIS_URL!);
@@ -320,7 +320,7 @@ describe('Idempotency-Key with Redis down', () => {
     await own.start();
     env = { ...isolatedEnv('idemnoredis'), REDIS_URL: own.url };
     stack = new Stack(env);
-    await stack.start('audit', 'tenant', 'gateway');
+    await stack.start('audit', 'auth', 'tenant', 'gateway');
     nc = await connect({ servers: env.NATS_URL });
   });
 

@@ -20,7 +20,7 @@ describe('ledger across a SIGKILL of the audit service', () => {
   let db: Client;
 
   beforeAll(async () => {
-    await stack.start('audit', 'tenant', 'gateway');
+    await stack.start('audit', 'auth', 'tenant', 'gateway');
     nc = await connect({ servers: env.NATS_URL });
     db = new Client({ connectionString: env.DATABASE_URL });
     await db.connect();
@@ -94,7 +94,7 @@ describe('ledger across a SIGKILL of the audit service', () => {
       { timeoutMs: 60_000, intervalMs: 200, what: `the tenant read model at position ${streamLast}` },
     );
     expect(caughtUp.status).toBe(200);
-    const { rows: ledger } = await db.query('SELECT envelope FROM audit.ledger ORDER BY seq');
+    const { rows: ledger } = await db.query(`SELECT envelope FROM audit.ledger WHERE context = 'tenant' ORDER BY seq`);
     const byTenant = new Map<string, { type: string; data: Record<string, unknown>; occurredAt: string }[]>();
     for (const { envelope } of ledger) {
       const list = byTenant.get(envelope.aggregateId) ?? [];

@@ -63,7 +63,7 @@ describe('a restart of NATS', () => {
     await nats.start();
     env = { ...isolatedEnv('restart'), NATS_URL: nats.url };
     stack = new Stack(env);
-    await stack.start('audit', 'tenant', 'gateway');
+    await stack.start('audit', 'auth', 'tenant', 'gateway');
   });
 
   afterAll(async () => {

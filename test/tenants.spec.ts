@@ -34,7 +34,7 @@ describe('tenants through the gateway', () => {
     });
 
   beforeAll(async () => {
-    await stack.start('audit', 'tenant', 'gateway');
+    await stack.start('audit', 'auth', 'tenant', 'gateway');
     http = httpClient(stack.gatewayUrl, stack.token);
     nc = await connect({ servers: env.NATS_URL });
   });

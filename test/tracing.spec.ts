@@ -45,7 +45,7 @@ describe('tracing', () => {
     });
     const { port } = receiver.address() as AddressInfo;
     stack = new Stack(env, { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}` });
-    await stack.start('audit', 'tenant', 'gateway');
+    await stack.start('audit', 'auth', 'tenant', 'gateway');
   });
 
   afterAll(async () => {
@@ -54,7 +54,7 @@ describe('tracing', () => {
     await cleanupEnv(env);
   });
 
-  it('one HTTP request is one trace through the gateway, the tenant service and the audit consumer', async () => {
+  it('one HTTP request is one trace through the gateway, the tenant service (and the data-key owner it asks) and the audit consumer', async () => {
     const traceId = randomBytes(16).toString('hex');
     const http = httpClient(stack.gatewayUrl, stack.token);
     const res = await http('POST', '/api/v1/tenants', {
@@ -73,17 +73,22 @@ describe('tracing', () => {
         ids,
         ledgerSpan: trace.find((s) => s.service === 'keel-audit' && s.name === 'consume audit-ledger'),
         commandSpan: trace.find((s) => s.service === 'keel-tenant' && s.name === 'cmd.tenant.create'),
+        // The tenant service's first seal of the operator's address: it fetches that data key from its owner.
+        keySpan: trace.find((s) => s.service === 'keel-auth' && s.name === 'cmd.auth.subject_keys'),
       };
     };
-    const { services, ids, ledgerSpan, commandSpan } = await eventually(
+    const { services, ids, ledgerSpan, commandSpan, keySpan } = await eventually(
       async () => traced(),
       (t) =>
-        ['keel-audit', 'keel-gateway', 'keel-tenant'].every((name) => t.services.includes(name)) &&
+        ['keel-audit', 'keel-auth', 'keel-gateway', 'keel-tenant'].every((name) => t.services.includes(name)) &&
+        !!t.keySpan && t.ids.has(t.keySpan.parentSpanId!) &&
         !!t.ledgerSpan && t.ids.has(t.ledgerSpan.parentSpanId!) &&
         !!t.commandSpan && t.ids.has(t.commandSpan.parentSpanId!),
       { timeoutMs: 20_000, intervalMs: 100, what: `the spans of trace ${traceId}` },
     ).catch(() => traced());
-    expect(services).toEqual(['keel-audit', 'keel-gateway', 'keel-tenant']);
+    expect(services).toEqual(['keel-audit', 'keel-auth', 'keel-gateway', 'keel-tenant']);
+    expect(keySpan).toBeDefined();
+    expect(ids.has(keySpan!.parentSpanId!)).toBe(true);
     expect(ledgerSpan).toBeDefined();
     expect(ids.has(ledgerSpan!.parentSpanId!)).toBe(true);
     expect(commandSpan).toBeDefined();

@@ -141,6 +141,19 @@ export const auditRpc = {
   head: query(AUDIT_SERVICE, 'head', { summary: "The ledger's last sequence and hash", request: z.object({}).loose(), response: z.object({ lastSeq: z.number().int(), hash: text() }) }),
   checkpoints: query(AUDIT_SERVICE, 'checkpoints', { summary: 'Signed checkpoints, oldest first', request: ledgerCursorQuerySchema, response: checkpointPageSchema }),
   incidents: query(AUDIT_SERVICE, 'incidents', { summary: 'Entries that are not valid envelopes, oldest first', request: ledgerCursorQuerySchema, response: ledgerPageSchema }),
+  subjectEntries: query(AUDIT_SERVICE, 'subject_entries', {
+    summary: 'Ledger entries a person is actor or subject of (the actor, the aggregate, `userId` in the body; or one of `relatedIds`, their sessions and API keys, as actor or aggregate), oldest first, personal fields decrypted',
+    request: z
+      .object({
+        tenantId: text().min(1).max(64),
+        subjectId: text().min(1).max(200),
+        relatedIds: z.array(text().min(1).max(200)).max(2_000).default([]),
+        afterSeq: z.number().int().min(0).default(0),
+        limit: z.number().int().min(1).max(200).default(100),
+      })
+      .strict(),
+    response: ledgerPageSchema,
+  }),
   keys: query(AUDIT_SERVICE, 'keys', { summary: 'Public keys that verify checkpoints', request: z.object({}).loose(), response: jwkSetSchema }),
 };
 

@@ -1,11 +1,12 @@
 import { z } from 'zod';
 import { queryInteger } from './validation';
-import { jwkSetSchema } from './audit';
+import { jwkSetSchema, ledgerEntrySchema } from './audit';
 import { command, commandMetaSchema, isoTime, jsonObject, listOf, pageOf, positionSchema, query, route, routeGroup, SameType, serviceContract } from './contract';
 import { actorSchema, envelopeSchema } from './envelope';
 import { allPermissions, permissions as P, systemRoleNames } from './permissions';
 import { ssoEventSchemas, ssoRoutes, ssoRpc } from './sso';
 import { text } from './text';
+import { personal } from './personal';
 import { authMetaSchema, clientSchema, tokenPairSchema } from './auth-shared';
 
 export { authMetaSchema, clientSchema, tokenPairSchema };
@@ -107,7 +108,7 @@ export interface User {
   email: string;
   name: string;
   roles: string[];
-  status: 'active' | 'disabled';
+  status: 'active' | 'disabled' | 'erased';
   version: number;
   createdAt: string;
   updatedAt: string;
@@ -176,6 +177,7 @@ export const authEventTypes = {
   userMfaRemoved: 'auth.user.mfa_removed',
   userRecoveryCodeUsed: 'auth.user.recovery_code_used',
   userMfaReset: 'auth.user.mfa_reset',
+  userErased: 'auth.user.erased',
   sessionStarted: 'auth.session.started',
   sessionRevoked: 'auth.session.revoked',
   sessionRefreshed: 'auth.session.refreshed',
@@ -219,7 +221,7 @@ export const userSchema = z
     email: text(),
     name: text(),
     roles: z.array(text()),
-    status: z.enum(['active', 'disabled']),
+    status: z.enum(['active', 'disabled', 'erased']).describe('erased: the person was forgotten; their email and name read "[erased]"'),
     version: z.number().int(),
     createdAt: isoTime,
     updatedAt: isoTime,
@@ -264,6 +266,30 @@ export const permissionMatrixSchema = z
   })
   .meta({ id: 'PermissionMatrix' });
 const deleted = z.object({ deleted: z.literal(true), position: positionSchema });
+
+export const erasedUserSchema = z
+  .object({ erased: z.literal(true), userId: z.uuid(), sessionsRevoked: z.number().int().min(0), position: positionSchema })
+  .meta({ id: 'ErasedUser' });
+export const subjectRefSchema = z.object({ tenantId: text().min(1).max(64), subjectId: text().min(1).max(200) }).strict();
+/** A data key as its owner hands it out: sealed under the KEK (`key`, base64), or gone (`erased`), or never made (`absent`). */
+export const wrappedSubjectKeySchema = z.union([
+  z.object({ state: z.literal('key'), sealed: text() }),
+  z.object({ state: z.enum(['erased', 'absent']) }),
+]);
+/** The export of one person (GDPR Art. 15 and 20): everything Keel holds about them, decrypted, as one JSON document. */
+export const personalDataSchema = z
+  .object({
+    exportedAt: isoTime,
+    subject: z.object({ tenantId: text(), userId: z.uuid() }),
+    user: userSchema,
+    sessions: z.array(sessionInfoSchema),
+    roleAssignments: z.array(roleAssignmentViewSchema),
+    mfa: z.object({ totp: z.enum(['none', 'pending', 'confirmed']), recoveryCodesLeft: z.number().int().min(0) }),
+    externalIdentities: z.array(z.object({ providerId: z.uuid(), providerName: text().nullable(), subject: text(), linkedAt: isoTime, lastSignInAt: isoTime })),
+    apiKeys: z.array(apiKeyInfoSchema),
+    ledgerEntries: z.array(ledgerEntrySchema).describe('every ledger entry the person is actor or subject of, oldest first, personal fields decrypted'),
+  })
+  .meta({ id: 'PersonalData' });
 const revoked = z.object({ revoked: z.literal(true), position: positionSchema });
 
 // ---- commands and queries (the subjects the auth service serves) ----
@@ -299,6 +325,21 @@ export const authRpc = {
     summary: "Remove a user's second factor (an administrator, for a user who lost it); ends the user's sessions",
     request: authCommand({ userId: z.uuid() }),
     response: z.object({ reset: z.literal(true), sessionsRevoked: z.number().int().min(0), position: positionSchema }),
+  }),
+  eraseUser: command(A_, 'erase_user', {
+    summary: 'Erase a person: destroy their data key, credentials, sessions and SSO links, free their email (one auth.user.erased event)',
+    request: authCommand({ userId: z.uuid() }),
+    response: erasedUserSchema,
+  }),
+  personalData: query(A_, 'personal_data', {
+    summary: "What the auth service holds about a person (the export's profile, sessions, grants, factors, links and keys)",
+    request: z.object({ tenantId: tenantScope, userId: z.uuid() }).strict(),
+    response: personalDataSchema.omit({ ledgerEntries: true }),
+  }),
+  subjectKeys: command(A_, 'subject_keys', {
+    summary: 'Data keys of data subjects, wrapped under the KEK (for sealing: create the missing ones)',
+    request: z.object({ refs: z.array(subjectRefSchema).min(1).max(500), create: z.boolean() }).strict(),
+    response: z.object({ keys: z.array(wrappedSubjectKeySchema) }),
   }),
   mfaTotpRemove: command(A_, 'mfa_totp_remove', { summary: 'Remove the TOTP factor', request: authCommand({ userId: z.uuid(), code: totpCodeSchema }), response: z.object({ removed: z.literal(true) }) }),
   createApiKey: command(A_, 'create_api_key', { summary: 'Create an API key', request: authCommand({ data: createApiKeySchema }), response: createdApiKeySchema }),
@@ -346,13 +387,13 @@ export const authRpc = {
 const freeText = text({ multiline: true });
 /** The body of every auth event type (see `tenantEventSchemas` for the rule on added fields). */
 export const authEventSchemas = {
-  [authEventTypes.userCreated]: z.object({ email: text(), name: text(), roles: z.array(text()) }),
+  [authEventTypes.userCreated]: z.object({ email: personal(text()), name: personal(text()), roles: z.array(text()) }),
   [authEventTypes.userDisabled]: z.object({}),
   [authEventTypes.userEnabled]: z.object({}),
   [authEventTypes.userRolesChanged]: z.object({ roles: z.array(text()) }),
-  [authEventTypes.userProfileUpdated]: z.object({ name: text() }),
+  [authEventTypes.userProfileUpdated]: z.object({ name: personal(text()) }),
   [authEventTypes.userPasswordChanged]: z.object({ byAdmin: z.boolean() }),
-  [authEventTypes.userLoginFailed]: z.object({ ip: text().optional() }),
+  [authEventTypes.userLoginFailed]: z.object({ ip: personal(text()).optional() }),
   [authEventTypes.userLocked]: z.object({ until: isoTime }),
   [authEventTypes.userMfaEnrolmentStarted]: z.object({ method: z.literal('totp') }),
   [authEventTypes.userMfaEnrolled]: z.object({ method: z.literal('totp'), recoveryCodes: z.number().int().min(0) }),
@@ -360,6 +401,8 @@ export const authEventSchemas = {
   [authEventTypes.userRecoveryCodeUsed]: z.object({ remaining: z.number().int().min(0) }),
   /** An administrator removed the user's factor (the actor is the administrator); `sessionsRevoked` of the user's sessions ended. */
   [authEventTypes.userMfaReset]: z.object({ method: z.literal('totp'), sessionsRevoked: z.number().int().min(0) }),
+  /** The person was erased (their data key destroyed, credentials and sessions gone): no personal data, the actor is who erased them. */
+  [authEventTypes.userErased]: z.object({}),
   /** `amr`: how the person proved who they are (RFC 8176); the session's auth_time is the event's time. */
   [authEventTypes.sessionStarted]: z.object({ userId: z.uuid(), amr: z.array(text()).optional() }),
   [authEventTypes.sessionReauthenticated]: z.object({ amr: z.array(text()) }),
@@ -471,6 +514,17 @@ export const tenantIdentityRoutes = routeGroup({
     ...inTenant, stepUp: true, method: 'POST', path: '/api/v1/tenants/{tenantId}/users/{userId}/mfa/reset', permission: P.usersResetMfa, tag: 'users',
     summary: "Remove a user's second factor and recovery codes, for a user who lost them (ends every session of the user; they sign in with the password and may enrol again)",
     params: userParams, response: { status: 200, schema: authRpc.resetMfa.response },
+  }),
+  exportPersonalData: route({
+    ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/users/{userId}/personal-data', permission: P.usersExportPersonalData, tag: 'users',
+    summary: 'Everything Keel holds about a person, decrypted, as one JSON document (profile, sessions, grants, second factor, SSO links, API keys, every ledger entry they are actor or subject of)',
+    params: userParams, response: { status: 200, schema: personalDataSchema },
+  }),
+  eraseUser: route({
+    forward: { rpc: authRpc.eraseUser, withPermissions: true },
+    ...inTenant, stepUp: true, method: 'POST', path: '/api/v1/tenants/{tenantId}/users/{userId}/erase', permission: P.usersErase, tag: 'users',
+    summary: 'Erase a person (final; needs a recent sign-in): their data key is destroyed, so their personal data reads "[erased]" everywhere, ledger included, while the ledger still verifies; credentials, sessions and SSO links go, and the email is free again',
+    params: userParams, response: { status: 200, schema: erasedUserSchema },
   }),
   createKey: route({
     ...inTenant, stepUp: true, method: 'POST', path: '/api/v1/tenants/{tenantId}/api-keys', permission: P.apiKeysWrite, tag: 'api-keys', summary: 'Create an API key (permissions ⊆ yours; needs a recent sign-in); the secret is shown once',

@@ -11,6 +11,7 @@ export const subjectToken = z
   .max(128)
   .regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, "_" or "-" only (it is a NATS subject token)');
 
+/** Who does something, as a command carries it (plain: the gateway fills it in from the request). */
 export const actorSchema = z
   .object({
     kind: z.enum(['user', 'api_key', 'service', 'system']),
@@ -21,6 +22,13 @@ export const actorSchema = z
   })
   .strict();
 export type Actor = z.infer<typeof actorSchema>;
+
+/**
+ * The actor as an envelope holds it: its address and user agent are personal data, sealed before
+ * publishing (`enc:v1:…`, see libs/contracts' personal.ts), so the stored values are longer than
+ * the plain ones a command may carry.
+ */
+export const envelopeActorSchema = actorSchema.extend({ ip: z.string().max(400).optional(), userAgent: z.string().max(1_200).optional() }).strict();
 
 export const eventTypeSchema = z
   .string()
@@ -36,7 +44,7 @@ export const envelopeSchema = z
     aggregateId: subjectToken,
     aggregateVersion: z.number().int().min(1),
     occurredAt: z.iso.datetime(),
-    actor: actorSchema,
+    actor: envelopeActorSchema,
     correlationId: z.string().min(1).max(200),
     causationId: z.string().min(1).max(200).optional(),
     commandId: z.string().min(1).max(200).optional(),

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { ServiceContract } from './contract';
 import { contextOf, EventEnvelope } from './envelope';
+import { PersonalField, personalFieldsOfSchema } from './personal';
 import { opsEventSchemas } from './projections';
 import { securityEventSchemas } from './security';
 import { serviceContracts } from './services.generated';
@@ -56,4 +57,17 @@ export function validateEventBody(envelope: Pick<EventEnvelope, 'type' | 'data'>
     const issues = result.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(data)'}: ${i.message}`).join('; ');
     throw new EventBodyError(envelope.type, `The body of a ${envelope.type} event does not match its schema: ${issues}`);
   }
+}
+
+const personalByType = new Map<string, readonly PersonalField[]>();
+
+/** The personal fields of an event type's body, as its contract marks them (`personal()`); none for an undeclared type. */
+export function personalFieldsOf(type: string): readonly PersonalField[] {
+  let fields = personalByType.get(type);
+  if (!fields) {
+    const schema = eventSchemas[type];
+    fields = schema ? personalFieldsOfSchema(schema) : [];
+    personalByType.set(type, fields);
+  }
+  return fields;
 }

@@ -10,6 +10,7 @@ export * from './permissions';
 export * from './auth';
 export * from './sso';
 export * from './text';
+export * from './personal';
 export * from './projections';
 export * from './security';
 export * from './contract';

@@ -14,6 +14,10 @@ export const permissions = {
   usersWrite: 'users:write',
   /** Removing a user's second factor (and ending their sessions), for a user who lost it. */
   usersResetMfa: 'users:reset_mfa',
+  /** A copy of everything Keel holds about a person (GDPR Art. 15 and 20). */
+  usersExportPersonalData: 'users:export-personal-data',
+  /** Erasing a person (GDPR Art. 17): their data key, credentials and sessions; final. */
+  usersErase: 'users:erase',
   rolesRead: 'roles:read',
   rolesWrite: 'roles:write',
   sessionsRead: 'sessions:read',
@@ -39,7 +43,7 @@ const P = permissions;
 export const systemRoles = {
   platform_admin: allPermissions,
   tenant_admin: [
-    P.tenantsRead, P.tenantsUpdate, P.usersRead, P.usersWrite, P.usersResetMfa, P.rolesRead, P.rolesWrite, P.sessionsRead,
+    P.tenantsRead, P.tenantsUpdate, P.usersRead, P.usersWrite, P.usersResetMfa, P.usersExportPersonalData, P.usersErase, P.rolesRead, P.rolesWrite, P.sessionsRead,
     P.sessionsRevoke, P.apiKeysRead, P.apiKeysWrite, P.auditRead, P.budgetsRead, P.budgetsWrite, P.gpuAllocate,
   ],
   security_auditor: [P.tenantsRead, P.usersRead, P.rolesRead, P.sessionsRead, P.apiKeysRead, P.auditRead, P.auditVerify],

@@ -227,16 +227,22 @@ export class Outbox {
   // ---- writing ----
 
   /**
-   * Validates the envelopes and turns them into rows, for a caller that writes them in its own
-   * statement (`INSERT INTO <table> (event_id, tenant_id, subject, envelope) ...`).
+   * Validates the envelopes, seals their personal data (`tx`: the caller's open transaction, where
+   * the auth service's new data keys commit with what they seal) and turns them into rows, for a
+   * caller that writes them in its own statement (`INSERT INTO <table> (event_id, tenant_id, subject, envelope) ...`).
    */
-  prepare(envelopes: EventEnvelope[]): PreparedEntry[] {
+  async prepare(envelopes: EventEnvelope[], tx?: EntityManager): Promise<PreparedEntry[]> {
     const max = this.o.messaging.nc.info?.max_payload ?? 1024 * 1024;
-    return envelopes.map((input) => {
+    const checked = envelopes.map((input) => {
       const e = validateEnvelope(input);
       // Bodies are checked at publish as EventStore.append checks them: before the row is written,
       // so a publisher's bug rolls its whole transaction back.
       validateEventBody(e);
+      return e;
+    });
+    const pd = this.o.messaging.personalData;
+    const sealed = pd ? await pd.seal(checked, tx) : checked;
+    return sealed.map((e) => {
       const envelope = JSON.stringify(e);
       if (Buffer.byteLength(envelope) > max - 1024) {
         throw new KeelError('validation_failed', `The event is larger than the event log accepts (${max} bytes); send less data.`);
@@ -262,7 +268,7 @@ export class Outbox {
    */
   async add(m: EntityManager, envelopes: EventEnvelope[]): Promise<OutboxReceipt> {
     if (!envelopes.length) return { eventIds: [], envelopes: [], entryIds: [] };
-    const rows = this.prepareDecision(envelopes);
+    const rows = await this.prepareDecision(envelopes, m);
     this.counts.set(m, (this.counts.get(m) ?? 0) + envelopes.length);
     try {
       await m.query(
@@ -288,8 +294,8 @@ export class Outbox {
    * envelope as it is, several as one JSON array: one message, all or none), identified by its
    * first event's id.
    */
-  private prepareDecision(envelopes: EventEnvelope[]): PreparedEntry[] {
-    const prepared = this.prepare(envelopes);
+  private async prepareDecision(envelopes: EventEnvelope[], tx: EntityManager): Promise<PreparedEntry[]> {
+    const prepared = await this.prepare(envelopes, tx);
     // One message per subject: every event stays findable under its own aggregate's subject.
     const key = (e: EventEnvelope) => eventSubject('', e);
     const runs: { entries: PreparedEntry[] }[] = [];

@@ -1,6 +1,7 @@
 import { connect, JetStreamClient, JetStreamManager, NatsConnection } from 'nats';
 import { KeelConfig } from '@keel/config';
 import { coalesceNatsWrites } from './write-coalescing';
+import type { PersonalData } from './personal-data';
 
 /** One NATS connection with its JetStream handles and the deployment's naming. */
 export interface Messaging {
@@ -10,6 +11,11 @@ export interface Messaging {
   stream: string;
   prefix: string;
   requestTimeoutMs: number;
+  /**
+   * Seals personal data in what this process publishes and opens it for its readers (the service
+   * kit sets it for every service; without it nothing is sealed, as in the generic libraries' tests).
+   */
+  personalData?: PersonalData;
 }
 
 export async function connectMessaging(config: KeelConfig, name: string): Promise<Messaging> {

@@ -72,6 +72,8 @@ export class EventStore {
   async append(events: EventEnvelope[], expectedLastPosition: number): Promise<number[]> {
     if (!events.length) return [];
     for (const e of events) { validateEnvelope(e); validateEventBody(e); }
+    // What was validated, with its personal fields sealed: the log holds only their ciphertext.
+    if (this.m.personalData) events = await this.m.personalData.seal(events);
     const subject = this.subjectOf(events[0]!);
     for (const e of events) {
       if (this.subjectOf(e) !== subject) throw new Error(`one decision appends to one aggregate: ${this.subjectOf(e)} is not ${subject}`);
@@ -101,6 +103,7 @@ export class EventStore {
       validateEnvelope(f);
       validateEventBody(f);
     }
+    if (this.m.personalData) facts = await this.m.personalData.seal(facts);
     // Each fact has its own deadline from when its publish starts: a large batch is not one deadline.
     const budget = Math.max(200, Math.floor(this.m.requestTimeoutMs * 0.6));
     const positions = new Array<number>(facts.length);
@@ -176,8 +179,17 @@ export class EventStore {
     }
   }
 
-  /** Every event of one aggregate after `afterPosition`, in order. */
+  /**
+   * Every event of one aggregate after `afterPosition`, in order, with the personal fields of their
+   * bodies opened (`"[erased]"` once their subject is; the actor's stay sealed: a decider has no use
+   * for an address).
+   */
   async readSubject(subject: string, afterPosition = 0): Promise<PositionedEvent[]> {
+    const events = await this.readSubjectSealed(subject, afterPosition);
+    return this.m.personalData ? this.m.personalData.openPositioned(events) : events;
+  }
+
+  private async readSubjectSealed(subject: string, afterPosition: number): Promise<PositionedEvent[]> {
     const out: PositionedEvent[] = [];
     let next = afterPosition + 1;
     for (;;) {

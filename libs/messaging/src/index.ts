@@ -9,3 +9,4 @@ export * from './backend';
 export * from './transport';
 export * from './typed-rpc';
 export * from './write-coalescing';
+export * from './personal-data';

@@ -175,9 +175,19 @@ export class ProjectionRunner {
     return Math.max(0, stream.state.last_seq - (await this.readCheckpoint()));
   }
 
-  private async applyBatch(batch: DeliveredEvent[]): Promise<void> {
+  /**
+   * The events with the personal fields of their bodies opened (`"[erased]"` once their subject is),
+   * as a projection applies them; before any transaction opens (the keys may come over NATS).
+   */
+  private async opened<T extends PositionedEvent>(events: T[]): Promise<T[]> {
+    const pd = this.o.messaging.personalData;
+    return pd ? pd.openPositioned(events) : events;
+  }
+
+  private async applyBatch(delivered: DeliveredEvent[]): Promise<void> {
     let fresh: PositionedEvent[] = [];
     let result: unknown;
+    const batch = await this.opened(delivered);
     await this.o.ds.transaction(async (manager) => {
       await scopeTransaction(manager, ALL_TENANTS);
       // The row lock serialises writers; the position read under it is the truth.
@@ -449,7 +459,7 @@ export class ProjectionRunner {
       const last = next <= after || next >= page.headSeq;
       if (!last) pending = request(next);
       const applying = performance.now();
-      const events = page.events.filter((e) => !skipped.has(e.position));
+      const events = await this.opened(page.events.filter((e) => !skipped.has(e.position)));
       if (events.length) {
         try {
           await this.inShadow((m) => p.apply(m, events));
@@ -543,6 +553,7 @@ export class ProjectionRunner {
     } catch (error) {
       throw new KeelError('conflict', `Dead letter ${id} is not a valid event envelope (${(error as Error).message}); it can only be skipped.`);
     }
+    const positioned = await this.opened(events.map((event) => ({ position: Number(row.position), event })));
     let result: unknown;
     let resolved: Record<string, unknown> | undefined;
     try {
@@ -550,7 +561,7 @@ export class ProjectionRunner {
         await scopeTransaction(m, ALL_TENANTS);
         const [locked] = await m.query(`SELECT resolution FROM "${this.o.schema}".dead_letters WHERE id = $1 FOR UPDATE`, [id]);
         if (locked.resolution) throw new KeelError('conflict', `Dead letter ${id} of ${this.qualifiedName} was already ${locked.resolution}.`);
-        result = await this.o.projection.apply(m, events.map((event) => ({ position: Number(row.position), event })));
+        result = await this.o.projection.apply(m, positioned);
         [[resolved]] = await m.query(
           `UPDATE "${this.o.schema}".dead_letters SET resolution = 'retried', resolved_at = now(), resolved_by = $2 WHERE id = $1 RETURNING *`,
           [id, `${actor.kind}:${actor.id}`],

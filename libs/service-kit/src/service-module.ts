@@ -16,7 +16,7 @@ import Redis from 'ioredis';
 import { DataSource } from 'typeorm';
 import { KeelConfig, serviceDatabaseUrl } from '@keel/config';
 import { openDataSource, postgresCheck } from '@keel/database';
-import { KEEL_LOGGER, MESSAGING, Messaging, MessagingModule, RpcClient } from '@keel/messaging';
+import { KEEL_LOGGER, listenForErasures, MESSAGING, Messaging, MessagingModule, noSubjectKeys, PersonalData, remoteSubjectKeys, RpcClient, SubjectKeySource } from '@keel/messaging';
 import { Logger, ReadinessCheck, withTimeout } from '@keel/observability';
 import { Projection, projectionCheck, ProjectionRunner } from '@keel/projections';
 import { manifestService } from './manifest';
@@ -62,6 +62,11 @@ export interface ServiceModuleOptions {
   projections?: ProjectionSpec[];
   imports?: (Type<unknown> | DynamicModule | Promise<DynamicModule> | ForwardReference)[];
   providers?: Provider[];
+  /**
+   * Where the service's data keys for personal data come from: the owner's own store (the auth
+   * service). Every other service asks the owner over NATS and unwraps with its KEEL_KEK.
+   */
+  subjectKeys?: Factory<SubjectKeySource>;
   /** Classes with `@MessagePattern`/`@EventPattern` handlers, served by the transport. */
   controllers?: Type<unknown>[];
   /** Work of the service's own after the projections have started (e.g. a writer, a first user). */
@@ -190,6 +195,19 @@ export function serviceModule(o: ServiceModuleOptions): Type<unknown> {
         new ProjectionRunner({ ds, messaging: m, rpc, logger: log, schema, service: o.name, projection: p.projection.useFactory(...deps) }),
       inject: [DataSource, MESSAGING, RpcClient, KEEL_LOGGER, ...(p.projection.inject ?? [])],
     })),
+    {
+      // Seals what this process publishes and opens what its readers read (see PersonalData); set on
+      // the connection when the module starts, before anything is published.
+      provide: PersonalData,
+      useFactory: (m: Messaging, rpc: RpcClient, ...deps: unknown[]) => {
+        const source = o.subjectKeys ? o.subjectKeys.useFactory(...deps) : config.KEEL_KEK ? remoteSubjectKeys(rpc, config.KEEL_KEK) : noSubjectKeys;
+        const pd = new PersonalData(source);
+        m.personalData = pd;
+        listenForErasures(m, pd);
+        return pd;
+      },
+      inject: [MESSAGING, RpcClient, ...(o.subjectKeys?.inject ?? [])],
+    },
     { provide: PROJECTION_RUNNERS, useFactory: (...runners: ProjectionRunner[]) => runners, inject: runnerTokens },
     {
       provide: SERVICE_READINESS,

@@ -31,7 +31,7 @@ describe('serviceEnv', () => {
     const secrets = { KEEL_KEK: 'kek', KEEL_BOOTSTRAP_TOKEN: 'token', KEEL_ADMIN_EMAIL: 'a@b.c', KEEL_ADMIN_PASSWORD: 'pw' };
     const given = (name: string) => Object.keys(serviceEnv(name, { ...env, ...secrets })).filter((k) => k in secrets).sort();
     for (const s of manifestServices()) expect({ name: s.name, given: given(s.name) }).toEqual({ name: s.name, given: [...s.secrets].sort() });
-    expect(given('tenant')).toEqual([]);
+    expect(given('tenant')).toEqual(['KEEL_KEK']);
     expect(given('gateway')).toEqual(['KEEL_BOOTSTRAP_TOKEN']);
   });
 });

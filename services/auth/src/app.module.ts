@@ -28,6 +28,8 @@ import { Lockout } from './users/lockout';
 import { TenantLookup } from './users/tenant-lookup';
 import { UsersProjection } from './users/users.projection';
 import { UsersService } from './users/users.service';
+import { PersonalDataService } from './personal-data/personal-data.service';
+import { SubjectKeyStore } from './personal-data/subject-keys';
 
 export function authModule(config: KeelConfig, logger: Logger) {
   let keyRotations: Subscription | undefined;
@@ -39,6 +41,8 @@ export function authModule(config: KeelConfig, logger: Logger) {
     dataSources: [{ provide: CROSS_TENANT_DS, label: 'cross-tenant', poolSize: 8, scope: ALL_TENANTS }],
     redis: true,
     projections: [{ projection: { useFactory: () => new UsersProjection() } }],
+    // The data keys of personal data are this service's: sealed and opened from its own store.
+    subjectKeys: { useFactory: (store: SubjectKeyStore) => store, inject: [SubjectKeyStore] },
     providers: [
       { provide: 'KEEL_AUTH_CONFIG', useValue: config },
       { provide: Lockout, useFactory: (r: Redis) => new Lockout(r, config.KEEL_REDIS_PREFIX), inject: [Redis] },
@@ -49,6 +53,8 @@ export function authModule(config: KeelConfig, logger: Logger) {
         inject: [CROSS_TENANT_DS, MESSAGING, KEEL_LOGGER],
       },
       { provide: TokenKeys, useFactory: (ds: DataSource, outbox: Outbox) => new TokenKeys(ds, kekFrom(config.KEEL_KEK), outbox), inject: [DataSource, Outbox] },
+      { provide: SubjectKeyStore, useFactory: (crossTenant: DataSource) => new SubjectKeyStore(crossTenant, kekFrom(config.KEEL_KEK)), inject: [CROSS_TENANT_DS] },
+      PersonalDataService,
       SessionRevoker,
       SignInAlerts,
       RoleCatalog,
@@ -73,6 +79,7 @@ export function authModule(config: KeelConfig, logger: Logger) {
       patternsOf(UsersService),
       patternsOf(SessionsService),
       patternsOf(MfaService),
+      patternsOf(PersonalDataService),
       patternsOf(IdentityProvidersService),
     ],
     start: async (get) => {

@@ -2,6 +2,7 @@ import 'reflect-metadata';
 import { KeelError, projectionRpc, rpcs } from '@keel/contracts';
 import { ApiKeysService } from './api-keys/api-keys.service';
 import { MfaService } from './mfa/mfa.service';
+import { PersonalDataService } from './personal-data/personal-data.service';
 import { RbacService } from './rbac/rbac.service';
 import { SessionsService } from './sessions/sessions.service';
 import { IdentityProvidersService } from './sso/identity-providers.service';
@@ -14,7 +15,7 @@ const PATTERN_METADATA = 'microservices:pattern';
 /** The subjects the auth service's @MessagePattern handlers serve. */
 function handledSubjects(): string[] {
   const out: string[] = [];
-  for (const service of [UsersService, SessionsService, MfaService, ApiKeysService, RbacService, IdentityProvidersService, SsoService]) {
+  for (const service of [UsersService, SessionsService, MfaService, ApiKeysService, RbacService, IdentityProvidersService, SsoService, PersonalDataService]) {
     for (const name of Object.getOwnPropertyNames(service.prototype)) {
       const method = (service.prototype as Record<string, unknown>)[name];
       if (typeof method !== 'function') continue;

@@ -39,7 +39,7 @@ describe('tenant read model', () => {
   };
 
   beforeAll(async () => {
-    await stack.start('audit', 'tenant');
+    await stack.start('audit', 'auth', 'tenant');
     m = await connectMessaging(parseConfig(env), 'projection-test');
     rpc = new RpcClient(m);
     db = new Client({ connectionString: env.DATABASE_URL });

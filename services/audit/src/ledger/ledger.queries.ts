@@ -1,8 +1,8 @@
 import { Injectable } from '@nestjs/common';
 import {
-  auditRpc, KeelError, LedgerEntry, Page, parseOrThrow, ProjectionStatus, ReplayPage, VerifyResult,
+  auditRpc, EventEnvelope, KeelError, LedgerEntry, Page, parseOrThrow, ProjectionStatus, ReplayPage, VerifyResult,
 } from '@keel/contracts';
-import { MessagePattern } from '@keel/messaging';
+import { MessagePattern, PersonalData } from '@keel/messaging';
 import { LedgerWriter } from './ledger-writer';
 import { PublicJwk, SigningKeys } from '../signing/signing-keys';
 import { Checkpoint, LedgerRepository } from './ledger.repository';
@@ -13,7 +13,29 @@ export class LedgerQueries {
     private readonly repo: LedgerRepository,
     private readonly signingKeys: SigningKeys,
     private readonly writer: LedgerWriter,
+    private readonly personalData: PersonalData,
   ) {}
+
+  /**
+   * Entries as whoever may read the trail sees them: personal values opened (the actor's address and
+   * user agent included), `"[erased]"` where their subject was erased. The ledger itself keeps the
+   * ciphertext its hashes cover; incidents are shown as they were stored.
+   */
+  private async opened(page: Page<LedgerEntry>): Promise<Page<LedgerEntry>> {
+    type Envelopes = { events?: EventEnvelope[]; event: EventEnvelope };
+    const entries = page.items.filter((e) => !e.problem) as (LedgerEntry & Envelopes)[];
+    const opened = await this.personalData.open(entries.flatMap((e) => e.events ?? [e.event]), { actor: true });
+    let i = 0;
+    const byEntry = new Map<LedgerEntry, LedgerEntry>();
+    for (const e of entries) {
+      if (e.events) {
+        const events = opened.slice(i, i + e.events.length);
+        i += e.events.length;
+        byEntry.set(e, { ...e, event: events[0]!, events } as LedgerEntry);
+      } else byEntry.set(e, { ...e, event: opened[i++]! } as LedgerEntry);
+    }
+    return { ...page, items: page.items.map((e) => byEntry.get(e) ?? e) };
+  }
 
   /** The ledger among the read models an operator lists: what it holds, how far behind the stream, its incidents. */
   @MessagePattern('qry.audit.projections')
@@ -43,7 +65,13 @@ export class LedgerQueries {
 
   @MessagePattern('qry.audit.events')
   async events(body: unknown): Promise<Page<LedgerEntry>> {
-    return this.repo.search(parseOrThrow(auditRpc.events.request, body, 'audit search'));
+    return this.opened(await this.repo.search(parseOrThrow(auditRpc.events.request, body, 'audit search')));
+  }
+
+  /** For a person's export: the entries they are actor or subject of, oldest first, opened. */
+  @MessagePattern(auditRpc.subjectEntries.subject)
+  async subjectEntries(body: unknown): Promise<Page<LedgerEntry>> {
+    return this.opened(await this.repo.subjectEntries(parseOrThrow(auditRpc.subjectEntries.request, body, 'subject entries')));
   }
 
   @MessagePattern('qry.audit.verify')

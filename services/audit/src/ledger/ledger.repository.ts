@@ -284,6 +284,32 @@ export class LedgerRepository {
     return { items, nextCursor: more ? String(items[items.length - 1]!.seq) : null };
   }
 
+  /**
+   * Entries a person is actor or subject of, oldest first: acting, the aggregate, or the user a body
+   * names (`userId`: a grant, a session started), or one of `relatedIds` (their sessions and API keys)
+   * acting or acted on; any event of a decision counts. Cut by size like a replay page (one NATS reply).
+   */
+  async subjectEntries(q: { tenantId: string; subjectId: string; relatedIds: string[]; afterSeq: number; limit: number }): Promise<Page<LedgerEntry>> {
+    const rows: (LedgerRow & { size: number })[] = await inTenant(this.ds, ALL_TENANTS, (m) =>
+      m.query(
+        `SELECT *, octet_length(envelope::text) AS size FROM ${LEDGER} l
+         WHERE l.seq > $3 AND l.problem IS NULL AND (
+           l.actor_id = $2 OR l.actor_id = ANY($4::text[])
+           OR (l.tenant_id = $1 AND (l.aggregate_id = $2 OR l.aggregate_id = ANY($4::text[]) OR EXISTS (
+             SELECT 1 FROM json_array_elements(CASE WHEN json_typeof(l.envelope) = 'array' THEN l.envelope ELSE json_build_array(l.envelope) END) e
+             WHERE e->'data'->>'userId' = $2 OR e->>'aggregateId' = $2 OR e->>'aggregateId' = ANY($4::text[])
+               OR e->'actor'->>'id' = $2 OR e->'actor'->>'id' = ANY($4::text[])))))
+         ORDER BY l.seq LIMIT $5`,
+        [q.tenantId, q.subjectId, q.afterSeq, q.relatedIds, q.limit + 1],
+      ),
+    );
+    let bytes = 0;
+    let take = 0;
+    while (take < Math.min(rows.length, q.limit) && (take === 0 || bytes + rows[take]!.size <= REPLAY_PAGE_BYTES)) bytes += rows[take++]!.size;
+    const items = rows.slice(0, take).map(toEntry);
+    return { items, nextCursor: rows.length > take ? String(items[items.length - 1]!.seq) : null };
+  }
+
   async replay(afterSeq: number, limit: number, contexts?: string[]): Promise<ReplayPage> {
     return this.ds.transaction('REPEATABLE READ', async (m) => {
       await scopeTransaction(m, ALL_TENANTS);

@@ -44,7 +44,8 @@ export const LAST_USED_EVERY_MS = 60_000;
 
 type Row = Record<string, unknown>;
 
-function toInfo(r: Row): ApiKeyInfo {
+/** An API key's row as its answers show it (never its secret). */
+export function toInfo(r: Row): ApiKeyInfo {
   const iso = (v: unknown) => (v ? (v as Date).toISOString() : null);
   return {
     id: r.id as string, tenantId: r.tenant_id as string, name: r.name as string, permissions: r.permissions as string[],

@@ -81,6 +81,15 @@ interface Proof {
   amr: string[];
 }
 
+/** A session's row as its answers show it. */
+export function sessionInfo(r: Record<string, unknown>): SessionInfo {
+  return {
+    id: r.id as string, tenantId: r.tenant_id as string, userId: r.user_id as string, createdAt: (r.created_at as Date).toISOString(),
+    lastUsedAt: (r.last_used_at as Date).toISOString(), expiresAt: (r.expires_at as Date).toISOString(),
+    revokedAt: r.revoked_at ? (r.revoked_at as Date).toISOString() : null,
+  };
+}
+
 @Injectable()
 export class SessionsService {
   constructor(
@@ -305,7 +314,7 @@ export class SessionsService {
       { tenantId, aggregateType: 'session', aggregateId: sessionId, version, type: A.sessionRefreshed, data: {} },
       { actor: { kind: 'user', id: userId, tenantId, ...(c.ip ? { ip: c.ip } : {}), ...(c.userAgent ? { userAgent: c.userAgent } : {}) }, correlationId: c.correlationId },
     );
-    const [entry] = this.outbox.prepare([refreshed]);
+    const [entry] = await this.outbox.prepare([refreshed]);
     // One statement (one transaction) turns the token (only if it is still the current one and
     // nothing else changed the session: two refreshes racing with the same token, one wins),
     // adds its event to the outbox and reads the tenant-scope role grants.
@@ -441,11 +450,7 @@ export class SessionsService {
       q.userId ? [q.tenantId, q.limit, q.userId] : [q.tenantId, q.limit],
     );
     return {
-      items: rows.map((r: Record<string, Date | string | null>) => ({
-        id: r.id, tenantId: r.tenant_id, userId: r.user_id, createdAt: (r.created_at as Date).toISOString(),
-        lastUsedAt: (r.last_used_at as Date).toISOString(), expiresAt: (r.expires_at as Date).toISOString(),
-        revokedAt: r.revoked_at ? (r.revoked_at as Date).toISOString() : null,
-      })),
+      items: rows.map(sessionInfo),
     };
   }
 

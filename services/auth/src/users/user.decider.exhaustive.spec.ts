@@ -23,7 +23,7 @@ describe('user decider exhaustiveness', () => {
 
   it('a new command does not compile until decide decides it', () => {
     const diagnostics = typeCheck((s) =>
-      s.replace("  | { type: 'record_lock'; data: { until: string } };", "  | { type: 'record_lock'; data: { until: string } }\n  | { type: 'brand_new'; data: Record<string, never> };"),
+      s.replace("  | { type: 'record_lock'; data: { until: string } }\n", "  | { type: 'record_lock'; data: { until: string } }\n  | { type: 'brand_new'; data: Record<string, never> }\n"),
     );
     expect(diagnostics.join('\n')).toMatch(/brand_new.*not assignable to type 'never'/s);
   }, 120_000);

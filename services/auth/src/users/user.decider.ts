@@ -1,11 +1,11 @@
-import { authEventTypes as A, KeelError } from '@keel/contracts';
+import { authEventTypes as A, ERASED, KeelError } from '@keel/contracts';
 import { Decider } from '@keel/event-sourcing';
 import { Catalog, Held, permissionsOf, requireGrantable, requireHoldsAll } from '../rbac/authority';
 import { requirePasswordAllowed } from './password-policy';
 
 export type UserState =
   | { status: 'none' }
-  | { status: 'active' | 'disabled'; email: string; name: string; roles: string[]; createdAt: string; updatedAt: string };
+  | { status: 'active' | 'disabled' | 'erased'; email: string; name: string; roles: string[]; createdAt: string; updatedAt: string };
 
 /**
  * What a caller brings to a decision on access: what it holds, and the tenant's roles. The service
@@ -48,7 +48,9 @@ export type UserCommand =
   /** The user changes its own password; the service verified the current one (Argon2) and says so. */
   | { type: 'change_password'; password: string; tenantSlug?: string; currentPasswordRight: boolean }
   | { type: 'record_login_failure'; data: { ip?: string } }
-  | { type: 'record_lock'; data: { until: string } };
+  | { type: 'record_lock'; data: { until: string } }
+  /** Forget the person (GDPR Art. 17): final; the service destroys their data key, credentials and sessions after the event. */
+  | { type: 'erase'; data: Record<string, never>; authority: OverUser };
 
 export type UserEvent =
   | { type: typeof A.userCreated; data: { email: string; name: string; roles: string[] }; occurredAt?: string }
@@ -59,6 +61,7 @@ export type UserEvent =
   | { type: typeof A.userPasswordChanged; data: { byAdmin: boolean }; occurredAt?: string }
   | { type: typeof A.userLoginFailed; data: { ip?: string }; occurredAt?: string }
   | { type: typeof A.userLocked; data: { until: string }; occurredAt?: string }
+  | { type: typeof A.userErased; data: Record<string, never>; occurredAt?: string }
   | LegacyMfaEvent;
 
 /**
@@ -88,6 +91,9 @@ export const userDecider: Decider<UserState, UserCommand, UserEvent> = {
         return { ...state, roles: event.data.roles, updatedAt: at };
       case A.userProfileUpdated:
         return { ...state, name: event.data.name, updatedAt: at };
+      // What was personal reads "[erased]" from here on (and, from the log, once the key is gone).
+      case A.userErased:
+        return { ...state, status: 'erased', email: ERASED, name: ERASED, roles: [], updatedAt: at };
       // Recorded for the trail and for lockout (which keeps its own counters): the user's state
       // holds nothing of them.
       case A.userPasswordChanged:
@@ -119,6 +125,11 @@ export const userDecider: Decider<UserState, UserCommand, UserEvent> = {
       return [{ type: A.userCreated, data: { email: data.email, name: data.name, roles: [...new Set(data.roles)].sort() } }];
     }
     if (state.status === 'none') throw new KeelError('not_found', 'No such user.');
+    if (state.status === 'erased') {
+      // Erasing again changes nothing (a retry finishes what the first one did not); nothing else applies.
+      if (command.type === 'erase') return [];
+      throw new KeelError('conflict', 'This user was erased; nothing can be done with them any more.');
+    }
     switch (command.type) {
       case 'disable':
         mayActOn(state, command.authority);
@@ -149,6 +160,11 @@ export const userDecider: Decider<UserState, UserCommand, UserEvent> = {
         return [{ type: A.userLoginFailed, data: command.data.ip ? { ip: command.data.ip } : {} }];
       case 'record_lock':
         return [{ type: A.userLocked, data: command.data }];
+      case 'erase':
+        // Another administrator erases a person, one who holds everything they hold: nobody erases themselves.
+        if (command.authority.self || command.authority.viaOwnKey) throw new KeelError('forbidden', 'Nobody erases themselves: another administrator does.');
+        mayActOn(state, command.authority);
+        return [{ type: A.userErased, data: {} }];
       default: {
         // A new command does not compile until it is decided above.
         const _exhaustive: never = command;

@@ -1,5 +1,5 @@
 import { EntityManager } from 'typeorm';
-import { authEventTypes as A, EventEnvelope, PositionedEvent } from '@keel/contracts';
+import { authEventTypes as A, ERASED, EventEnvelope, PositionedEvent } from '@keel/contracts';
 import { Projection } from '@keel/projections';
 
 /** Unqualified: the role's search_path is its schema, and a rebuild points it at the shadow schema. */
@@ -37,6 +37,12 @@ export class UsersProjection implements Projection {
         case A.userProfileUpdated:
           await m.query(`UPDATE ${TABLE} SET name = $4, version = $2, updated_at = $3 WHERE id = $1 AND version < $2`, [
             ...common, (e.data as { name: string }).name,
+          ]);
+          break;
+        // Forgotten: what was personal reads "[erased]" (a rebuild gets the same: the key is gone).
+        case A.userErased:
+          await m.query(`UPDATE ${TABLE} SET email = $4, name = $4, roles = '{}', status = 'erased', version = $2, updated_at = $3 WHERE id = $1 AND version < $2`, [
+            ...common, ERASED,
           ]);
           break;
         case A.userRolesChanged:

@@ -165,7 +165,7 @@ export class IdentityVerifier implements OnModuleInit, OnModuleDestroy {
       this.changesHeard++;
     } else if (e.type === A.signingKeyRotated) {
       this.jwks = undefined;
-    } else if (e.type === A.userRolesChanged || e.type === A.userDisabled) {
+    } else if (e.type === A.userRolesChanged || e.type === A.userDisabled || e.type === A.userErased) {
       this.userChanged(e.aggregateId, changedAt(e));
     } else if (e.type === A.roleGranted || e.type === A.roleRevoked) {
       // Tokens and keys carry tenant-scope roles only; a grant of an older event names no user.

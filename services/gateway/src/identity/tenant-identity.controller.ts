@@ -37,6 +37,25 @@ export class TenantIdentityController {
     return this.rpc.call(Q.user, input.params);
   }
 
+  /**
+   * A person's data as one document: what the auth service holds, and every ledger entry they are
+   * actor or subject of (their sessions' and API keys' included), page by page from the audit service, decrypted there.
+   */
+  @Get('users/:userId/personal-data')
+  @Endpoint(r.exportPersonalData)
+  async exportPersonalData(@Input() input: RouteInput<typeof r.exportPersonalData>): Promise<RouteOutput<typeof r.exportPersonalData>> {
+    const { tenantId, userId } = input.params;
+    const held = await this.rpc.call(Q.personalData, { tenantId, userId });
+    const ledgerEntries: RouteOutput<typeof r.exportPersonalData>['ledgerEntries'] = [];
+    for (let afterSeq = 0; ; ) {
+      const page = await this.rpc.call(queries.audit.subjectEntries, { tenantId, subjectId: userId, relatedIds: [...held.sessions.map((x) => x.id), ...held.apiKeys.map((k) => k.id)], afterSeq, limit: 200 });
+      ledgerEntries.push(...page.items);
+      if (!page.nextCursor) break;
+      afterSeq = Number(page.nextCursor);
+    }
+    return { ...held, ledgerEntries };
+  }
+
   @Patch('users/:userId')
   @Endpoint(r.updateProfile)
   async updateProfile(@Req() req: KeelRequest, @Input() input: RouteInput<typeof r.updateProfile>): Promise<RouteOutput<typeof r.updateProfile>> {

@@ -1,0 +1,145 @@
+import { randomBytes } from 'node:crypto';
+import { authEventTypes, ERASED, EventEnvelope, personalFieldsOf, SubjectRef } from '@keel/contracts';
+import { seal } from '@keel/crypto';
+import { FetchedKeys, isSealed, PersonalData, RemoteSubjectKeys, sealedSubject, SubjectKey, SubjectKeySource, subjectKeyContext } from './personal-data';
+
+const T = '0190f3c0-0000-7000-8000-000000000001';
+const USER = '0190f3c0-0000-7000-8000-0000000000aa';
+const ADMIN = '0190f3c0-0000-7000-8000-0000000000bb';
+
+/** A key owner in memory: counts the lookups, erases on demand, can say a key was made in an open transaction. */
+class MemoryKeys implements SubjectKeySource {
+  readonly keysByRef = new Map<string, Buffer | 'erased'>();
+  calls = 0;
+  madeInTx = false;
+  async keys(refs: SubjectRef[], create: boolean, tx?: unknown): Promise<FetchedKeys> {
+    this.calls++;
+    const made = new Set<number>();
+    const keys: SubjectKey[] = refs.map((r, i) => {
+      const k = `${r.tenantId}/${r.subjectId}`;
+      if (!this.keysByRef.has(k) && create) {
+        this.keysByRef.set(k, randomBytes(32));
+        if (tx && this.madeInTx) made.add(i);
+      }
+      return this.keysByRef.get(k) ?? 'absent';
+    });
+    return { keys, uncommitted: made };
+  }
+  erase(r: SubjectRef) {
+    this.keysByRef.set(`${r.tenantId}/${r.subjectId}`, 'erased');
+  }
+}
+
+const created = (over: Partial<EventEnvelope> = {}): EventEnvelope => ({
+  id: '0190f3c0-0000-7000-8000-00000000e001',
+  type: authEventTypes.userCreated,
+  schemaVersion: 1,
+  tenantId: T,
+  aggregateType: 'user',
+  aggregateId: USER,
+  aggregateVersion: 1,
+  occurredAt: '2026-12-02T00:00:00.000Z',
+  actor: { kind: 'user', id: ADMIN, tenantId: T, ip: '203.0.113.9', userAgent: 'curl/8.5' },
+  correlationId: 'c1',
+  data: { email: 'ada@acme.test', name: 'Ada Lovelace', roles: ['viewer'] },
+  ...over,
+});
+
+describe('personal data (crypto-shredding)', () => {
+  it('the contracts mark the personal fields of user events', () => {
+    expect(personalFieldsOf(authEventTypes.userCreated).map((f) => f.path.join('.'))).toEqual(['email', 'name']);
+    expect(personalFieldsOf(authEventTypes.userProfileUpdated).map((f) => f.path.join('.'))).toEqual(['name']);
+    expect(personalFieldsOf(authEventTypes.userLoginFailed).map((f) => f.path.join('.'))).toEqual(['ip']);
+    expect(personalFieldsOf(authEventTypes.userRolesChanged)).toEqual([]);
+    expect(personalFieldsOf('shop.order.placed')).toEqual([]);
+  });
+
+  it('seals body fields under the subject and the actor under the actor, leaving everything else and the original as they were', async () => {
+    const pd = new PersonalData(new MemoryKeys());
+    const plain = created();
+    const [sealed] = await pd.seal([plain]);
+    expect(plain).toEqual(created());
+    const d = sealed!.data as Record<string, string>;
+    expect(sealedSubject(d.email!)).toEqual({ tenantId: T, subjectId: USER });
+    expect(sealedSubject(d.name!)).toEqual({ tenantId: T, subjectId: USER });
+    expect(sealedSubject(sealed!.actor.ip!)).toEqual({ tenantId: T, subjectId: ADMIN });
+    expect(isSealed(sealed!.actor.userAgent)).toBe(true);
+    expect(JSON.stringify(sealed)).not.toMatch(/ada@acme|Lovelace|203\.0\.113|curl/);
+    expect({ ...sealed, data: { roles: d.roles }, actor: { kind: sealed!.actor.kind, id: sealed!.actor.id } }).toEqual({
+      ...created(), data: { roles: ['viewer'] }, actor: { kind: 'user', id: ADMIN },
+    });
+  });
+
+  it('opens what it sealed: bodies only unless the actor is asked for', async () => {
+    const pd = new PersonalData(new MemoryKeys());
+    const sealed = await pd.seal([created()]);
+    const [bodies] = await pd.open(sealed);
+    expect(bodies!.data).toEqual(created().data);
+    expect(isSealed(bodies!.actor.ip)).toBe(true);
+    const [all] = await pd.open(sealed, { actor: true });
+    expect(all).toEqual(created());
+  });
+
+  it('reads "[erased]" once the subject is erased, for that subject only, and seals "[erased]" for them afterwards', async () => {
+    const keys = new MemoryKeys();
+    const pd = new PersonalData(keys);
+    const sealed = await pd.seal([created()]);
+    keys.erase({ tenantId: T, subjectId: USER });
+    pd.erased({ tenantId: T, subjectId: USER });
+    const [opened] = await pd.open(sealed, { actor: true });
+    expect(opened!.data).toEqual({ email: ERASED, name: ERASED, roles: ['viewer'] });
+    expect(opened!.actor.ip).toBe('203.0.113.9');
+    const [after] = await pd.seal([created({ id: '0190f3c0-0000-7000-8000-00000000e002' })]);
+    expect(after!.data).toMatchObject({ email: ERASED, name: ERASED });
+    // A fresh reader (no cache) finds the same from the owner.
+    const [fresh] = await new PersonalData(keys).open(sealed);
+    expect(fresh!.data).toMatchObject({ email: ERASED, name: ERASED });
+  });
+
+  it('a sealed value moved to another event or field does not open', async () => {
+    const pd = new PersonalData(new MemoryKeys());
+    const [a] = await pd.seal([created()]);
+    const email = (a!.data as { email: string }).email;
+    const moved = { ...a!, id: '0190f3c0-0000-7000-8000-00000000e003' };
+    const [m1] = await pd.open([moved]);
+    expect((m1!.data as { email: string }).email).toBe(ERASED);
+    const [m2] = await pd.open([{ ...a!, data: { ...a!.data, name: email } }]);
+    expect((m2!.data as { name: string }).name).toBe(ERASED);
+  });
+
+  it('leaves values that were never sealed as they are, and seals text that merely looks sealed', async () => {
+    const pd = new PersonalData(new MemoryKeys());
+    const [old] = await pd.open([created()], { actor: true });
+    expect(old).toEqual(created());
+    const tricky = created({ data: { email: 'x@acme.test', name: `enc:v1:${T}:${USER}:AAAA`, roles: [] } });
+    const [round] = await pd.open(await pd.seal([tricky]));
+    expect(round!.data).toEqual(tricky.data);
+  });
+
+  it('caches committed keys, not keys made inside a transaction that may roll back', async () => {
+    const keys = new MemoryKeys();
+    const pd = new PersonalData(keys);
+    await pd.seal([created()]);
+    await pd.seal([created()]);
+    expect(keys.calls).toBe(1);
+    const inTx = new MemoryKeys();
+    inTx.madeInTx = true;
+    const pd2 = new PersonalData(inTx);
+    await pd2.seal([created()], {});
+    await pd2.seal([created()], {});
+    expect(inTx.calls).toBe(2);
+  });
+
+  it('remote keys travel sealed under the KEK and are unwrapped with it', async () => {
+    const kek = randomBytes(32);
+    const dek = randomBytes(32);
+    const ref = { tenantId: T, subjectId: USER };
+    const remote = new RemoteSubjectKeys(async () => ({ keys: [{ state: 'key', sealed: seal(kek, dek, subjectKeyContext(ref)).toString('base64') }, { state: 'erased' }] }), kek);
+    const { keys } = await remote.keys([ref, { tenantId: T, subjectId: ADMIN }], false);
+    expect(keys[0]).toEqual(dek);
+    expect(keys[1]).toBe('erased');
+    // Unwrapped for another subject, it does not open.
+    const swapped = new RemoteSubjectKeys(async () => ({ keys: [{ state: 'key', sealed: seal(kek, dek, subjectKeyContext(ref)).toString('base64') }] }), kek);
+    await expect(swapped.keys([{ tenantId: T, subjectId: ADMIN }], false)).rejects.toThrow(/does not open/);
+  });
+});

@@ -160,9 +160,19 @@ describe('personal data: sealed per person, exported, erased', () => {
     expect({ status: self.status, code: self.body.code }).toEqual({ status: 403, code: 'forbidden' });
   });
 
+  /** Her key and the erasures projection's checkpoint as a backup taken now would hold them. */
+  let backup: { dek: Buffer; checkpoint: string };
+
   it('after erasure nothing of her reads back: not in the API, not in a rebuilt read model; the ledger verifies; she is locked out; her email is free', async () => {
+    backup = {
+      dek: (await db.query(`SELECT dek_sealed FROM auth.subject_keys WHERE tenant_id = $1 AND subject_id = $2`, [tenant.id, adaId])).rows[0].dek_sealed,
+      checkpoint: (await db.query(`SELECT position FROM auth.projection_checkpoints WHERE name = 'erasures'`)).rows[0].position,
+    };
+    expect(backup.dek).toBeInstanceOf(Buffer);
     const erased = await dpo('POST', `/api/v1/tenants/${tenant.id}/users/${adaId}/erase`);
     expect(erased.status).toBe(200);
+    const key = await db.query(`SELECT dek_sealed, erased_at FROM auth.subject_keys WHERE tenant_id = $1 AND subject_id = $2`, [tenant.id, adaId]);
+    expect({ dek: key.rows[0].dek_sealed, erased: key.rows[0].erased_at instanceof Date }).toEqual({ dek: null, erased: true });
     expect(erased.body).toMatchObject({ erased: true, userId: adaId, sessionsRevoked: 2 });
     // Her tokens and her key stop (revocation and the access change reach the gateway).
     await eventually(() => ada('GET', `/api/v1/tenants/${tenant.id}`), (r) => r.status === 401, { timeoutMs: 5_000, intervalMs: 50, what: 'her token refused' });
@@ -213,6 +223,20 @@ describe('personal data: sealed per person, exported, erased', () => {
     expect(await signIn2()).toBe(200);
     const theirs = eventsOf(await eventually(trail, (items) => eventsOf(items).some((e) => e.aggregateId === reborn.body.id), { what: 'the new user in the ledger' }));
     expect(theirs.find((e) => e.type === 'auth.user.created' && e.aggregateId === reborn.body.id)!.data).toMatchObject({ email: ADA.email, name: 'Another Ada' });
+  });
+
+  it('a key store restored from a backup taken before the erasure forgets her again when auth starts', async () => {
+    await stack.kill('auth', 'SIGTERM');
+    // The backup: her key as it was, and the erasures projection's checkpoint from before her erasure.
+    await db.query(`UPDATE auth.subject_keys SET dek_sealed = $3, erased_at = NULL WHERE tenant_id = $1 AND subject_id = $2`, [tenant.id, adaId, backup.dek]);
+    await db.query(`UPDATE auth.projection_checkpoints SET position = $1 WHERE name = 'erasures'`, [backup.checkpoint]);
+    await stack.startOne('auth');
+    const destroyed = await eventually(
+      async () => (await db.query(`SELECT dek_sealed FROM auth.subject_keys WHERE tenant_id = $1 AND subject_id = $2`, [tenant.id, adaId])).rows[0].dek_sealed,
+      (dek) => dek === null,
+      { timeoutMs: 30_000, intervalMs: 100, what: 'her restored key destroyed again' },
+    );
+    expect(destroyed).toBeNull();
   });
 
   const signIn2 = async () => (await from(ADA)('POST', '/api/v1/auth/login', { body: { tenant: tenant.slug, email: ADA.email, password: PASSWORD } })).status;

@@ -31,8 +31,8 @@ describe('bootstrapService', () => {
     expect(tenant.status).toBe(200);
     expect(Object.keys(tenant.body.checks).sort()).toEqual(['nats', 'postgres', 'projection', 'redis']);
     expect(Object.values(tenant.body.checks).every((c) => c.ok)).toBe(true);
-    // A service's own checks come after the kit's: auth's outbox, audit's ledger (audit has no Redis nor projection).
-    expect(Object.keys((await ready('auth')).body.checks).sort()).toEqual(['nats', 'outbox', 'postgres', 'projection', 'redis']);
+    // A service's own checks come after the kit's: auth's outbox, audit's ledger (audit has no Redis nor projection); auth has two projections, each its own check.
+    expect(Object.keys((await ready('auth')).body.checks).sort()).toEqual(['nats', 'outbox', 'postgres', 'projection erasures', 'projection users', 'redis']);
     expect(Object.keys((await ready('audit')).body.checks).sort()).toEqual(['ledger', 'nats', 'postgres']);
   });
 

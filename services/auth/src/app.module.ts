@@ -30,6 +30,10 @@ import { UsersProjection } from './users/users.projection';
 import { UsersService } from './users/users.service';
 import { PersonalDataService } from './personal-data/personal-data.service';
 import { SubjectKeyStore } from './personal-data/subject-keys';
+import { ErasuresProjection } from './personal-data/erasures.projection';
+
+/** The runner of the erasures projection (the users read model's is ProjectionRunner itself). */
+const ERASURES_RUNNER = Symbol('ERASURES_RUNNER');
 
 export function authModule(config: KeelConfig, logger: Logger) {
   let keyRotations: Subscription | undefined;
@@ -40,7 +44,11 @@ export function authModule(config: KeelConfig, logger: Logger) {
     // Refreshes, and the outbox relay (its leadership lock, LISTEN and the batches of every tenant).
     dataSources: [{ provide: CROSS_TENANT_DS, label: 'cross-tenant', poolSize: 8, scope: ALL_TENANTS }],
     redis: true,
-    projections: [{ projection: { useFactory: () => new UsersProjection() } }],
+    projections: [
+      { projection: { useFactory: () => new UsersProjection() } },
+      // Erasures applied from the log: finished after a crash, applied again after a key store is restored.
+      { provide: ERASURES_RUNNER, projection: { useFactory: (pd: PersonalDataService) => new ErasuresProjection(pd), inject: [PersonalDataService] } },
+    ],
     // The data keys of personal data are this service's: sealed and opened from its own store.
     subjectKeys: { useFactory: (store: SubjectKeyStore) => store, inject: [SubjectKeyStore] },
     providers: [

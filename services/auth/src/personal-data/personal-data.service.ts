@@ -1,13 +1,13 @@
 import { Inject, Injectable } from '@nestjs/common';
-import { DataSource } from 'typeorm';
+import { DataSource, EntityManager } from 'typeorm';
 import { z } from 'zod';
-import { authRpc, KeelError, parseOrThrow, SubjectRef } from '@keel/contracts';
+import { authRpc, CommandMeta, KeelError, parseOrThrow, SubjectRef } from '@keel/contracts';
 import { inTenant, tenantQuery } from '@keel/database';
 import { announceErasure, MESSAGING, Messaging, MessagePattern, PersonalData, WrappedSubjectKey } from '@keel/messaging';
 import { toInfo } from '../api-keys/api-keys.service';
 import { AUTH_SCHEMA } from '../database/schema';
 import { sessionInfo } from '../sessions/sessions.service';
-import { SessionRevoker } from '../sessions/session-revoker';
+import { Revoked, SessionRevoker } from '../sessions/session-revoker';
 import { UsersService } from '../users/users.service';
 import { SubjectKeyStore } from './subject-keys';
 
@@ -17,6 +17,13 @@ const requests = {
   erase: authRpc.eraseUser.request,
   export: authRpc.personalData.request,
 };
+
+/** What an erasure's cleanup did: the subjects whose keys it destroyed, the sessions it revoked. */
+export interface Cleanup {
+  userId: string;
+  refs: SubjectRef[];
+  revoked: Revoked;
+}
 
 type Erased = z.output<typeof authRpc.eraseUser.response>;
 type Export = z.output<typeof authRpc.personalData.response>;
@@ -49,44 +56,60 @@ export class PersonalDataService {
 
   /**
    * Erases a person. The decision first (`auth.user.erased`, no personal data; refused for oneself
-   * and for someone holding more than the caller), then in one transaction: their data key is
-   * destroyed (a tombstone stays, so no new key is ever made for them), their password, second
-   * factor, recovery codes and SSO links deleted, their sessions revoked and deleted, their email
-   * freed. The erasure event stands for those deletions in the log. Every process is told to drop
-   * the key at once; gateways refuse the person's tokens (the event, and Redis). A retry after a
-   * failure finishes the work and records nothing twice.
+   * and for someone holding more than the caller), then the cleanup in one transaction (`cleanUp`).
+   * The erasure event stands for those deletions in the log, and the erasures projection applies
+   * the same cleanup from it: a crash between the two is finished from the log, and a key store
+   * restored from a backup forgets again whoever was erased after it. Every process is told to drop
+   * the keys at once; gateways refuse the person's tokens (the event, and Redis). A retry records
+   * nothing twice.
    */
   @MessagePattern(authRpc.eraseUser.subject)
   async erase(body: unknown): Promise<Erased> {
     const { meta, payload } = parseOrThrow(requests.erase, body, 'erasure');
     const { tenantId, userId } = payload;
     const authority = await this.users.overUser(meta, tenantId, userId);
+    // The sessions the erasure ends, counted before its event: the erasures projection may revoke
+    // them first, from the event, while this cleanup waits for its locks.
+    const [{ n: active }] = await tenantQuery(
+      this.ds, tenantId, `SELECT count(*)::int AS n FROM ${S}.sessions WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL`, [tenantId, userId],
+    );
     const decided = await this.users.run(tenantId, userId, { type: 'erase', data: {}, authority }, meta);
-    const ref: SubjectRef = { tenantId, subjectId: userId };
-    let revoked;
-    let refs: SubjectRef[] = [ref];
+    let done: Cleanup;
     try {
-      revoked = await inTenant(this.ds, tenantId, async (m) => {
-        // The person's key, and those of the API keys they made (what those keys did is sealed under them).
-        const made: { id: string }[] = await m.query(`SELECT id FROM ${S}.api_keys WHERE tenant_id = $1 AND created_by = $2::text AND created_by_kind = 'user'`, [tenantId, userId]);
-        refs = [ref, ...made.map((k) => ({ tenantId, subjectId: k.id }))];
-        for (const r of refs) await this.keys.erase(m, r);
-        const sessions = await this.revoker.revokeUserIn(m, tenantId, userId, 'user_erased', meta);
-        for (const table of ['credentials', 'email_reservations', 'mfa_factors', 'recovery_codes', 'external_identities', 'sessions']) {
-          await m.query(`DELETE FROM ${S}.${table} WHERE tenant_id = $1 AND user_id = $2`, [tenantId, userId]);
-        }
-        return sessions;
-      });
+      done = await inTenant(this.ds, tenantId, (m) => this.cleanUp(m, tenantId, userId, meta));
     } catch (error) {
-      throw new KeelError('service_unavailable', `The erasure is recorded but not finished (${(error as Error).message}); send it again to finish it.`);
+      // The erasures projection finishes it from the event in any case; a retry finishes it now.
+      throw new KeelError('service_unavailable', `The erasure is recorded but not finished (${(error as Error).message}); send it again to finish it now.`);
     }
-    for (const r of refs) {
+    await this.settle(done);
+    return { erased: true, userId, sessionsRevoked: Math.max(active, done.revoked.ids.length), position: decided.position };
+  }
+
+  /**
+   * Inside the caller's transaction, idempotent: the person's data key and their API keys' are
+   * destroyed (tombstones stay), their credentials, second factor, recovery codes, SSO links and
+   * email reservation deleted, their sessions revoked (events through the outbox) and deleted.
+   */
+  async cleanUp(m: EntityManager, tenantId: string, userId: string, meta: CommandMeta): Promise<Cleanup> {
+    const made: { id: string }[] = await m.query(`SELECT id FROM ${S}.api_keys WHERE tenant_id = $1 AND created_by = $2::text AND created_by_kind = 'user' ORDER BY id`, [tenantId, userId]);
+    // In one order (the person's, then their keys' by id), as the erasures projection takes them: no deadlock between the two.
+    const refs: SubjectRef[] = [{ tenantId, subjectId: userId }, ...made.map((k) => ({ tenantId, subjectId: k.id }))];
+    for (const r of refs) await this.keys.erase(m, r);
+    const revoked = await this.revoker.revokeUserIn(m, tenantId, userId, 'user_erased', meta);
+    for (const table of ['credentials', 'email_reservations', 'mfa_factors', 'recovery_codes', 'external_identities', 'sessions']) {
+      await m.query(`DELETE FROM ${S}.${table} WHERE tenant_id = $1 AND user_id = $2`, [tenantId, userId]);
+    }
+    return { userId, refs, revoked };
+  }
+
+  /** After the cleanup committed: every process drops the keys at once, gateways refuse the person's tokens and sessions. */
+  async settle(done: Cleanup): Promise<void> {
+    for (const r of done.refs) {
       this.personalData.erased(r);
       announceErasure(this.m, r);
     }
-    await this.users.accessChanged([{ user: userId }]);
-    await this.revoker.settle(revoked);
-    return { erased: true, userId, sessionsRevoked: revoked.ids.length, position: decided.position };
+    await this.users.accessChanged([{ user: done.userId }]);
+    await this.revoker.settle(done.revoked);
   }
 
   /** Everything the auth service holds about a person, decrypted (the ledger's entries are added by the gateway). */

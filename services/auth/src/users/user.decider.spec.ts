@@ -39,6 +39,7 @@ const everyCommandOnAUser: UserCommand[] = [
   { type: 'change_password', password: 'a brand new password', currentPasswordRight: true },
   { type: 'record_login_failure', data: { ip: '10.0.0.1' } },
   { type: 'record_lock', data: { until: '2024-01-01T00:15:00.000Z' } },
+  { type: 'erase', data: {}, authority: over() },
 ];
 
 describe('user decider', () => {
@@ -273,6 +274,31 @@ describe('user decider', () => {
       given(created(), disabled())
         .when({ type: 'record_lock', data: { until: '2024-01-01T00:15:00.000Z' } })
         .then([{ type: A.userLocked, data: { until: '2024-01-01T00:15:00.000Z' } }]);
+    });
+  });
+
+  describe('erase', () => {
+    const erased = (): UserEvent => ({ type: A.userErased, data: {} });
+    it('records one erasure without any personal data, also of a disabled user', () => {
+      given(created()).when({ type: 'erase', data: {}, authority: over() }).then([{ type: A.userErased, data: {} }]);
+      given(created(), disabled()).when({ type: 'erase', data: {}, authority: over() }).then([{ type: A.userErased, data: {} }]);
+    });
+
+    it('refuses erasing oneself (or one\'s creator through their key) and someone holding more than the caller', () => {
+      given(created()).when({ type: 'erase', data: {}, authority: { ...over(), self: true } }).then({ error: 'forbidden' });
+      given(created()).when({ type: 'erase', data: {}, authority: { ...over(), viaOwnKey: true } }).then({ error: 'forbidden' });
+      given(created(['admin'])).when({ type: 'erase', data: {}, authority: over(['tenants.read']) }).then({ error: 'forbidden' });
+    });
+
+    it('decides nothing when erasing again, and refuses every other command on an erased user', () => {
+      given(created(), erased()).when({ type: 'erase', data: {}, authority: over() }).then([]);
+      for (const command of everyCommandOnAUser.filter((c) => c.type !== 'erase')) given(created(), erased()).when(command).then({ error: 'conflict' });
+    });
+
+    it('forgets what was personal in the state: email and name read "[erased]", no roles', () => {
+      expect(fold(userDecider, [created(['admin'], '2024-01-01T00:00:00.000Z'), { ...erased(), occurredAt: '2024-01-02T00:00:00.000Z' }])).toEqual({
+        status: 'erased', email: '[erased]', name: '[erased]', roles: [], createdAt: '2024-01-01T00:00:00.000Z', updatedAt: '2024-01-02T00:00:00.000Z',
+      });
     });
   });
 

@@ -110,7 +110,7 @@ describe('personal data: sealed per person, exported, erased', () => {
   it('the ledger holds only ciphertext of personal data; the audit API shows it decrypted', async () => {
     const stored = await storedLedger();
     for (const row of stored) for (const trace of [...ADA_TRACES, DPO.email, DPO.ip, DPO.agent]) expect(row.text).not.toContain(trace);
-    expect(stored.some((r) => r.text.includes(`enc:v1:${tenant.id}:${adaId}:`))).toBe(true);
+    expect(stored.some((r) => r.text.includes('"personal":"enc:v1:ip,userAgent:'))).toBe(true);
 
     const events = eventsOf(await trail());
     const created = events.find((e) => e.type === 'auth.user.created' && e.aggregateId === adaId)!;
@@ -142,10 +142,24 @@ describe('personal data: sealed per person, exported, erased', () => {
     const exported = eventsOf(doc.ledgerEntries);
     expect(exported.find((e) => e.type === 'auth.user.created')!.data).toMatchObject({ email: ADA.email });
     expect(exported.some((e) => e.actor.userAgent === ADA.agent && e.actor.ip === ADA.ip)).toBe(true);
+    // Someone else acting on her is named, but their address and user agent are theirs, not hers.
+    const byDpo = exported.find((e) => e.type === 'auth.user.roles_changed')!;
+    expect(byDpo.actor).toEqual({ kind: 'user', id: dpoId, tenantId: tenant.id });
+    expect(JSON.stringify(doc)).not.toContain(DPO.agent);
     // Another person's export is not hers.
     const other = await dpo('GET', `/api/v1/tenants/${tenant.id}/users/${dpoId}/personal-data`);
     expect(other.status).toBe(200);
     expect(JSON.stringify(other.body)).not.toContain(ADA.agent);
+  });
+
+  it('a sign-in with the longest user agent of the widest characters is sealed and read back, and the account still works', async () => {
+    const wide = { email: ADA.email, ip: '198.51.100.8', agent: 'é'.repeat(600) };
+    const failed = await from(wide)('POST', '/api/v1/auth/login', { body: { tenant: tenant.slug, email: ADA.email, password: 'wrong wrong wrong wrong' } });
+    expect(failed.status).toBe(401);
+    const events = eventsOf(await eventually(trail, (items) => eventsOf(items).some((e) => e.type === 'auth.user.login_failed' && e.actor.userAgent?.startsWith('é')), { what: 'the wide sign-in in the ledger' }));
+    expect(events.find((e) => e.actor.userAgent?.startsWith('é'))!.actor.userAgent).toBe('é'.repeat(512));
+    expect((await dpo('GET', `/api/v1/tenants/${tenant.id}/users/${adaId}`)).status).toBe(200);
+    expect((await ada('GET', `/api/v1/tenants/${tenant.id}`)).status).toBe(200);
   });
 
   it('refuses an export or erasure without the permission, and bad ids, with problem+json', async () => {

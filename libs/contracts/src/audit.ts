@@ -142,12 +142,11 @@ export const auditRpc = {
   checkpoints: query(AUDIT_SERVICE, 'checkpoints', { summary: 'Signed checkpoints, oldest first', request: ledgerCursorQuerySchema, response: checkpointPageSchema }),
   incidents: query(AUDIT_SERVICE, 'incidents', { summary: 'Entries that are not valid envelopes, oldest first', request: ledgerCursorQuerySchema, response: ledgerPageSchema }),
   subjectEntries: query(AUDIT_SERVICE, 'subject_entries', {
-    summary: 'Ledger entries a person is actor or subject of (the actor, the aggregate, `userId` in the body; or one of `relatedIds`, their sessions and API keys, as actor or aggregate), oldest first, personal fields decrypted',
+    summary: "Ledger entries a person is actor or subject of (the actor, the aggregate, `userId` in the body; the same of their sessions and of the API keys they made), oldest first, their personal data decrypted and other people's address and user agent left out",
     request: z
       .object({
         tenantId: text().min(1).max(64),
         subjectId: text().min(1).max(200),
-        relatedIds: z.array(text().min(1).max(200)).max(2_000).default([]),
         afterSeq: z.number().int().min(0).default(0),
         limit: z.number().int().min(1).max(200).default(100),
       })

@@ -17,6 +17,11 @@ export const actorSchema = z
     kind: z.enum(['user', 'api_key', 'service', 'system']),
     id: z.string().min(1).max(200),
     tenantId: z.string().optional(),
+    /**
+     * For a system actor working on a person's request (a refresh-token reuse, a sign-in's
+     * bookkeeping): that person's id, whose personal data the address and user agent are.
+     */
+    onBehalfOf: z.string().min(1).max(200).optional(),
     ip: z.string().max(64).optional(),
     userAgent: z.string().max(512).optional(),
   })
@@ -24,11 +29,12 @@ export const actorSchema = z
 export type Actor = z.infer<typeof actorSchema>;
 
 /**
- * The actor as an envelope holds it: its address and user agent are personal data, sealed before
- * publishing (`enc:v1:…`, see libs/contracts' personal.ts), so the stored values are longer than
- * the plain ones a command may carry.
+ * The actor as an envelope holds it: its address and user agent are personal data, sealed together
+ * before publishing into `personal` (`enc:v1:ip,userAgent:…`, see libs/messaging's personal-data.ts);
+ * opened, they are back in `ip` and `userAgent`. The bound covers the largest plain pair a command
+ * may carry (64 + 512 characters, each up to six bytes as JSON), sealed and encoded.
  */
-export const envelopeActorSchema = actorSchema.extend({ ip: z.string().max(400).optional(), userAgent: z.string().max(1_200).optional() }).strict();
+export const envelopeActorSchema = actorSchema.extend({ personal: z.string().max(6_000).optional() }).strict();
 
 export const eventTypeSchema = z
   .string()

@@ -65,11 +65,12 @@ export interface SubjectRef {
 
 /**
  * The data subject an envelope's actor is: a user (in their own tenant), an API key (in its tenant:
- * erasing a person erases the keys they made too), or an operator or service by its id (in the
- * platform tenant).
+ * erasing a person erases the keys they made too), the person a system actor works for
+ * (`onBehalfOf`), or an operator or service by its id (in the platform tenant).
  */
 export function actorSubject(e: Pick<EventEnvelope, 'tenantId' | 'actor'>): SubjectRef {
   const a = e.actor;
+  if (a.onBehalfOf) return { tenantId: a.tenantId ?? e.tenantId, subjectId: a.onBehalfOf };
   const person = a.kind === 'user' || a.kind === 'api_key';
   return { tenantId: a.tenantId ?? (person ? e.tenantId : 'platform'), subjectId: a.id };
 }

@@ -39,6 +39,11 @@ export interface AggregateSpec<State, Command, Event extends DomainEvent> {
   maxAttempts?: number;
   /** Aggregates kept in memory between commands (the optimistic check keeps them honest). */
   cacheSize?: number;
+  /**
+   * Event types after which the aggregate's remembered outcomes are dropped (a person's erasure):
+   * a retried command is then answered from the state after it, never an earlier state's copy.
+   */
+  forgets?: readonly string[];
 }
 
 export interface Loaded<State> {
@@ -122,6 +127,7 @@ export class CommandHandler<State, Command, Event extends DomainEvent> {
       state = this.spec.decider.evolve(state, { type: e.type, data: e.data, occurredAt: e.occurredAt } as Recorded<Event>);
       version = e.aggregateVersion;
       position = p;
+      if (this.spec.forgets?.includes(e.type)) commands.clear();
       // The last event of a command's decision holds its outcome (each event overwrites the one before).
       if (event.commandId) recordOutcome(commands, event.commandId, { state, version, position });
     }
@@ -195,6 +201,7 @@ export class CommandHandler<State, Command, Event extends DomainEvent> {
         let state = current.state;
         envelopes.forEach((env, i) => (state = this.spec.decider.evolve(state, { ...domainEvents[i]!, occurredAt: env.occurredAt } as Recorded<Event>)));
         const next = { state, version: current.version + domainEvents.length, position: positions[positions.length - 1]! };
+        if (domainEvents.some((e) => this.spec.forgets?.includes(e.type))) current.commands.clear();
         if (commandId) recordOutcome(current.commands, commandId, next);
         this.remember(key, { ...next, commands: current.commands });
         return { ...next, events: envelopes };

@@ -2,6 +2,7 @@ import { headers as natsHeaders, JetStreamClient, JetStreamManager, MsgHdrs, Pub
 import { EventEnvelope, eventSubject, KeelError, PositionedEvent, validateEnvelope, validateEventBody } from '@keel/contracts';
 import { injectTraceContext } from '@keel/observability';
 import { decodeJson, encodeJson } from './codec';
+import { holdsPersonalData } from './personal-data';
 import { Messaging } from './connection';
 import { isNotFound } from './stream';
 
@@ -17,6 +18,21 @@ export function eventsOf(decoded: unknown): EventEnvelope[] {
   if (!Array.isArray(decoded)) return [validateEnvelope(decoded)];
   if (decoded.length === 0) throw new KeelError('validation_failed', 'The event envelope is invalid: an empty decision');
   return decoded.map((e) => validateEnvelope(e));
+}
+
+/**
+ * `events` with their personal data sealed, checked again as envelopes (a reader must never meet an
+ * envelope it refuses). Without a `PersonalData` nothing is sealed, and an event holding personal
+ * data is refused: it is never published in clear.
+ */
+export async function sealed(m: Messaging, events: EventEnvelope[]): Promise<EventEnvelope[]> {
+  if (!m.personalData) {
+    if (events.some(holdsPersonalData)) throw new Error('This process cannot seal personal data (no PersonalData on its connection), so it does not publish events that hold some.');
+    return events;
+  }
+  const out = await m.personalData.seal(events);
+  for (let i = 0; i < out.length; i++) if (out[i] !== events[i]) validateEnvelope(out[i]);
+  return out;
 }
 
 /** The aggregate moved on since it was loaded: reload and decide again. */
@@ -73,7 +89,7 @@ export class EventStore {
     if (!events.length) return [];
     for (const e of events) { validateEnvelope(e); validateEventBody(e); }
     // What was validated, with its personal fields sealed: the log holds only their ciphertext.
-    if (this.m.personalData) events = await this.m.personalData.seal(events);
+    events = await sealed(this.m, events);
     const subject = this.subjectOf(events[0]!);
     for (const e of events) {
       if (this.subjectOf(e) !== subject) throw new Error(`one decision appends to one aggregate: ${this.subjectOf(e)} is not ${subject}`);
@@ -103,7 +119,7 @@ export class EventStore {
       validateEnvelope(f);
       validateEventBody(f);
     }
-    if (this.m.personalData) facts = await this.m.personalData.seal(facts);
+    facts = await sealed(this.m, facts);
     // Each fact has its own deadline from when its publish starts: a large batch is not one deadline.
     const budget = Math.max(200, Math.floor(this.m.requestTimeoutMs * 0.6));
     const positions = new Array<number>(facts.length);

@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { authEventTypes, ERASED, EventEnvelope, personalFieldsOf, SubjectRef } from '@keel/contracts';
+import { authEventTypes, ERASED, EventEnvelope, isEnvelope, personalFieldsOf, SubjectRef } from '@keel/contracts';
 import { seal } from '@keel/crypto';
-import { FetchedKeys, isSealed, PersonalData, RemoteSubjectKeys, sealedSubject, SubjectKey, SubjectKeySource, subjectKeyContext } from './personal-data';
+import { ErasedSubjectError, FetchedKeys, isSealed, PersonalData, RemoteSubjectKeys, SubjectKey, SubjectKeySource, subjectKeyContext } from './personal-data';
+import { sealed as sealedFor } from './event-store';
+import type { Messaging } from './connection';
 
 const T = '0190f3c0-0000-7000-8000-000000000001';
 const USER = '0190f3c0-0000-7000-8000-0000000000aa';
@@ -19,8 +21,8 @@ class MemoryKeys implements SubjectKeySource {
       const k = `${r.tenantId}/${r.subjectId}`;
       if (!this.keysByRef.has(k) && create) {
         this.keysByRef.set(k, randomBytes(32));
-        if (tx && this.madeInTx) made.add(i);
       }
+      if (tx && this.madeInTx) made.add(i);
       return this.keysByRef.get(k) ?? 'absent';
     });
     return { keys, uncommitted: made };
@@ -54,20 +56,21 @@ describe('personal data (crypto-shredding)', () => {
     expect(personalFieldsOf('shop.order.placed')).toEqual([]);
   });
 
-  it('seals body fields under the subject and the actor under the actor, leaving everything else and the original as they were', async () => {
-    const pd = new PersonalData(new MemoryKeys());
+  it('seals body fields under the subject and the actor\'s address and user agent together under the actor, leaving the rest and the original as they were', async () => {
+    const keys = new MemoryKeys();
+    const pd = new PersonalData(keys);
     const plain = created();
     const [sealed] = await pd.seal([plain]);
     expect(plain).toEqual(created());
     const d = sealed!.data as Record<string, string>;
-    expect(sealedSubject(d.email!)).toEqual({ tenantId: T, subjectId: USER });
-    expect(sealedSubject(d.name!)).toEqual({ tenantId: T, subjectId: USER });
-    expect(sealedSubject(sealed!.actor.ip!)).toEqual({ tenantId: T, subjectId: ADMIN });
-    expect(isSealed(sealed!.actor.userAgent)).toBe(true);
+    expect(isSealed(d.email)).toBe(true);
+    expect(isSealed(d.name)).toBe(true);
+    expect(sealed!.actor).toEqual({ kind: 'user', id: ADMIN, tenantId: T, personal: expect.stringMatching(/^enc:v1:ip,userAgent:[A-Za-z0-9_-]+$/) });
     expect(JSON.stringify(sealed)).not.toMatch(/ada@acme|Lovelace|203\.0\.113|curl/);
-    expect({ ...sealed, data: { roles: d.roles }, actor: { kind: sealed!.actor.kind, id: sealed!.actor.id } }).toEqual({
-      ...created(), data: { roles: ['viewer'] }, actor: { kind: 'user', id: ADMIN },
-    });
+    expect({ ...sealed, data: { roles: d.roles }, actor: {} }).toEqual({ ...created(), data: { roles: ['viewer'] }, actor: {} });
+    expect(isEnvelope(sealed)).toBe(true);
+    // One key per person: the user's for the body, the administrator's for the actor.
+    expect([...keys.keysByRef.keys()].sort()).toEqual([`${T}/${USER}`, `${T}/${ADMIN}`].sort());
   });
 
   it('opens what it sealed: bodies only unless the actor is asked for', async () => {
@@ -75,25 +78,63 @@ describe('personal data (crypto-shredding)', () => {
     const sealed = await pd.seal([created()]);
     const [bodies] = await pd.open(sealed);
     expect(bodies!.data).toEqual(created().data);
-    expect(isSealed(bodies!.actor.ip)).toBe(true);
+    expect(isSealed(bodies!.actor.personal)).toBe(true);
     const [all] = await pd.open(sealed, { actor: true });
     expect(all).toEqual(created());
   });
 
-  it('reads "[erased]" once the subject is erased, for that subject only, and seals "[erased]" for them afterwards', async () => {
+  it('a user agent as long as a command may carry, of characters that take the most room, seals into a valid envelope', async () => {
+    const pd = new PersonalData(new MemoryKeys());
+    for (const ch of ['é', '"', '\u0001', '😀']) {
+      const ua = ch.repeat(512).slice(0, 512);
+      const [sealed] = await pd.seal([created({ actor: { kind: 'user', id: ADMIN, tenantId: T, ip: 'f'.repeat(64), userAgent: ua } })]);
+      expect(isEnvelope(sealed)).toBe(true);
+      expect((await pd.open([sealed!], { actor: true }))[0]!.actor.userAgent).toBe(ua);
+    }
+  });
+
+  it('reads "[erased]" once the subject is erased, for that subject only; seals "[erased]" for them in bodies and refuses them as actor', async () => {
     const keys = new MemoryKeys();
     const pd = new PersonalData(keys);
     const sealed = await pd.seal([created()]);
     keys.erase({ tenantId: T, subjectId: USER });
-    pd.erased({ tenantId: T, subjectId: USER });
+    pd.forget({ tenantId: T, subjectId: USER });
     const [opened] = await pd.open(sealed, { actor: true });
     expect(opened!.data).toEqual({ email: ERASED, name: ERASED, roles: ['viewer'] });
     expect(opened!.actor.ip).toBe('203.0.113.9');
     const [after] = await pd.seal([created({ id: '0190f3c0-0000-7000-8000-00000000e002' })]);
     expect(after!.data).toMatchObject({ email: ERASED, name: ERASED });
+    // Nobody acts as an erased person (a sign-in that raced the erasure, a key of theirs).
+    await expect(pd.seal([created({ actor: { kind: 'user', id: USER, tenantId: T, ip: '198.51.100.1' } })])).rejects.toBeInstanceOf(ErasedSubjectError);
     // A fresh reader (no cache) finds the same from the owner.
     const [fresh] = await new PersonalData(keys).open(sealed);
     expect(fresh!.data).toMatchObject({ email: ERASED, name: ERASED });
+  });
+
+  it('an erasure notice only evicts: the owner\'s answer decides (a forged notice loses nothing)', async () => {
+    const keys = new MemoryKeys();
+    const pd = new PersonalData(keys);
+    const sealed = await pd.seal([created()]);
+    pd.forget({ tenantId: T, subjectId: USER });
+    const [opened] = await pd.open(sealed);
+    expect(opened!.data).toEqual(created().data);
+    const [again] = await pd.seal([created()]);
+    expect(isSealed((again!.data as { email: string }).email)).toBe(true);
+  });
+
+  it('does not keep a key that was on its way while an erasure was heard', async () => {
+    const keys = new MemoryKeys();
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const slow: SubjectKeySource = { keys: async (refs, create, tx) => { await gate; return keys.keys(refs, create, tx); } };
+    const pd = new PersonalData(slow);
+    const first = pd.seal([created()]);
+    pd.forget({ tenantId: T, subjectId: USER });
+    release();
+    await first;
+    const calls = keys.calls;
+    await pd.seal([created()]);
+    expect(keys.calls).toBe(calls + 1);
   });
 
   it('a sealed value moved to another event or field does not open', async () => {
@@ -101,22 +142,31 @@ describe('personal data (crypto-shredding)', () => {
     const [a] = await pd.seal([created()]);
     const email = (a!.data as { email: string }).email;
     const moved = { ...a!, id: '0190f3c0-0000-7000-8000-00000000e003' };
-    const [m1] = await pd.open([moved]);
+    const [m1] = await pd.open([moved], { actor: true });
     expect((m1!.data as { email: string }).email).toBe(ERASED);
+    expect(m1!.actor).toMatchObject({ ip: ERASED, userAgent: ERASED });
     const [m2] = await pd.open([{ ...a!, data: { ...a!.data, name: email } }]);
     expect((m2!.data as { name: string }).name).toBe(ERASED);
+  });
+
+  it('a process without PersonalData publishes events without personal data and refuses those with some', async () => {
+    const bare = {} as Messaging;
+    const none = created({ type: 'auth.user.roles_changed', data: { roles: [] }, actor: { kind: 'system', id: 'auth' } });
+    expect(await sealedFor(bare, [none])).toEqual([none]);
+    await expect(sealedFor(bare, [created({ actor: { kind: 'system', id: 'auth' } })])).rejects.toThrow(/cannot seal personal data/);
+    await expect(sealedFor(bare, [none, { ...none, actor: { kind: 'system', id: 'auth', ip: '10.0.0.1' } }])).rejects.toThrow(/cannot seal personal data/);
   });
 
   it('leaves values that were never sealed as they are, and seals text that merely looks sealed', async () => {
     const pd = new PersonalData(new MemoryKeys());
     const [old] = await pd.open([created()], { actor: true });
     expect(old).toEqual(created());
-    const tricky = created({ data: { email: 'x@acme.test', name: `enc:v1:${T}:${USER}:AAAA`, roles: [] } });
+    const tricky = created({ data: { email: 'x@acme.test', name: 'enc:v1:AAAA', roles: [] } });
     const [round] = await pd.open(await pd.seal([tricky]));
     expect(round!.data).toEqual(tricky.data);
   });
 
-  it('caches committed keys, not keys made inside a transaction that may roll back', async () => {
+  it('caches committed keys, not keys read or made inside a transaction that may roll back', async () => {
     const keys = new MemoryKeys();
     const pd = new PersonalData(keys);
     await pd.seal([created()]);

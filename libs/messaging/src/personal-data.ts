@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, randomFillSync } from 'node:crypto';
 import { JSONCodec } from 'nats';
 import { kekFrom, open as openSealed } from '@keel/crypto';
 import {
@@ -7,6 +7,7 @@ import {
   ERASED,
   EventEnvelope,
   fieldSubject,
+  KeelError,
   PERSONAL_ACTOR_FIELDS,
   personalFieldsOf,
   PositionedEvent,
@@ -23,25 +24,29 @@ import type { RpcClient } from './rpc';
  * keys; once a person is erased their key is gone, and every copy reads `"[erased]"` — in the
  * ledger, in a projection rebuilt from it, in every backup — while the chain still verifies.
  *
- * A sealed value is text: `enc:v1:<tenantId>:<subjectId>:<base64url(iv ‖ tag ‖ ciphertext)>`. The
- * subject is in clear (a pseudonym: a user's random id), so a reader knows which key to ask for;
- * the event's id and the field's path are bound as associated data, so a sealed value cannot be
- * moved to another event or field unnoticed.
+ * Sealed values are text. A body field holds `enc:v1:<base64url(iv ‖ tag ‖ ciphertext)>` in place
+ * of its value. The actor's address and user agent are sealed together, once per event, into
+ * `actor.personal` = `enc:v1:<field names>:<base64url(…)>` (one cipher for both: the actor is in
+ * every event, and this is the write path's cost). Whose key it is follows from the envelope, as
+ * the sealer found it (`actorSubject`, `fieldSubject`); the event's id and the field's path are
+ * bound as associated data, so a sealed value cannot be moved to another event or field unnoticed.
  *
  * The keys are held by one owner (the auth service, sealed under the KEK, see `SubjectKeySource`);
- * every process caches the ones it used for a while (`cacheMs`), forgets a key when it hears that
- * its subject was erased, and remembers erasures for good.
+ * every process caches the committed ones it used for a while (`cacheMs`) and drops a key when it
+ * hears that its subject was erased (the owner's answer is what says "erased").
  */
 
 const PREFIX = 'enc:v1:';
+/** The actor's sealed fields. */
+const ACTOR_PATH = 'actor';
 
 /** A data subject's key as its owner has it: the key, or gone for good, or never made. */
 export type SubjectKey = Buffer | 'erased' | 'absent';
 
-/** What a key source answers: a key per subject asked for, and which of them it made inside the caller's transaction. */
+/** What a key source answers: a key per subject asked for, and which of them may not be cached. */
 export interface FetchedKeys {
   keys: SubjectKey[];
-  /** Indexes of keys made inside the caller's open transaction: they may yet roll back, so they are not cached. */
+  /** Indexes of keys read or made inside the caller's open transaction: they may yet roll back, so they are not cached. */
   uncommitted?: ReadonlySet<number>;
 }
 
@@ -61,36 +66,47 @@ export interface PersonalDataOptions {
   maxCached?: number;
 }
 
+/** Acting as a person who was erased: refused (a sign-in racing the erasure, a key of theirs). */
+export class ErasedSubjectError extends KeelError {
+  constructor() {
+    super('invalid_token', 'This person was erased; nothing can be done as them any more.');
+  }
+}
+
 /** Whether a string is a sealed personal value. */
 export function isSealed(value: unknown): value is string {
   return typeof value === 'string' && value.startsWith(PREFIX);
 }
 
-/** The subject a sealed value names (null when it is not one). */
-export function sealedSubject(value: string): SubjectRef | null {
-  if (!isSealed(value)) return null;
-  const rest = value.slice(PREFIX.length);
-  const first = rest.indexOf(':');
-  const last = rest.lastIndexOf(':');
-  if (first <= 0 || last <= first) return null;
-  return { tenantId: rest.slice(0, first), subjectId: rest.slice(first + 1, last) };
-}
-
 const refKey = (r: SubjectRef) => `${r.tenantId}\u0000${r.subjectId}`;
 const aad = (eventId: string, path: string) => Buffer.from(`keel.personal.v1\u0000${eventId}\u0000${path}`);
 
-/** Seals one value with a data key. */
-export function sealValue(key: Buffer, ref: SubjectRef, plain: string, eventId: string, path: string): string {
-  const iv = randomBytes(12);
+/**
+ * Random IVs from a pool refilled from the CSPRNG (one `randomBytes` call per IV costs as much as
+ * the encryption itself): 96 random bits per value, as GCM asks for random IVs.
+ */
+const IV_POOL = Buffer.alloc(12 * 4_096);
+let ivOffset = IV_POOL.length;
+function nextIv(): Buffer {
+  if (ivOffset >= IV_POOL.length) {
+    randomFillSync(IV_POOL);
+    ivOffset = 0;
+  }
+  const iv = Buffer.from(IV_POOL.subarray(ivOffset, ivOffset + 12));
+  ivOffset += 12;
+  return iv;
+}
+
+function encrypt(key: Buffer, plain: string, eventId: string, path: string): string {
+  const iv = nextIv();
   const cipher = createCipheriv('aes-256-gcm', key, iv);
   cipher.setAAD(aad(eventId, path));
   const body = Buffer.concat([cipher.update(plain, 'utf8'), cipher.final()]);
-  return `${PREFIX}${ref.tenantId}:${ref.subjectId}:${Buffer.concat([iv, cipher.getAuthTag(), body]).toString('base64url')}`;
+  return Buffer.concat([iv, cipher.getAuthTag(), body]).toString('base64url');
 }
 
-/** Opens one sealed value, or null when it does not open with this key (altered, moved, another key). */
-export function openValue(key: Buffer, sealed: string, eventId: string, path: string): string | null {
-  const raw = Buffer.from(sealed.slice(sealed.lastIndexOf(':') + 1), 'base64url');
+function decrypt(key: Buffer, sealed: string, eventId: string, path: string): string | null {
+  const raw = Buffer.from(sealed, 'base64url');
   if (raw.length < 28) return null;
   try {
     const decipher = createDecipheriv('aes-256-gcm', key, raw.subarray(0, 12));
@@ -102,41 +118,55 @@ export function openValue(key: Buffer, sealed: string, eventId: string, path: st
   }
 }
 
-/** One personal value of an envelope: where it sits, whose it is. */
-interface Slot {
+/** Seals one body value with a data key. */
+export function sealValue(key: Buffer, plain: string, eventId: string, path: string): string {
+  return `${PREFIX}${encrypt(key, plain, eventId, path)}`;
+}
+
+/** Opens one sealed body value, or null when it does not open with this key (altered, moved, another key). */
+export function openValue(key: Buffer, sealed: string, eventId: string, path: string): string | null {
+  return isSealed(sealed) ? decrypt(key, sealed.slice(PREFIX.length), eventId, path) : null;
+}
+
+type Actor = Record<string, unknown>;
+
+/** The actor's personal fields present in an envelope (plain). */
+function actorFields(a: Actor): string[] {
+  const out: string[] = [];
+  for (const f of PERSONAL_ACTOR_FIELDS) if (typeof a[f] === 'string') out.push(f);
+  return out;
+}
+
+/** A body's personal values (strings only) with the objects holding them. */
+interface BodySlot {
   holder: Record<string, unknown>;
   field: string;
-  /** `actor.ip`, `data.email`: bound into the ciphertext. */
   path: string;
   ref: SubjectRef;
 }
 
-/** The personal values an envelope holds (strings only), with the objects holding them. `actor`: the actor's too. */
-function slotsOf(e: EventEnvelope, actor: boolean): Slot[] {
-  const slots: Slot[] = [];
-  if (actor) {
-    const a = e.actor as unknown as Record<string, unknown>;
-    let ref: SubjectRef | undefined;
-    for (const field of PERSONAL_ACTOR_FIELDS) {
-      if (typeof a[field] === 'string') slots.push({ holder: a, field, path: `actor.${field}`, ref: (ref ??= actorSubject(e)) });
-    }
-  }
-  for (const f of personalFieldsOf(e.type)) {
-    let holder: unknown = e.data;
+function bodySlots(e: EventEnvelope, data: Record<string, unknown>): BodySlot[] {
+  const fields = personalFieldsOf(e.type);
+  if (!fields.length) return [];
+  const slots: BodySlot[] = [];
+  for (const f of fields) {
+    let holder: unknown = data;
     for (const key of f.path.slice(0, -1)) holder = holder && typeof holder === 'object' ? (holder as Record<string, unknown>)[key] : undefined;
     const field = f.path[f.path.length - 1]!;
     if (!holder || typeof holder !== 'object' || typeof (holder as Record<string, unknown>)[field] !== 'string') continue;
     const ref = fieldSubject(e, f);
-    if (ref) slots.push({ holder: holder as Record<string, unknown>, field, path: `data.${f.path.join('.')}`, ref });
+    // A personal value whose person the body does not name cannot be sealed, nor published in clear.
+    if (!ref) throw new Error(`${e.type}: the personal field data.${f.path.join('.')} has no subject (its ${JSON.stringify(f.subject)} is missing)`);
+    slots.push({ holder: holder as Record<string, unknown>, field, path: `data.${f.path.join('.')}`, ref });
   }
   return slots;
 }
 
-/** A copy of an envelope whose actor and body (down to the personal fields' parents) can be changed without touching the original. */
-function copyForSlots(e: EventEnvelope): EventEnvelope {
-  const copy = { ...e, actor: { ...e.actor }, data: { ...e.data } };
+/** A copy of `data` whose objects down to the personal fields' parents can be changed without touching the original. */
+function copyData(e: EventEnvelope): Record<string, unknown> {
+  const copy: Record<string, unknown> = { ...e.data };
   for (const f of personalFieldsOf(e.type)) {
-    let holder: Record<string, unknown> = copy.data;
+    let holder = copy;
     for (const key of f.path.slice(0, -1)) {
       const next = holder[key];
       if (!next || typeof next !== 'object' || Array.isArray(next)) break;
@@ -146,8 +176,15 @@ function copyForSlots(e: EventEnvelope): EventEnvelope {
   return copy;
 }
 
+/** Whether an envelope holds personal data in clear (what a process without `PersonalData` must not publish). */
+export function holdsPersonalData(e: EventEnvelope): boolean {
+  return actorFields(e.actor as unknown as Actor).length > 0 || bodySlots(e, e.data).length > 0;
+}
+
 export class PersonalData {
-  private readonly cache = new Map<string, { key: Buffer | 'erased'; until: number }>();
+  private readonly cache = new Map<string, { key: Buffer; until: number }>();
+  /** Bumped by every erasure heard: a fetch that was in flight meanwhile is not cached. */
+  private evictions = 0;
   private readonly cacheMs: number;
   private readonly maxCached: number;
 
@@ -160,24 +197,49 @@ export class PersonalData {
   }
 
   /**
-   * Copies of `events` with every personal value sealed (an erased subject's written as
-   * `"[erased]"`). Validate the plain events first: what is published is what was checked, sealed.
+   * Copies of `events` with every personal value sealed. Validate the plain events first: what is
+   * published is what was checked, sealed. A body value of an erased person is written `"[erased]"`;
+   * an event whose actor is an erased person is refused (`ErasedSubjectError`): nobody acts as them.
    */
   async seal(events: EventEnvelope[], tx?: unknown): Promise<EventEnvelope[]> {
+    type Work = { index: number; actor?: { fields: string[]; ref: SubjectRef }; body: BodySlot[] };
+    const work: Work[] = [];
+    const refs: SubjectRef[] = [];
     let out: EventEnvelope[] | undefined;
-    const work: { slot: Slot; index: number }[] = [];
     for (let i = 0; i < events.length; i++) {
-      if (!slotsOf(events[i]!, true).length) continue;
+      const e = events[i]!;
+      const fields = actorFields(e.actor as unknown as Actor);
+      const hasBody = personalFieldsOf(e.type).length > 0;
+      if (!fields.length && !hasBody) continue;
+      const copy: EventEnvelope = { ...e, actor: { ...e.actor }, ...(hasBody ? { data: copyData(e) } : {}) };
+      const body = hasBody ? bodySlots(copy, copy.data) : [];
+      if (!fields.length && !body.length) continue;
       out ??= [...events];
-      const copy = copyForSlots(events[i]!);
       out[i] = copy;
-      for (const slot of slotsOf(copy, true)) work.push({ slot, index: i });
+      const w: Work = { index: i, body };
+      if (fields.length) {
+        w.actor = { fields, ref: actorSubject(e) };
+        refs.push(w.actor.ref);
+      }
+      for (const b of body) refs.push(b.ref);
+      work.push(w);
     }
     if (!out) return events;
-    const keys = await this.keysFor(work.map((w) => w.slot.ref), true, tx);
-    for (const { slot, index } of work) {
-      const key = keys.get(refKey(slot.ref));
-      slot.holder[slot.field] = key instanceof Buffer ? sealValue(key, slot.ref, slot.holder[slot.field] as string, out[index]!.id, slot.path) : ERASED;
+    const keys = await this.keysFor(refs, true, tx);
+    for (const w of work) {
+      const e = out[w.index]!;
+      if (w.actor) {
+        const key = keys.get(refKey(w.actor.ref));
+        if (!(key instanceof Buffer)) throw new ErasedSubjectError();
+        const a = e.actor as unknown as Actor;
+        const plain = JSON.stringify(w.actor.fields.map((f) => a[f]));
+        for (const f of w.actor.fields) delete a[f];
+        a.personal = `${PREFIX}${w.actor.fields.join(',')}:${encrypt(key, plain, e.id, ACTOR_PATH)}`;
+      }
+      for (const b of w.body) {
+        const key = keys.get(refKey(b.ref));
+        b.holder[b.field] = key instanceof Buffer ? sealValue(key, b.holder[b.field] as string, e.id, b.path) : ERASED;
+      }
     }
     return out;
   }
@@ -190,27 +252,47 @@ export class PersonalData {
    */
   async open(events: EventEnvelope[], options: { actor?: boolean } = {}): Promise<EventEnvelope[]> {
     const actor = options.actor ?? false;
+    type Work = { index: number; actor?: SubjectRef; body: BodySlot[] };
+    const work: Work[] = [];
+    const refs: SubjectRef[] = [];
     let out: EventEnvelope[] | undefined;
-    const work: { slot: Slot; index: number }[] = [];
     for (let i = 0; i < events.length; i++) {
-      const sealed = slotsOf(events[i]!, actor).filter((s) => isSealed(s.holder[s.field]));
-      if (!sealed.length) continue;
+      const e = events[i]!;
+      const sealedActor = actor && isSealed((e.actor as unknown as Actor).personal);
+      const hasBody = personalFieldsOf(e.type).length > 0 && bodySlots(e, e.data).some((b) => isSealed(b.holder[b.field]));
+      if (!sealedActor && !hasBody) continue;
+      const copy: EventEnvelope = { ...e, actor: { ...e.actor }, ...(hasBody ? { data: copyData(e) } : {}) };
       out ??= [...events];
-      const copy = copyForSlots(events[i]!);
       out[i] = copy;
-      for (const slot of slotsOf(copy, actor)) {
-        const value = slot.holder[slot.field] as string;
-        // The value names its own subject (the one it was sealed for).
-        const ref = sealedSubject(value);
-        if (ref) work.push({ slot: { ...slot, ref }, index: i });
-      }
+      const w: Work = { index: i, body: hasBody ? bodySlots(copy, copy.data).filter((b) => isSealed(b.holder[b.field])) : [] };
+      if (sealedActor) refs.push((w.actor = actorSubject(e)));
+      for (const b of w.body) refs.push(b.ref);
+      work.push(w);
     }
     if (!out) return events;
-    const keys = await this.keysFor(work.map((w) => w.slot.ref), false);
-    for (const { slot, index } of work) {
-      const key = keys.get(refKey(slot.ref));
-      const opened = key instanceof Buffer ? openValue(key, slot.holder[slot.field] as string, out[index]!.id, slot.path) : null;
-      slot.holder[slot.field] = opened ?? ERASED;
+    const keys = await this.keysFor(refs, false);
+    for (const w of work) {
+      const e = out[w.index]!;
+      if (w.actor) {
+        const a = e.actor as unknown as Actor;
+        const value = (a.personal as string).slice(PREFIX.length);
+        const colon = value.indexOf(':');
+        const fields = value.slice(0, colon).split(',').filter((f) => (PERSONAL_ACTOR_FIELDS as readonly string[]).includes(f));
+        const key = keys.get(refKey(w.actor));
+        const plain = key instanceof Buffer ? decrypt(key, value.slice(colon + 1), e.id, ACTOR_PATH) : null;
+        let values: unknown[] = [];
+        try {
+          values = plain === null ? [] : (JSON.parse(plain) as unknown[]);
+        } catch {
+          values = [];
+        }
+        delete a.personal;
+        fields.forEach((f, j) => (a[f] = typeof values[j] === 'string' ? values[j] : ERASED));
+      }
+      for (const b of w.body) {
+        const key = keys.get(refKey(b.ref));
+        b.holder[b.field] = (key instanceof Buffer ? openValue(key, b.holder[b.field] as string, e.id, b.path) : null) ?? ERASED;
+      }
     }
     return out;
   }
@@ -221,9 +303,10 @@ export class PersonalData {
     return events.map((e, i) => (opened[i] === e.event ? e : { ...e, event: opened[i]! }));
   }
 
-  /** The subject was erased: its key is dropped here and never fetched again by this process. */
-  erased(ref: SubjectRef): void {
-    this.cache.set(refKey(ref), { key: 'erased', until: Number.POSITIVE_INFINITY });
+  /** The subject was erased (or so a notice says): its key is dropped here; the owner is asked again at the next use. */
+  forget(ref: SubjectRef): void {
+    this.evictions++;
+    this.cache.delete(refKey(ref));
   }
 
   private async keysFor(refs: SubjectRef[], create: boolean, tx?: unknown): Promise<Map<string, SubjectKey>> {
@@ -242,12 +325,14 @@ export class PersonalData {
       missing.push(ref);
     }
     if (!missing.length) return found;
+    const evictions = this.evictions;
     const { keys, uncommitted } = await this.source.keys(missing, create, tx);
+    // An erasure heard while the keys were on their way: they may be from before it, so not kept.
+    const keep = this.evictions === evictions;
     missing.forEach((ref, i) => {
       const key = keys[i]!;
       found.set(refKey(ref), key);
-      if (key === 'erased') this.erased(ref);
-      else if (key instanceof Buffer && !uncommitted?.has(i)) this.remember(refKey(ref), key);
+      if (key instanceof Buffer && keep && !uncommitted?.has(i)) this.remember(refKey(ref), key);
     });
     return found;
   }
@@ -255,14 +340,7 @@ export class PersonalData {
   private remember(k: string, key: Buffer): void {
     this.cache.delete(k);
     this.cache.set(k, { key, until: Date.now() + this.cacheMs });
-    if (this.cache.size > this.maxCached) {
-      for (const [old, entry] of this.cache) {
-        if (entry.key !== 'erased') {
-          this.cache.delete(old);
-          break;
-        }
-      }
-    }
+    if (this.cache.size > this.maxCached) this.cache.delete(this.cache.keys().next().value!);
   }
 }
 
@@ -319,14 +397,18 @@ export function announceErasure(m: Messaging, ref: SubjectRef): void {
   m.nc.publish(erasureSubject(m.prefix), codec.encode({ tenantId: ref.tenantId, subjectId: ref.subjectId }));
 }
 
-/** Hears erasures (see `announceErasure`): a process that missed one keeps a key at most its cache time. */
+/**
+ * Hears erasures (see `announceErasure`): the key is evicted, and the owner's answer at the next use
+ * says what holds (a forged notice costs one fetch, never data). A process that missed a notice
+ * keeps a key at most its cache time.
+ */
 export function listenForErasures(m: Messaging, pd: PersonalData): { unsubscribe(): void } {
   return m.nc.subscribe(erasureSubject(m.prefix), {
     callback: (err, msg) => {
       if (err) return;
       try {
         const ref = codec.decode(msg.data);
-        if (typeof ref?.tenantId === 'string' && typeof ref?.subjectId === 'string') pd.erased(ref);
+        if (typeof ref?.tenantId === 'string' && typeof ref?.subjectId === 'string') pd.forget(ref);
       } catch {
         // Not an erasure notice: nothing to drop.
       }

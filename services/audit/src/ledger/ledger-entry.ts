@@ -34,6 +34,8 @@ export interface IndexedColumns {
   actorKind: string | null;
   actorId: string | null;
   occurredAt: string | null;
+  /** The user the body names (`data.userId`), for a person's export. */
+  userId: string | null;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -84,6 +86,7 @@ export function indexedColumns(value: unknown, valid: boolean): IndexedColumns {
     actorKind: columnText(actor.kind, 64),
     actorId: columnText(actor.id, 500),
     occurredAt,
+    userId: columnText(record(e.data)?.userId, 200),
   };
 }
 

@@ -1,11 +1,17 @@
 import { Injectable } from '@nestjs/common';
 import {
-  auditRpc, EventEnvelope, KeelError, LedgerEntry, Page, parseOrThrow, ProjectionStatus, ReplayPage, VerifyResult,
+  actorSubject, auditRpc, EventEnvelope, KeelError, LedgerEntry, Page, parseOrThrow, ProjectionStatus, ReplayPage, VerifyResult,
 } from '@keel/contracts';
 import { MessagePattern, PersonalData } from '@keel/messaging';
 import { LedgerWriter } from './ledger-writer';
 import { PublicJwk, SigningKeys } from '../signing/signing-keys';
 import { Checkpoint, LedgerRepository } from './ledger.repository';
+
+/** An envelope without its actor's personal data (sealed or not): what a person's export shows of someone else acting. */
+function withoutActorData(e: EventEnvelope): EventEnvelope {
+  const { ip: _ip, userAgent: _ua, personal: _p, ...actor } = e.actor;
+  return { ...e, actor };
+}
 
 @Injectable()
 export class LedgerQueries {
@@ -21,10 +27,20 @@ export class LedgerQueries {
    * user agent included), `"[erased]"` where their subject was erased. The ledger itself keeps the
    * ciphertext its hashes cover; incidents are shown as they were stored.
    */
-  private async opened(page: Page<LedgerEntry>): Promise<Page<LedgerEntry>> {
+  private async opened(page: Page<LedgerEntry>, actorsOf?: ReadonlySet<string>): Promise<Page<LedgerEntry>> {
     type Envelopes = { events?: EventEnvelope[]; event: EventEnvelope };
     const entries = page.items.filter((e) => !e.problem) as (LedgerEntry & Envelopes)[];
-    const opened = await this.personalData.open(entries.flatMap((e) => e.events ?? [e.event]), { actor: true });
+    const all = entries.flatMap((e) => e.events ?? [e.event]);
+    let opened: EventEnvelope[];
+    if (!actorsOf) opened = await this.personalData.open(all, { actor: true });
+    else {
+      // A person's export: their own address and user agent (and their keys' and sessions'), never another person's.
+      const theirs = (e: EventEnvelope) => actorsOf.has(actorSubject(e).subjectId);
+      const bodies = await this.personalData.open(all.map((e) => (theirs(e) ? e : withoutActorData(e))));
+      const actors = await this.personalData.open(bodies.filter(theirs), { actor: true });
+      let j = 0;
+      opened = bodies.map((e) => (theirs(e) ? actors[j++]! : e));
+    }
     let i = 0;
     const byEntry = new Map<LedgerEntry, LedgerEntry>();
     for (const e of entries) {
@@ -71,7 +87,8 @@ export class LedgerQueries {
   /** For a person's export: the entries they are actor or subject of, oldest first, opened. */
   @MessagePattern(auditRpc.subjectEntries.subject)
   async subjectEntries(body: unknown): Promise<Page<LedgerEntry>> {
-    return this.opened(await this.repo.subjectEntries(parseOrThrow(auditRpc.subjectEntries.request, body, 'subject entries')));
+    const { page, related } = await this.repo.subjectEntries(parseOrThrow(auditRpc.subjectEntries.request, body, 'subject entries'));
+    return this.opened(page, new Set(related));
   }
 
   @MessagePattern('qry.audit.verify')

@@ -26,6 +26,7 @@ const COLUMNS = [
   ['seq', 'int8'], ['event_id', 'uuid'], ['tenant_id', 'text'], ['type', 'text'], ['context', 'text'], ['aggregate_type', 'text'],
   ['aggregate_id', 'text'], ['aggregate_version', 'int4'], ['actor_kind', 'text'], ['actor_id', 'text'], ['occurred_at', 'timestamptz'],
   ['envelope', 'json'], ['payload', 'bytea'], ['problem', 'text'], ['hashed', 'text'], ['prev_hash', 'bpchar'], ['hash', 'bpchar'],
+  ['user_id', 'text'],
 ] as const;
 /**
  * One statement for any number of rows: a parameter per column (an array of the rows' values), so
@@ -177,7 +178,7 @@ export class LedgerRepository {
     let expected = tail.seq + 1;
     const n = records.length;
     const columns = COLUMNS.map(() => new Array<unknown>(n));
-    const [seq, eventId, tenantId, type, context, aggregateType, aggregateId, aggregateVersion, actorKind, actorId, occurredAt, json, payload, problem, hashed, prevHash, hashes] = columns;
+    const [seq, eventId, tenantId, type, context, aggregateType, aggregateId, aggregateVersion, actorKind, actorId, occurredAt, json, payload, problem, hashed, prevHash, hashes, userId] = columns;
     const written: Tail[] = new Array(n);
     for (let i = 0; i < n; i++) {
       const record = records[i]!;
@@ -195,6 +196,7 @@ export class LedgerRepository {
       actorKind![i] = c.actorKind;
       actorId![i] = c.actorId;
       occurredAt![i] = c.occurredAt;
+      userId![i] = c.userId;
       json![i] = record.json;
       payload![i] = record.payload;
       problem![i] = record.problem;
@@ -286,28 +288,38 @@ export class LedgerRepository {
 
   /**
    * Entries a person is actor or subject of, oldest first: acting, the aggregate, or the user a body
-   * names (`userId`: a grant, a session started), or one of `relatedIds` (their sessions and API keys)
-   * acting or acted on; any event of a decision counts. Cut by size like a replay page (one NATS reply).
+   * names (`data.userId`: a grant, a session started); and the same of their sessions and of the API
+   * keys they made (found in the ledger: the sessions it started for them, the keys they created).
+   * Every arm is an index (`actor_id`, `(aggregate_type, aggregate_id)`, `user_id`). Cut by size like
+   * a replay page (one NATS reply). `related`: the person and those sessions and keys.
    */
-  async subjectEntries(q: { tenantId: string; subjectId: string; relatedIds: string[]; afterSeq: number; limit: number }): Promise<Page<LedgerEntry>> {
-    const rows: (LedgerRow & { size: number })[] = await inTenant(this.ds, ALL_TENANTS, (m) =>
-      m.query(
-        `SELECT *, octet_length(envelope::text) AS size FROM ${LEDGER} l
-         WHERE l.seq > $3 AND l.problem IS NULL AND (
-           l.actor_id = $2 OR l.actor_id = ANY($4::text[])
-           OR (l.tenant_id = $1 AND (l.aggregate_id = $2 OR l.aggregate_id = ANY($4::text[]) OR EXISTS (
-             SELECT 1 FROM json_array_elements(CASE WHEN json_typeof(l.envelope) = 'array' THEN l.envelope ELSE json_build_array(l.envelope) END) e
-             WHERE e->'data'->>'userId' = $2 OR e->>'aggregateId' = $2 OR e->>'aggregateId' = ANY($4::text[])
-               OR e->'actor'->>'id' = $2 OR e->'actor'->>'id' = ANY($4::text[])))))
-         ORDER BY l.seq LIMIT $5`,
-        [q.tenantId, q.subjectId, q.afterSeq, q.relatedIds, q.limit + 1],
-      ),
-    );
-    let bytes = 0;
-    let take = 0;
-    while (take < Math.min(rows.length, q.limit) && (take === 0 || bytes + rows[take]!.size <= REPLAY_PAGE_BYTES)) bytes += rows[take++]!.size;
-    const items = rows.slice(0, take).map(toEntry);
-    return { items, nextCursor: rows.length > take ? String(items[items.length - 1]!.seq) : null };
+  async subjectEntries(q: { tenantId: string; subjectId: string; afterSeq: number; limit: number }): Promise<{ page: Page<LedgerEntry>; related: string[] }> {
+    return inTenant(this.ds, ALL_TENANTS, async (m) => {
+      const related: string[] = [
+        q.subjectId,
+        ...(
+          (await m.query(
+            `SELECT aggregate_id AS id FROM ${LEDGER} WHERE user_id = $2 AND tenant_id = $1 AND type = 'auth.session.started'
+             UNION SELECT aggregate_id FROM ${LEDGER} WHERE actor_id = $2 AND type = 'auth.api_key.created'`,
+            [q.tenantId, q.subjectId],
+          )) as { id: string }[]
+        ).map((r) => r.id),
+      ];
+      const rows: (LedgerRow & { size: number })[] = await m.query(
+        `SELECT l.*, octet_length(l.envelope::text) AS size FROM ${LEDGER} l
+         WHERE l.problem IS NULL AND l.seq IN (
+           SELECT seq FROM ${LEDGER} WHERE actor_id = ANY($2::text[]) AND seq > $3
+           UNION SELECT seq FROM ${LEDGER} WHERE aggregate_type IN ('user', 'mfa_factor', 'session', 'api_key') AND aggregate_id = ANY($2::text[]) AND seq > $3
+           UNION SELECT seq FROM ${LEDGER} WHERE user_id = $1 AND seq > $3)
+         ORDER BY l.seq LIMIT $4`,
+        [q.subjectId, related, q.afterSeq, q.limit + 1],
+      );
+      let bytes = 0;
+      let take = 0;
+      while (take < Math.min(rows.length, q.limit) && (take === 0 || bytes + rows[take]!.size <= REPLAY_PAGE_BYTES)) bytes += rows[take++]!.size;
+      const items = rows.slice(0, take).map(toEntry);
+      return { page: { items, nextCursor: rows.length > take ? String(items[items.length - 1]!.seq) : null }, related };
+    });
   }
 
   async replay(afterSeq: number, limit: number, contexts?: string[]): Promise<ReplayPage> {

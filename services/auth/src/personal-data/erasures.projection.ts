@@ -1,5 +1,6 @@
 import { EntityManager } from 'typeorm';
 import { authEventTypes as A, PositionedEvent } from '@keel/contracts';
+import { RetryLaterError } from '@keel/messaging';
 import { Projection } from '@keel/projections';
 import type { Cleanup, PersonalDataService } from './personal-data.service';
 
@@ -24,7 +25,12 @@ export class ErasuresProjection implements Projection {
     for (const { event: e } of events) {
       if (e.type !== A.userErased) continue;
       const meta = { actor: { kind: 'system' as const, id: 'auth-erasures' }, correlationId: e.correlationId };
-      done.push(await this.personalData.cleanUp(m, e.tenantId, e.aggregateId, meta));
+      try {
+        done.push(await this.personalData.cleanUp(m, e.tenantId, e.aggregateId, meta));
+      } catch (error) {
+        // Never a dead letter (an operator's skip would abandon an erasure): retried until it applies.
+        throw new RetryLaterError(`the erasure of ${e.aggregateId} did not apply yet: ${(error as Error).message}`);
+      }
     }
     return done;
   }

@@ -5,7 +5,7 @@ import { authRpc, CommandMeta, KeelError, parseOrThrow, SubjectRef } from '@keel
 import { inTenant, tenantQuery } from '@keel/database';
 import { announceErasure, MESSAGING, Messaging, MessagePattern, PersonalData, WrappedSubjectKey } from '@keel/messaging';
 import { toInfo } from '../api-keys/api-keys.service';
-import { AUTH_SCHEMA } from '../database/schema';
+import { AUTH_SCHEMA, CROSS_TENANT_DS } from '../database/schema';
 import { sessionInfo } from '../sessions/sessions.service';
 import { Revoked, SessionRevoker } from '../sessions/session-revoker';
 import { UsersService } from '../users/users.service';
@@ -40,6 +40,7 @@ const iso = (v: unknown) => (v as Date).toISOString();
 export class PersonalDataService {
   constructor(
     @Inject(DataSource) private readonly ds: DataSource,
+    @Inject(CROSS_TENANT_DS) private readonly crossTenant: DataSource,
     private readonly keys: SubjectKeyStore,
     private readonly users: UsersService,
     private readonly revoker: SessionRevoker,
@@ -91,10 +92,13 @@ export class PersonalDataService {
    * email reservation deleted, their sessions revoked (events through the outbox) and deleted.
    */
   async cleanUp(m: EntityManager, tenantId: string, userId: string, meta: CommandMeta): Promise<Cleanup> {
-    const made: { id: string }[] = await m.query(`SELECT id FROM ${S}.api_keys WHERE tenant_id = $1 AND created_by = $2::text AND created_by_kind = 'user' ORDER BY id`, [tenantId, userId]);
-    // In one order (the person's, then their keys' by id), as the erasures projection takes them: no deadlock between the two.
-    const refs: SubjectRef[] = [{ tenantId, subjectId: userId }, ...made.map((k) => ({ tenantId, subjectId: k.id }))];
-    for (const r of refs) await this.keys.erase(m, r);
+    // The keys they made in any tenant (a platform administrator makes keys in others), read across tenants.
+    const made: { tenant_id: string; id: string }[] = await this.crossTenant.query(
+      `SELECT tenant_id, id FROM ${S}.api_keys WHERE created_by_tenant = $1 AND created_by = $2::text AND created_by_kind = 'user'`,
+      [tenantId, userId],
+    );
+    const refs: SubjectRef[] = [{ tenantId, subjectId: userId }, ...made.map((k) => ({ tenantId: k.tenant_id, subjectId: k.id }))];
+    await this.keys.erase(m, refs);
     const revoked = await this.revoker.revokeUserIn(m, tenantId, userId, 'user_erased', meta);
     for (const table of ['credentials', 'email_reservations', 'mfa_factors', 'recovery_codes', 'external_identities', 'sessions']) {
       await m.query(`DELETE FROM ${S}.${table} WHERE tenant_id = $1 AND user_id = $2`, [tenantId, userId]);
@@ -105,7 +109,7 @@ export class PersonalDataService {
   /** After the cleanup committed: every process drops the keys at once, gateways refuse the person's tokens and sessions. */
   async settle(done: Cleanup): Promise<void> {
     for (const r of done.refs) {
-      this.personalData.erased(r);
+      this.personalData.forget(r);
       announceErasure(this.m, r);
     }
     await this.users.accessChanged([{ user: done.userId }]);
@@ -125,7 +129,7 @@ export class PersonalDataService {
       q(`SELECT count(*)::int AS n FROM ${S}.recovery_codes WHERE tenant_id = $1 AND user_id = $2 AND used_at IS NULL`),
       q(`SELECT e.provider_id, p.name AS provider_name, e.subject, e.created_at, e.last_sign_in_at FROM ${S}.external_identities e
          LEFT JOIN ${S}.identity_providers p ON p.id = e.provider_id WHERE e.tenant_id = $1 AND e.user_id = $2 ORDER BY e.created_at`),
-      q(`SELECT * FROM ${S}.api_keys WHERE tenant_id = $1 AND created_by = $2::text ORDER BY created_at`),
+      this.crossTenant.query(`SELECT * FROM ${S}.api_keys WHERE created_by_tenant = $1 AND created_by = $2::text AND created_by_kind = 'user' ORDER BY created_at`, [tenantId, userId]),
     ]);
     return {
       exportedAt: new Date().toISOString(),

@@ -15,6 +15,11 @@ interface KeyRow {
 
 const refKey = (tenantId: string, subjectId: string) => `${tenantId}\u0000${subjectId}`;
 
+/** Distinct subjects in one order (every writer of `subject_keys` takes its rows in it). */
+function sortedRefs(refs: SubjectRef[]): SubjectRef[] {
+  return [...new Map(refs.map((r) => [refKey(r.tenantId, r.subjectId), r])).entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, r]) => r);
+}
+
 /**
  * The owner's store of data keys (issue 7): each person's key sealed under the KEK in
  * `auth.subject_keys`. Sealing inside an open transaction makes its new keys in that transaction
@@ -28,14 +33,15 @@ export class SubjectKeyStore implements SubjectKeySource {
   ) {}
 
   async keys(refs: SubjectRef[], create: boolean, tx?: unknown): Promise<FetchedKeys> {
-    const { rows, made } = await this.rows(refs, create, tx as EntityManager | undefined);
+    const { rows } = await this.rows(refs, create, tx as EntityManager | undefined);
     const keys: SubjectKey[] = rows.map((row, i) => {
       if (!row) return 'absent';
       if (!row.dek_sealed) return 'erased';
       return open(this.kek, row.dek_sealed, subjectKeyContext(refs[i]!));
     });
-    // Made inside the caller's transaction: not committed yet (made outside one, each statement commits).
-    return tx ? { keys, uncommitted: new Set(refs.flatMap((r, i) => (made.has(refKey(r.tenantId, r.subjectId)) ? [i] : []))) } : { keys };
+    // Inside the caller's transaction nothing is known committed (a key made by an earlier statement
+    // of the same transaction reads like any other): none is cached. Outside one, each statement commits.
+    return tx ? { keys, uncommitted: new Set(refs.map((_, i) => i)) } : { keys };
   }
 
   /** For another service (`cmd.auth.subject_keys`): the keys as stored, sealed under the KEK. */
@@ -48,15 +54,18 @@ export class SubjectKeyStore implements SubjectKeySource {
   }
 
   /**
-   * Destroys a subject's key, for good: the row stays as a tombstone (no key is made for it again).
-   * In the caller's transaction (the rest of the erasure commits with it).
+   * Destroys subjects' keys, for good: each row stays as a tombstone (no key is made for it again).
+   * In the caller's transaction (the rest of the erasure commits with it), in the order keys are
+   * made in (`rows`), so an erasure and a seal of the same subjects cannot deadlock.
    */
-  async erase(m: EntityManager, ref: SubjectRef): Promise<void> {
-    await m.query(
-      `INSERT INTO ${KEYS} AS k (tenant_id, subject_id, dek_sealed, erased_at) VALUES ($1, $2, NULL, now())
-       ON CONFLICT (tenant_id, subject_id) DO UPDATE SET dek_sealed = NULL, erased_at = coalesce(k.erased_at, now())`,
-      [ref.tenantId, ref.subjectId],
-    );
+  async erase(m: EntityManager, refs: SubjectRef[]): Promise<void> {
+    for (const ref of sortedRefs(refs)) {
+      await m.query(
+        `INSERT INTO ${KEYS} AS k (tenant_id, subject_id, dek_sealed, erased_at) VALUES ($1, $2, NULL, now())
+         ON CONFLICT (tenant_id, subject_id) DO UPDATE SET dek_sealed = NULL, erased_at = coalesce(k.erased_at, now())`,
+        [ref.tenantId, ref.subjectId],
+      );
+    }
   }
 
   private async rows(refs: SubjectRef[], create: boolean, tx?: EntityManager): Promise<{ rows: (KeyRow | undefined)[]; made: Set<string> }> {
@@ -65,7 +74,7 @@ export class SubjectKeyStore implements SubjectKeySource {
     if (create) {
       // A key for each subject that has none (a concurrent maker's wins; an erased subject's tombstone
       // stays), in one order, so that two transactions making the same keys cannot deadlock.
-      const sorted = [...new Map(refs.map((r) => [refKey(r.tenantId, r.subjectId), r])).entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, r]) => r);
+      const sorted = sortedRefs(refs);
       const inserted: { tenant_id: string; subject_id: string }[] = await q.query(
         `INSERT INTO ${KEYS} (tenant_id, subject_id, dek_sealed)
          SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) ON CONFLICT (tenant_id, subject_id) DO NOTHING RETURNING tenant_id, subject_id`,

@@ -285,7 +285,8 @@ export class SessionsService {
     const { tenant_id: tenantId, user_id: userId } = session as { tenant_id: string; user_id: string };
     const reused = async () => {
       await this.revoker.revokeOne(tenantId, sessionId, 'refresh_token_reuse', {
-        actor: { kind: 'system', id: 'auth', ...(c.ip ? { ip: c.ip } : {}) },
+        // The address that presented the spent token, sealed as the session's user's (erased with them).
+        actor: { kind: 'system', id: 'auth', tenantId, onBehalfOf: userId, ...(c.ip ? { ip: c.ip } : {}) },
         correlationId: c.correlationId,
       });
       return invalid();

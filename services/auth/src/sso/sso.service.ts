@@ -108,7 +108,8 @@ export class SsoService {
 
     // Acting for the provider needs no permission check: its mapping was checked against its
     // author's permissions when it was saved.
-    const byProvider: AuthMeta = { ...this.meta(c, { kind: 'system', id: `identity-provider:${provider.id}`, tenantId: tenant.id }), permissions: '*' };
+    // Without the person's address: it is theirs, recorded under their own key by their session's events.
+    const byProvider: AuthMeta = { actor: { kind: 'system', id: `identity-provider:${provider.id}`, tenantId: tenant.id }, correlationId: c.correlationId, permissions: '*' };
     const asUser = (userId: string) => this.meta(c, { kind: 'user', id: userId, tenantId: tenant.id });
     const link = await this.identities.link(tenant.id, provider, identity, byProvider, asUser);
     const { roles, teamRoles } = await this.identities.applyGroups(tenant.id, provider, link, identity, byProvider);

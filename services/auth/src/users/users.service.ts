@@ -6,6 +6,7 @@ import { DataSource, EntityManager } from 'typeorm';
 import { z } from 'zod';
 import {
   AUTH_CONTEXT,
+  authEventTypes as A,
   authMetaSchema,
   authRpc,
   CommandMeta,
@@ -69,7 +70,8 @@ export class UsersService {
     @Optional() private readonly redis?: Redis,
     @Optional() @Inject('KEEL_AUTH_CONFIG') private readonly config?: KeelConfig,
   ) {
-    this.handler = new CommandHandler(store, { context: AUTH_CONTEXT, aggregateType: 'user', decider: userDecider });
+    // After an erasure no retried command is answered with the person's earlier state.
+    this.handler = new CommandHandler(store, { context: AUTH_CONTEXT, aggregateType: 'user', decider: userDecider, forgets: [A.userErased] });
   }
 
   view(tenantId: string, id: string, state: UserState, version: number): User {
@@ -193,6 +195,10 @@ export class UsersService {
     // With a command id the user's id comes from it: a retry of this create finds this user (and
     // holds its email reservation) and is answered the first outcome from the log.
     const userId = meta.commandId ? aggregateIdFor(meta.commandId, 'user', tenantId) : newEventId();
+    // A retry of the create of someone since erased: nothing comes back (no reservation, no password).
+    if (meta.commandId && (await this.handler.load({ tenantId, aggregateId: userId })).state.status === 'erased') {
+      throw new KeelError('conflict', 'The user this request created was erased since; send a new request (a new Idempotency-Key) to create a user.');
+    }
     const decided = await inTenant(this.ds, tenantId, async (m) => {
       // Serialises creations per tenant, so the quota's count and the reservation agree.
       await m.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`keel.auth.users.${tenantId}`]);

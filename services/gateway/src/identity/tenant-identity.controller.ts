@@ -48,7 +48,7 @@ export class TenantIdentityController {
     const held = await this.rpc.call(Q.personalData, { tenantId, userId });
     const ledgerEntries: RouteOutput<typeof r.exportPersonalData>['ledgerEntries'] = [];
     for (let afterSeq = 0; ; ) {
-      const page = await this.rpc.call(queries.audit.subjectEntries, { tenantId, subjectId: userId, relatedIds: [...held.sessions.map((x) => x.id), ...held.apiKeys.map((k) => k.id)], afterSeq, limit: 200 });
+      const page = await this.rpc.call(queries.audit.subjectEntries, { tenantId, subjectId: userId, afterSeq, limit: 200 });
       ledgerEntries.push(...page.items);
       if (!page.nextCursor) break;
       afterSeq = Number(page.nextCursor);

@@ -40,6 +40,27 @@ interface Def {
   type: string;
   shape?: Record<string, z.ZodType>;
   innerType?: z.ZodType;
+  element?: z.ZodType;
+  options?: z.ZodType[];
+  in?: z.ZodType;
+  out?: z.ZodType;
+  left?: z.ZodType;
+  right?: z.ZodType;
+  valueType?: z.ZodType;
+}
+
+/** The schemas nested in one that sealing does not follow (array items, union options, pipes, records, intersections). */
+function unreachable(def: Def): z.ZodType[] {
+  return [def.element, ...(def.options ?? []), def.in, def.out, def.left, def.right, def.valueType].filter((x): x is z.ZodType => !!x);
+}
+
+function containsPersonal(schema: z.ZodType, seen = new Set<z.ZodType>()): boolean {
+  if (seen.has(schema)) return false;
+  seen.add(schema);
+  if (registry.get(schema)) return true;
+  const def = (schema as unknown as { _zod: { def: Def } })._zod.def;
+  const nested = [...(def.innerType ? [def.innerType] : []), ...Object.values(def.shape ?? {}), ...unreachable(def)];
+  return nested.some((n) => containsPersonal(n, seen));
 }
 
 /** The personal fields of a body schema (objects, optional, nullable and defaulted fields are followed). */
@@ -53,6 +74,10 @@ export function personalFieldsOfSchema(schema: z.ZodType, at: string[] = []): Pe
   if (def.type === 'object') {
     const shape = (schema as z.ZodObject).shape as Record<string, z.ZodType>;
     return Object.entries(shape).flatMap(([key, field]) => personalFieldsOfSchema(field, [...at, key]));
+  }
+  // A personal field where sealing cannot reach it would be published in clear: refused at once.
+  if (unreachable(def).some((n) => containsPersonal(n))) {
+    throw new Error(`personal() at data.${at.join('.') || '(body)'} sits inside ${def.type}, where it is not sealed; make it a field of an object (optional or nullable if need be).`);
   }
   return [];
 }

@@ -34,7 +34,8 @@ const userId = '0190f2a0-0000-7000-8000-000000000001';
 
 function service(ds: unknown, handler: object, revoker: object = {}) {
   const svc = new UsersService({} as never, ds as never, {} as never, revoker as never, { roles: async () => new Map<string, string[]>() } as never);
-  (svc as unknown as { handler: object }).handler = handler;
+  // A create with a command id first asks the log whether that user was erased since: here, never created.
+  (svc as unknown as { handler: object }).handler = { load: async () => ({ state: { status: 'none' }, version: 0, position: 0 }), ...handler };
   return svc;
 }
 

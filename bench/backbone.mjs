@@ -209,8 +209,10 @@ export async function backboneBenchmarks({ events = Number(process.env.BENCH_EVE
           ...envelope(i, `${run}${tag}`),
           actor: { kind: 'user', id: `user-${i % 500}`, tenantId: `t${i % 50}`, ip: `203.0.113.${i % 250}`, userAgent: 'Mozilla/5.0 (X11; Linux x86_64) keel-bench/1.0' },
         }));
+      // In clear: what the fact path did before sealing (a process without sealing refuses personal data now).
+      const inClear = { seal: async (events) => events, open: async (events) => events, openPositioned: async (events) => events };
       const round = async (tag, sealed) => {
-        m.personalData = sealed ? sealer : undefined;
+        m.personalData = sealed ? sealer : inClear;
         const batch = personal(tag);
         const from = await ledgerCount(db);
         const t0 = performance.now();

@@ -34,7 +34,8 @@ export type Actor = z.infer<typeof actorSchema>;
  * opened, they are back in `ip` and `userAgent`. The bound covers the largest plain pair a command
  * may carry (64 + 512 characters, each up to six bytes as JSON), sealed and encoded.
  */
-export const envelopeActorSchema = actorSchema.extend({ personal: z.string().max(6_000).optional() }).strict();
+export const SEALED_ACTOR_MAX = 6_000;
+export const envelopeActorSchema = actorSchema.extend({ personal: z.string().max(SEALED_ACTOR_MAX).optional() }).strict();
 
 export const eventTypeSchema = z
   .string()

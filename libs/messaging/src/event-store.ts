@@ -1,5 +1,5 @@
 import { headers as natsHeaders, JetStreamClient, JetStreamManager, MsgHdrs, PubAck, StoredMsg } from 'nats';
-import { EventEnvelope, eventSubject, KeelError, PositionedEvent, validateEnvelope, validateEventBody } from '@keel/contracts';
+import { EventEnvelope, eventSubject, KeelError, PositionedEvent, SEALED_ACTOR_MAX, validateEnvelope, validateEventBody } from '@keel/contracts';
 import { injectTraceContext } from '@keel/observability';
 import { decodeJson, encodeJson } from './codec';
 import { holdsPersonalData } from './personal-data';
@@ -21,6 +21,19 @@ export function eventsOf(decoded: unknown): EventEnvelope[] {
 }
 
 /**
+ * A sealed envelope differs from the plain one that was validated only in its personal values: the
+ * body's (which readers do not bound) and the actor's, sealed into `actor.personal`, whose bound
+ * every reader applies. That bound holds for every plain actor a command may carry (a unit test
+ * seals the widest); this check makes sure, without validating the whole envelope again.
+ */
+export function checkSealed(e: EventEnvelope): void {
+  const personal = (e.actor as { personal?: unknown }).personal;
+  if (typeof personal === 'string' && personal.length > SEALED_ACTOR_MAX) {
+    throw new Error(`The sealed actor of a ${e.type} event is ${personal.length} characters, more than readers take (${SEALED_ACTOR_MAX}).`);
+  }
+}
+
+/**
  * `events` with their personal data sealed, checked again as envelopes (a reader must never meet an
  * envelope it refuses). Without a `PersonalData` nothing is sealed, and an event holding personal
  * data is refused: it is never published in clear.
@@ -31,9 +44,12 @@ export async function sealed(m: Messaging, events: EventEnvelope[]): Promise<Eve
     return events;
   }
   const out = await m.personalData.seal(events);
-  for (let i = 0; i < out.length; i++) if (out[i] !== events[i]) validateEnvelope(out[i]);
+  for (let i = 0; i < out.length; i++) if (out[i] !== events[i]) checkSealed(out[i]!);
   return out;
 }
+
+/** Facts sealed at a time on the fact path. */
+const FACT_SEAL_CHUNK = 256;
 
 /** The aggregate moved on since it was loaded: reload and decide again. */
 export class ConcurrencyConflict extends Error {
@@ -119,7 +135,23 @@ export class EventStore {
       validateEnvelope(f);
       validateEventBody(f);
     }
-    facts = await sealed(this.m, facts);
+    // Sealed a chunk at a time, as the lanes reach it: publishing starts after the first chunk, not
+    // after the whole batch (sealing is CPU on the thread that publishes). A seal that fails (the key
+    // owner away) rejects the call like a refused publish: retry it all, the ids dedupe.
+    const ready = new Array<EventEnvelope>(facts.length);
+    let sealedTo = 0;
+    let sealing: Promise<void> | undefined;
+    const sealThrough = async (i: number) => {
+      while (i >= sealedTo) {
+        sealing ??= (async () => {
+          const from = sealedTo;
+          const chunk = await sealed(this.m, facts.slice(from, from + FACT_SEAL_CHUNK));
+          chunk.forEach((f, j) => (ready[from + j] = f));
+          sealedTo = from + chunk.length;
+        })().finally(() => (sealing = undefined));
+        await sealing;
+      }
+    };
     // Each fact has its own deadline from when its publish starts: a large batch is not one deadline.
     const budget = Math.max(200, Math.floor(this.m.requestTimeoutMs * 0.6));
     const positions = new Array<number>(facts.length);
@@ -128,7 +160,13 @@ export class EventStore {
     const lane = async () => {
       while (next < facts.length) {
         const i = next++;
-        const fact = facts[i]!;
+        try {
+          await sealThrough(i);
+        } catch (error) {
+          failure ??= error;
+          return;
+        }
+        const fact = ready[i]!;
         const h = natsHeaders();
         injectTraceContext(h);
         h.set(CORRELATION_HEADER, fact.correlationId);

@@ -144,7 +144,10 @@ describe('personal data (crypto-shredding)', () => {
     const moved = { ...a!, id: '0190f3c0-0000-7000-8000-00000000e003' };
     const [m1] = await pd.open([moved], { actor: true });
     expect((m1!.data as { email: string }).email).toBe(ERASED);
-    expect(m1!.actor).toMatchObject({ ip: ERASED, userAgent: ERASED });
+    // The actor's values are bound to the person (one ciphertext serves their events alike): moved to another person's actor, they do not open.
+    expect(m1!.actor).toMatchObject({ ip: '203.0.113.9', userAgent: 'curl/8.5' });
+    const [m3] = await pd.open([{ ...a!, actor: { ...a!.actor, id: USER } }], { actor: true });
+    expect(m3!.actor).toMatchObject({ ip: ERASED, userAgent: ERASED });
     const [m2] = await pd.open([{ ...a!, data: { ...a!.data, name: email } }]);
     expect((m2!.data as { name: string }).name).toBe(ERASED);
   });
@@ -164,6 +167,18 @@ describe('personal data (crypto-shredding)', () => {
     const tricky = created({ data: { email: 'x@acme.test', name: 'enc:v1:AAAA', roles: [] } });
     const [round] = await pd.open(await pd.seal([tricky]));
     expect(round!.data).toEqual(tricky.data);
+  });
+
+  it('seals one person\'s same address and user agent once while the key is cached, and anew after an erasure notice', async () => {
+    const pd = new PersonalData(new MemoryKeys());
+    const [a, b] = await pd.seal([created(), created({ id: '0190f3c0-0000-7000-8000-00000000e004' })]);
+    expect(a!.actor.personal).toBe(b!.actor.personal);
+    const [other] = await pd.seal([created({ actor: { kind: 'user', id: ADMIN, tenantId: T, ip: '203.0.113.10', userAgent: 'curl/8.5' } })]);
+    expect(other!.actor.personal).not.toBe(a!.actor.personal);
+    pd.forget({ tenantId: T, subjectId: ADMIN });
+    const [c] = await pd.seal([created()]);
+    expect(c!.actor.personal).not.toBe(a!.actor.personal);
+    expect((await pd.open([c!], { actor: true }))[0]!.actor).toMatchObject({ ip: '203.0.113.9', userAgent: 'curl/8.5' });
   });
 
   it('caches committed keys, not keys read or made inside a transaction that may roll back', async () => {

@@ -28,8 +28,11 @@ import type { RpcClient } from './rpc';
  * of its value. The actor's address and user agent are sealed together, once per event, into
  * `actor.personal` = `enc:v1:<field names>:<base64url(…)>` (one cipher for both: the actor is in
  * every event, and this is the write path's cost). Whose key it is follows from the envelope, as
- * the sealer found it (`actorSubject`, `fieldSubject`); the event's id and the field's path are
- * bound as associated data, so a sealed value cannot be moved to another event or field unnoticed.
+ * the sealer found it (`actorSubject`, `fieldSubject`). A body value is bound (associated data) to
+ * its event's id and field's path: it cannot be moved to another event or field unnoticed. The
+ * actor's is bound to its person, so one client's events share one ciphertext while its key is
+ * cached (sealed once, not per event); it cannot be moved to another person's events, and the
+ * ledger's hash chain binds every entry's bytes.
  *
  * The keys are held by one owner (the auth service, sealed under the KEK, see `SubjectKeySource`);
  * every process caches the committed ones it used for a while (`cacheMs`) and drops a key when it
@@ -38,7 +41,6 @@ import type { RpcClient } from './rpc';
 
 const PREFIX = 'enc:v1:';
 /** The actor's sealed fields. */
-const ACTOR_PATH = 'actor';
 
 /** A data subject's key as its owner has it: the key, or gone for good, or never made. */
 export type SubjectKey = Buffer | 'erased' | 'absent';
@@ -79,7 +81,9 @@ export function isSealed(value: unknown): value is string {
 }
 
 const refKey = (r: SubjectRef) => `${r.tenantId}\u0000${r.subjectId}`;
-const aad = (eventId: string, path: string) => Buffer.from(`keel.personal.v1\u0000${eventId}\u0000${path}`);
+/** A body value is bound to its event and field; the actor's to its person (see `actorContext`). */
+const aad = (eventId: string, path: string) => `keel.personal.v1\u0000${eventId}\u0000${path}`;
+const actorContext = (ref: SubjectRef) => `keel.personal.v1\u0000actor\u0000${ref.tenantId}\u0000${ref.subjectId}`;
 
 /**
  * Random IVs from a pool refilled from the CSPRNG (one `randomBytes` call per IV costs as much as
@@ -97,20 +101,20 @@ function nextIv(): Buffer {
   return iv;
 }
 
-function encrypt(key: Buffer, plain: string, eventId: string, path: string): string {
+function encrypt(key: Buffer, plain: string, context: string): string {
   const iv = nextIv();
   const cipher = createCipheriv('aes-256-gcm', key, iv);
-  cipher.setAAD(aad(eventId, path));
+  cipher.setAAD(Buffer.from(context));
   const body = Buffer.concat([cipher.update(plain, 'utf8'), cipher.final()]);
   return Buffer.concat([iv, cipher.getAuthTag(), body]).toString('base64url');
 }
 
-function decrypt(key: Buffer, sealed: string, eventId: string, path: string): string | null {
+function decrypt(key: Buffer, sealed: string, context: string): string | null {
   const raw = Buffer.from(sealed, 'base64url');
   if (raw.length < 28) return null;
   try {
     const decipher = createDecipheriv('aes-256-gcm', key, raw.subarray(0, 12));
-    decipher.setAAD(aad(eventId, path));
+    decipher.setAAD(Buffer.from(context));
     decipher.setAuthTag(raw.subarray(12, 28));
     return Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString('utf8');
   } catch {
@@ -120,12 +124,12 @@ function decrypt(key: Buffer, sealed: string, eventId: string, path: string): st
 
 /** Seals one body value with a data key. */
 export function sealValue(key: Buffer, plain: string, eventId: string, path: string): string {
-  return `${PREFIX}${encrypt(key, plain, eventId, path)}`;
+  return `${PREFIX}${encrypt(key, plain, aad(eventId, path))}`;
 }
 
 /** Opens one sealed body value, or null when it does not open with this key (altered, moved, another key). */
 export function openValue(key: Buffer, sealed: string, eventId: string, path: string): string | null {
-  return isSealed(sealed) ? decrypt(key, sealed.slice(PREFIX.length), eventId, path) : null;
+  return isSealed(sealed) ? decrypt(key, sealed.slice(PREFIX.length), aad(eventId, path)) : null;
 }
 
 type Actor = Record<string, unknown>;
@@ -183,6 +187,13 @@ export function holdsPersonalData(e: EventEnvelope): boolean {
 
 export class PersonalData {
   private readonly cache = new Map<string, { key: Buffer; until: number }>();
+  /**
+   * Sealed actor values by person and plain value, for as long as their key is cached: the events of
+   * one client (a metering producer sends thousands a minute from one address) share one ciphertext,
+   * sealed once. Bound to the person, not the event (the ledger's hash chain binds it to its entry).
+   */
+  private readonly actors = new Map<string, Map<string, { key: Buffer; value: string; until: number }>>();
+  private actorEntries = 0;
   /** Bumped by every erasure heard: a fetch that was in flight meanwhile is not cached. */
   private evictions = 0;
   private readonly cacheMs: number;
@@ -234,7 +245,7 @@ export class PersonalData {
         const a = e.actor as unknown as Actor;
         const plain = JSON.stringify(w.actor.fields.map((f) => a[f]));
         for (const f of w.actor.fields) delete a[f];
-        a.personal = `${PREFIX}${w.actor.fields.join(',')}:${encrypt(key, plain, e.id, ACTOR_PATH)}`;
+        a.personal = this.sealedActor(key, w.actor.ref, w.actor.fields, plain);
       }
       for (const b of w.body) {
         const key = keys.get(refKey(b.ref));
@@ -279,7 +290,7 @@ export class PersonalData {
         const colon = value.indexOf(':');
         const fields = value.slice(0, colon).split(',').filter((f) => (PERSONAL_ACTOR_FIELDS as readonly string[]).includes(f));
         const key = keys.get(refKey(w.actor));
-        const plain = key instanceof Buffer ? decrypt(key, value.slice(colon + 1), e.id, ACTOR_PATH) : null;
+        const plain = key instanceof Buffer ? decrypt(key, value.slice(colon + 1), actorContext(w.actor)) : null;
         let values: unknown[] = [];
         try {
           values = plain === null ? [] : (JSON.parse(plain) as unknown[]);
@@ -307,6 +318,25 @@ export class PersonalData {
   forget(ref: SubjectRef): void {
     this.evictions++;
     this.cache.delete(refKey(ref));
+    this.actors.delete(refKey(ref));
+  }
+
+  private sealedActor(key: Buffer, ref: SubjectRef, fields: string[], plain: string): string {
+    const k = refKey(ref);
+    const now = Date.now();
+    let mine = this.actors.get(k);
+    const hit = mine?.get(plain);
+    if (hit && hit.key === key && hit.until > now) return hit.value;
+    const value = `${PREFIX}${fields.join(',')}:${encrypt(key, plain, actorContext(ref))}`;
+    if (this.actorEntries >= this.maxCached) {
+      this.actors.clear();
+      this.actorEntries = 0;
+      mine = undefined;
+    }
+    if (!mine) this.actors.set(k, (mine = new Map()));
+    if (!mine.has(plain)) this.actorEntries++;
+    mine.set(plain, { key, value, until: now + this.cacheMs });
+    return value;
   }
 
   private async keysFor(refs: SubjectRef[], create: boolean, tx?: unknown): Promise<Map<string, SubjectKey>> {

@@ -5,7 +5,7 @@ const PASSWORD = 'correct horse battery staple';
 /** What only Ada's data holds: her email, her names, her address (forwarded by the trusted proxy) and her user agents. */
 const ADA = { email: 'ada@acme.test', name: 'Ada Lovelace', renamed: 'Ada King', ip: '198.51.100.7', agent: 'ada-agent/1.0', keyAgent: 'ada-key/1.0' };
 const DPO = { email: 'dpo@acme.test', ip: '198.51.100.99', agent: 'dpo-agent/1.0' };
-const ADA_TRACES = [ADA.email, ADA.name, ADA.renamed, ADA.ip, ADA.agent, ADA.keyAgent];
+const ADA_TRACES = [ADA.email, ADA.name, ADA.renamed, ADA.ip, ADA.agent, ADA.keyAgent, '198.51.100.8', 'é'.repeat(64)];
 
 type Http = ReturnType<typeof httpClient>;
 interface Envelope {
@@ -146,10 +146,18 @@ describe('personal data: sealed per person, exported, erased', () => {
     const byDpo = exported.find((e) => e.type === 'auth.user.roles_changed')!;
     expect(byDpo.actor).toEqual({ kind: 'user', id: dpoId, tenantId: tenant.id });
     expect(JSON.stringify(doc)).not.toContain(DPO.agent);
-    // Another person's export is not hers.
-    const other = await dpo('GET', `/api/v1/tenants/${tenant.id}/users/${dpoId}/personal-data`);
-    expect(other.status).toBe(200);
-    expect(JSON.stringify(other.body)).not.toContain(ADA.agent);
+    // Another person's export holds nothing of hers, nor of the user that person created.
+    const cy = await dpo('POST', `/api/v1/tenants/${tenant.id}/users`, { body: { email: 'cy@acme.test', name: 'Cy Young', password: PASSWORD, roles: ['viewer'] } });
+    expect(cy.status).toBe(201);
+    const other = await eventually(
+      () => dpo('GET', `/api/v1/tenants/${tenant.id}/users/${dpoId}/personal-data`),
+      (r) => r.status === 200 && eventsOf(r.body.ledgerEntries).some((e) => e.type === 'auth.user.created' && e.aggregateId === cy.body.id),
+      { what: "the administrator's export with the user they created" },
+    );
+    const made = eventsOf(other.body.ledgerEntries).find((e) => e.type === 'auth.user.created' && e.aggregateId === cy.body.id)!;
+    expect(made.data).toMatchObject({ email: '[redacted]', name: '[redacted]' });
+    expect(made.actor).toMatchObject({ id: dpoId, ip: DPO.ip, userAgent: DPO.agent });
+    for (const trace of [...ADA_TRACES, 'cy@acme.test', 'Cy Young']) expect(JSON.stringify(other.body)).not.toContain(trace);
   });
 
   it('a sign-in with the longest user agent of the widest characters is sealed and read back, and the account still works', async () => {

@@ -519,6 +519,27 @@ describe('CommandHandler', () => {
     };
     const outcome = (r: { state: CounterState; version: number; position: number }) => ({ state: r.state, version: r.version, position: r.position });
 
+    it('after an event the spec names as forgetting, a retried command is decided again on the state after it, in this replica and from the log', async () => {
+      const store = new FakeEventStore();
+      const forgets = ['counter.counter.started'];
+      const handler = handlerOn(store, { forgets });
+      await handler.handle(target, { type: 'add', by: 1 }, once('cmd-f'));
+      // A "forgetting" event lands after the command (here: started, on a counter that was never started).
+      await handler.handle(target, { type: 'start' }, meta);
+      const retried = await handler.handle(target, { type: 'add', by: 1 }, once('cmd-f'));
+      expect(retried.events).toHaveLength(1);
+      expect(retried.state.count).toBe(2);
+      // A replica loading the log forgets it too.
+      const fresh = await handlerOn(store, { forgets }).handle(target, { type: 'add', by: 1 }, once('cmd-f'));
+      expect(fresh.events).toHaveLength(1);
+      // Without the setting, the first outcome is answered again.
+      const plainStore = new FakeEventStore();
+      const plainHandler = handlerOn(plainStore);
+      await plainHandler.handle(target, { type: 'add', by: 1 }, once('cmd-p'));
+      await plainHandler.handle(target, { type: 'start' }, meta);
+      expect((await plainHandler.handle(target, { type: 'add', by: 1 }, once('cmd-p'))).events).toHaveLength(0);
+    });
+
     it('gives its events ids derived from the command id and the aggregate, and the command id in the envelope', async () => {
       const a = new FakeEventStore();
       const b = new FakeEventStore();

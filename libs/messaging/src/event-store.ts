@@ -141,13 +141,21 @@ export class EventStore {
     const ready = new Array<EventEnvelope>(facts.length);
     let sealedTo = 0;
     let sealing: Promise<void> | undefined;
+    let sealFailure: unknown;
     const sealThrough = async (i: number) => {
       while (i >= sealedTo) {
+        // Once a seal failed, nothing more is sealed or published (what went out is retried with the rest).
+        if (sealFailure) throw sealFailure;
         sealing ??= (async () => {
           const from = sealedTo;
-          const chunk = await sealed(this.m, facts.slice(from, from + FACT_SEAL_CHUNK));
-          chunk.forEach((f, j) => (ready[from + j] = f));
-          sealedTo = from + chunk.length;
+          try {
+            const chunk = await sealed(this.m, facts.slice(from, from + FACT_SEAL_CHUNK));
+            chunk.forEach((f, j) => (ready[from + j] = f));
+            sealedTo = from + chunk.length;
+          } catch (error) {
+            sealFailure = error;
+            throw error;
+          }
         })().finally(() => (sealing = undefined));
         await sealing;
       }

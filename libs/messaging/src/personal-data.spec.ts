@@ -181,6 +181,24 @@ describe('personal data (crypto-shredding)', () => {
     expect((await pd.open([c!], { actor: true }))[0]!.actor).toMatchObject({ ip: '203.0.113.9', userAgent: 'curl/8.5' });
   });
 
+  it('an address alone and a user agent alone of the same text do not share a ciphertext', async () => {
+    const pd = new PersonalData(new MemoryKeys());
+    const [a] = await pd.seal([created({ actor: { kind: 'user', id: ADMIN, tenantId: T, ip: 'x' } })]);
+    const [b] = await pd.seal([created({ id: '0190f3c0-0000-7000-8000-00000000e005', actor: { kind: 'user', id: ADMIN, tenantId: T, userAgent: 'x' } })]);
+    expect((await pd.open([b!], { actor: true }))[0]!.actor).toEqual({ kind: 'user', id: ADMIN, tenantId: T, userAgent: 'x' });
+    expect((await pd.open([a!], { actor: true }))[0]!.actor).toEqual({ kind: 'user', id: ADMIN, tenantId: T, ip: 'x' });
+  });
+
+  it('inside a transaction asks the owner every time, even for a key it has cached (an erasure must be seen)', async () => {
+    const keys = new MemoryKeys();
+    const pd = new PersonalData(keys);
+    await pd.seal([created()]);
+    const calls = keys.calls;
+    keys.erase({ tenantId: T, subjectId: ADMIN });
+    await expect(pd.seal([created()], {})).rejects.toBeInstanceOf(ErasedSubjectError);
+    expect(keys.calls).toBe(calls + 1);
+  });
+
   it('caches committed keys, not keys read or made inside a transaction that may roll back', async () => {
     const keys = new MemoryKeys();
     const pd = new PersonalData(keys);

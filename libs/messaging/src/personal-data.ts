@@ -40,6 +40,8 @@ import type { RpcClient } from './rpc';
  */
 
 const PREFIX = 'enc:v1:';
+/** Sealed actor values kept (each about 2 KiB with its key and text at most): the clients of a minute. */
+const MAX_SEALED_ACTORS = 10_000;
 /** The actor's sealed fields. */
 
 /** A data subject's key as its owner has it: the key, or gone for good, or never made. */
@@ -194,8 +196,9 @@ export class PersonalData {
    */
   private readonly actors = new Map<string, Map<string, { key: Buffer; value: string; until: number }>>();
   private actorEntries = 0;
-  /** Bumped by every erasure heard: a fetch that was in flight meanwhile is not cached. */
-  private evictions = 0;
+  /** When each subject's last erasure notice was heard: a fetch of its key in flight meanwhile is not cached. */
+  private readonly evictedAt = new Map<string, number>();
+  private fetches = 0;
   private readonly cacheMs: number;
   private readonly maxCached: number;
 
@@ -316,26 +319,31 @@ export class PersonalData {
 
   /** The subject was erased (or so a notice says): its key is dropped here; the owner is asked again at the next use. */
   forget(ref: SubjectRef): void {
-    this.evictions++;
-    this.cache.delete(refKey(ref));
-    this.actors.delete(refKey(ref));
+    const k = refKey(ref);
+    this.evictedAt.delete(k);
+    this.evictedAt.set(k, ++this.fetches);
+    if (this.evictedAt.size > this.maxCached) this.evictedAt.delete(this.evictedAt.keys().next().value!);
+    this.cache.delete(k);
+    this.actors.delete(k);
   }
 
   private sealedActor(key: Buffer, ref: SubjectRef, fields: string[], plain: string): string {
     const k = refKey(ref);
     const now = Date.now();
+    const names = fields.join(',');
+    const entry = `${names}\u0000${plain}`;
     let mine = this.actors.get(k);
-    const hit = mine?.get(plain);
+    const hit = mine?.get(entry);
     if (hit && hit.key === key && hit.until > now) return hit.value;
-    const value = `${PREFIX}${fields.join(',')}:${encrypt(key, plain, actorContext(ref))}`;
-    if (this.actorEntries >= this.maxCached) {
+    const value = `${PREFIX}${names}:${encrypt(key, plain, actorContext(ref))}`;
+    if (this.actorEntries >= MAX_SEALED_ACTORS) {
       this.actors.clear();
       this.actorEntries = 0;
       mine = undefined;
     }
     if (!mine) this.actors.set(k, (mine = new Map()));
-    if (!mine.has(plain)) this.actorEntries++;
-    mine.set(plain, { key, value, until: now + this.cacheMs });
+    if (!mine.has(entry)) this.actorEntries++;
+    mine.set(entry, { key, value, until: now + this.cacheMs });
     return value;
   }
 
@@ -346,7 +354,9 @@ export class PersonalData {
     for (const ref of refs) {
       const k = refKey(ref);
       if (found.has(k)) continue;
-      const hit = this.cache.get(k);
+      // Inside a transaction the owner's store is asked every time (it reads the key under a lock, so
+      // an erasure committing meanwhile is seen or waits): nobody acts as a person being erased.
+      const hit = tx === undefined ? this.cache.get(k) : undefined;
       if (hit && hit.until > now) {
         found.set(k, hit.key);
         continue;
@@ -355,14 +365,15 @@ export class PersonalData {
       missing.push(ref);
     }
     if (!missing.length) return found;
-    const evictions = this.evictions;
+    const started = ++this.fetches;
     const { keys, uncommitted } = await this.source.keys(missing, create, tx);
-    // An erasure heard while the keys were on their way: they may be from before it, so not kept.
-    const keep = this.evictions === evictions;
     missing.forEach((ref, i) => {
       const key = keys[i]!;
-      found.set(refKey(ref), key);
-      if (key instanceof Buffer && keep && !uncommitted?.has(i)) this.remember(refKey(ref), key);
+      const k = refKey(ref);
+      found.set(k, key);
+      // An erasure of this subject heard while its key was on its way: the key may be from before it, so not kept.
+      const evicted = (this.evictedAt.get(k) ?? 0) > started;
+      if (key instanceof Buffer && !evicted && !uncommitted?.has(i)) this.remember(k, key);
     });
     return found;
   }

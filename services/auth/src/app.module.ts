@@ -47,7 +47,7 @@ export function authModule(config: KeelConfig, logger: Logger) {
     projections: [
       { projection: { useFactory: () => new UsersProjection() } },
       // Erasures applied from the log: finished after a crash, applied again after a key store is restored.
-      { provide: ERASURES_RUNNER, projection: { useFactory: (pd: PersonalDataService) => new ErasuresProjection(pd), inject: [PersonalDataService] } },
+      { provide: ERASURES_RUNNER, projection: { useFactory: (pd: PersonalDataService, log: Logger) => new ErasuresProjection(pd, log), inject: [PersonalDataService, KEEL_LOGGER] } },
     ],
     // The data keys of personal data are this service's: sealed and opened from its own store.
     subjectKeys: { useFactory: (store: SubjectKeyStore) => store, inject: [SubjectKeyStore] },

@@ -1,16 +1,44 @@
 import { Injectable } from '@nestjs/common';
 import {
-  actorSubject, auditRpc, EventEnvelope, KeelError, LedgerEntry, Page, parseOrThrow, ProjectionStatus, ReplayPage, VerifyResult,
+  actorSubject, auditRpc, EventEnvelope, fieldSubject, KeelError, personalFieldsOf, LedgerEntry, Page, parseOrThrow, ProjectionStatus, ReplayPage, VerifyResult,
 } from '@keel/contracts';
 import { MessagePattern, PersonalData } from '@keel/messaging';
 import { LedgerWriter } from './ledger-writer';
 import { PublicJwk, SigningKeys } from '../signing/signing-keys';
 import { Checkpoint, LedgerRepository } from './ledger.repository';
 
-/** An envelope without its actor's personal data (sealed or not): what a person's export shows of someone else acting. */
-function withoutActorData(e: EventEnvelope): EventEnvelope {
-  const { ip: _ip, userAgent: _ua, personal: _p, ...actor } = e.actor;
-  return { ...e, actor };
+/** What a person's export shows in place of someone else's personal data in a body. */
+const REDACTED = '[redacted]';
+
+/**
+ * An envelope as a person's export shows it: another person's personal data left out (the actor's
+ * address and user agent when the actor is not them, a body field about someone else, such as the
+ * email of a user they created, as "[redacted]").
+ */
+function onlyTheirs(e: EventEnvelope, theirs: ReadonlySet<string>, actorIsTheirs: boolean): EventEnvelope {
+  let out = e;
+  if (!actorIsTheirs) {
+    const { ip: _ip, userAgent: _ua, personal: _p, ...actor } = e.actor;
+    out = { ...out, actor };
+  }
+  const fields = personalFieldsOf(e.type);
+  if (fields.length) {
+    const data = JSON.parse(JSON.stringify(e.data)) as Record<string, unknown>;
+    let changed = false;
+    for (const f of fields) {
+      const ref = fieldSubject(e, f);
+      if (ref && theirs.has(ref.subjectId)) continue;
+      let holder: unknown = data;
+      for (const key of f.path.slice(0, -1)) holder = holder && typeof holder === 'object' ? (holder as Record<string, unknown>)[key] : undefined;
+      const field = f.path[f.path.length - 1]!;
+      if (holder && typeof holder === 'object' && typeof (holder as Record<string, unknown>)[field] === 'string') {
+        (holder as Record<string, unknown>)[field] = REDACTED;
+        changed = true;
+      }
+    }
+    if (changed) out = { ...out, data };
+  }
+  return out;
 }
 
 @Injectable()
@@ -34,9 +62,9 @@ export class LedgerQueries {
     let opened: EventEnvelope[];
     if (!actorsOf) opened = await this.personalData.open(all, { actor: true });
     else {
-      // A person's export: their own address and user agent (and their keys' and sessions'), never another person's.
+      // A person's export: their own personal data (their keys' and sessions' acting too), never another person's.
       const theirs = (e: EventEnvelope) => actorsOf.has(actorSubject(e).subjectId);
-      const bodies = await this.personalData.open(all.map((e) => (theirs(e) ? e : withoutActorData(e))));
+      const bodies = await this.personalData.open(all.map((e) => onlyTheirs(e, actorsOf, theirs(e))));
       const actors = await this.personalData.open(bodies.filter(theirs), { actor: true });
       let j = 0;
       opened = bodies.map((e) => (theirs(e) ? actors[j++]! : e));

@@ -1,6 +1,7 @@
 import { EntityManager } from 'typeorm';
 import { authEventTypes as A, PositionedEvent } from '@keel/contracts';
 import { RetryLaterError } from '@keel/messaging';
+import { Logger } from '@keel/observability';
 import { Projection } from '@keel/projections';
 import type { Cleanup, PersonalDataService } from './personal-data.service';
 
@@ -18,7 +19,12 @@ export class ErasuresProjection implements Projection {
   readonly aggregateType = 'user';
   readonly tables: string[] = [];
 
-  constructor(private readonly personalData: PersonalDataService) {}
+  private lastReported = 0;
+
+  constructor(
+    private readonly personalData: PersonalDataService,
+    private readonly logger: Logger,
+  ) {}
 
   async apply(m: EntityManager, events: PositionedEvent[]): Promise<Cleanup[]> {
     const done: Cleanup[] = [];
@@ -28,8 +34,14 @@ export class ErasuresProjection implements Projection {
       try {
         done.push(await this.personalData.cleanUp(m, e.tenantId, e.aggregateId, meta));
       } catch (error) {
-        // Never a dead letter (an operator's skip would abandon an erasure): retried until it applies.
-        throw new RetryLaterError(`the erasure of ${e.aggregateId} did not apply yet: ${(error as Error).message}`);
+        // Never a dead letter (an operator's skip would abandon an erasure): retried until it applies,
+        // and reported (at most every 10 s) while it does not; the projection's lag shows it too.
+        const message = `the erasure of ${e.aggregateId} did not apply yet: ${(error as Error).message}`;
+        if (Date.now() - this.lastReported > 10_000) {
+          this.lastReported = Date.now();
+          this.logger.error({ err: error, userId: e.aggregateId, tenantId: e.tenantId }, 'erasure not applied; retrying');
+        }
+        throw new RetryLaterError(message);
       }
     }
     return done;

@@ -82,9 +82,11 @@ export class SubjectKeyStore implements SubjectKeySource {
       );
       for (const r of inserted) made.add(refKey(r.tenant_id, r.subject_id));
     }
+    // In a transaction the rows are read under a share lock: an erasure (which updates them) waits for
+    // it, or committed before and is seen, so nothing is sealed (nor done as the person) across it.
     const rows: KeyRow[] = await q.query(
       `SELECT k.tenant_id, k.subject_id, k.dek_sealed FROM ${KEYS} k
-       JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, subject_id) USING (tenant_id, subject_id)`,
+       JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, subject_id) USING (tenant_id, subject_id)${tx ? ' ORDER BY k.tenant_id, k.subject_id FOR SHARE OF k' : ''}`,
       [refs.map((r) => r.tenantId), refs.map((r) => r.subjectId)],
     );
     const byRef = new Map(rows.map((r) => [refKey(r.tenant_id, r.subject_id), r]));

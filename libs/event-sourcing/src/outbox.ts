@@ -2,7 +2,7 @@ import { headers as natsHeaders, PubAck } from 'nats';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import { CommandMeta, EventEnvelope, eventSubject, KeelError, nameBasedUuid, newEventId, validateEnvelope, validateEventBody } from '@keel/contracts';
 import { AdvisoryLeadership, tenantPolicySql } from '@keel/database';
-import { checkSealed, CORRELATION_HEADER, Messaging, sealed } from '@keel/messaging';
+import { CORRELATION_HEADER, Messaging, sealed } from '@keel/messaging';
 
 /**
  * A transactional outbox for state-stored aggregates (ARCHITECTURE.md §5): the row change and
@@ -240,10 +240,7 @@ export class Outbox {
       validateEventBody(e);
       return e;
     });
-    const pd = this.o.messaging.personalData;
-    const out = pd ? await pd.seal(checked, tx) : await sealed(this.o.messaging, checked);
-    for (let i = 0; i < out.length; i++) if (out[i] !== checked[i]) checkSealed(out[i]!);
-    return out.map((e) => {
+    return (await sealed(this.o.messaging, checked, tx)).map((e) => {
       const envelope = JSON.stringify(e);
       if (Buffer.byteLength(envelope) > max - 1024) {
         throw new KeelError('validation_failed', `The event is larger than the event log accepts (${max} bytes); send less data.`);

@@ -26,7 +26,7 @@ export function eventsOf(decoded: unknown): EventEnvelope[] {
  * every reader applies. That bound holds for every plain actor a command may carry (a unit test
  * seals the widest); this check makes sure, without validating the whole envelope again.
  */
-export function checkSealed(e: EventEnvelope): void {
+function checkSealed(e: EventEnvelope): void {
   const personal = (e.actor as { personal?: unknown }).personal;
   if (typeof personal === 'string' && personal.length > SEALED_ACTOR_MAX) {
     throw new Error(`The sealed actor of a ${e.type} event is ${personal.length} characters, more than readers take (${SEALED_ACTOR_MAX}).`);
@@ -34,16 +34,16 @@ export function checkSealed(e: EventEnvelope): void {
 }
 
 /**
- * `events` with their personal data sealed, checked again as envelopes (a reader must never meet an
- * envelope it refuses). Without a `PersonalData` nothing is sealed, and an event holding personal
+ * `events` with their personal data sealed (`tx`: the caller's open transaction, for a key store of
+ * its own), checked against what readers take (a reader must never meet an envelope it refuses). Without a `PersonalData` nothing is sealed, and an event holding personal
  * data is refused: it is never published in clear.
  */
-export async function sealed(m: Messaging, events: EventEnvelope[]): Promise<EventEnvelope[]> {
+export async function sealed(m: Messaging, events: EventEnvelope[], tx?: unknown): Promise<EventEnvelope[]> {
   if (!m.personalData) {
-    if (events.some(holdsPersonalData)) throw new Error('This process cannot seal personal data (no PersonalData on its connection), so it does not publish events that hold some.');
+    if (events.some(holdsPersonalData)) throw new Error('This process cannot seal personal data (no PersonalData on its connection: no KEEL_KEK), so it does not publish events that hold some.');
     return events;
   }
-  const out = await m.personalData.seal(events);
+  const out = await m.personalData.seal(events, tx);
   for (let i = 0; i < out.length; i++) if (out[i] !== events[i]) checkSealed(out[i]!);
   return out;
 }

@@ -125,12 +125,12 @@ function decrypt(key: Buffer, sealed: string, context: string): string | null {
 }
 
 /** Seals one body value with a data key. */
-export function sealValue(key: Buffer, plain: string, eventId: string, path: string): string {
+function sealValue(key: Buffer, plain: string, eventId: string, path: string): string {
   return `${PREFIX}${encrypt(key, plain, aad(eventId, path))}`;
 }
 
 /** Opens one sealed body value, or null when it does not open with this key (altered, moved, another key). */
-export function openValue(key: Buffer, sealed: string, eventId: string, path: string): string | null {
+function openValue(key: Buffer, sealed: string, eventId: string, path: string): string | null {
   return isSealed(sealed) ? decrypt(key, sealed.slice(PREFIX.length), aad(eventId, path)) : null;
 }
 
@@ -421,13 +421,6 @@ export class RemoteSubjectKeys implements SubjectKeySource {
 export function remoteSubjectKeys(rpc: RpcClient, kekBase64: string): SubjectKeySource {
   return new RemoteSubjectKeys((refs, create) => rpc.request(authRpc.subjectKeys.subject, { refs, create }), kekFrom(kekBase64));
 }
-
-/** For a process without the KEK: events without personal data pass; one with it is refused, never published in clear. */
-export const noSubjectKeys: SubjectKeySource = {
-  keys: async () => {
-    throw new Error('This process has no KEEL_KEK, so it can neither seal nor open personal data; give it KEEL_KEK (services.manifest.json "secrets").');
-  },
-};
 
 /** Core NATS (not the log: the erasure's event is there): every process drops the subject's key at once. */
 export const erasureSubject = (prefix: string) => `${prefix}keel.personal_data.erased`;

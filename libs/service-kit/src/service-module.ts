@@ -16,7 +16,7 @@ import Redis from 'ioredis';
 import { DataSource } from 'typeorm';
 import { KeelConfig, serviceDatabaseUrl } from '@keel/config';
 import { openDataSource, postgresCheck } from '@keel/database';
-import { KEEL_LOGGER, listenForErasures, MESSAGING, Messaging, MessagingModule, noSubjectKeys, PersonalData, remoteSubjectKeys, RpcClient, SubjectKeySource } from '@keel/messaging';
+import { KEEL_LOGGER, listenForErasures, MESSAGING, Messaging, MessagingModule, PersonalData, remoteSubjectKeys, RpcClient, SubjectKeySource } from '@keel/messaging';
 import { Logger, ReadinessCheck, withTimeout } from '@keel/observability';
 import { Projection, projectionCheck, ProjectionRunner } from '@keel/projections';
 import { manifestService } from './manifest';
@@ -197,10 +197,12 @@ export function serviceModule(o: ServiceModuleOptions): Type<unknown> {
     })),
     {
       // Seals what this process publishes and opens what its readers read (see PersonalData); set on
-      // the connection when the module starts, before anything is published.
+      // the connection when the module starts, before anything is published. A process with neither
+      // a key store of its own nor KEEL_KEK (the gateway) has none: it refuses to publish personal data.
       provide: PersonalData,
-      useFactory: (m: Messaging, rpc: RpcClient, ...deps: unknown[]) => {
-        const source = o.subjectKeys ? o.subjectKeys.useFactory(...deps) : config.KEEL_KEK ? remoteSubjectKeys(rpc, config.KEEL_KEK) : noSubjectKeys;
+      useFactory: (m: Messaging, rpc: RpcClient, ...deps: unknown[]): PersonalData | null => {
+        const source = o.subjectKeys ? o.subjectKeys.useFactory(...deps) : config.KEEL_KEK ? remoteSubjectKeys(rpc, config.KEEL_KEK) : null;
+        if (!source) return null;
         const pd = new PersonalData(source);
         m.personalData = pd;
         listenForErasures(m, pd);

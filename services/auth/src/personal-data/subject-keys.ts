@@ -33,7 +33,7 @@ export class SubjectKeyStore implements SubjectKeySource {
   ) {}
 
   async keys(refs: SubjectRef[], create: boolean, tx?: unknown): Promise<FetchedKeys> {
-    const { rows } = await this.rows(refs, create, tx as EntityManager | undefined);
+    const rows = await this.rows(refs, create, tx as EntityManager | undefined);
     const keys: SubjectKey[] = rows.map((row, i) => {
       if (!row) return 'absent';
       if (!row.dek_sealed) return 'erased';
@@ -46,7 +46,7 @@ export class SubjectKeyStore implements SubjectKeySource {
 
   /** For another service (`cmd.auth.subject_keys`): the keys as stored, sealed under the KEK. */
   async wrapped(refs: SubjectRef[], create: boolean): Promise<WrappedSubjectKey[]> {
-    return (await this.rows(refs, create)).rows.map((row) => {
+    return (await this.rows(refs, create)).map((row) => {
       if (!row) return { state: 'absent' };
       if (!row.dek_sealed) return { state: 'erased' };
       return { state: 'key', sealed: row.dek_sealed.toString('base64') };
@@ -68,19 +68,17 @@ export class SubjectKeyStore implements SubjectKeySource {
     }
   }
 
-  private async rows(refs: SubjectRef[], create: boolean, tx?: EntityManager): Promise<{ rows: (KeyRow | undefined)[]; made: Set<string> }> {
+  private async rows(refs: SubjectRef[], create: boolean, tx?: EntityManager): Promise<(KeyRow | undefined)[]> {
     const q = tx ?? this.ds;
-    const made = new Set<string>();
     if (create) {
       // A key for each subject that has none (a concurrent maker's wins; an erased subject's tombstone
       // stays), in one order, so that two transactions making the same keys cannot deadlock.
       const sorted = sortedRefs(refs);
-      const inserted: { tenant_id: string; subject_id: string }[] = await q.query(
+      await q.query(
         `INSERT INTO ${KEYS} (tenant_id, subject_id, dek_sealed)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) ON CONFLICT (tenant_id, subject_id) DO NOTHING RETURNING tenant_id, subject_id`,
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) ON CONFLICT (tenant_id, subject_id) DO NOTHING`,
         [sorted.map((r) => r.tenantId), sorted.map((r) => r.subjectId), sorted.map((r) => seal(this.kek, randomBytes(32), subjectKeyContext(r)))],
       );
-      for (const r of inserted) made.add(refKey(r.tenant_id, r.subject_id));
     }
     // In a transaction the rows are read under a share lock: an erasure (which updates them) waits for
     // it, or committed before and is seen, so nothing is sealed (nor done as the person) across it.
@@ -90,6 +88,6 @@ export class SubjectKeyStore implements SubjectKeySource {
       [refs.map((r) => r.tenantId), refs.map((r) => r.subjectId)],
     );
     const byRef = new Map(rows.map((r) => [refKey(r.tenant_id, r.subject_id), r]));
-    return { rows: refs.map((r) => byRef.get(refKey(r.tenantId, r.subjectId))), made };
+    return refs.map((r) => byRef.get(refKey(r.tenantId, r.subjectId)));
   }
 }

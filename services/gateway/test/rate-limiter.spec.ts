@@ -158,6 +158,89 @@ describe('RateLimiter (real Redis)', () => {
     expect(again).toEqual([true, true, true, false]);
   }, TIMEOUT);
 
+  describe('leases (limits from leases.from up)', () => {
+    const serverMs = async () => {
+      const [sec, us] = await gatewayA.time();
+      return Number(sec) * 1000 + Math.floor(Number(us) / 1000);
+    };
+
+    it('takes a lease per script call, counted in Redis before any of it is served, and counts remaining down exactly', async () => {
+      const limiter = new RateLimiter(gatewayA, prefix);
+      expect(limiter.leaseSize(5_999)).toBe(1);
+      expect(limiter.leaseSize(60_000)).toBe(100);
+      expect(limiter.leaseSize(10_000_000)).toBe(1_000);
+      const id = tenant('lease');
+      const first = await limiter.consume(id, 60_000);
+      expect(first).toMatchObject({ allowed: true, limit: 60_000, remaining: 59_999 });
+      expect(await counted(id)).toBe(100);
+      const seen = [first];
+      for (let i = 0; i < 49; i++) seen.push(await limiter.consume(id, 60_000));
+      // Half the lease served from memory: no further call, the same count in Redis.
+      expect(await counted(id)).toBe(100);
+      expect(seen.map((d) => d.remaining)).toEqual(Array.from({ length: 50 }, (_, i) => 59_999 - i));
+      // Past half, the next lease is taken in the background; the requests go on being served.
+      for (let i = 0; i < 100; i++) expect((await limiter.consume(id, 60_000)).allowed).toBe(true);
+      expect(await counted(id)).toBeGreaterThanOrEqual(200);
+      expect(await counted(id)).toBeLessThanOrEqual(300);
+    }, TIMEOUT);
+
+    it('never lets two gateways together allow more than the limit, and holds at most two leases each when demand outruns it', async () => {
+      const a = new RateLimiter(gatewayA, prefix);
+      const b = new RateLimiter(gatewayB, prefix);
+      const id = tenant('lease-burst');
+      const limit = 6_000;
+      const size = a.leaseSize(limit);
+      expect(size).toBe(10);
+      const decisions = await Promise.all(Array.from({ length: 9_000 }, (_, i) => (i % 2 ? a : b).consume(id, limit)));
+      const allowed = decisions.filter((d) => d.allowed).length;
+      expect(await counted(id)).toBe(limit);
+      expect(allowed).toBeLessThanOrEqual(limit);
+      expect(allowed).toBeGreaterThanOrEqual(limit - 2 * 2 * size);
+      for (const d of decisions.filter((x) => !x.allowed)) expect(d.retryAfterSeconds).toBeGreaterThanOrEqual(1);
+      // What a gateway still holds is served, then it refuses from memory: in all, exactly the limit, nothing more counted.
+      let held = 0;
+      for (const g of [a, b]) while ((await g.consume(id, limit)).allowed) held++;
+      expect(held).toBeLessThanOrEqual(2 * size);
+      expect(allowed + held).toBe(limit);
+      expect((await a.consume(id, limit)).allowed).toBe(false);
+      expect((await b.consume(id, limit)).allowed).toBe(false);
+      expect(await counted(id)).toBe(limit);
+    }, 30_000);
+
+    it('drops what is left of a lease when its window ends and takes the next from the new window', async () => {
+      const windowMs = 1_000;
+      const limiter = new RateLimiter(gatewayA, prefix, { windowMs });
+      const id = tenant('lease-window');
+      const limit = 60_000;
+      // Start early in a window, so that the lease is taken within it.
+      while ((await serverMs()) % windowMs > 300) await sleep(20);
+      const index = Math.floor((await serverMs()) / windowMs);
+      await limiter.consume(id, limit);
+      const keys = await keysOf(id);
+      expect(keys).toHaveLength(1);
+      expect(await gatewayA.get(keys[0]!)).toBe('100');
+      while (Math.floor((await serverMs()) / windowMs) <= index) await sleep(20);
+      const next = await limiter.consume(id, limit);
+      expect(next.allowed).toBe(true);
+      const after = await keysOf(id);
+      expect(after).toHaveLength(2);
+      // A new lease of the new window; the old window's count stays as it was.
+      expect((await gatewayA.mget(...after)).map(Number).sort((x, y) => x - y)).toEqual([100, 100]);
+    }, TIMEOUT);
+
+    it('serves from a lease already held while Redis is away, then reports the store unavailable', async () => {
+      const redis = await gatewayClient();
+      clients.push(redis);
+      const limiter = new RateLimiter(redis, prefix);
+      const id = tenant('lease-outage');
+      expect((await limiter.consume(id, 6_000)).allowed).toBe(true);
+      redis.disconnect();
+      // 9 left of the lease of 10; the background refill fails quietly.
+      for (let i = 0; i < 9; i++) expect((await limiter.consume(id, 6_000)).allowed).toBe(true);
+      await expect(limiter.consume(id, 6_000)).rejects.toBeInstanceOf(RateLimiterUnavailableError);
+    }, TIMEOUT);
+  });
+
   it('rejects within 2 s when Redis is unreachable, so the gateway can fail open', async () => {
     const down = new Redis('redis://127.0.0.1:1', { ...GATEWAY_OPTIONS, ...QUICK_DISCONNECT });
     down.on('error', () => undefined);

@@ -1,7 +1,7 @@
 import { ErrorCode, KeelError, RpcReply } from '@keel/contracts';
 import { extractTraceContext, injectTraceContext, SpanKind, withSpan, Logger } from '@keel/observability';
 import { ErrorCode as NatsErrorCode, headers as natsHeaders, Msg, NatsError, Subscription } from 'nats';
-import { decodeJson, encodeJson } from './codec';
+import { decodeJson, encodeJson, encodeOkReply } from './codec';
 import { Messaging } from './connection';
 import { outageReason } from './outage';
 
@@ -63,14 +63,13 @@ export function serveRpc(m: Messaging, subject: string, queue: string, handler: 
         return;
       }
       void withSpan(subject, { kind: SpanKind.SERVER, parent: extractTraceContext(msg.headers) }, async () => {
-        let reply: RpcReply<unknown>;
+        let data: Uint8Array;
         try {
           const body = msg.data.length ? decodeJson(msg.data) : {};
-          reply = { ok: true, value: await handler(body, msg) };
+          data = encodeOkReply(await handler(body, msg));
         } catch (error) {
-          reply = { ok: false, error: toErrorBody(error, subject, logger) };
+          data = encodeJson({ ok: false, error: toErrorBody(error, subject, logger) } satisfies RpcReply<never>);
         }
-        let data = encodeJson(reply);
         const max = m.nc.info?.max_payload ?? 1024 * 1024;
         if (data.length > max - 1024) {
           // An answer NATS cannot carry would throw out of here and end the process: say so instead.

@@ -10,7 +10,7 @@ import {
 } from '@keel/messaging';
 import { Logger, metricsRegistry } from '@keel/observability';
 import { AdvisoryLeadership, ALL_TENANTS, scopeTransaction } from '@keel/database';
-import { Projection } from './projection';
+import { MAX_LISTED_CHANGES, Projection, RebuildChanges } from './projection';
 import { shadowSchema } from './shadow';
 import { registerRunner, unregisterRunner } from './projection-admin';
 
@@ -329,6 +329,7 @@ export class ProjectionRunner {
         // Held: whatever batch was being applied has committed (the row lock), and no new one starts.
         await replayTo(await this.readCheckpoint());
         const swapping = performance.now();
+        const changes: RebuildChanges = {};
         const swapped = await this.o.ds.transaction(async (m) => {
           await scopeTransaction(m, ALL_TENANTS);
           const [row] = await m.query(
@@ -337,7 +338,7 @@ export class ProjectionRunner {
           );
           if (!row.ours) throw new KeelError('conflict', `Another rebuild of ${this.qualifiedName} took over this one's stale claim.`);
           if (!row.held || Number(row.position) > at) return false;
-          for (const t of tables) await this.replaceLiveRows(m, t);
+          for (const t of tables) changes[t] = await this.replaceLiveRows(m, t);
           await m.query(
             `UPDATE ${this.table} SET position = $2, held_until = NULL, rebuilding_since = NULL, rebuild_claim = NULL, updated_at = now() WHERE name = $1`,
             [this.name, at],
@@ -357,7 +358,7 @@ export class ProjectionRunner {
           this.checkpoint = Math.max(this.checkpoint, at);
           await this.refreshDeadLetters();
           const after = performance.now();
-          await this.o.projection.afterRebuild?.();
+          await this.o.projection.afterRebuild?.(changes);
           timings.afterRebuildMs = performance.now() - after;
           const rounded = Object.fromEntries(Object.entries(timings).map(([k, v]) => [k, Math.round(v)]));
           this.o.logger.info(
@@ -384,7 +385,7 @@ export class ProjectionRunner {
    * never holds a row that is not the shadow's (its unique constraints hold throughout). Without a key, or
    * with a column type that has no equality, every row is replaced.
    */
-  private async replaceLiveRows(m: EntityManager, table: string): Promise<void> {
+  private async replaceLiveRows(m: EntityManager, table: string): Promise<RebuildChanges[string]> {
     const live = `"${this.o.schema}".${table}`;
     const shadow = `"${shadowSchema(this.o.schema)}".${table}`;
     const key: string[] = (
@@ -394,15 +395,23 @@ export class ProjectionRunner {
         [live],
       )
     ).map((r: { attname: string }) => `"${r.attname.replace(/"/g, '""')}"`);
-    let replaced = false;
+    let changed: RebuildChanges[string] | undefined;
     if (key.length) {
       const sameKey = key.map((c) => `s.${c} = l.${c}`).join(' AND ');
+      // A data-modifying CTE runs to completion whatever its outer LIMIT: the rows are listed up to one past the most.
+      const listed = MAX_LISTED_CHANGES + 1;
       await m.query('SAVEPOINT keel_swap_diff');
       try {
-        await m.query(`DELETE FROM ${live} l WHERE NOT EXISTS (SELECT 1 FROM ${shadow} s WHERE ${sameKey} AND ROW(s.*) IS NOT DISTINCT FROM ROW(l.*))`);
-        await m.query(`INSERT INTO ${live} SELECT s.* FROM ${shadow} s WHERE NOT EXISTS (SELECT 1 FROM ${live} l WHERE ${sameKey})`);
+        const removed: Record<string, unknown>[] = await m.query(
+          `WITH d AS (DELETE FROM ${live} l WHERE NOT EXISTS (SELECT 1 FROM ${shadow} s WHERE ${sameKey} AND ROW(s.*) IS NOT DISTINCT FROM ROW(l.*)) RETURNING l.*)
+           SELECT * FROM d LIMIT ${listed}`,
+        );
+        const added: Record<string, unknown>[] = await m.query(
+          `WITH i AS (INSERT INTO ${live} SELECT s.* FROM ${shadow} s WHERE NOT EXISTS (SELECT 1 FROM ${live} l WHERE ${sameKey}) RETURNING *)
+           SELECT * FROM i LIMIT ${listed}`,
+        );
         await m.query('RELEASE SAVEPOINT keel_swap_diff');
-        replaced = true;
+        changed = removed.length < listed && added.length < listed ? { removed, added } : 'all';
       } catch (error) {
         // A column type without equality (json, xml, point…), 42883: replace every row instead.
         const code = (error as { code?: string; driverError?: { code?: string } }).driverError?.code ?? (error as { code?: string }).code;
@@ -410,18 +419,24 @@ export class ProjectionRunner {
         await m.query('ROLLBACK TO SAVEPOINT keel_swap_diff');
       }
     }
-    if (!replaced) {
+    if (!changed) {
       await m.query(`DELETE FROM ${live}`);
       await m.query(`INSERT INTO ${live} SELECT * FROM ${shadow}`);
+      changed = 'all';
     }
     await m.query(`TRUNCATE ${shadow}`);
+    return changed;
   }
 
-  /** A transaction whose unqualified table names are the shadow tables, scoped to every tenant. */
+  /**
+   * A transaction whose unqualified table names are the shadow tables, scoped to every tenant. Its commit does not wait for the WAL flush (`synchronous_commit`
+   * off, for this transaction only): a shadow page lost to a Postgres crash is only a rebuild to
+   * run again, and the swap, which commits synchronously, flushes every page written before it.
+   */
   private inShadow<T>(work: (m: EntityManager) => Promise<T>): Promise<T> {
     return this.o.ds.transaction(async (m) => {
-      // Both settings in one round trip (scopeTransaction's setting, with the search path).
-      await m.query(`SELECT set_config('search_path', $1, true), set_config('keel.tenant_id', $2, true)`, [
+      // The settings in one round trip (scopeTransaction's setting, with the search path).
+      await m.query(`SELECT set_config('search_path', $1, true), set_config('keel.tenant_id', $2, true), set_config('synchronous_commit', 'off', true)`, [
         `"${shadowSchema(this.o.schema)}", "${this.o.schema}"`,
         ALL_TENANTS,
       ]);

@@ -25,9 +25,19 @@ export interface Projection {
   apply(manager: EntityManager, events: PositionedEvent[]): Promise<unknown>;
   /** Runs after the commit (e.g. refresh a cache); must not fail the batch. */
   afterCommit?(applied: unknown): Promise<void>;
-  /** Runs after a rebuild committed (e.g. drop a cache filled from the old rows). */
-  afterRebuild?(): Promise<void>;
+  /** Runs after a rebuild committed (e.g. drop what a cache holds of the rows the swap changed). */
+  afterRebuild?(changes: RebuildChanges): Promise<void>;
 }
+
+/** Rows listed per table at most; a swap that changed more says 'all'. */
+export const MAX_LISTED_CHANGES = 10_000;
+
+/**
+ * What a rebuild's swap changed, per table: the live rows it removed (as they were) and the rows it
+ * put in (as they are), or 'all' when every row was replaced or more than MAX_LISTED_CHANGES of
+ * either kind changed. A rebuild that agrees with the live model changes nothing.
+ */
+export type RebuildChanges = Record<string, { removed: Record<string, unknown>[]; added: Record<string, unknown>[] } | 'all'>;
 
 /** SQL for the bookkeeping tables every service with projections creates in its schema. */
 export function projectionTablesSql(schema: string): string[] {

@@ -6,7 +6,7 @@ import { ensureDatabase, openDataSource } from '@keel/database';
 import { closeMessaging, connectMessaging, ensureEventStream, EventStore, Messaging, PermanentEventError, RpcClient } from '@keel/messaging';
 import { createLogger } from '@keel/observability';
 import { cleanupEnv, eventually, isolatedEnv } from '@keel/testing';
-import { Projection, ProjectionRunner, projectionShadowSql, projectionTablesSql } from '@keel/projections';
+import { Projection, ProjectionRunner, projectionShadowSql, projectionTablesSql, RebuildChanges } from '@keel/projections';
 import { Stack } from '@keel/testing';
 
 const logger = createLogger('projection-runner-test', 'silent');
@@ -476,7 +476,8 @@ describe('ProjectionRunner', () => {
     const audit = new Stack(env);
     await audit.start('audit');
     try {
-      const r = await runner(keyedProjection('keyed', 'keyctx'));
+      const heard: RebuildChanges[] = [];
+      const r = await runner({ ...keyedProjection('keyed', 'keyctx'), afterRebuild: async (changes) => void heard.push(changes) });
       let last = 0;
       for (let i = 0; i < 30; i++) last = (await publish('keyctx', `k${i % 6}`)).position;
       await r.waitFor(last, 10_000);
@@ -502,6 +503,13 @@ describe('ProjectionRunner', () => {
       for (const id of ['k1', 'k2']) expect(after.keyed[id]).not.toBe(before.keyed[id]);
       // A json column has no equality operator: every row was replaced, and the table is right all the same.
       for (const id of ['k0', 'k3']) expect(after.keyed_json[id]).not.toBe(before.keyed_json[id]);
+      // What the swap changed, for the projection's own caches: the drifted rows as they were and as they are now; all of the json table.
+      expect(heard).toHaveLength(1);
+      const keyed = heard[0]!.keyed as Exclude<RebuildChanges[string], 'all'>;
+      expect(keyed.removed.map((x) => [x.id, x.events]).sort()).toEqual([['ghost', 1], ['k1', 99]]);
+      expect(keyed.added.map((x) => x.id).sort()).toEqual(['k1', 'k2']);
+      expect(keyed.added.find((x) => x.id === 'k1')!.events).toBe(expected.keyed.find((x: { id: string }) => x.id === 'k1').events);
+      expect(heard[0]!.keyed_json).toBe('all');
       const shadow = await admin.query(`SELECT (SELECT count(*) FROM "${SCHEMA}_rebuild".keyed)::int AS a, (SELECT count(*) FROM "${SCHEMA}_rebuild".keyed_json)::int AS b`);
       expect(shadow.rows[0]).toEqual({ a: 0, b: 0 });
 

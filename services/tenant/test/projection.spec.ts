@@ -133,6 +133,33 @@ describe('tenant read model', () => {
     }
   });
 
+  it('a rebuild makes the cache forget the tenants it put right, and only those', async () => {
+    const drifted = await command('create', { slug: 'drifted-co', name: 'Drifted Co', plan: 'starter' });
+    const steady = await command('create', { slug: 'steady-co', name: 'Steady Co', plan: 'starter' });
+    await getConsistent(steady.state.id, steady.position);
+    await until(async () => (await ledgerHead()) >= steady.position, 'the ledger');
+    const Redis = (await import('ioredis')).default;
+    const redis = new Redis(env.REDIS_URL!);
+    const idKey = (id: string) => `${env.KEEL_REDIS_PREFIX}tenant:id:${id}`;
+    try {
+      await until(async () => (await redis.get(idKey(steady.state.id))) !== null, 'the cache');
+      // The live row drifted (a bug, a hand edit), and the cache was filled from it.
+      await db.query(`UPDATE tenant.tenants SET name = 'Wrong' WHERE id = $1`, [drifted.state.id]);
+      await redis.del(idKey(drifted.state.id), `${env.KEEL_REDIS_PREFIX}tenant:slug:drifted-co`);
+      expect((await rpc.request<Tenant>('qry.tenant.get', { idOrSlug: drifted.state.id })).name).toBe('Wrong');
+      await until(async () => (await redis.get(idKey(drifted.state.id))) !== null, 'the drifted row in the cache');
+      const steadyCached = await redis.get(idKey(steady.state.id));
+
+      await rpc.request('cmd.tenant.rebuild_projection', { meta, payload: { projection: 'tenants' } }, 120_000);
+      expect(await redis.get(idKey(drifted.state.id))).toBeNull();
+      expect((await rpc.request<Tenant>('qry.tenant.get', { idOrSlug: 'drifted-co' })).name).toBe('Drifted Co');
+      // The rows the rebuild agreed with stay cached.
+      expect(await redis.get(idKey(steady.state.id))).toBe(steadyCached);
+    } finally {
+      redis.disconnect();
+    }
+  });
+
   it('dead-letters an event that can never apply, reports it, and goes on with the next ones', async () => {
     const store = new EventStore(m);
     const ghost = newEventId();

@@ -2,7 +2,7 @@ import { Injectable } from '@nestjs/common';
 import {
   actorSubject, auditRpc, EventEnvelope, fieldSubject, KeelError, personalFieldsOf, LedgerEntry, Page, parseOrThrow, ProjectionStatus, ReplayPage, VerifyResult,
 } from '@keel/contracts';
-import { MessagePattern, PersonalData } from '@keel/messaging';
+import { MessagePattern, PersonalData, RawJson } from '@keel/messaging';
 import { LedgerWriter } from './ledger-writer';
 import { PublicJwk, SigningKeys } from '../signing/signing-keys';
 import { Checkpoint, LedgerRepository } from './ledger.repository';
@@ -126,7 +126,7 @@ export class LedgerQueries {
   }
 
   @MessagePattern('qry.audit.replay')
-  async replay(body: unknown): Promise<ReplayPage> {
+  async replay(body: unknown): Promise<RawJson<ReplayPage>> {
     const q = parseOrThrow(auditRpc.replay.request, body, 'replay query');
     return this.repo.replay(q.afterSeq, q.limit, q.contexts);
   }

@@ -3,6 +3,7 @@ import { DataSource, EntityManager } from 'typeorm';
 import { AuditEventsQuery, contextOf, EventEnvelope, LedgerEntry, Page, ReplayPage, VerifyResult } from '@keel/contracts';
 import { AUDIT_SCHEMA } from '../database/schema';
 import { ALL_TENANTS, inTenant, PooledClient, scopeTransaction, withPooledClient } from '@keel/database';
+import { RawJson } from '@keel/messaging';
 import { PublicJwk, verifyCheckpoint } from '../signing/signing-keys';
 import { chainHash, GENESIS_HASH } from './hash-chain';
 import { asRawRecord, entryHash, LedgerRecord } from './ledger-entry';
@@ -57,7 +58,7 @@ export function isDataError(error: unknown): boolean {
 let savepoints = 0;
 
 /** The most envelope bytes one replay page carries, well inside a NATS reply. */
-const REPLAY_PAGE_BYTES = 640 * 1024;
+const REPLAY_PAGE_BYTES = 896 * 1024;
 
 export interface Tail {
   seq: number;
@@ -322,7 +323,12 @@ export class LedgerRepository {
     });
   }
 
-  async replay(afterSeq: number, limit: number, contexts?: string[]): Promise<ReplayPage> {
+  /**
+   * A page of the ledger for a projection's replay, as JSON text: each envelope goes out as Postgres
+   * prints it, framed with its position, without being parsed here and encoded again (a decision's
+   * array of envelopes is split into its events, each with the decision's position).
+   */
+  async replay(afterSeq: number, limit: number, contexts?: string[]): Promise<RawJson<ReplayPage>> {
     return this.ds.transaction('REPEATABLE READ', async (m) => {
       await scopeTransaction(m, ALL_TENANTS);
       // In seq order from an index, never a sort of everything after `afterSeq` for each page (see verify).
@@ -338,22 +344,26 @@ export class LedgerRepository {
         params.push(contexts);
         filter = 'AND context = ANY($4)';
       }
-      const rows: { seq: string; envelope: EventEnvelope; size: number }[] = await m.query(
+      const rows: { seq: string; envelope: string }[] = await m.query(
         // Incidents are not envelopes: no projection can apply them (live, they are dead-lettered).
-        `SELECT seq, envelope, octet_length(envelope::text) AS size FROM ${LEDGER}
+        `SELECT seq, envelope::text AS envelope FROM ${LEDGER}
          WHERE seq > $1 AND seq <= $2 AND problem IS NULL ${filter} ORDER BY seq LIMIT $3`,
         params,
       );
       // A page must fit in one NATS reply (max_payload, 1 MiB by default): cut it by size too.
+      const parts: string[] = [];
       let bytes = 0;
-      let take = 0;
-      while (take < rows.length && (take === 0 || bytes + rows[take]!.size <= REPLAY_PAGE_BYTES)) bytes += rows[take++]!.size;
-      const page = rows.slice(0, take);
-      const events = page.flatMap((r) =>
-        (Array.isArray(r.envelope) ? (r.envelope as EventEnvelope[]) : [r.envelope]).map((event) => ({ position: Number(r.seq), event })),
-      );
-      const scannedTo = rows.length < limit && take === rows.length ? Math.max(head, afterSeq) : Number(page[page.length - 1]!.seq);
-      return { events, scannedTo, headSeq: head };
+      for (const r of rows) {
+        const framed = r.envelope.startsWith('[')
+          ? (JSON.parse(r.envelope) as unknown[]).map((e) => `{"position":${r.seq},"event":${JSON.stringify(e)}}`).join(',')
+          : `{"position":${r.seq},"event":${r.envelope}}`;
+        const size = Buffer.byteLength(framed) + 1;
+        if (parts.length && bytes + size > REPLAY_PAGE_BYTES) break;
+        bytes += size;
+        parts.push(framed);
+      }
+      const scannedTo = rows.length < limit && parts.length === rows.length ? Math.max(head, afterSeq) : Number(rows[parts.length - 1]!.seq);
+      return new RawJson<ReplayPage>(`{"events":[${parts.join(',')}],"scannedTo":${scannedTo},"headSeq":${head}}`);
     });
   }
 

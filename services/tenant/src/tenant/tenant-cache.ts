@@ -43,6 +43,14 @@ export class TenantCache {
       .exec();
   }
 
+  /** Drops the entries of these tenants (by id and by slug). */
+  async forget(tenants: { id: string; slug: string }[]): Promise<void> {
+    const keys = tenants.flatMap((t) => [this.idKey(t.id), this.slugKey(t.slug)]);
+    const unlinked: Promise<number>[] = [];
+    for (let i = 0; i < keys.length; i += 1_000) unlinked.push(this.redis.unlink(...keys.slice(i, i + 1_000)));
+    await Promise.all(unlinked);
+  }
+
   /**
    * Drops every entry: large SCAN steps, each step's keys unlinked (freed by Redis in the background)
    * while the next step is asked for.

@@ -1,7 +1,7 @@
 import { EntityManager } from 'typeorm';
 import { EventEnvelope, PositionedEvent, Tenant, TenantEvent, tenantEventTypes as T } from '@keel/contracts';
 import { PermanentEventError } from '@keel/messaging';
-import { applyFolded, FoldedRows, Projection } from '@keel/projections';
+import { applyFolded, FoldedRows, Projection, RebuildChanges } from '@keel/projections';
 import { TenantCache } from './tenant-cache';
 
 /** Unqualified: the role's search_path is its schema, and a rebuild points it at the shadow schema. */
@@ -60,8 +60,13 @@ export class TenantsProjection implements Projection {
     await this.cache.put(rows.map(rowToTenant));
   }
 
-  async afterRebuild(): Promise<void> {
-    await this.cache.clear();
+  /** The cache forgets the tenants the swap changed (by id and by slug, old and new); all of them when it changed too many to list. */
+  async afterRebuild(changes: RebuildChanges): Promise<void> {
+    const changed = changes[TABLE];
+    if (changed === undefined) return;
+    if (changed === 'all') return this.cache.clear();
+    const rows = [...changed.removed, ...changed.added] as unknown as TenantRow[];
+    await this.cache.forget(rows.map((r) => ({ id: r.id, slug: r.slug })));
   }
 }
 

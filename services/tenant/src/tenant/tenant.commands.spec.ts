@@ -13,12 +13,18 @@ function fixture(stored: { state: TenantState; version: number; position: number
   const ds = {
     async query(sql: string, params: unknown[]) {
       const s = sql.replace(/\s+/g, ' ').trim();
-      const [slug, tenantId] = params as [string, string];
       if (s.startsWith('INSERT INTO')) {
-        if (reservations.has(slug)) return [];
-        reservations.set(slug, { tenantId, reservedAt: new Date() });
-        return [{ slug }];
+        // A batch of reservations (SlugReservations): the rows inserted, first come first served.
+        const [slugs, tenantIds] = params as [string[], string[]];
+        const inserted: { slug: string; tenant_id: string }[] = [];
+        slugs.forEach((slug, i) => {
+          if (reservations.has(slug)) return;
+          reservations.set(slug, { tenantId: tenantIds[i]!, reservedAt: new Date() });
+          inserted.push({ slug, tenant_id: tenantIds[i]! });
+        });
+        return inserted;
       }
+      const [slug, tenantId] = params as [string, string];
       if (s.startsWith('SELECT tenant_id, reserved_at')) {
         const held = reservations.get(slug);
         return held ? [{ tenant_id: held.tenantId, reserved_at: held.reservedAt }] : [];

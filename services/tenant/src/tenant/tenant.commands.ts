@@ -15,6 +15,7 @@ import {
 import { aggregateIdFor, CommandHandler } from '@keel/event-sourcing';
 import { EventStore, MessagePattern } from '@keel/messaging';
 import { CROSS_TENANT_DS, TENANT_SCHEMA } from '../database/schema';
+import { SlugReservations } from './slug-reservations';
 import { TenantDecisionCommand, tenantDecider, TenantState, toTenant } from './tenant.decider';
 
 // Each command and query parses its input with the request schema its declaration in libs/contracts names.
@@ -34,6 +35,7 @@ const STALE_RESERVATION_MS = 30_000;
 @Injectable()
 export class TenantCommands {
   private readonly handler: CommandHandler<TenantState, TenantDecisionCommand, never>;
+  private readonly reservations: SlugReservations;
 
   constructor(
     private readonly store: EventStore,
@@ -44,6 +46,7 @@ export class TenantCommands {
       aggregateType: TENANT_AGGREGATE,
       decider: tenantDecider as never,
     });
+    this.reservations = new SlugReservations(crossTenant, `"${TENANT_SCHEMA}".slug_reservations`);
   }
 
   /**
@@ -147,11 +150,8 @@ export class TenantCommands {
   private async reserveSlug(slug: string, tenantId: string): Promise<void> {
     const m = this.crossTenant;
     const table = `"${TENANT_SCHEMA}".slug_reservations`;
-    const inserted = await m.query(
-      `INSERT INTO ${table} (slug, tenant_id) VALUES ($1, $2) ON CONFLICT (slug) DO NOTHING RETURNING slug`,
-      [slug, tenantId],
-    );
-    if (inserted.length) return;
+    // Concurrent creates reserve together (one INSERT and one commit for all of them).
+    if (await this.reservations.reserve(slug, tenantId)) return;
     const [held] = await m.query(`SELECT tenant_id, reserved_at FROM ${table} WHERE slug = $1`, [slug]);
     // Held for this very tenant: a retry of the create that reserved it (its id comes from the command id).
     if (held?.tenant_id === tenantId) return;

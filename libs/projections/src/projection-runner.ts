@@ -428,15 +428,11 @@ export class ProjectionRunner {
     return changed;
   }
 
-  /**
-   * A transaction whose unqualified table names are the shadow tables, scoped to every tenant. Its commit does not wait for the WAL flush (`synchronous_commit`
-   * off, for this transaction only): a shadow page lost to a Postgres crash is only a rebuild to
-   * run again, and the swap, which commits synchronously, flushes every page written before it.
-   */
+  /** A transaction whose unqualified table names are the shadow tables, scoped to every tenant. */
   private inShadow<T>(work: (m: EntityManager) => Promise<T>): Promise<T> {
     return this.o.ds.transaction(async (m) => {
-      // The settings in one round trip (scopeTransaction's setting, with the search path).
-      await m.query(`SELECT set_config('search_path', $1, true), set_config('keel.tenant_id', $2, true), set_config('synchronous_commit', 'off', true)`, [
+      // Both settings in one round trip (scopeTransaction's setting, with the search path).
+      await m.query(`SELECT set_config('search_path', $1, true), set_config('keel.tenant_id', $2, true)`, [
         `"${shadowSchema(this.o.schema)}", "${this.o.schema}"`,
         ALL_TENANTS,
       ]);

@@ -354,7 +354,8 @@ export class LedgerRepository {
       const parts: string[] = [];
       let bytes = 0;
       for (const r of rows) {
-        const framed = r.envelope.startsWith('[')
+        // The column keeps the text as published (json, not jsonb): whitespace may come before a decision's '['.
+        const framed = r.envelope.trimStart().startsWith('[')
           ? (JSON.parse(r.envelope) as unknown[]).map((e) => `{"position":${r.seq},"event":${JSON.stringify(e)}}`).join(',')
           : `{"position":${r.seq},"event":${r.envelope}}`;
         const size = Buffer.byteLength(framed) + 1;

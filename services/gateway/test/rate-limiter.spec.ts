@@ -164,8 +164,11 @@ describe('RateLimiter (real Redis)', () => {
       return Number(sec) * 1000 + Math.floor(Number(us) / 1000);
     };
 
+    // An hour's window: the counts below are of one window, and a minute's boundary would fall inside a test now and then.
+    const HOUR = 3_600_000;
+
     it('takes a lease per script call, counted in Redis before any of it is served, and counts remaining down exactly', async () => {
-      const limiter = new RateLimiter(gatewayA, prefix);
+      const limiter = new RateLimiter(gatewayA, prefix, { windowMs: HOUR });
       expect(limiter.leaseSize(5_999)).toBe(1);
       expect(limiter.leaseSize(60_000)).toBe(100);
       expect(limiter.leaseSize(10_000_000)).toBe(1_000);
@@ -185,8 +188,8 @@ describe('RateLimiter (real Redis)', () => {
     }, TIMEOUT);
 
     it('never lets two gateways together allow more than the limit, and holds at most two leases each when demand outruns it', async () => {
-      const a = new RateLimiter(gatewayA, prefix);
-      const b = new RateLimiter(gatewayB, prefix);
+      const a = new RateLimiter(gatewayA, prefix, { windowMs: HOUR });
+      const b = new RateLimiter(gatewayB, prefix, { windowMs: HOUR });
       const id = tenant('lease-burst');
       const limit = 6_000;
       const size = a.leaseSize(limit);
@@ -231,7 +234,7 @@ describe('RateLimiter (real Redis)', () => {
     it('serves from a lease already held while Redis is away, then reports the store unavailable', async () => {
       const redis = await gatewayClient();
       clients.push(redis);
-      const limiter = new RateLimiter(redis, prefix);
+      const limiter = new RateLimiter(redis, prefix, { windowMs: HOUR });
       const id = tenant('lease-outage');
       expect((await limiter.consume(id, 6_000)).allowed).toBe(true);
       redis.disconnect();

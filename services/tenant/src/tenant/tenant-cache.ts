@@ -45,10 +45,7 @@ export class TenantCache {
 
   /** Drops the entries of these tenants (by id and by slug). */
   async forget(tenants: { id: string; slug: string }[]): Promise<void> {
-    const keys = tenants.flatMap((t) => [this.idKey(t.id), this.slugKey(t.slug)]);
-    const unlinked: Promise<number>[] = [];
-    for (let i = 0; i < keys.length; i += 1_000) unlinked.push(this.redis.unlink(...keys.slice(i, i + 1_000)));
-    await Promise.all(unlinked);
+    await Promise.all(this.unlink(tenants.flatMap((t) => [this.idKey(t.id), this.slugKey(t.slug)])));
   }
 
   /**
@@ -60,9 +57,16 @@ export class TenantCache {
     let cursor = '0';
     do {
       const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${this.prefix}tenant:*`, 'COUNT', 10_000);
-      for (let i = 0; i < keys.length; i += 1_000) unlinked.push(this.redis.unlink(...keys.slice(i, i + 1_000)));
+      unlinked.push(...this.unlink(keys));
       cursor = next;
     } while (cursor !== '0');
     await Promise.all(unlinked);
+  }
+
+  /** UNLINK in steps of 1,000 keys (freed by Redis in the background); one promise per step. */
+  private unlink(keys: string[]): Promise<number>[] {
+    const steps: Promise<number>[] = [];
+    for (let i = 0; i < keys.length; i += 1_000) steps.push(this.redis.unlink(...keys.slice(i, i + 1_000)));
+    return steps;
   }
 }

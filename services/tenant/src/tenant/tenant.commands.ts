@@ -29,6 +29,9 @@ const requests = {
   current: tenantRpc.current.request,
 };
 
+/** Slugs reserved before their tenant's creating event is appended (unique across tenants). */
+const SLUG_TABLE = `"${TENANT_SCHEMA}".slug_reservations`;
+
 /** A reservation older than this whose tenant never reached the log is abandoned. */
 const STALE_RESERVATION_MS = 30_000;
 
@@ -46,7 +49,7 @@ export class TenantCommands {
       aggregateType: TENANT_AGGREGATE,
       decider: tenantDecider as never,
     });
-    this.reservations = new SlugReservations(crossTenant, `"${TENANT_SCHEMA}".slug_reservations`);
+    this.reservations = new SlugReservations(crossTenant, SLUG_TABLE);
   }
 
   /**
@@ -58,7 +61,7 @@ export class TenantCommands {
     const { idOrSlug } = parseOrThrow(requests.current, body, 'tenant lookup');
     let tenantId: string | undefined = idOrSlug;
     if (!tenantIdSchema.safeParse(idOrSlug).success) {
-      const [held] = await this.crossTenant.query(`SELECT tenant_id FROM "${TENANT_SCHEMA}".slug_reservations WHERE slug = $1`, [idOrSlug]);
+      const [held] = await this.crossTenant.query(`SELECT tenant_id FROM ${SLUG_TABLE} WHERE slug = $1`, [idOrSlug]);
       tenantId = held?.tenant_id;
     }
     if (!tenantId) throw new KeelError('not_found', 'No such tenant.');
@@ -104,7 +107,7 @@ export class TenantCommands {
 
   /** Frees a slug reserved for `tenantId` (only that tenant's reservation of it). */
   private async releaseSlug(slug: string, tenantId: string): Promise<void> {
-    await this.crossTenant.query(`DELETE FROM "${TENANT_SCHEMA}".slug_reservations WHERE slug = $1 AND tenant_id = $2`, [slug, tenantId]);
+    await this.crossTenant.query(`DELETE FROM ${SLUG_TABLE} WHERE slug = $1 AND tenant_id = $2`, [slug, tenantId]);
   }
 
   @MessagePattern('cmd.tenant.change_plan')
@@ -149,17 +152,16 @@ export class TenantCommands {
    */
   private async reserveSlug(slug: string, tenantId: string): Promise<void> {
     const m = this.crossTenant;
-    const table = `"${TENANT_SCHEMA}".slug_reservations`;
     // Concurrent creates reserve together (one INSERT and one commit for all of them).
     if (await this.reservations.reserve(slug, tenantId)) return;
-    const [held] = await m.query(`SELECT tenant_id, reserved_at FROM ${table} WHERE slug = $1`, [slug]);
+    const [held] = await m.query(`SELECT tenant_id, reserved_at FROM ${SLUG_TABLE} WHERE slug = $1`, [slug]);
     // Held for this very tenant: a retry of the create that reserved it (its id comes from the command id).
     if (held?.tenant_id === tenantId) return;
     if (held && Date.now() - new Date(held.reserved_at).getTime() > STALE_RESERVATION_MS) {
       const owner = await this.handler.load({ tenantId: held.tenant_id, aggregateId: held.tenant_id });
       if (owner.version === 0) {
         const [, taken] = await m.query(
-          `UPDATE ${table} SET tenant_id = $2, reserved_at = now() WHERE slug = $1 AND tenant_id = $3`,
+          `UPDATE ${SLUG_TABLE} SET tenant_id = $2, reserved_at = now() WHERE slug = $1 AND tenant_id = $3`,
           [slug, tenantId, held.tenant_id],
         );
         if (taken === 1) return;

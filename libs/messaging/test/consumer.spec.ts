@@ -479,6 +479,8 @@ describe('DurableEventConsumer', () => {
           failures++;
           throw new Error('connection terminated');
         }
+        // Gone is gone: every call fails until the database is back (not only the first one).
+        if (down) throw new Error('connection terminated');
         sink.commit(batch);
       },
       acquireLeadership: async () => {

@@ -72,6 +72,39 @@ describe('tenants through the gateway', () => {
     expect(dup.body.code).toBe('slug_taken');
   });
 
+  it('GET /tenants/{id}, served on Fastify directly, answers as the Nest routes do: headers, problems, nothing else', async () => {
+    const created = await create('direct-read');
+    const path = `/api/v1/tenants/${created.tenant.id}`;
+    const ok = await readConsistent(`${path}?consistentWith=${created.position}`);
+    expect(ok.status).toBe(200);
+    expect(ok.headers.get('content-type')).toBe('application/json; charset=utf-8');
+    // The same JSON as the tenant's read model answers over NATS, and the version as its ETag.
+    expect(ok.body).toEqual((await http('GET', `/api/v1/tenants?limit=100`)).body.items.find((t: { id: string }) => t.id === created.tenant.id));
+    expect(ok.headers.get('etag')).toBe('"1"');
+    const traced = await http('GET', path, { headers: { 'x-request-id': 'direct-read-1' } });
+    expect(traced.headers.get('x-request-id')).toBe('direct-read-1');
+    // Answered from the directory the second time: the same bytes.
+    expect(JSON.stringify((await http('GET', path)).body)).toBe(JSON.stringify(traced.body));
+
+    const problems: [string, ReturnType<typeof httpClient>, string, number, string, string[]?][] = [
+      ['no token', httpClient(stack.gatewayUrl), path, 401, 'unauthorized'],
+      ['a token that is not one', httpClient(stack.gatewayUrl, 'x'.repeat(40)), path, 401, 'unauthorized'],
+      ['an unknown query', http, `${path}?sideways=1`, 400, 'validation_failed', ['(whole)']],
+      ['a bad consistentWith', http, `${path}?consistentWith=soon`, 400, 'validation_failed', ['consistentWith']],
+      ['NUL in the id', http, '/api/v1/tenants/a%00b', 400, 'validation_failed', ['idOrSlug']],
+      ['no such tenant', http, '/api/v1/tenants/01a23bc6-1024-704a-87c2-d9b28adc6223', 404, 'not_found'],
+      ['no such slug', http, '/api/v1/tenants/nobody-here', 404, 'not_found'],
+    ];
+    for (const [what, client, url, status, code, fields] of problems) {
+      const r = await client('GET', url);
+      expect({ what, status: r.status, code: r.body?.code, type: r.headers.get('content-type') }).toEqual({ what, status, code, type: 'application/problem+json; charset=utf-8' });
+      expect({ what, instance: r.body.instance, title: typeof r.body.title }).toEqual({ what, instance: url, title: 'string' });
+      if (fields) expect({ what, fields: r.body.errors.map((e: { field: string }) => e.field) }).toEqual({ what, fields });
+      if (status === 401) expect(r.headers.get('www-authenticate')).toBe('Bearer realm="keel"');
+      expect(r.headers.get('x-request-id')).toBeTruthy();
+    }
+  });
+
   it('walks the lifecycle and refuses invalid transitions', async () => {
     const { tenant } = await create('lifecycle-co');
     const id = tenant.id;

@@ -3,9 +3,11 @@ import {
   changePlanSchema,
   createTenantSchema,
   DEFAULT_TENANT_SETTINGS,
+  isTenantId,
   PLAN_QUOTAS,
   quotasSchema,
   slugSchema,
+  tenantIdSchema,
   tenantSettingsSchema,
   updateSettingsSchema,
 } from './tenant';
@@ -198,5 +200,17 @@ describe('updateSettingsSchema', () => {
 
   it('keeps the bounds of the full settings', () => {
     expect(updateSettingsSchema.safeParse({ sessionTimeoutMinutes: 4 }).success).toBe(false);
+  });
+});
+
+describe('isTenantId', () => {
+  it('says what tenantIdSchema says, for ids, slugs and near misses', () => {
+    const samples = [
+      '01a23bc6-1024-704a-87c2-d9b28adc6223', '01A23BC6-1024-704A-87C2-D9B28ADC6223', '00000000-0000-0000-0000-000000000000',
+      'ffffffff-ffff-ffff-ffff-ffffffffffff', '01a23bc6-1024-904a-87c2-d9b28adc6223', '01a23bc6-1024-704a-c7c2-d9b28adc6223',
+      '01a23bc6-1024-704a-87c2-d9b28adc622', '01a23bc6-1024-704a-87c2-d9b28adc6223 ', 'acme', '', 'a\u0000b', '{01a23bc6-1024-704a-87c2-d9b28adc6223}',
+    ];
+    for (const s of samples) expect({ s, id: isTenantId(s) }).toEqual({ s, id: tenantIdSchema.safeParse(s).success });
+    expect(samples.filter(isTenantId)).toHaveLength(4);
   });
 });

@@ -12,6 +12,7 @@ import { ProblemFilter } from './http/problem';
 import { IdempotencyInterceptor } from './http/idempotency.interceptor';
 import { DenialRecorder } from './http/denials';
 import { RequestGuard } from './http/request.guard';
+import { Admission } from './http/admission';
 import { OpsController } from './ops/ops.controller';
 import { TenantDirectory } from './tenants/tenant-directory';
 import { AuthController } from './identity/auth.controller';
@@ -37,6 +38,7 @@ export function gatewayModule(config: KeelConfig, logger: Logger) {
     providers: [
       ApiDocuments,
       { provide: TypedRpc, useFactory: (rpc: RpcClient) => new TypedRpc(rpc), inject: [RpcClient] },
+      Admission,
       { provide: APP_GUARD, useClass: RequestGuard },
       IdempotencyInterceptor,
       DenialRecorder,

@@ -13,6 +13,9 @@ import { DenialRecorder, recordDenials } from './http/denials';
 import { answerClientError, tlsOptions, trustProxyOption } from './http/edge';
 import { registerPublicRateLimit } from './http/public-rate-limit';
 import { RateLimiter } from './http/rate-limiter';
+import { Admission } from './http/admission';
+import { directRoutes, registerDirectRoutes } from './http/direct-routes';
+import { TenantDirectory } from './tenants/tenant-directory';
 
 const BODY_LIMIT = 64 * 1024;
 /** Request line and headers together (Node's default, said here because the 431 answer names it). */
@@ -36,6 +39,8 @@ export async function createGatewayApp(config: KeelConfig, logger: Logger): Prom
   });
   const tls = tlsOptions(config);
   const adapter = new FastifyAdapter({
+    // No Nest middleware anywhere (guards, interceptors and Fastify hooks instead): no middie hook per request.
+    skipMiddie: true,
     bodyLimit: BODY_LIMIT,
     trustProxy: trustProxyOption(config),
     frameworkErrors: refuseBadUrl,
@@ -47,11 +52,17 @@ export async function createGatewayApp(config: KeelConfig, logger: Logger): Prom
     },
   });
   const fastify = adapter.getInstance();
+  // One labelled child per method, route and status, looked up by a plain key (labels are not hashed per request).
+  const series = new Map<string, { observe(v: number): void }>();
   fastify.addHook('onResponse', (req, reply, done) => {
-    duration.observe(
-      { method: req.method, route: req.routeOptions.url ?? 'unmatched', status: String(reply.statusCode) },
-      reply.elapsedTime / 1000,
-    );
+    const route = req.routeOptions.url ?? 'unmatched';
+    const key = `${req.method} ${reply.statusCode} ${route}`;
+    let child = series.get(key);
+    if (!child) {
+      child = duration.labels({ method: req.method, route, status: String(reply.statusCode) });
+      series.set(key, child);
+    }
+    child.observe(reply.elapsedTime / 1000);
     done();
   });
   const app = await NestFactory.create<NestFastifyApplication>(gatewayModule(config, logger), adapter, {
@@ -66,5 +77,7 @@ export async function createGatewayApp(config: KeelConfig, logger: Logger): Prom
     routes: allRoutes(),
     logger,
   });
+  // Hot reads on Fastify directly, with the same admission as every Nest route (see http/direct-routes.ts).
+  registerDirectRoutes(fastify, { admission: app.get(Admission), logger, routes: directRoutes({ directory: app.get(TenantDirectory) }) });
   return app;
 }

@@ -5,6 +5,7 @@ import { KeelConfig } from '@keel/config';
 import { allRoutes, RouteDecl } from '@keel/contracts';
 import { Logger } from '@keel/observability';
 import { gatewayModule } from '../app.module';
+import { directlyServed } from './direct-routes';
 import { ENDPOINT } from './endpoint';
 import { IdempotencyInterceptor } from './idempotency.interceptor';
 import { buildOpenApiDocument } from './openapi';
@@ -50,6 +51,10 @@ function servedRoutes(): Served[] {
       });
       expect({ where: `${controller.name}.${name}`, name: out[out.length - 1]!.decl?.name }).toEqual({ where: `${controller.name}.${name}`, name });
     }
+  }
+  // And the routes served on Fastify directly, with the same declarations.
+  for (const d of directlyServed()) {
+    out.push({ where: `direct ${d.operationId}`, method: d.method, path: d.path, status: d.response.status, idempotencyInterceptor: false, decl: d });
   }
   return out;
 }

@@ -63,9 +63,7 @@ export function registerPublicRateLimit(
   if (o.limitPerMinute <= 0) return;
   const limited = limitedPublicRoutes(o.routes);
   let lastWarning = 0;
-  fastify.addHook('onRequest', async (req: FastifyRequest, reply: FastifyReply) => {
-    const url = req.routeOptions.url;
-    if (url === undefined || !limited.has(`${req.method} ${url}`)) return;
+  const limit = async (req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
     const key = clientKey(req.ip);
     const decision = await o.limiter.consume(key, o.limitPerMinute).catch((err: unknown) => {
       if (!(err instanceof RateLimiterUnavailableError)) throw err;
@@ -84,5 +82,15 @@ export function registerPublicRateLimit(
       );
       return reply;
     }
+    return undefined;
+  };
+  // A callback hook: a route that is not limited (nearly every request) passes on at once, without a promise.
+  fastify.addHook('onRequest', (req: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => {
+    const url = req.routeOptions.url;
+    if (url === undefined || !limited.has(`${req.method} ${url}`)) return done();
+    limit(req, reply).then((answered) => {
+      // Answered (429): the request goes no further; Fastify is told nothing more.
+      if (!answered) done();
+    }, done);
   });
 }

@@ -248,15 +248,8 @@ export class RateLimiter {
     // Each round either serves, refuses, or waits for a lease; a lease that concurrent requests
     // used up before this one got its turn is followed by another, a few times, then by an exact take.
     for (let round = 0; size > 1 && round < 4; round++) {
-      const now = Date.now();
-      let lease = this.leases.get(tenantId);
-      if (lease && (lease.limit !== limitPerWindow || now >= lease.endsAt)) lease = undefined;
-      if (lease && lease.left > 0) {
-        lease.left--;
-        if (lease.left < size / 2 && !this.fetching.has(tenantId)) this.fetch(tenantId, limitPerWindow, size).catch(() => undefined);
-        return this.leased(lease, now);
-      }
-      if (lease && now < lease.blockedUntil) return this.refused(lease, now);
+      const decided = this.consumeNow(tenantId, limitPerWindow);
+      if (decided) return decided;
       // A background fetch that failed rejects here too: the caller hears that Redis is away.
       await (this.fetching.get(tenantId) ?? this.fetch(tenantId, limitPerWindow, size));
     }
@@ -265,6 +258,27 @@ export class RateLimiter {
     // The same integer test on the same numbers; a disagreement is a bug, not an outage.
     if (decision.allowed !== (t.granted === 1)) throw new Error('rate limiter script and slidingWindowDecision disagree');
     return decision;
+  }
+
+  /**
+   * `consume`'s decision when this replica can take it alone, at once: a request served from a
+   * lease with room (a refill is fetched in the background at half), or refused while the window is
+   * known to be full. Undefined when it needs Redis (no lease, or an exact limit): then `consume`.
+   * Arguments are `consume`'s, unchecked.
+   */
+  consumeNow(tenantId: string, limitPerWindow: number): RateLimitDecision | undefined {
+    const size = this.leaseSize(limitPerWindow);
+    if (size <= 1) return undefined;
+    const now = Date.now();
+    const lease = this.leases.get(tenantId);
+    if (!lease || lease.limit !== limitPerWindow || now >= lease.endsAt) return undefined;
+    if (lease.left > 0) {
+      lease.left--;
+      if (lease.left < size / 2 && !this.fetching.has(tenantId)) this.fetch(tenantId, limitPerWindow, size).catch(() => undefined);
+      return this.leased(lease, now);
+    }
+    if (now < lease.blockedUntil) return this.refused(lease, now);
+    return undefined;
   }
 
   /** The decision to use when the store is unavailable (see `ON_STORE_UNAVAILABLE`): allowed, nothing counted. */

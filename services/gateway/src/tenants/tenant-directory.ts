@@ -1,6 +1,6 @@
 import { Inject, Injectable, OnModuleDestroy, OnModuleInit } from '@nestjs/common';
 import { Subscription } from 'nats';
-import { Tenant, tenantIdSchema } from '@keel/contracts';
+import { isTenantId, Tenant } from '@keel/contracts';
 import { decodeJson, eventsOf, MESSAGING, Messaging, RpcClient } from '@keel/messaging';
 
 const TTL_MS = 60_000;
@@ -39,6 +39,7 @@ export class TenantDirectory implements OnModuleInit, OnModuleDestroy {
   private readonly byId = new Map<string, { tenant: Tenant; at: number }>();
   private readonly idBySlug = new Map<string, string>();
   private readonly latest = new Map<string, number>();
+  private readonly serialised = new WeakMap<Tenant, string>();
   private fenceEvictedAt = Number.NEGATIVE_INFINITY;
   private sub?: Subscription;
 
@@ -81,13 +82,35 @@ export class TenantDirectory implements OnModuleInit, OnModuleDestroy {
     this.sub?.unsubscribe();
   }
 
+  /**
+   * The tenant as `get` would answer it from memory, at once; undefined when `get` has to ask (not
+   * held, expired, or older than a change heard).
+   */
+  cached(idOrSlug: string): Tenant | undefined {
+    const isId = isTenantId(idOrSlug);
+    const id = isId ? idOrSlug : this.idBySlug.get(idOrSlug);
+    const entry = id ? this.byId.get(id) : undefined;
+    if (!entry || Date.now() - entry.at >= TTL_MS || entry.tenant.version < (this.latest.get(id!) ?? 0)) return undefined;
+    return isId || entry.tenant.slug === idOrSlug ? entry.tenant : undefined;
+  }
+
+  /** A tenant's JSON, as answered: serialised once per version held (the objects are never changed). */
+  json(tenant: Tenant): string {
+    let text = this.serialised.get(tenant);
+    if (text === undefined) {
+      text = JSON.stringify(tenant);
+      this.serialised.set(tenant, text);
+    }
+    return text;
+  }
+
   async get(idOrSlug: string, consistentWith?: number): Promise<Tenant> {
     if (consistentWith === undefined) {
-      const isId = tenantIdSchema.safeParse(idOrSlug).success;
-      const id = isId ? idOrSlug : this.idBySlug.get(idOrSlug);
+      const held = this.cached(idOrSlug);
+      if (held) return held;
+      const id = isTenantId(idOrSlug) ? idOrSlug : this.idBySlug.get(idOrSlug);
       const entry = id ? this.byId.get(id) : undefined;
       const newest = id ? (this.latest.get(id) ?? 0) : 0;
-      if (entry && Date.now() - entry.at < TTL_MS && entry.tenant.version >= newest && (isId || entry.tenant.slug === idOrSlug)) return entry.tenant;
       if (id && (newest > (entry?.tenant.version ?? 0) || this.mayHaveForgotten(id))) {
         // A change was heard that the read model may not have applied yet (a suspension, new
         // IP ranges), or its fence was evicted: ask the tenant's log, so it applies here at once.

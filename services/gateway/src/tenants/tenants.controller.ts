@@ -11,6 +11,7 @@ const r = routes.tenants;
 const C = commands.tenant;
 type Answer = RouteOutput<typeof r.create>;
 
+// GET /api/v1/tenants/{idOrSlug} is a direct route (http/direct-routes.ts): a hot read served without Nest's layers.
 @Controller('api/v1/tenants')
 export class TenantsController {
   constructor(
@@ -32,14 +33,6 @@ export class TenantsController {
   @Endpoint(r.list)
   async list(@Input() input: RouteInput<typeof r.list>): Promise<RouteOutput<typeof r.list>> {
     return this.rpc.call(queries.tenant.list, input.query);
-  }
-
-  @Get(':idOrSlug')
-  @Endpoint(r.get)
-  async get(@Res({ passthrough: true }) reply: FastifyReply, @Input() input: RouteInput<typeof r.get>): Promise<RouteOutput<typeof r.get>> {
-    const tenant = await this.directory.get(input.params.idOrSlug, input.query.consistentWith);
-    void reply.header('etag', `"${tenant.version}"`);
-    return tenant;
   }
 
   @Patch(':id/plan')

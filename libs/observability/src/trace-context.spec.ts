@@ -1,7 +1,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { Context, context, ContextManager, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, TraceFlags } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
-import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { AlwaysOffSampler, BasicTracerProvider, InMemorySpanExporter, ParentBasedSampler, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { EventEmitter } from 'node:events';
 import { IncomingMessage, ServerResponse } from 'node:http';
 import pino from 'pino';
@@ -152,6 +152,34 @@ describe('withSpan', () => {
     expect(spans[0]!.status).toEqual({ code: SpanStatusCode.ERROR, message: 'boom' });
     const exception = spans[0]!.events.find((e) => e.name === 'exception');
     expect(exception?.attributes).toMatchObject({ 'exception.type': 'TypeError', 'exception.message': 'boom' });
+  });
+
+  it('with nothing recorded and no trace to continue, runs fn without an active context; a caller\'s trace is still continued', async () => {
+    // As Keel runs without an exporter: roots are not sampled, a caller's trace is followed.
+    const off = new BasicTracerProvider({ sampler: new ParentBasedSampler({ root: new AlwaysOffSampler() }) });
+    trace.disable();
+    trace.setGlobalTracerProvider(off);
+    try {
+      const seen: unknown[] = [];
+      const value = await withSpan('untraced', {}, async (span) => {
+        expect(span.isRecording()).toBe(false);
+        await new Promise((r) => setTimeout(r, 1));
+        seen.push(trace.getActiveSpan());
+        return 7;
+      });
+      expect(value).toBe(7);
+      expect(seen).toEqual([undefined]);
+      // A caller's unsampled traceparent: not recorded either, yet its trace id flows on (logs, headers).
+      const parent = extractTraceContext(mapCarrier(new Map([['traceparent', `00-${remoteParent.traceId}-${remoteParent.spanId}-00`]])));
+      await withSpan('continued', { parent }, async (span) => {
+        expect(span.isRecording()).toBe(false);
+        await new Promise((r) => setTimeout(r, 1));
+        expect(trace.getActiveSpan()?.spanContext().traceId).toBe(remoteParent.traceId);
+      });
+    } finally {
+      trace.disable();
+      trace.setGlobalTracerProvider(provider);
+    }
   });
 
   it('nests: a span started inside another is its child', async () => {

@@ -22,7 +22,14 @@ export function extractTraceContext(headers: HeaderCarrier | undefined): Context
 
 const tracer = () => trace.getTracer('keel');
 
-/** Runs `fn` in a span (child of `parent` when given), recording failures on it. */
+/**
+ * Runs `fn` in a span (child of `parent` when given), recording failures on it.
+ *
+ * A span that records nothing and continues no caller's trace (no exporter, no `traceparent` came)
+ * is not made the active context: it would correlate nothing, and on Node 20 an active context
+ * turns on AsyncLocalStorage's promise hooks, which every promise of the process then pays for.
+ * Work that a caller traces, or that is sampled, runs in its span as before.
+ */
 export async function withSpan<T>(
   name: string,
   options: { kind?: SpanKind; parent?: Context; attributes?: Record<string, string | number | boolean> },
@@ -31,6 +38,7 @@ export async function withSpan<T>(
   const parent = options.parent ?? context.active();
   const span = tracer().startSpan(name, { kind: options.kind, attributes: options.attributes }, parent);
   try {
+    if (!span.isRecording() && trace.getSpan(parent) === undefined) return await fn(span);
     return await context.with(trace.setSpan(parent, span), () => fn(span));
   } catch (error) {
     span.recordException(error as Error);

@@ -40,6 +40,8 @@ describe('limitedPublicRoutes', () => {
 describe('registerPublicRateLimit (real Redis)', () => {
   const prefix = `keel:test:${testRunId()}_prl_${randomBytes(4).toString('hex')}:public:`;
   const apps: FastifyInstance[] = [];
+  /** How many times each app's sign-in handler ran. */
+  const logins = new Map<FastifyInstance, number>();
   const clients: Redis[] = [];
 
   async function app(redis: Redis, limitPerMinute: number): Promise<FastifyInstance> {
@@ -50,7 +52,10 @@ describe('registerPublicRateLimit (real Redis)', () => {
       routes: [decl({}), decl({ method: 'GET', path: '/docs', operationId: 'operations.docs' }), decl({ method: 'GET', path: '/me', permission: 'authenticated', operationId: 'auth.me' })],
       logger,
     });
-    f.post('/login', async () => ({ ok: true }));
+    f.post('/login', async () => {
+      logins.set(f, (logins.get(f) ?? 0) + 1);
+      return { ok: true };
+    });
     f.get('/docs', async () => ({ ok: true }));
     f.get('/me', async () => ({ ok: true }));
     await f.listen({ port: 0, host: '127.0.0.1' });
@@ -95,6 +100,8 @@ describe('registerPublicRateLimit (real Redis)', () => {
     expect(refused.headers['content-type']).toMatch(/^application\/problem\+json/);
     expect(Number(refused.headers['retry-after'])).toBeGreaterThanOrEqual(1);
     expect(refused.json()).toMatchObject({ status: 429, code: 'rate_limited', detail: expect.stringContaining('At most 3 requests a minute') });
+    // The refused request never reached the handler.
+    expect(logins.get(f)).toBe(3);
     // Another client behind the same proxy has its own quota; unlimited and authenticated routes are not counted.
     expect((await send(f, 'POST', '/login', '198.51.100.2')).statusCode).toBe(200);
     expect((await send(f, 'GET', '/docs', '198.51.100.1')).statusCode).toBe(200);

@@ -187,6 +187,23 @@ describe('RateLimiter (real Redis)', () => {
       expect(await counted(id)).toBeLessThanOrEqual(300);
     }, TIMEOUT);
 
+    it('decides at once (consumeNow) only from a lease of the same limit: never an exact limit, never without a lease', async () => {
+      const limiter = new RateLimiter(gatewayA, prefix, { windowMs: HOUR });
+      const id = tenant('now');
+      expect(limiter.consumeNow(id, 60_000)).toBeUndefined();
+      expect(await counted(id)).toBe(0);
+      await limiter.consume(id, 60_000);
+      const now = limiter.consumeNow(id, 60_000);
+      expect(now).toMatchObject({ allowed: true, limit: 60_000, remaining: 59_998 });
+      // Another limit (a plan change) is not this lease's: Redis is asked again.
+      expect(limiter.consumeNow(id, 120_000)).toBeUndefined();
+      // Below the lease threshold every request is counted in Redis.
+      const exact = tenant('now-exact');
+      await limiter.consume(exact, 100);
+      expect(limiter.consumeNow(exact, 100)).toBeUndefined();
+      expect(await counted(id)).toBe(100);
+    }, TIMEOUT);
+
     it('never lets two gateways together allow more than the limit, and holds at most two leases each when demand outruns it', async () => {
       const a = new RateLimiter(gatewayA, prefix, { windowMs: HOUR });
       const b = new RateLimiter(gatewayB, prefix, { windowMs: HOUR });

@@ -75,8 +75,12 @@ export function registerDirectRoutes(fastify: FastifyInstance, o: { admission: A
     fastify.route({
       method: route.method,
       url: fastifyPath(route.path),
+      // Whatever Fastify itself raises for this route is answered as every other problem is.
+      errorHandler: (error, request, reply) => void fail(request as KeelRequest, reply, error),
       handler: (request, reply) => {
         const req = request as KeelRequest;
+        // An empty path parameter (`/api/v1/tenants/`) is no route, before anything else, as Nest answers it.
+        for (const value of Object.values(req.params as Record<string, string>)) if (value === '') return reply.callNotFound();
         try {
           const admitted = o.admission.admit(route, req, reply);
           if (admitted) {

@@ -63,7 +63,8 @@ export function registerPublicRateLimit(
   if (o.limitPerMinute <= 0) return;
   const limited = limitedPublicRoutes(o.routes);
   let lastWarning = 0;
-  const limit = async (req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
+  /** True when it answered (429): the request goes no further. */
+  const limit = async (req: FastifyRequest, reply: FastifyReply): Promise<boolean> => {
     const key = clientKey(req.ip);
     const decision = await o.limiter.consume(key, o.limitPerMinute).catch((err: unknown) => {
       if (!(err instanceof RateLimiterUnavailableError)) throw err;
@@ -80,16 +81,16 @@ export function registerPublicRateLimit(
         new KeelError('rate_limited', `At most ${o.limitPerMinute} requests a minute from one address to this route's kind (sign-in, refresh, SSO); retry in ${decision.retryAfterSeconds ?? 1} s.`),
         req.url,
       );
-      return reply;
+      return true;
     }
-    return undefined;
+    return false;
   };
   // A callback hook: a route that is not limited (nearly every request) passes on at once, without a promise.
   fastify.addHook('onRequest', (req: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => {
     const url = req.routeOptions.url;
     if (url === undefined || !limited.has(`${req.method} ${url}`)) return done();
     limit(req, reply).then((answered) => {
-      // Answered (429): the request goes no further; Fastify is told nothing more.
+      // Answered (429): Fastify is told nothing more (a callback hook that replies does not call done).
       if (!answered) done();
     }, done);
   });

@@ -54,6 +54,26 @@ describe('TenantDirectory', () => {
     expect(asked).toEqual([]);
   });
 
+  it('answers cached() at once exactly where get() would answer from memory, and its JSON once per version', async () => {
+    const { dir, hear } = directory({});
+    expect(dir.cached(ID)).toBeUndefined();
+    const t1 = tenant(1);
+    dir.remember(t1);
+    expect(dir.cached(ID)).toBe(t1);
+    expect(dir.cached('acme')).toBe(t1);
+    expect(dir.cached('other-slug')).toBeUndefined();
+    expect(dir.json(t1)).toBe(JSON.stringify(t1));
+    expect(dir.json(t1)).toBe(dir.json(t1));
+    // A newer version heard: not served from memory any more (get asks the tenant's log).
+    hear(2);
+    expect(dir.cached(ID)).toBeUndefined();
+    expect(dir.cached('acme')).toBeUndefined();
+    const t2 = tenant(2, 'suspended');
+    dir.remember(t2);
+    expect(dir.cached(ID)).toBe(t2);
+    expect(dir.json(t2)).toContain('"suspended"');
+  });
+
   it('after hearing a newer event, answers from the tenant log, not the lagging read model', async () => {
     const { dir, asked, hear } = directory({ 'qry.tenant.current': tenant(2, 'suspended'), 'qry.tenant.get': tenant(1) });
     dir.remember(tenant(1));

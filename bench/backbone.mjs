@@ -182,10 +182,16 @@ export async function backboneBenchmarks({ events = Number(process.env.BENCH_EVE
       const tenantPositions = await store.appendFacts(created, 1024);
       await watchLedger(db, 0, Math.max(...tenantPositions));
       const rpc = new messaging.RpcClient(m);
-      const rebuildStart = performance.now();
-      const rebuilt = await rpc.request('cmd.tenant.rebuild_projection', { meta: { actor: { kind: 'service', id: 'bench' }, correlationId: 'bench' }, payload: { projection: 'tenants' } }, 600_000);
-      const rebuildRate = rebuilt.replayed / ((performance.now() - rebuildStart) / 1000);
-      results.projectionRebuild = { perSecond: rebuildRate, replayed: rebuilt.replayed };
+      // Twice: the first rebuild in a process is also the compilation of its code (reported as
+      // `firstInProcess`); the second is the figure, as a rebuild of a long ledger runs warm.
+      const rebuild = async () => {
+        const rebuildStart = performance.now();
+        const rebuilt = await rpc.request('cmd.tenant.rebuild_projection', { meta: { actor: { kind: 'service', id: 'bench' }, correlationId: 'bench' }, payload: { projection: 'tenants' } }, 600_000);
+        return { perSecond: rebuilt.replayed / ((performance.now() - rebuildStart) / 1000), replayed: rebuilt.replayed };
+      };
+      const first = await rebuild();
+      const warm = await rebuild();
+      results.projectionRebuild = { ...warm, firstInProcess: first.perSecond };
       log(`  ${JSON.stringify(results.projectionRebuild)}`);
 
       log('ledger.verify: the whole chain, vs a scan with one SHA-256 per entry…');

@@ -90,17 +90,26 @@ describe('tenants through the gateway', () => {
     // A user of the tenant (a JWT verified once, then from the cache; the tenant from the directory;
     // the plan's limit from a lease) reads it twice; another tenant is not found for them.
     const other = await create('direct-other');
-    await http('POST', `/api/v1/tenants/${created.tenant.id}/users`, { body: { email: 'reader@direct.test', name: 'Reader', password: 'correct horse battery staple', roles: ['viewer'] } });
-    const signedIn = await httpClient(stack.gatewayUrl)('POST', '/api/v1/auth/login', { body: { tenant: 'direct-read', email: 'reader@direct.test', password: 'correct horse battery staple' } });
+    // A plan of 60,000 a minute: its requests are served from leases (see the rate limiter).
+    const busy = await create('direct-busy', { plan: 'custom', quotas: { maxUsers: 5, maxGpus: 0, maxGpuMemoryGb: 0, monthlyTokenQuota: 0, requestsPerMinute: 60_000 } });
+    await readConsistent(`/api/v1/tenants/${busy.tenant.id}?consistentWith=${busy.position}`);
+    const user = await http('POST', `/api/v1/tenants/${busy.tenant.id}/users`, { body: { email: 'reader@direct.test', name: 'Reader', password: 'correct horse battery staple', roles: ['viewer'] } });
+    expect(user.status).toBe(201);
+    const signedIn = await httpClient(stack.gatewayUrl)('POST', '/api/v1/auth/login', { body: { tenant: 'direct-busy', email: 'reader@direct.test', password: 'correct horse battery staple' } });
     expect(signedIn.status).toBe(200);
     const reader = httpClient(stack.gatewayUrl, signedIn.body.accessToken);
-    for (let i = 0; i < 2; i++) {
-      const own = await reader('GET', path);
-      expect({ i, status: own.status, id: own.body.id, limit: own.headers.get('ratelimit-limit') }).toEqual({
-        i, status: 200, id: created.tenant.id, limit: String((created.tenant as unknown as { quotas: { requestsPerMinute: number } }).quotas.requestsPerMinute),
-      });
-      expect(Number(own.headers.get('ratelimit-remaining'))).toBeGreaterThan(0);
+    const busyPath = `/api/v1/tenants/${busy.tenant.id}`;
+    const operatorView = await http('GET', busyPath);
+    const remaining: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const own = await reader('GET', busyPath);
+      expect({ i, status: own.status, limit: own.headers.get('ratelimit-limit'), etag: own.headers.get('etag') }).toEqual({ i, status: 200, limit: '60000', etag: '"1"' });
+      expect(own.body).toEqual(operatorView.body);
+      remaining.push(Number(own.headers.get('ratelimit-remaining')));
     }
+    // Counted down one by one, from a lease (the first request took it).
+    expect(remaining[1]).toBe(remaining[0]! - 1);
+    expect(remaining[2]).toBe(remaining[1]! - 1);
     const elsewhere = await reader('GET', `/api/v1/tenants/${other.tenant.id}`);
     expect({ status: elsewhere.status, code: elsewhere.body.code }).toEqual({ status: 404, code: 'not_found' });
 

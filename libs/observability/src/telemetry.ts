@@ -5,7 +5,8 @@ import { W3CTraceContextPropagator } from '@opentelemetry/core';
 
 /**
  * Keeps trace context alive (ids in logs, headers on NATS) when nothing exports spans, for
- * work that has a context: NATS deliveries, and HTTP requests that bring a `traceparent`.
+ * work that continues a caller's trace: RPCs, deliveries and HTTP requests that bring a
+ * `traceparent` (see withSpan for work that brings none).
  */
 class DiscardingSpanProcessor implements SpanProcessor {
   onStart(): void {}
@@ -15,6 +16,12 @@ class DiscardingSpanProcessor implements SpanProcessor {
 }
 
 let sdk: NodeSDK | undefined;
+let exporting = false;
+
+/** Whether this process exports spans (telemetry started with an OTLP endpoint). */
+export function exportsSpans(): boolean {
+  return exporting;
+}
 
 export interface TelemetryOptions {
   serviceName: string;
@@ -28,6 +35,7 @@ export interface TelemetryOptions {
  */
 export function startTelemetry(options: TelemetryOptions): NodeSDK {
   if (sdk) return sdk;
+  exporting = Boolean(options.otlpEndpoint);
   const processor: SpanProcessor = options.otlpEndpoint
     ? new BatchSpanProcessor(
         new OTLPTraceExporter({ url: `${options.otlpEndpoint.replace(/\/$/, '')}/v1/traces` }),
@@ -51,4 +59,5 @@ export function startTelemetry(options: TelemetryOptions): NodeSDK {
 export async function stopTelemetry(): Promise<void> {
   await sdk?.shutdown().catch(() => undefined);
   sdk = undefined;
+  exporting = false;
 }

@@ -1,4 +1,5 @@
 import { context, propagation, Context, Span, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
+import { exportsSpans } from './telemetry';
 
 /** Anything with get/set of string headers (NATS `MsgHdrs` fits). */
 export interface HeaderCarrier {
@@ -25,10 +26,14 @@ const tracer = () => trace.getTracer('keel');
 /**
  * Runs `fn` in a span (child of `parent` when given), recording failures on it.
  *
- * A span that records nothing and continues no caller's trace (no exporter, no `traceparent` came)
- * is not made the active context: it would correlate nothing, and on Node 20 an active context
- * turns on AsyncLocalStorage's promise hooks, which every promise of the process then pays for.
- * Work that a caller traces, or that is sampled, runs in its span as before.
+ * When nothing exports spans and no caller's trace is continued (no `traceparent` came), the span
+ * records nothing and is not made the active context: on Node 20 an active context turns on
+ * AsyncLocalStorage's promise hooks, which every promise of the process then pays for. What that
+ * gives up: such work has no trace id in its logs nor in what it sends on (its RPCs, its events);
+ * the envelope's `correlationId` still ties them together. A process that has once run work in a
+ * context (a traced request) keeps paying for the hooks (Node 20 never turns them off again). With
+ * an exporter, or a caller's trace, the span is the active context as before, so sampling stays
+ * consistent downstream.
  */
 export async function withSpan<T>(
   name: string,
@@ -38,7 +43,7 @@ export async function withSpan<T>(
   const parent = options.parent ?? context.active();
   const span = tracer().startSpan(name, { kind: options.kind, attributes: options.attributes }, parent);
   try {
-    if (!span.isRecording() && trace.getSpan(parent) === undefined) return await fn(span);
+    if (!exportsSpans() && !span.isRecording() && trace.getSpan(parent) === undefined && parent === context.active()) return await fn(span);
     return await context.with(trace.setSpan(parent, span), () => fn(span));
   } catch (error) {
     span.recordException(error as Error);

@@ -109,6 +109,43 @@ describe('registerPublicRateLimit (real Redis)', () => {
     expect(await redis.keys(`${prefix}ratelimit:198.51.100.1:*`)).toHaveLength(1);
   });
 
+  it('its hook lets a request through (done) or answers it (429, no done), never both', async () => {
+    const redis = await client();
+    // Connected first: with the offline queue off, a limiter before that fails open.
+    await new Promise((r) => redis.once('ready', r));
+    let hook: ((req: unknown, reply: unknown, done: (err?: Error) => void) => void) | undefined;
+    registerPublicRateLimit({ addHook: (_name: string, fn: typeof hook) => (hook = fn) } as unknown as FastifyInstance, {
+      limiter: new RateLimiter(redis, prefix, { timeoutMs: 500 }),
+      limitPerMinute: 1,
+      routes: [decl({})],
+      logger,
+    });
+    const run = (url: string) => {
+      const done = jest.fn();
+      const result = new Promise<{ passed: boolean; status?: number }>((resolve) => {
+        let status: number | undefined;
+        const reply = {
+          headers: () => reply,
+          status: (s: number) => ((status = s), reply),
+          type: () => reply,
+          send: () => resolve({ passed: false, status }),
+          // As Fastify's reply is: a thenable, settled (with nothing) once the answer is sent.
+          then: (fulfilled: () => void) => fulfilled(),
+        };
+        done.mockImplementation(() => resolve({ passed: true }));
+        hook!({ method: 'POST', url, ip: '198.51.100.9', routeOptions: { url } }, reply, done);
+      });
+      return { result, done };
+    };
+    expect(await run('/other').result).toEqual({ passed: true });
+    expect(await run('/login').result).toEqual({ passed: true });
+    const refused = run('/login');
+    expect(await refused.result).toEqual({ passed: false, status: 429 });
+    // Nothing more comes after the answer: a done now would run the handler on an answered request.
+    await new Promise((r) => setTimeout(r, 50));
+    expect(refused.done).not.toHaveBeenCalled();
+  });
+
   it('serves the requests when Redis cannot be reached (fail open), as the tenant limit does', async () => {
     // A port nothing listens on: the real client's connection is refused.
     const port = await new Promise<number>((resolve) => {

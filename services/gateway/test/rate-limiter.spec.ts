@@ -201,6 +201,8 @@ describe('RateLimiter (real Redis)', () => {
       const exact = tenant('now-exact');
       await limiter.consume(exact, 100);
       expect(limiter.consumeNow(exact, 100)).toBeUndefined();
+      expect(await counted(exact)).toBe(1);
+      // consumeNow took from the lease only: Redis still holds the one lease of 100.
       expect(await counted(id)).toBe(100);
     }, TIMEOUT);
 

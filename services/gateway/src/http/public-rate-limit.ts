@@ -89,9 +89,11 @@ export function registerPublicRateLimit(
   fastify.addHook('onRequest', (req: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => {
     const url = req.routeOptions.url;
     if (url === undefined || !limited.has(`${req.method} ${url}`)) return done();
-    limit(req, reply).then((answered) => {
-      // Answered (429): Fastify is told nothing more (a callback hook that replies does not call done).
-      if (!answered) done();
-    }, done);
+    limit(req, reply)
+      .then((answered) => {
+        // Answered (429): Fastify is told nothing more (a callback hook that replies does not call done).
+        if (!answered) done();
+      }, done)
+      .catch((err: unknown) => o.logger.error({ err }, 'the public rate limit hook failed after answering'));
   });
 }

@@ -62,8 +62,17 @@ describe('TenantDirectory', () => {
     expect(dir.cached(ID)).toBe(t1);
     expect(dir.cached('acme')).toBe(t1);
     expect(dir.cached('other-slug')).toBeUndefined();
-    expect(dir.json(t1)).toBe(JSON.stringify(t1));
-    expect(dir.json(t1)).toBe(dir.json(t1));
+    const stringify = jest.spyOn(JSON, 'stringify');
+    try {
+      expect(dir.json(t1)).toBe(JSON.stringify(t1));
+      expect(dir.json(t1)).toBe(dir.json(t1));
+      // One serialisation for the directory (the first call) and one for the expectation itself.
+      expect(stringify.mock.calls.filter(([v]) => v === t1)).toHaveLength(2);
+    } finally {
+      stringify.mockRestore();
+    }
+    // What get() answers from memory is what cached() answers.
+    expect(await dir.get(ID)).toBe(dir.cached(ID));
     // A newer version heard: not served from memory any more (get asks the tenant's log).
     hear(2);
     expect(dir.cached(ID)).toBeUndefined();

@@ -1,9 +1,10 @@
 import { FastifyInstance, FastifyReply } from 'fastify';
-import { KeelError, RouteDecl, RouteInput, routes } from '@keel/contracts';
+import { RouteDecl, RouteInput, routes, Tenant } from '@keel/contracts';
 import { Logger } from '@keel/observability';
 import { TenantDirectory } from '../tenants/tenant-directory';
 import { Admission } from './admission';
-import { sendProblem, toKeelError } from './problem';
+import { routerPath } from './endpoint';
+import { answerProblem } from './problem';
 import { KeelRequest } from './request-context';
 
 /** An answer already serialised as JSON text (sent as it is, `application/json`). */
@@ -23,9 +24,6 @@ export interface DirectRoute<D extends RouteDecl = RouteDecl> {
   handle(input: RouteInput<D>, req: KeelRequest, reply: FastifyReply): unknown;
 }
 
-/** `/api/v1/tenants/{id}` → Fastify's `/api/v1/tenants/:id`. */
-export const fastifyPath = (path: string) => path.replace(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g, ':$1');
-
 const direct = <D extends RouteDecl>(route: D, handle: DirectRoute<D>['handle']): DirectRoute => ({ route, handle } as DirectRoute);
 
 /**
@@ -35,7 +33,7 @@ const direct = <D extends RouteDecl>(route: D, handle: DirectRoute<D>['handle'])
 export function directRoutes(d: { directory: TenantDirectory }): DirectRoute[] {
   return [
     direct(routes.tenants.get, (input, _req, reply) => {
-      const answer = (tenant: Parameters<TenantDirectory['json']>[0]) => {
+      const answer = (tenant: Tenant) => {
         void reply.header('etag', `"${tenant.version}"`);
         return new JsonText(d.directory.json(tenant));
       };
@@ -60,21 +58,16 @@ export function registerDirectRoutes(fastify: FastifyInstance, o: { admission: A
       return reply.send(body);
     };
     const fail = (req: KeelRequest, reply: FastifyReply, exception: unknown): FastifyReply => {
-      let error = toKeelError(exception);
-      if (!error) {
-        o.logger.error({ err: exception, url: req.url }, 'unhandled error');
-        error = new KeelError('internal', 'An internal error occurred; it has been logged.');
-      }
-      sendProblem(reply, error, req.url);
+      answerProblem(reply, exception, req.url, o.logger);
       return reply;
     };
     const answer = (req: KeelRequest, reply: FastifyReply): FastifyReply | Promise<FastifyReply> => {
       const body = handle(req.valid as never, req, reply);
-      return body instanceof Promise ? body.then((b) => send(reply, b), (e) => fail(req, reply, e)) : send(reply, body);
+      return body instanceof Promise ? body.then((b) => send(reply, b)) : send(reply, body);
     };
     fastify.route({
       method: route.method,
-      url: fastifyPath(route.path),
+      url: routerPath(route.path),
       // Whatever Fastify itself raises for this route is answered as every other problem is.
       errorHandler: (error, request, reply) => void fail(request as KeelRequest, reply, error),
       handler: (request, reply) => {
@@ -82,20 +75,10 @@ export function registerDirectRoutes(fastify: FastifyInstance, o: { admission: A
         // An empty path parameter (`/api/v1/tenants/`) is no route, before anything else, as Nest answers it.
         for (const value of Object.values(req.params as Record<string, string>)) if (value === '') return reply.callNotFound();
         try {
+          // Synchronous throughout when admission and handler need not wait; any failure, thrown or rejected, is its problem.
           const admitted = o.admission.admit(route, req, reply);
-          if (admitted) {
-            return admitted.then(
-              () => {
-                try {
-                  return answer(req, reply);
-                } catch (e) {
-                  return fail(req, reply, e);
-                }
-              },
-              (e) => fail(req, reply, e),
-            );
-          }
-          return answer(req, reply);
+          const answered = admitted ? admitted.then(() => answer(req, reply)) : answer(req, reply);
+          return answered instanceof Promise ? answered.catch((e) => fail(req, reply, e)) : answered;
         } catch (e) {
           return fail(req, reply, e);
         }

@@ -3,6 +3,9 @@ import { RouteDecl } from '@keel/contracts';
 
 export const ENDPOINT = 'keel:endpoint';
 
+/** A declared path as the router takes it (Fastify's, which Nest's is): `/api/v1/tenants/{id}` → `/api/v1/tenants/:id`. */
+export const routerPath = (path: string) => path.replace(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g, ':$1');
+
 /**
  * What a route needs and accepts: its declaration in `libs/contracts` (permission, tenant
  * parameter, schemas, response, idempotent, conditional). The guard and the validator read it;

@@ -2,14 +2,11 @@ import { Controller, Delete, Get, HttpCode, Inject, Patch, Post, Put, Req, Res, 
 import { FastifyReply } from 'fastify';
 import { ForwardContext, RouteDecl, RouteInput } from '@keel/contracts';
 import { TypedRpc } from '@keel/messaging';
-import { Endpoint, Input } from './endpoint';
+import { Endpoint, Input, routerPath } from './endpoint';
 import { IdempotencyInterceptor } from './idempotency.interceptor';
 import { commandMeta, KeelRequest } from './request-context';
 
 const METHOD = { GET: Get, POST: Post, PUT: Put, PATCH: Patch, DELETE: Delete } as const;
-
-/** `/api/v1/tenants/{id}/usage` → Nest's `/api/v1/tenants/:id/usage`. */
-const nestPath = (path: string) => path.replace(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g, ':$1');
 
 /** What a forwarded route's subject is sent: the declaration's own mapping, or the default one. */
 export function forwardedRequest(route: RouteDecl, input: RouteInput<RouteDecl>, caller: ForwardContext): unknown {
@@ -60,7 +57,7 @@ export function forwardedRouteControllers(groups: Record<string, Record<string, 
       }
       Object.defineProperty(proto, route.name, { value: handler, writable: true, configurable: true, enumerable: false });
       const descriptor = Object.getOwnPropertyDescriptor(proto, route.name)!;
-      METHOD[route.method](nestPath(route.path))(proto, route.name, descriptor);
+      METHOD[route.method](routerPath(route.path))(proto, route.name, descriptor);
       HttpCode(route.response.status)(proto, route.name, descriptor);
       Endpoint(route)(proto, route.name, descriptor);
       if (route.idempotent) UseInterceptors(IdempotencyInterceptor)(proto, route.name, descriptor);

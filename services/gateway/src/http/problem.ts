@@ -95,6 +95,16 @@ export function toKeelError(error: unknown): KeelError | undefined {
   return undefined;
 }
 
+/** Answers any exception as its problem: a KeelError (or what maps to one) as it is, anything else logged and 500 `internal`. */
+export function answerProblem(reply: FastifyReply, exception: unknown, instance: string, logger: Logger): void {
+  let error = toKeelError(exception);
+  if (!error) {
+    logger.error({ err: exception, url: instance }, 'unhandled error');
+    error = new KeelError('internal', 'An internal error occurred; it has been logged.');
+  }
+  sendProblem(reply, error, instance);
+}
+
 @Catch()
 export class ProblemFilter implements ExceptionFilter {
   constructor(@Inject(KEEL_LOGGER) private readonly logger: Logger) {}
@@ -107,12 +117,7 @@ export class ProblemFilter implements ExceptionFilter {
       void reply.status(exception.status).type(exception.problem ? 'application/problem+json' : 'application/json').send(exception.body);
       return;
     }
-    let error = toKeelError(exception);
-    if (!error) {
-      this.logger.error({ err: exception, url: req.url }, 'unhandled error');
-      error = new KeelError('internal', 'An internal error occurred; it has been logged.');
-    }
-    sendProblem(reply, error, req.url);
+    answerProblem(reply, exception, req.url, this.logger);
   }
 }
 

@@ -2,6 +2,7 @@ import { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { isIPv4, isIPv6 } from 'node:net';
 import { ipv6Prefix64, KeelError, RouteDecl } from '@keel/contracts';
 import { Logger } from '@keel/observability';
+import { routerPath } from './endpoint';
 import { sendProblem } from './problem';
 import { RateLimiter, rateLimitHeaders, RateLimiterUnavailableError } from './rate-limiter';
 
@@ -23,13 +24,10 @@ export const UNLIMITED_PUBLIC_ROUTES: ReadonlySet<string> = new Set([
   'audit.keys',
 ]);
 
-/** `/api/v1/auth/sso/{tenantSlug}/start` → Fastify's `/api/v1/auth/sso/:tenantSlug/start`. */
-const fastifyPath = (path: string) => path.replace(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g, ':$1');
-
 /** `METHOD path` (as Fastify names a matched route) of every public route that is limited. */
 export function limitedPublicRoutes(routes: Iterable<RouteDecl>): Set<string> {
   const limited = new Set<string>();
-  for (const r of routes) if (r.permission === 'public' && !UNLIMITED_PUBLIC_ROUTES.has(r.operationId)) limited.add(`${r.method} ${fastifyPath(r.path)}`);
+  for (const r of routes) if (r.permission === 'public' && !UNLIMITED_PUBLIC_ROUTES.has(r.operationId)) limited.add(`${r.method} ${routerPath(r.path)}`);
   return limited;
 }
 

@@ -35,8 +35,11 @@ const ident = (name: string) => `"${name.replace(/"/g, '""')}"`;
 /**
  * Folds `events` (in order) into rows and writes the changed ones in one statement; returns the rows
  * written, as they now are. Rows are read by one `= ANY` lookup and written by one
- * `INSERT … SELECT … FROM json_populate_recordset … ON CONFLICT (key) DO UPDATE … WHERE version is older`,
+ * `INSERT … SELECT … FROM jsonb_populate_recordset … ON CONFLICT (key) DO UPDATE … WHERE version is older`,
  * so a page costs two round trips whatever its size, and a row already newer is never overwritten.
+ * The rows go as one `jsonb` document: parsed once, its nested values become `jsonb` columns without
+ * being printed and parsed again (with `json`, Postgres parses each nested value a second time: about a
+ * quarter more time per page of tenant rows on this machine).
  */
 export async function applyFolded<Row extends object>(m: EntityManager, model: FoldedRows<Row>, events: PositionedEvent[]): Promise<Row[]> {
   if (!events.length) return [];
@@ -65,7 +68,7 @@ export async function applyFolded<Row extends object>(m: EntityManager, model: F
   const set = model.columns.filter((c) => c !== model.key).map((c) => `${ident(c)} = excluded.${ident(c)}`);
   const returned: { key: string }[] = await m.query(
     `INSERT INTO ${model.table} (${cols.join(', ')})
-     SELECT ${cols.join(', ')} FROM json_populate_recordset(NULL::${model.table}, $1::json)
+     SELECT ${cols.join(', ')} FROM jsonb_populate_recordset(NULL::${model.table}, $1::jsonb)
      ON CONFLICT (${ident(model.key)}) DO UPDATE SET ${set.join(', ')}
      WHERE ${model.table}.${ident(model.version)} < excluded.${ident(model.version)}
      RETURNING ${ident(model.key)}::text AS key`,

@@ -10,7 +10,11 @@ import { PositionedEvent } from '@keel/contracts';
 export interface FoldedRows<Row extends object> {
   /** The table, unqualified (a rebuild points the search_path at the shadow schema). */
   table: string;
-  /** Every column of the table, in any order; JSON values of `jsonb` columns are objects. */
+  /**
+   * Every column of the table, in any order; JSON values of `jsonb` columns are objects. The rows
+   * reach Postgres as `jsonb`, so a `json` column would store its value as `jsonb` prints it (keys
+   * ordered, duplicates dropped): use `jsonb` columns.
+   */
   columns: readonly (keyof Row & string)[];
   /** The primary key (one column, text-comparable, e.g. a uuid) and the version column it is guarded by. */
   key: keyof Row & string;
@@ -38,8 +42,9 @@ const ident = (name: string) => `"${name.replace(/"/g, '""')}"`;
  * `INSERT … SELECT … FROM jsonb_populate_recordset … ON CONFLICT (key) DO UPDATE … WHERE version is older`,
  * so a page costs two round trips whatever its size, and a row already newer is never overwritten.
  * The rows go as one `jsonb` document: parsed once, its nested values become `jsonb` columns without
- * being printed and parsed again (with `json`, Postgres parses each nested value a second time: about a
- * quarter more time per page of tenant rows on this machine).
+ * being printed and parsed again (with `json`, Postgres parses each nested value a second time; see the
+ * README's Performance section). Text Postgres cannot hold (a NUL, an unpaired surrogate) fails the
+ * statement, as with `json`.
  */
 export async function applyFolded<Row extends object>(m: EntityManager, model: FoldedRows<Row>, events: PositionedEvent[]): Promise<Row[]> {
   if (!events.length) return [];

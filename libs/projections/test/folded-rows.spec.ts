@@ -124,6 +124,21 @@ describe('applyFolded', () => {
     expect(await stored()).toEqual(before);
   });
 
+  it('stores exactly the text it folded (quotes, escapes, unicode beyond the BMP), and refuses what Postgres cannot hold, writing nothing', async () => {
+    const name = 'quote " back\\slash \n tab\t é 𝄞 🎉 \u2028 end';
+    const tag = '{"not": "an object"} ü \u001f';
+    await apply([event('u1', 'x.thing.created', { name })]);
+    await apply([event('u1', 'x.thing.tagged', { tag })]);
+    const [row] = (await stored()).filter((r) => r.id === 'u1');
+    expect(row).toMatchObject({ name, tags: [tag], version: 2 });
+    const before = await stored();
+    // A NUL and an unpaired surrogate: no text column can hold them; the batch fails as a whole (the
+    // runner dead-letters the event), and nothing of it is written.
+    await expect(apply([event('u2', 'x.thing.created', { name: 'fine' }), event('u3', 'x.thing.created', { name: 'a\u0000b' })])).rejects.toThrow(/unicode|\\u0000/i);
+    await expect(apply([event('u4', 'x.thing.created', { name: 'x\ud800' })])).rejects.toThrow(/unicode|surrogate|invalid input/i);
+    expect(await stored()).toEqual(before);
+  });
+
   it('gives the same rows folded a batch at a time as applied one event at a time', async () => {
     const events: PositionedEvent[] = [];
     for (let i = 0; i < 120; i++) {

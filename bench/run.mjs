@@ -324,9 +324,20 @@ function postJson(agent, base, path, body) {
         let data = '';
         res.setEncoding('utf8');
         res.on('data', (c) => (data += c));
-        res.on('end', () => resolve({ status: res.statusCode, body: JSON.parse(data) }));
+        res.on('error', reject);
+        res.on('end', () => {
+          // A proxy's error page or an empty body is reported as what it is, not as a JSON error.
+          let parsed;
+          try {
+            parsed = JSON.parse(data);
+          } catch {
+            parsed = data;
+          }
+          resolve({ status: res.statusCode, body: parsed });
+        });
       },
     );
+    req.setTimeout(30_000, () => req.destroy(new Error(`${path}: no answer within 30 s`)));
     req.on('error', reject);
     req.end(text);
   });
@@ -356,11 +367,15 @@ async function refreshRate(t, user) {
     );
     return performance.now() - start;
   };
-  // A warm-up as the GET figures have (the refresh path's code compiled in every process), not counted.
-  await rotate(2_000);
   const latencies = [];
-  const elapsed = await rotate(seconds * 1000, latencies);
-  agent.destroy();
+  let elapsed;
+  try {
+    // A warm-up as the GET figures have (the refresh path's code compiled in every process), not counted.
+    await rotate(2_000);
+    elapsed = await rotate(seconds * 1000, latencies);
+  } finally {
+    agent.destroy();
+  }
   latencies.sort((a, b) => a - b);
   return { perSecond: latencies.length / (elapsed / 1000), p99: Math.round(latencies[Math.floor(latencies.length * 0.99)]) };
 }

@@ -80,6 +80,25 @@ describe('TenantCache', () => {
     expect(now).toMatchObject({ status: 'suspended', suspendedReason: 'unpaid, still' });
   });
 
+  it('never brings back what was dropped, nor writes over an equal version, when it writes a failed put again', async () => {
+    const c = await client();
+    const cache = new TenantCache(c, prefix, { initialMs: 20, maxMs: 100 });
+    const [a, b, d] = [newEventId(), newEventId(), newEventId()];
+    await cache.put([tenant(a, 'acme-retry-a', 1), tenant(b, 'acme-retry-b', 1), tenant(d, 'acme-retry-d', 1)]);
+    await away(c);
+    await expect(cache.put([tenant(a, 'acme-retry-a', 2), tenant(b, 'acme-retry-b', 2), tenant(d, 'acme-retry-d', 2)])).rejects.toThrow();
+    // Meanwhile (another replica, a rebuild): b is forgotten, d is written at the same version from the rebuilt model.
+    await observer.del(`${prefix}tenant:id:${b}`, `${prefix}tenant:slug:acme-retry-b`);
+    await observer.set(`${prefix}tenant:id:${d}`, JSON.stringify(tenant(d, 'acme-retry-d', 2, { name: 'Rebuilt' })));
+    await c.connect();
+    // The retry ran (a is written again, in the same chunk as b and d) …
+    await eventually(() => held(a), (t) => t?.version === 2, { what: 'the failed put written again' });
+    // … and neither brought b back nor wrote over d's rebuilt entry.
+    expect(await held(b)).toBeNull();
+    expect(await observer.get(`${prefix}tenant:slug:acme-retry-b`)).toBeNull();
+    expect((await held(d))?.name).toBe('Rebuilt');
+  });
+
   it('clears the whole cache once Redis is back when forgetting tenants failed', async () => {
     const c = await client();
     const cache = new TenantCache(c, prefix, { initialMs: 20, maxMs: 100 });

@@ -174,6 +174,34 @@ async function createEndToEnd(t, amount = creates, connections = 64) {
   return { perSecond: amount / ((seen.lastVisible - start) / 1000), p99: seen.p99 };
 }
 
+/** One POST of JSON text on a keep-alive agent (node:http: a cheap client, as autocannon is for the GETs); the body parsed when it is JSON. */
+function postJson(agent, base, path, text, headers = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: base.hostname, port: base.port, path, method: 'POST', agent, headers: { ...headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) } },
+      (res) => {
+        let data = '';
+        res.setEncoding('utf8');
+        res.on('data', (c) => (data += c));
+        res.on('error', reject);
+        res.on('end', () => {
+          // A proxy's error page or an empty body is reported as what it is, not as a JSON error.
+          let parsed;
+          try {
+            parsed = JSON.parse(data);
+          } catch {
+            parsed = data;
+          }
+          resolve({ status: res.statusCode, body: parsed });
+        });
+      },
+    );
+    req.setTimeout(30_000, () => req.destroy(new Error(`${path}: no answer within 30 s`)));
+    req.on('error', reject);
+    req.end(text);
+  });
+}
+
 /**
  * Creates at a steady `rate` (open loop: a request every 1/rate s, whatever the answers do, on
  * keep-alive connections), each timed from its request to being in the ledger and the read model.
@@ -184,29 +212,12 @@ async function createPaced(t, rate, count) {
   const target = new URL(t.url);
   const watch = await visibility(t);
   const run = randomBytes(3).toString('hex');
-  const post = (n) =>
-    new Promise((resolve, reject) => {
-      const body = createBody(run, n);
-      const t0 = performance.now();
-      const req = http.request(
-        {
-          host: target.hostname, port: target.port, path: '/api/v1/tenants', method: 'POST', agent,
-          headers: { authorization: `Bearer ${t.token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-        },
-        (res) => {
-          let text = '';
-          res.setEncoding('utf8');
-          res.on('data', (c) => (text += c));
-          res.on('end', () => {
-            if (res.statusCode !== 201) return reject(new Error(`create answered ${res.statusCode}: ${text}`));
-            watch.track(JSON.parse(text).position, t0);
-            resolve();
-          });
-        },
-      );
-      req.on('error', reject);
-      req.end(body);
-    });
+  const post = async (n) => {
+    const t0 = performance.now();
+    const res = await postJson(agent, target, '/api/v1/tenants', createBody(run, n), { authorization: `Bearer ${t.token}` });
+    if (res.status !== 201) throw new Error(`create answered ${res.status}: ${JSON.stringify(res.body)}`);
+    watch.track(res.body.position, t0);
+  };
   const start = performance.now();
   const sent = [];
   for (let i = 0; i < count; i++) {
@@ -314,35 +325,6 @@ async function loginRate(t, user) {
   return { perSecond: result.requests.average, p99: result.latency.p99 };
 }
 
-/** One POST with a JSON body on a keep-alive agent (node:http: a cheap client, as autocannon is for the GETs). */
-function postJson(agent, base, path, body) {
-  const text = JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      { host: base.hostname, port: base.port, path, method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) } },
-      (res) => {
-        let data = '';
-        res.setEncoding('utf8');
-        res.on('data', (c) => (data += c));
-        res.on('error', reject);
-        res.on('end', () => {
-          // A proxy's error page or an empty body is reported as what it is, not as a JSON error.
-          let parsed;
-          try {
-            parsed = JSON.parse(data);
-          } catch {
-            parsed = data;
-          }
-          resolve({ status: res.statusCode, body: parsed });
-        });
-      },
-    );
-    req.setTimeout(30_000, () => req.destroy(new Error(`${path}: no answer within 30 s`)));
-    req.on('error', reject);
-    req.end(text);
-  });
-}
-
 async function refreshRate(t, user) {
   // Each of 16 sessions rotates its own refresh token in a loop: every answer carries the next
   // token, so requests on one session cannot be prepared ahead (autocannon would reuse tokens).
@@ -358,7 +340,7 @@ async function refreshRate(t, user) {
       pool.map(async (_, i) => {
         while (performance.now() - start < ms) {
           const t0 = performance.now();
-          const res = await postJson(agent, base, '/api/v1/auth/refresh', { refreshToken: pool[i] });
+          const res = await postJson(agent, base, '/api/v1/auth/refresh', JSON.stringify({ refreshToken: pool[i] }));
           if (res.status !== 200) throw new Error(`refresh answered ${res.status}: ${JSON.stringify(res.body)}`);
           pool[i] = res.body.refreshToken;
           latencies?.push(performance.now() - t0);

@@ -78,28 +78,28 @@ describe('services.manifest.json', () => {
   });
 
   it('gives a service added with one line its compose service, Deployment, Secret, provisioning step, build and start', () => {
-    const billing = { name: 'billing', kind: 'backend', port: 9104, database: true };
-    const { status, stderr, files } = generateFor([...MANIFEST.map(manifestLine), billing]);
+    const scaling = { name: 'scaling', kind: 'backend', port: 9105, database: true };
+    const { status, stderr, files } = generateFor([...MANIFEST.map(manifestLine), scaling]);
     expect({ status, stderr }).toEqual({ status: 0, stderr: '' });
     const composed = parse(files!['docker-compose.yml'], { merge: true }) as { services: Record<string, ComposeService> };
-    const svc = composed.services.billing!;
-    expect(svc.command).toEqual(['node', 'services/billing/dist/main.js']);
-    expect(composeDbUser(environment(svc).DATABASE_URL!).user).toBe('keel_billing');
-    expect(environment(svc).KEEL_OPS_PORT).toBe('9104');
+    const svc = composed.services.scaling!;
+    expect(svc.command).toEqual(['node', 'services/scaling/dist/main.js']);
+    expect(composeDbUser(environment(svc).DATABASE_URL!).user).toBe('keel_scaling');
+    expect(environment(svc).KEEL_OPS_PORT).toBe('9105');
     expect((svc.depends_on as Record<string, { condition: string }>).provision).toEqual({ condition: 'service_completed_successfully' });
-    expect(oneLine(composed.services.provision!.command)).toContain('node services/billing/dist/main.js --provision-only');
-    expect(environment(composed.services.provision!).KEEL_DB_PASSWORD_BILLING).toMatch(/^\$\{KEEL_DB_PASSWORD_BILLING:\?/);
-    expect((composed.services.gateway!.depends_on as Record<string, { condition: string }>).billing).toEqual({ condition: 'service_healthy' });
-    const deployment = parse(files!['infra/k8s/billing.yaml']);
-    expect(deployment).toMatchObject({ kind: 'Deployment', metadata: { name: 'keel-billing' }, spec: { replicas: 2 } });
-    expect((parse(files!['infra/k8s/kustomization.yaml']) as { resources: string[] }).resources).toContain('billing.yaml');
-    expect(parseAllDocuments(files!['infra/k8s/secret.yaml']).map((d) => d.toJS().metadata.name)).toContain('keel-billing-db');
-    expect(oneLine(parse(files!['infra/k8s/provision.yaml']).spec.template.spec.containers[0].command)).toContain('services/billing/dist/main.js');
-    expect(JSON.parse(files!['tsconfig.build.json']).references).toContainEqual({ path: 'services/billing' });
-    // Its contract (libs/contracts/src/billing.ts) is listed, so its routes, subjects and event
+    expect(oneLine(composed.services.provision!.command)).toContain('node services/scaling/dist/main.js --provision-only');
+    expect(environment(composed.services.provision!).KEEL_DB_PASSWORD_SCALING).toMatch(/^\$\{KEEL_DB_PASSWORD_SCALING:\?/);
+    expect((composed.services.gateway!.depends_on as Record<string, { condition: string }>).scaling).toEqual({ condition: 'service_healthy' });
+    const deployment = parse(files!['infra/k8s/scaling.yaml']);
+    expect(deployment).toMatchObject({ kind: 'Deployment', metadata: { name: 'keel-scaling' }, spec: { replicas: 2 } });
+    expect((parse(files!['infra/k8s/kustomization.yaml']) as { resources: string[] }).resources).toContain('scaling.yaml');
+    expect(parseAllDocuments(files!['infra/k8s/secret.yaml']).map((d) => d.toJS().metadata.name)).toContain('keel-scaling-db');
+    expect(oneLine(parse(files!['infra/k8s/provision.yaml']).spec.template.spec.containers[0].command)).toContain('services/scaling/dist/main.js');
+    expect(JSON.parse(files!['tsconfig.build.json']).references).toContainEqual({ path: 'services/scaling' });
+    // Its contract (libs/contracts/src/scaling.ts) is listed, so its routes, subjects and event
     // schemas join `routes`, `rpcs`, the documents and the gateway's forwarded routes by themselves.
-    expect(files!['libs/contracts/src/services.generated.ts']).toContain("import { billingContract } from './billing';");
-    expect(files!['libs/contracts/src/services.generated.ts']).toMatch(/serviceContracts = \{[^}]*\bbilling: billingContract,/);
+    expect(files!['libs/contracts/src/services.generated.ts']).toContain("import { scalingContract } from './scaling';");
+    expect(files!['libs/contracts/src/services.generated.ts']).toMatch(/serviceContracts = \{[^}]*\bscaling: scalingContract,/);
   });
 
   it.each([

@@ -100,6 +100,8 @@ export interface RouteForward<I = { body: unknown; query: unknown; params: unkno
   withPermissions?: boolean;
   /** A `Location` header from the answer (a 201 naming what it made). */
   location?(answer: A): string;
+  /** With `?format=csv`, the answer rendered as a CSV file (`text/csv`, an attachment named `filename`). */
+  csv?(answer: A): { filename: string; text: string };
 }
 
 export interface RouteDecl<

@@ -3,6 +3,7 @@ import { authEventTypes } from './auth';
 import { ssoEventTypes } from './sso';
 import { opsEventTypes } from './projections';
 import { securityEventTypes } from './security';
+import { billingEventTypes } from './billing';
 import { EventBodyError, eventContexts, eventSchemas, validateEventBody } from './events';
 
 const refusal = (envelope: { type: string; data: Record<string, unknown> }) => {
@@ -15,10 +16,10 @@ const refusal = (envelope: { type: string; data: Record<string, unknown> }) => {
 };
 
 describe('event body schemas', () => {
-  it('declare every event type of tenant, auth (sso included), ops and security', () => {
-    const declared = [tenantEventTypes, authEventTypes, ssoEventTypes, opsEventTypes, securityEventTypes].flatMap((types) => Object.values(types)).sort();
+  it('declare every event type of tenant, auth (sso included), billing, ops and security', () => {
+    const declared = [tenantEventTypes, authEventTypes, ssoEventTypes, billingEventTypes, opsEventTypes, securityEventTypes].flatMap((types) => Object.values(types)).sort();
     expect(Object.keys(eventSchemas).sort()).toEqual(declared);
-    expect([...eventContexts].sort()).toEqual(['auth', 'ops', 'security', 'tenant']);
+    expect([...eventContexts].sort()).toEqual(['auth', 'billing', 'ops', 'security', 'tenant']);
   });
 
   it('accept the bodies the services publish', () => {

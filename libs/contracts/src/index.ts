@@ -8,6 +8,7 @@ export * from './tenant';
 export * from './audit';
 export * from './permissions';
 export * from './auth';
+export * from './billing';
 export * from './sso';
 export * from './text';
 export * from './personal';

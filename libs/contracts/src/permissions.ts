@@ -28,6 +28,14 @@ export const permissions = {
   auditVerify: 'audit:verify',
   budgetsRead: 'budgets:read',
   budgetsWrite: 'budgets:write',
+  /** Reporting usage records (an AI gateway or product, usually with an API key). */
+  usageWrite: 'usage:write',
+  /** Usage and cost reports of the tenant. */
+  usageRead: 'usage:read',
+  /** Reading the prices that rate the tenant's usage. */
+  pricesRead: 'prices:read',
+  /** Publishing prices (the platform list and tenants' negotiated rates) and re-rating: platform administrators. */
+  pricesWrite: 'prices:write',
   gpuAllocate: 'gpu:allocate',
   platformOperate: 'platform:operate',
   /** Acting in any tenant, not only one's own: platform administrators only. */
@@ -45,9 +53,10 @@ export const systemRoles = {
   tenant_admin: [
     P.tenantsRead, P.tenantsUpdate, P.usersRead, P.usersWrite, P.usersResetMfa, P.usersExportPersonalData, P.usersErase, P.rolesRead, P.rolesWrite, P.sessionsRead,
     P.sessionsRevoke, P.apiKeysRead, P.apiKeysWrite, P.auditRead, P.budgetsRead, P.budgetsWrite, P.gpuAllocate,
+    P.usageWrite, P.usageRead, P.pricesRead,
   ],
   security_auditor: [P.tenantsRead, P.usersRead, P.rolesRead, P.sessionsRead, P.apiKeysRead, P.auditRead, P.auditVerify],
-  billing_manager: [P.tenantsRead, P.budgetsRead, P.budgetsWrite],
+  billing_manager: [P.tenantsRead, P.budgetsRead, P.budgetsWrite, P.usageRead, P.pricesRead],
   team_lead: [P.tenantsRead, P.usersRead, P.rolesRead, P.apiKeysRead, P.apiKeysWrite, P.gpuAllocate],
   developer: [P.tenantsRead, P.apiKeysRead, P.apiKeysWrite, P.gpuAllocate],
   viewer: [P.tenantsRead, P.usersRead, P.rolesRead],

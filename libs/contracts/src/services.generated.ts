@@ -3,9 +3,11 @@
 import { auditContract } from './audit';
 import { authContract } from './auth';
 import { tenantContract } from './tenant';
+import { billingContract } from './billing';
 
 export const serviceContracts = {
   audit: auditContract,
   auth: authContract,
   tenant: tenantContract,
+  billing: billingContract,
 } as const;

@@ -53,6 +53,11 @@ export function forwardedRouteControllers(groups: Record<string, Record<string, 
       async function handler(this: ForwardedRoutes, req: KeelRequest, reply: FastifyReply, input: RouteInput<RouteDecl>): Promise<unknown> {
         const answer = await this.rpc.call(route.forward!.rpc, forwardedRequest(route, input, callerOf(req)) as never);
         if (route.forward!.location) void reply.header('location', route.forward!.location(answer as never));
+        if (route.forward!.csv && (input.query as { format?: string } | undefined)?.format === 'csv') {
+          const { filename, text } = route.forward!.csv(answer as never);
+          void reply.type('text/csv; charset=utf-8').header('content-disposition', `attachment; filename="${filename}"`);
+          return text;
+        }
         return route.response.schema === null ? undefined : answer;
       }
       Object.defineProperty(proto, route.name, { value: handler, writable: true, configurable: true, enumerable: false });

@@ -1,0 +1,439 @@
+import { z } from 'zod';
+import { command, commandRequest, consistentWithParam, isoTime, listOf, positionSchema, query, route, routeGroup, serviceContract } from './contract';
+import { permissions as P } from './permissions';
+import { recordKeyError, text } from './text';
+
+/**
+ * The billing service: usage records (facts on the log, counted once each in Postgres), the price
+ * catalogue that rates them, and reports over the rollups. See the README's "Billing" section.
+ */
+export const BILLING_CONTEXT = 'billing';
+export const USAGE_AGGREGATE = 'usage';
+export const PRICE_AGGREGATE = 'price';
+export const RATING_AGGREGATE = 'rating';
+/** The scope of the platform's own price list (a tenant's overrides are scoped by its id). */
+export const PLATFORM_PRICES = 'platform';
+
+/** How far back and ahead a usage record's `occurredAt` may be (Stripe's limits). */
+export const USAGE_MAX_AGE_DAYS = 35;
+export const USAGE_MAX_AHEAD_MINUTES = 5;
+export const USAGE_BATCH_MAX = 1_000;
+
+const DECIMAL = /^(0|[1-9][0-9]{0,17})(\.[0-9]{1,9})?$/;
+/**
+ * An exact non-negative decimal: a JSON string (`"1234.5"`) or a number written without exponent
+ * (`1234.5`), up to 18 integer and 9 fraction digits. Answered and stored as its canonical text
+ * (no trailing fraction zeros), never as a binary float.
+ */
+export const decimalSchema = z
+  .union([text(), z.number()])
+  .transform((v, ctx) => {
+    const s = typeof v === 'number' ? (Number.isFinite(v) ? String(v) : '') : v;
+    if (!DECIMAL.test(s)) {
+      ctx.addIssue({ code: 'custom', message: 'must be a non-negative decimal such as "1500" or "0.25" (up to 18 digits before the point and 9 after, no exponent)' });
+      return z.NEVER;
+    }
+    return canonicalDecimal(s);
+  })
+  .meta({ override: ({ jsonSchema }: { jsonSchema: Record<string, unknown> }) => void Object.assign(jsonSchema, { anyOf: undefined, type: 'string', pattern: DECIMAL.source, examples: ['1500', '0.25'] }) });
+
+/** `"1.500"` → `"1.5"`, `"2.0"` → `"2"`. */
+export function canonicalDecimal(s: string): string {
+  if (!s.includes('.')) return s;
+  const trimmed = s.replace(/0+$/, '');
+  return trimmed.endsWith('.') ? trimmed.slice(0, -1) : trimmed;
+}
+
+/** A model id as usage and prices name it: compared lower-cased (aliases resolve to it). */
+export const modelSchema = text().trim().min(1, 'must not be empty').max(200).transform((m) => m.toLowerCase());
+const dimension = text().trim().min(1, 'must not be empty (leave it out instead)').max(200);
+
+export const attributionSchema = z
+  .object({ userId: dimension, teamId: dimension, projectId: dimension, costCenter: dimension, environment: dimension, apiKeyId: dimension })
+  .partial()
+  .strict();
+export type Attribution = z.infer<typeof attributionSchema>;
+
+export const quantitiesSchema = z
+  .object({ inputTokens: decimalSchema, cachedInputTokens: decimalSchema, outputTokens: decimalSchema, requests: decimalSchema, gpuSeconds: decimalSchema })
+  .partial()
+  .strict();
+export type Quantities = z.infer<typeof quantitiesSchema>;
+export const QUANTITY_NAMES = ['inputTokens', 'cachedInputTokens', 'outputTokens', 'requests', 'gpuSeconds'] as const;
+
+export const usageKindSchema = z.enum(['record', 'amend', 'cancel']);
+
+/**
+ * One usage record as a producer sends it (`kind` defaults to `record`). `record` counts usage once per (tenant, source, id);
+ * `amend` replaces what the record `target` counted (its model, attribution and quantities; it
+ * keeps its time), `cancel` removes it. A correction has an id of its own, counted once like a record.
+ */
+const usageFields = {
+  id: text().min(1).max(200),
+  model: modelSchema,
+  gpuType: text().trim().min(1).max(64).optional(),
+  attribution: attributionSchema.default({}),
+  quantities: quantitiesSchema,
+};
+const quantityRule = (r: { quantities: Quantities; gpuType?: string }, ctx: z.RefinementCtx) => {
+  if (!Object.keys(r.quantities).length) ctx.addIssue({ code: 'custom', path: ['quantities'], message: 'name at least one quantity' });
+  if (r.quantities.gpuSeconds !== undefined && r.gpuType === undefined) ctx.addIssue({ code: 'custom', path: ['gpuType'], message: 'GPU-seconds are priced by GPU type: name it' });
+};
+const correctionTarget = text().min(1).max(200).describe('The id of the record it corrects (same source)');
+
+export const usageRecordInputSchema = z.discriminatedUnion('kind', [
+  z
+    .object({ kind: z.literal('record').default('record'), ...usageFields, occurredAt: z.iso.datetime({ offset: true }) })
+    .strict()
+    .superRefine(quantityRule),
+  z
+    .object({ kind: z.literal('amend'), ...usageFields, target: correctionTarget, occurredAt: z.iso.datetime({ offset: true }).optional() })
+    .strict()
+    .superRefine(quantityRule),
+  z.object({ kind: z.literal('cancel'), id: usageFields.id, target: correctionTarget, occurredAt: z.iso.datetime({ offset: true }).optional() }).strict(),
+]);
+export type UsageRecordInput = z.infer<typeof usageRecordInputSchema>;
+
+export const usageBatchSchema = z
+  .object({
+    /** Who produced the records (an AI gateway, a product): ids are unique per source. Not defaulted from the caller, so a retry with another credential counts nothing twice. */
+    source: text().trim().min(1).max(100).regex(/^[A-Za-z0-9._:-]+$/, 'letters, digits and . _ : - only').default('default'),
+    records: z.array(usageRecordInputSchema).min(1, 'send at least one record').max(USAGE_BATCH_MAX, `at most ${USAGE_BATCH_MAX} records per batch`),
+  })
+  .strict();
+
+export const usageResultSchema = z.object({
+  index: z.number().int(),
+  id: text(),
+  status: z.enum(['accepted', 'duplicate', 'refused']),
+  /** Stream position of the accepted record's fact. */
+  position: positionSchema.optional(),
+  reason: text({ multiline: true }).optional(),
+});
+export const usageAnswerSchema = z
+  .object({ accepted: z.number().int(), duplicates: z.number().int(), refused: z.number().int(), results: z.array(usageResultSchema) })
+  .meta({ id: 'UsageIngestResult' });
+
+// ---- prices ----
+
+const rate = decimalSchema;
+export const priceRatesSchema = z
+  .object({
+    /** Per million tokens. */
+    inputPerMTok: rate,
+    cachedInputPerMTok: rate,
+    outputPerMTok: rate,
+    perRequest: rate,
+    /** Per GPU-hour, by GPU type (e.g. `H100`). */
+    gpuHour: z.record(text().min(1).max(64), rate, recordKeyError),
+  })
+  .partial()
+  .strict();
+export type PriceRates = z.infer<typeof priceRatesSchema>;
+
+/** Sanity bounds a price must keep (a slip of a unit is refused, not billed: LiteLLM #20615). */
+export const PRICE_BOUNDS = { perMTok: 10_000, perRequest: 100, gpuHour: 1_000 } as const;
+
+export const publishPriceSchema = z
+  .object({
+    model: modelSchema,
+    aliases: z.array(modelSchema).max(50).default([]),
+    currency: z.literal('USD').default('USD'),
+    rates: priceRatesSchema,
+    effectiveFrom: z.iso.datetime({ offset: true }),
+    effectiveTo: z.iso.datetime({ offset: true }).optional(),
+  })
+  .strict()
+  .superRefine((p, ctx) => {
+    const r = p.rates;
+    const rated = [r.inputPerMTok, r.cachedInputPerMTok, r.outputPerMTok, r.perRequest].filter((v) => v !== undefined).length + Object.keys(r.gpuHour ?? {}).length;
+    if (!rated) ctx.addIssue({ code: 'custom', path: ['rates'], message: 'name at least one rate (a free model is priced at "0" explicitly)' });
+    const over = (v: string | undefined, max: number, field: string) => {
+      if (v !== undefined && Number(v) > max) ctx.addIssue({ code: 'custom', path: ['rates', field], message: `${v} is above the sanity bound ${max} USD: check the unit` });
+    };
+    over(r.inputPerMTok, PRICE_BOUNDS.perMTok, 'inputPerMTok');
+    over(r.cachedInputPerMTok, PRICE_BOUNDS.perMTok, 'cachedInputPerMTok');
+    over(r.outputPerMTok, PRICE_BOUNDS.perMTok, 'outputPerMTok');
+    over(r.perRequest, PRICE_BOUNDS.perRequest, 'perRequest');
+    for (const [gpu, v] of Object.entries(r.gpuHour ?? {})) over(v, PRICE_BOUNDS.gpuHour, `gpuHour.${gpu}`);
+    if (r.cachedInputPerMTok !== undefined && r.inputPerMTok !== undefined && Number(r.cachedInputPerMTok) > Number(r.inputPerMTok)) {
+      ctx.addIssue({ code: 'custom', path: ['rates', 'cachedInputPerMTok'], message: 'a cached input token cannot cost more than an input token' });
+    }
+    if (p.effectiveTo !== undefined && Date.parse(p.effectiveTo) <= Date.parse(p.effectiveFrom)) {
+      ctx.addIssue({ code: 'custom', path: ['effectiveTo'], message: 'must be after effectiveFrom' });
+    }
+    if (p.aliases.includes(p.model)) ctx.addIssue({ code: 'custom', path: ['aliases'], message: 'a model is not an alias of itself' });
+  });
+export type PublishPrice = z.infer<typeof publishPriceSchema>;
+
+export const priceSchema = z
+  .object({
+    scope: text(),
+    model: text(),
+    version: z.number().int(),
+    aliases: z.array(text()),
+    currency: text(),
+    rates: priceRatesSchema,
+    effectiveFrom: isoTime,
+    effectiveTo: isoTime.nullable(),
+    publishedAt: isoTime,
+    position: positionSchema,
+  })
+  .meta({ id: 'Price' });
+export type Price = z.infer<typeof priceSchema>;
+
+// ---- reports ----
+
+export const reportDimensions = ['model', 'user', 'team', 'project', 'costCenter', 'environment', 'apiKey'] as const;
+export type ReportDimension = (typeof reportDimensions)[number];
+
+const groupBySchema = text()
+  .transform((s, ctx) => {
+    const parts = s.split(',').map((p) => p.trim()).filter(Boolean);
+    const bad = parts.filter((p) => !(reportDimensions as readonly string[]).includes(p));
+    if (bad.length) {
+      ctx.addIssue({ code: 'custom', message: `unknown dimension ${bad.map((b) => `"${b}"`).join(', ')}; choose from ${reportDimensions.join(', ')}` });
+      return z.NEVER;
+    }
+    return [...new Set(parts)] as ReportDimension[];
+  })
+  .meta({ override: ({ jsonSchema }: { jsonSchema: Record<string, unknown> }) => void Object.assign(jsonSchema, { description: `Comma-separated: ${reportDimensions.join(', ')}` }) });
+
+const PERIOD = /^\d{4}-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?$/;
+export const usageReportQuerySchema = z
+  .object({
+    /** A calendar month (`2026-11`) or day (`2026-11-30`) in `timeZone`; or `from` and `to`. */
+    period: text().regex(PERIOD, 'must be a month (YYYY-MM) or a day (YYYY-MM-DD)').optional(),
+    from: z.iso.datetime({ offset: true }).optional(),
+    to: z.iso.datetime({ offset: true }).optional(),
+    /** An IANA time zone (default UTC): where a period's days begin. */
+    timeZone: text().min(1).max(64).optional(),
+    groupBy: groupBySchema.optional(),
+    format: z.enum(['json', 'csv']).default('json'),
+    consistentWith: consistentWithParam,
+  })
+  .strict();
+
+const measures = {
+  inputTokens: text(),
+  cachedInputTokens: text(),
+  outputTokens: text(),
+  requests: text(),
+  gpuSeconds: text(),
+  /** In `currency`, exact (12 decimals). */
+  cost: text(),
+  /** Records counted (cancelled ones are not). */
+  records: z.number().int(),
+  /** Records counted that no price covered (their cost is not in `cost`): publish the price, then re-rate. */
+  unpricedRecords: z.number().int(),
+};
+export const usageReportRowSchema = z.object({ key: z.record(text(), text().nullable()), ...measures });
+export const usageReportSchema = z
+  .object({
+    tenantId: z.uuid(),
+    from: isoTime,
+    to: isoTime,
+    timeZone: text(),
+    groupBy: z.array(z.enum(reportDimensions)),
+    currency: text(),
+    rows: z.array(usageReportRowSchema),
+    total: z.object(measures),
+  })
+  .meta({ id: 'UsageReport' });
+export type UsageReport = z.infer<typeof usageReportSchema>;
+
+export const usageRecordViewSchema = z
+  .object({
+    tenantId: z.uuid(),
+    source: text(),
+    id: text(),
+    status: z.enum(['active', 'cancelled']),
+    occurredAt: isoTime,
+    model: text(),
+    gpuType: text().nullable(),
+    attribution: attributionSchema,
+    quantities: z.record(text(), text()),
+    cost: text(),
+    priced: z.boolean(),
+    price: z.object({ scope: text(), model: text(), version: z.number().int() }).nullable(),
+    /** How many corrections applied to it (amends and a cancel). */
+    corrections: z.number().int(),
+    position: positionSchema,
+  })
+  .meta({ id: 'UsageRecord' });
+
+// ---- events ----
+
+export const billingEventTypes = {
+  usageRecorded: 'billing.usage.recorded',
+  pricePublished: 'billing.price.published',
+  usageRerated: 'billing.rating.rerated',
+} as const;
+
+const attributionView = z.object({ userId: text(), teamId: text(), projectId: text(), costCenter: text(), environment: text(), apiKeyId: text() }).partial();
+export const billingEventSchemas = {
+  [billingEventTypes.usageRecorded]: z.object({
+    source: text(),
+    recordId: text(),
+    kind: usageKindSchema,
+    target: text().optional(),
+    occurredAt: isoTime.optional(),
+    model: text().optional(),
+    modelAsSent: text().optional(),
+    gpuType: text().optional(),
+    attribution: attributionView,
+    quantities: z.record(text(), text()).optional(),
+  }),
+  [billingEventTypes.pricePublished]: z.object({
+    scope: text(),
+    model: text(),
+    aliases: z.array(text()),
+    currency: text(),
+    rates: z.object({ inputPerMTok: text(), cachedInputPerMTok: text(), outputPerMTok: text(), perRequest: text(), gpuHour: z.record(text(), text()) }).partial(),
+    effectiveFrom: isoTime,
+    effectiveTo: isoTime.nullable(),
+  }),
+  [billingEventTypes.usageRerated]: z.object({ from: isoTime, to: isoTime, reason: text({ multiline: true }) }),
+} satisfies Record<(typeof billingEventTypes)[keyof typeof billingEventTypes], z.ZodType>;
+
+// ---- commands and queries ----
+
+const tenantScope = z.uuid();
+const withTenant = <D extends z.ZodType>(data: D) => commandRequest(z.object({ tenantId: tenantScope, data }).strict());
+
+export const rerateSchema = z
+  .object({
+    from: z.iso.datetime({ offset: true }),
+    to: z.iso.datetime({ offset: true }),
+    reason: text({ multiline: true }).trim().min(1, 'say why (a price fix, …)').max(1_000),
+  })
+  .strict()
+  // (Only when both are times: a bad one is named on its own.)
+  .refine((r) => !(Date.parse(r.to) <= Date.parse(r.from)), { path: ['to'], message: 'must be after from' });
+
+export const billingRpc = {
+  recordUsage: command(BILLING_CONTEXT, 'record_usage', {
+    summary: 'Record a batch of usage records (facts on the log; each counted once)',
+    request: withTenant(usageBatchSchema),
+    response: usageAnswerSchema,
+    timeoutMs: 30_000,
+  }),
+  publishPrice: command(BILLING_CONTEXT, 'publish_price', {
+    summary: "Publish a model's price (a new version; the platform list, or a tenant's override)",
+    request: commandRequest(z.object({ scope: z.union([z.literal(PLATFORM_PRICES), tenantScope]), data: publishPriceSchema }).strict()),
+    response: priceSchema,
+  }),
+  rerate: command(BILLING_CONTEXT, 'rerate', {
+    summary: "Re-rate a tenant's usage in a time range with the prices as they are now",
+    request: withTenant(rerateSchema),
+    response: z.object({ position: positionSchema }),
+  }),
+  prices: query(BILLING_CONTEXT, 'prices', {
+    summary: 'Prices of a scope (the platform list, or a tenant: its overrides and the platform list)',
+    request: z.object({ scope: z.union([z.literal(PLATFORM_PRICES), tenantScope]), consistentWith: z.number().int().min(0).optional() }).strict(),
+    response: listOf(priceSchema),
+  }),
+  usageReport: query(BILLING_CONTEXT, 'usage_report', {
+    summary: "A tenant's usage and cost over a period, grouped by attribution",
+    request: z
+      .object({ tenantId: tenantScope })
+      .extend(usageReportQuerySchema.omit({ format: true, groupBy: true, consistentWith: true }).shape)
+      .extend({ groupBy: z.array(z.enum(reportDimensions)).optional(), consistentWith: z.number().int().min(0).optional() })
+      .strict(),
+    response: usageReportSchema,
+  }),
+  usageRecord: query(BILLING_CONTEXT, 'usage_record', {
+    summary: 'One usage record as counted and rated',
+    request: z.object({ tenantId: tenantScope, recordId: text().min(1).max(200), source: text().min(1).max(100).default('default'), consistentWith: z.number().int().min(0).optional() }).strict(),
+    response: usageRecordViewSchema,
+  }),
+};
+
+// ---- HTTP routes ----
+
+const tenantParams = z.object({ tenantId: z.uuid() }).strict();
+const inTenant = { tenantParam: 'tenantId' } as const;
+
+const csvField = (v: string | number | null) => {
+  const s = v === null ? '' : String(v);
+  return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+};
+/** The report as CSV: a column per dimension grouped by, then the measures; the total last. */
+export function usageReportCsv(r: UsageReport): string {
+  const names = ['inputTokens', 'cachedInputTokens', 'outputTokens', 'requests', 'gpuSeconds', 'cost', 'records', 'unpricedRecords'] as const;
+  const lines = [[...r.groupBy, ...names].map(csvField).join(',')];
+  for (const row of r.rows) lines.push([...r.groupBy.map((d) => row.key[d] ?? null), ...names.map((n) => row[n])].map(csvField).join(','));
+  lines.push([...r.groupBy.map((_, i) => (i === 0 ? 'TOTAL' : '')), ...names.map((n) => r.total[n])].map(csvField).join(','));
+  return lines.join('\n') + '\n';
+}
+
+export const usageRoutes = routeGroup({
+  record: route({
+    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/usage', permission: P.usageWrite, tag: 'usage',
+    summary: 'Report usage: a batch of up to 1,000 records, each counted once (202 with a result per record)',
+    params: tenantParams, body: usageBatchSchema, response: { status: 202, schema: usageAnswerSchema },
+    forward: { rpc: billingRpc.recordUsage },
+  }),
+  report: route({
+    ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/usage/report', permission: P.usageRead, tag: 'usage',
+    summary: 'Usage and cost over a period, grouped by attribution (rows add up to the total); JSON or CSV',
+    params: tenantParams, query: usageReportQuerySchema,
+    response: { status: 200, schema: usageReportSchema, description: 'The report; with format=csv, text/csv with a row per group and the total last' },
+    forward: {
+      rpc: billingRpc.usageReport,
+      request: ({ params, query: { format: _format, ...q } }) => ({ ...q, ...params }),
+      csv: (answer) => ({ filename: 'usage-report.csv', text: usageReportCsv(answer) }),
+    },
+  }),
+  getRecord: route({
+    ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/usage/records/{recordId}', permission: P.usageRead, tag: 'usage',
+    summary: 'One usage record as counted and rated (with the price version it used)',
+    params: z.object({ tenantId: z.uuid(), recordId: text().min(1).max(200) }).strict(),
+    query: z.object({ source: text().min(1).max(100).optional(), consistentWith: consistentWithParam }).strict(),
+    response: { status: 200, schema: usageRecordViewSchema },
+    forward: { rpc: billingRpc.usageRecord },
+  }),
+  rerate: route({
+    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/usage/rerate', permission: P.pricesWrite, tag: 'usage',
+    summary: "Re-rate a time range with today's prices (after a price fix; nothing is deleted)",
+    params: tenantParams, body: rerateSchema, response: { status: 202, schema: z.object({ position: positionSchema }) },
+    forward: { rpc: billingRpc.rerate },
+  }),
+});
+
+export const priceRoutes = routeGroup({
+  list: route({
+    method: 'GET', path: '/api/v1/billing/prices', permission: P.pricesRead, tag: 'prices', summary: "The platform's price list (every version)",
+    query: z.object({ consistentWith: consistentWithParam }).strict(),
+    response: { status: 200, schema: listOf(priceSchema) },
+    forward: { rpc: billingRpc.prices, request: ({ query: q }) => ({ ...q, scope: PLATFORM_PRICES }) },
+  }),
+  publish: route({
+    method: 'POST', path: '/api/v1/billing/prices', permission: P.pricesWrite, tag: 'prices',
+    summary: "Publish a model's price on the platform list (a new version, effective from a time)",
+    body: publishPriceSchema, response: { status: 201, schema: priceSchema },
+    forward: { rpc: billingRpc.publishPrice, request: ({ body }, caller) => ({ meta: caller.meta, payload: { scope: PLATFORM_PRICES, data: body } }) },
+  }),
+  tenantList: route({
+    ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/prices', permission: P.pricesRead, tag: 'prices',
+    summary: "The prices that rate a tenant's usage: its overrides, then the platform list",
+    params: tenantParams, query: z.object({ consistentWith: consistentWithParam }).strict(),
+    response: { status: 200, schema: listOf(priceSchema) },
+    forward: { rpc: billingRpc.prices, request: ({ params, query: q }) => ({ ...q, scope: params.tenantId }) },
+  }),
+  tenantPublish: route({
+    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/prices', permission: P.pricesWrite, tag: 'prices',
+    summary: "Publish a tenant's own price for a model (a negotiated rate; it wins over the platform list)",
+    params: tenantParams, body: publishPriceSchema, response: { status: 201, schema: priceSchema },
+    forward: { rpc: billingRpc.publishPrice, request: ({ params, body }, caller) => ({ meta: caller.meta, payload: { scope: params.tenantId, data: body } }) },
+  }),
+});
+
+/** The billing service's contract (listed from services.manifest.json in services.generated.ts). */
+export const billingContract = serviceContract({
+  service: 'billing',
+  routes: { usage: usageRoutes, prices: priceRoutes },
+  rpcs: billingRpc,
+  events: billingEventSchemas,
+  projections: 'dead-letters',
+});

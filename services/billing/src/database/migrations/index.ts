@@ -1,0 +1,4 @@
+import { CreateBilling1700000000001 } from './1700000000001-create-billing';
+
+/** The billing schema's migrations, in the order the provisioning step runs them. */
+export const BILLING_MIGRATIONS = [CreateBilling1700000000001];

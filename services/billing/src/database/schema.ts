@@ -1,0 +1,2 @@
+export const BILLING_SCHEMA = 'billing';
+export const BILLING_ROLE = 'keel_billing';

@@ -1,0 +1,280 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { DataSource } from 'typeorm';
+import { z } from 'zod';
+import {
+  Attribution,
+  billingEventTypes as B,
+  billingRpc,
+  CommandMeta,
+  EventEnvelope,
+  KeelError,
+  nameBasedUuid,
+  newEventId,
+  parseOrThrow,
+  PLATFORM_PRICES,
+  Quantities,
+  RATING_AGGREGATE,
+  ReportDimension,
+  USAGE_AGGREGATE,
+  USAGE_MAX_AGE_DAYS,
+  USAGE_MAX_AHEAD_MINUTES,
+  usageAnswerSchema,
+  UsageRecordInput,
+  UsageReport,
+  usageRecordViewSchema,
+} from '@keel/contracts';
+import { KeelConfig } from '@keel/config';
+import { ALL_TENANTS, inTenant } from '@keel/database';
+import { EventStore, InjectConfig, MessagePattern } from '@keel/messaging';
+import { ProjectionRunner } from '@keel/projections';
+import { bucketRanges, reportRange, timeZoneOf } from './periods';
+import { D, PriceRow, unratedReason } from './rating';
+import { DIMENSIONS, QUANTITIES } from './usage.projection';
+
+type Answer = z.infer<typeof usageAnswerSchema>;
+/** A record of any kind, its fields optional (the schema has checked which each kind needs). */
+type Flat = { id: string; kind: UsageRecordInput['kind']; target?: string; occurredAt?: string; model?: string; gpuType?: string; attribution?: Attribution; quantities?: Quantities };
+type Result = Answer['results'][number];
+
+const DAY = 86_400_000;
+/** Report dimension → rollup column. */
+const COLUMN: Record<ReportDimension, string> = {
+  model: 'model', user: 'user_id', team: 'team_id', project: 'project_id', costCenter: 'cost_center', environment: 'environment', apiKey: 'api_key_id',
+};
+
+/** The id of a usage fact's event (and its `Nats-Msg-Id`): the same for every retry of the same record. */
+export const usageFactId = (tenantId: string, source: string, id: string) => nameBasedUuid(`keel.billing.usage\n${tenantId}\n${source}\n${id}`);
+
+/**
+ * Usage in: each record checked (its time within 35 days back and 5 minutes ahead, a price that
+ * covers what it uses), then the accepted ones appended as facts (the fact path: pipelined,
+ * `Nats-Msg-Id` = a name-based id of tenant, source and record id). Counting each exactly once is
+ * the usage projection's (`usage_facts`); this only spares the log what it already counted.
+ */
+@Injectable()
+export class UsageHandlers {
+  constructor(
+    private readonly store: EventStore,
+    @Inject(DataSource) private readonly ds: DataSource,
+    private readonly runner: ProjectionRunner,
+    @InjectConfig() private readonly config: KeelConfig,
+  ) {}
+
+  @MessagePattern('cmd.billing.record_usage')
+  async record(body: unknown): Promise<Answer> {
+    const { meta, payload } = parseOrThrow(billingRpc.recordUsage.request, body, 'usage batch');
+    const { tenantId, data } = payload;
+    const { source } = data;
+    const records = data.records as Flat[];
+    const now = Date.now();
+    const results: Result[] = records.map((r, index) => ({ index, id: r.id, status: 'accepted' }));
+    const refuse = (i: number, reason: string) => Object.assign(results[i]!, { status: 'refused', reason });
+
+    // Within the batch: the first of an id counts, the rest are duplicates.
+    const seen = new Set<string>();
+    records.forEach((r, i) => {
+      if (seen.has(r.id)) Object.assign(results[i]!, { status: 'duplicate' });
+      seen.add(r.id);
+    });
+    const { counted, targets, aliases, prices } = await this.lookups(tenantId, source, records);
+    records.forEach((r, i) => {
+      if (results[i]!.status !== 'accepted') return;
+      if (counted.has(r.id)) return void Object.assign(results[i]!, { status: 'duplicate' });
+      if (r.kind === 'record') {
+        const at = Date.parse(r.occurredAt!);
+        if (at < now - USAGE_MAX_AGE_DAYS * DAY) return void refuse(i, `occurredAt ${r.occurredAt} is more than ${USAGE_MAX_AGE_DAYS} days ago`);
+        if (at > now + USAGE_MAX_AHEAD_MINUTES * 60_000) return void refuse(i, `occurredAt ${r.occurredAt} is more than ${USAGE_MAX_AHEAD_MINUTES} minutes ahead`);
+      }
+      if (r.kind === 'cancel') return;
+      const model = aliases.get(r.model!) ?? r.model!;
+      // An amend is rated at its record's time: that record's, in this batch or counted before; else the amend's own, else now.
+      const targetTime = r.kind === 'amend' ? (records.find((o, j) => j < i && o.id === r.target && o.kind === 'record')?.occurredAt ?? targets.get(r.target!)) : undefined;
+      const at = Date.parse(targetTime ?? r.occurredAt ?? new Date(now).toISOString());
+      const reason = unratedReason(prices, tenantId, model, at, r.quantities ?? {}, r.gpuType);
+      if (reason) refuse(i, reason);
+    });
+
+    const facts: { i: number; fact: EventEnvelope }[] = [];
+    records.forEach((r, i) => {
+      if (results[i]!.status === 'accepted') facts.push({ i, fact: this.fact(tenantId, source, r, aliases.get(r.model ?? '') ?? r.model, meta) });
+    });
+    if (facts.length) {
+      const positions = await this.store.appendFacts(facts.map((f) => f.fact));
+      facts.forEach((f, j) => (results[f.i]!.position = positions[j]));
+    }
+    const count = (s: Result['status']) => results.filter((r) => r.status === s).length;
+    return { accepted: count('accepted'), duplicates: count('duplicate'), refused: count('refused'), results };
+  }
+
+  /** What the checks need, in three round trips: ids already counted, corrected records' times, aliases and prices. */
+  private async lookups(tenantId: string, source: string, records: Flat[]) {
+    return inTenant(this.ds, tenantId, async (m) => {
+      const ids = records.map((r) => r.id);
+      const counted = new Set<string>(
+        (await m.query(`SELECT fact_id FROM usage_facts WHERE tenant_id = $1 AND source = $2 AND fact_id = ANY($3)`, [tenantId, source, ids])).map((r: { fact_id: string }) => r.fact_id),
+      );
+      const targetIds = records.filter((r) => r.kind === 'amend').map((r) => r.target!);
+      const targets = new Map<string, string>(
+        targetIds.length
+          ? (await m.query(`SELECT record_id, occurred_at FROM usage_records WHERE tenant_id = $1 AND source = $2 AND record_id = ANY($3)`, [tenantId, source, targetIds])).map(
+              (r: { record_id: string; occurred_at: Date }) => [r.record_id, r.occurred_at.toISOString()],
+            )
+          : [],
+      );
+      return { counted, targets };
+    }).then(async (found) => ({ ...found, ...(await this.catalogue(tenantId, records)) }));
+  }
+
+  /** The aliases and prices the records' models need: the tenant's and the platform's (read across scopes: the platform list is no tenant's). */
+  private async catalogue(tenantId: string, records: Flat[]) {
+    return inTenant(this.ds, ALL_TENANTS, async (m) => {
+      const named = [...new Set(records.map((r) => r.model).filter((x): x is string => !!x))];
+      const aliases = new Map<string, string>();
+      // The tenant's aliases win over the platform's.
+      for (const r of (await m.query(`SELECT scope, alias, model FROM model_aliases WHERE scope = ANY($1) AND alias = ANY($2) ORDER BY scope = 'platform' DESC`, [[tenantId, PLATFORM_PRICES], named])) as {
+        alias: string;
+        model: string;
+      }[]) {
+        aliases.set(r.alias, r.model);
+      }
+      const models = [...new Set(named.map((n) => aliases.get(n) ?? n))];
+      const prices: PriceRow[] = models.length
+        ? await m.query(`SELECT scope, model, version, rates, effective_from, effective_to FROM prices WHERE model = ANY($1) AND scope = ANY($2)`, [models, [tenantId, PLATFORM_PRICES]])
+        : [];
+      return { aliases, prices };
+    });
+  }
+
+  private fact(tenantId: string, source: string, r: Flat, model: string | undefined, meta: CommandMeta): EventEnvelope {
+    const id = usageFactId(tenantId, source, r.id);
+    return {
+      id,
+      type: B.usageRecorded,
+      schemaVersion: 1,
+      tenantId,
+      aggregateType: USAGE_AGGREGATE,
+      aggregateId: id,
+      aggregateVersion: 1,
+      occurredAt: new Date().toISOString(),
+      actor: meta.actor,
+      correlationId: meta.correlationId,
+      data: {
+        source,
+        recordId: r.id,
+        kind: r.kind,
+        ...(r.target !== undefined ? { target: r.target } : {}),
+        ...(r.occurredAt !== undefined ? { occurredAt: new Date(r.occurredAt).toISOString() } : {}),
+        ...(model !== undefined ? { model, modelAsSent: r.model } : {}),
+        ...(r.gpuType !== undefined ? { gpuType: r.gpuType } : {}),
+        attribution: r.attribution ?? {},
+        ...(r.quantities ? { quantities: r.quantities as Record<string, string> } : {}),
+      },
+    };
+  }
+
+  @MessagePattern('cmd.billing.rerate')
+  async rerate(body: unknown): Promise<{ position: number }> {
+    const { meta, payload } = parseOrThrow(billingRpc.rerate.request, body, 're-rating');
+    const id = meta.commandId ? nameBasedUuid(`keel.billing.rerate\n${payload.tenantId}\n${meta.commandId}`) : newEventId();
+    const [position] = await this.store.appendFacts([
+      {
+        id,
+        type: B.usageRerated,
+        schemaVersion: 1,
+        tenantId: payload.tenantId,
+        aggregateType: RATING_AGGREGATE,
+        aggregateId: id,
+        aggregateVersion: 1,
+        occurredAt: new Date().toISOString(),
+        actor: meta.actor,
+        correlationId: meta.correlationId,
+        data: { from: new Date(payload.data.from).toISOString(), to: new Date(payload.data.to).toISOString(), reason: payload.data.reason },
+      },
+    ]);
+    return { position: position! };
+  }
+
+  @MessagePattern('qry.billing.usage_report')
+  async report(body: unknown): Promise<UsageReport> {
+    const q = parseOrThrow(billingRpc.usageReport.request, body, 'usage report');
+    const zone = timeZoneOf(q.timeZone);
+    const { from, to } = reportRange(q, zone);
+    if (q.consistentWith !== undefined) await this.runner.waitFor(q.consistentWith, this.config.KEEL_CONSISTENCY_WAIT_MS);
+    const groupBy = q.groupBy ?? [];
+    const ranges = bucketRanges(from, to);
+    const params: unknown[] = [q.tenantId];
+    const where: string[] = [];
+    for (const grain of ['day', 'hour', 'minute'] as const) {
+      for (const [a, b] of ranges[grain]) {
+        params.push(new Date(a).toISOString(), new Date(b).toISOString());
+        where.push(`(grain = '${grain}' AND bucket >= $${params.length - 1} AND bucket < $${params.length})`);
+      }
+    }
+    const cols = groupBy.map((d) => COLUMN[d]);
+    const sums = `${[...QUANTITIES.map(([c]) => c), 'cost'].map((c) => `sum(${c})::text AS ${c}`).join(', ')}, sum(records)::int AS records, sum(unpriced)::int AS unpriced`;
+    const rows: Record<string, string | number>[] = await inTenant(this.ds, q.tenantId, (m) =>
+      m.query(
+        `SELECT ${cols.length ? `${cols.join(', ')}, ` : ''}${sums} FROM usage_rollups
+          WHERE tenant_id = $1 AND (${where.join(' OR ')})
+          ${cols.length ? `GROUP BY ${cols.join(', ')} HAVING sum(records) <> 0 OR sum(cost) <> 0 ORDER BY ${cols.join(', ')}` : ''}`,
+        params,
+      ),
+    );
+    const exact = (v: string | number | undefined) => new D(v ?? 0).toFixed();
+    const measures = (r: Record<string, string | number> | undefined) => ({
+      inputTokens: exact(r?.input_tokens),
+      cachedInputTokens: exact(r?.cached_input_tokens),
+      outputTokens: exact(r?.output_tokens),
+      requests: exact(r?.requests),
+      gpuSeconds: exact(r?.gpu_seconds),
+      cost: exact(r?.cost),
+      records: Number(r?.records ?? 0),
+      unpricedRecords: Number(r?.unpriced ?? 0),
+    });
+    const out = cols.length ? rows.map((r) => ({ key: Object.fromEntries(groupBy.map((d) => [d, r[COLUMN[d]] === '' ? null : String(r[COLUMN[d]])])), ...measures(r) })) : [];
+    // The total is the sum of the rows, added exactly (numeric); without groupBy it is the one sum.
+    const total = cols.length ? sumRows(out) : measures(rows[0]);
+    return { tenantId: q.tenantId, from: new Date(from).toISOString(), to: new Date(to).toISOString(), timeZone: zone, groupBy, currency: 'USD', rows: out, total };
+  }
+
+  @MessagePattern('qry.billing.usage_record')
+  async getRecord(body: unknown): Promise<z.infer<typeof usageRecordViewSchema>> {
+    const q = parseOrThrow(billingRpc.usageRecord.request, body, 'usage record');
+    if (q.consistentWith !== undefined) await this.runner.waitFor(q.consistentWith, this.config.KEEL_CONSISTENCY_WAIT_MS);
+    const [r] = await inTenant(this.ds, q.tenantId, (m) =>
+      m.query(`SELECT * FROM usage_records WHERE tenant_id = $1 AND source = $2 AND record_id = $3`, [q.tenantId, q.source, q.recordId]),
+    );
+    if (!r) throw new KeelError('not_found', `No usage record "${q.recordId}" from source "${q.source}" is counted in this tenant.`);
+    return {
+      tenantId: r.tenant_id,
+      source: r.source,
+      id: r.record_id,
+      status: r.status,
+      occurredAt: (r.occurred_at as Date).toISOString(),
+      model: r.model,
+      gpuType: r.gpu_type,
+      attribution: Object.fromEntries(DIMENSIONS.slice(1).filter(([c]) => r[c] !== '').map(([c, a]) => [a, r[c]])),
+      quantities: Object.fromEntries(QUANTITIES.map(([c, q]) => [q, new D(r[c]).toFixed()])),
+      cost: new D(r.cost).toFixed(),
+      priced: r.price_version !== null,
+      price: r.price_version === null ? null : { scope: r.price_scope, model: r.price_model, version: r.price_version },
+      corrections: r.corrections,
+      position: Number(r.position),
+    };
+  }
+}
+
+/** Adds report rows' measures exactly. */
+function sumRows(rows: { inputTokens: string; cachedInputTokens: string; outputTokens: string; requests: string; gpuSeconds: string; cost: string; records: number; unpricedRecords: number }[]) {
+  const add = (values: string[]) => values.reduce((s, v) => s.plus(v), new D(0)).toFixed();
+  return {
+    inputTokens: add(rows.map((r) => r.inputTokens)),
+    cachedInputTokens: add(rows.map((r) => r.cachedInputTokens)),
+    outputTokens: add(rows.map((r) => r.outputTokens)),
+    requests: add(rows.map((r) => r.requests)),
+    gpuSeconds: add(rows.map((r) => r.gpuSeconds)),
+    cost: add(rows.map((r) => r.cost)),
+    records: rows.reduce((s, r) => s + r.records, 0),
+    unpricedRecords: rows.reduce((s, r) => s + r.unpricedRecords, 0),
+  };
+}

@@ -1,0 +1,349 @@
+import { EntityManager } from 'typeorm';
+import { Counter } from 'prom-client';
+import { billingEventTypes as B, EventEnvelope, PositionedEvent, Quantities } from '@keel/contracts';
+import { PermanentEventError } from '@keel/messaging';
+import { metricsRegistry } from '@keel/observability';
+import { Projection } from '@keel/projections';
+import { BILLING_TABLES } from '../database/migrations/1700000000001-create-billing';
+import { bucketOf } from './periods';
+import { choosePrice, D, Dec, PriceRow, rate } from './rating';
+
+/** The attribution columns, as a record's attribution names them. */
+export const DIMENSIONS = [
+  ['model', 'model'],
+  ['user_id', 'userId'],
+  ['team_id', 'teamId'],
+  ['project_id', 'projectId'],
+  ['cost_center', 'costCenter'],
+  ['environment', 'environment'],
+  ['api_key_id', 'apiKeyId'],
+] as const;
+/** The quantity columns, as a record's quantities name them; then the cost. */
+export const QUANTITIES = [
+  ['input_tokens', 'inputTokens'],
+  ['cached_input_tokens', 'cachedInputTokens'],
+  ['output_tokens', 'outputTokens'],
+  ['requests', 'requests'],
+  ['gpu_seconds', 'gpuSeconds'],
+] as const;
+const MEASURES = [...QUANTITIES.map(([c]) => c), 'cost'] as const;
+const GRAINS = ['minute', 'hour', 'day'] as const;
+
+type UsageFact = EventEnvelope<{
+  source: string;
+  recordId: string;
+  kind: 'record' | 'amend' | 'cancel';
+  target?: string;
+  occurredAt?: string;
+  model?: string;
+  gpuType?: string;
+  attribution: Record<string, string>;
+  quantities?: Record<string, string>;
+}>;
+
+/** A record as counted now (a row of usage_records). */
+export interface RecordRow {
+  tenant_id: string;
+  source: string;
+  record_id: string;
+  status: 'active' | 'cancelled';
+  occurred_at: string;
+  model: string;
+  user_id: string;
+  team_id: string;
+  project_id: string;
+  cost_center: string;
+  environment: string;
+  api_key_id: string;
+  gpu_type: string | null;
+  input_tokens: string;
+  cached_input_tokens: string;
+  output_tokens: string;
+  requests: string;
+  gpu_seconds: string;
+  cost: string;
+  price_scope: string | null;
+  price_model: string | null;
+  price_version: number | null;
+  corrections: number;
+  position: number;
+}
+
+const unrated = new Counter({
+  name: 'keel_billing_unpriced_records_total',
+  help: 'Usage records counted that no price covered (tokens > 0, cost unknown): publish the price, then re-rate',
+  registers: [metricsRegistry],
+});
+
+const keyOf = (tenantId: string, source: string, id: string) => `${tenantId}\n${source}\n${id}`;
+const iso = (t: Date | string) => (t instanceof Date ? t.toISOString() : new Date(t).toISOString());
+
+/** A row as Postgres answers it, in the shape the projection works with. */
+function recordFromDb(r: Record<string, unknown>): RecordRow {
+  return { ...(r as unknown as RecordRow), occurred_at: iso(r.occurred_at as Date), position: Number(r.position) };
+}
+
+/** Per (grain, bucket, attribution): the sums a batch adds to the rollups (negative for what a correction takes back). */
+class RollupDeltas {
+  private readonly rows = new Map<string, Record<string, unknown>>();
+
+  /** Adds (sign 1) or takes back (sign -1) what a record counts, in each grain's bucket. */
+  add(r: RecordRow, sign: 1 | -1): void {
+    if (r.status !== 'active') return;
+    const at = Date.parse(r.occurred_at);
+    for (const grain of GRAINS) {
+      const bucket = new Date(bucketOf(at, grain)).toISOString();
+      const dims = DIMENSIONS.map(([c]) => r[c]);
+      const key = [r.tenant_id, grain, bucket, ...dims].join('\n');
+      let row = this.rows.get(key);
+      if (!row) {
+        row = { tenant_id: r.tenant_id, grain, bucket, records: 0, unpriced: 0 };
+        DIMENSIONS.forEach(([c], i) => (row![c] = dims[i]));
+        for (const m of MEASURES) row[m] = new D(0);
+        this.rows.set(key, row);
+      }
+      for (const m of MEASURES) row[m] = (row[m] as Dec).plus(new D(r[m]).times(sign));
+      row.records = (row.records as number) + sign;
+      if (r.price_version === null) row.unpriced = (row.unpriced as number) + sign;
+    }
+  }
+
+  async write(m: EntityManager): Promise<void> {
+    if (!this.rows.size) return;
+    const rows = [...this.rows.values()].map((r) => ({ ...r, ...Object.fromEntries(MEASURES.map((c) => [c, (r[c] as Dec).toFixed()])) }));
+    const cols = ['tenant_id uuid', 'grain text', 'bucket timestamptz', ...DIMENSIONS.map(([c]) => `${c} text`), ...MEASURES.map((c) => `${c} numeric`), 'records integer', 'unpriced integer'];
+    const names = cols.map((c) => c.split(' ')[0]);
+    await m.query(
+      `INSERT INTO usage_rollups AS r (${names.join(', ')})
+       SELECT ${names.join(', ')} FROM jsonb_to_recordset($1::jsonb) AS x(${cols.join(', ')})
+       ON CONFLICT (tenant_id, grain, bucket, ${DIMENSIONS.map(([c]) => c).join(', ')}) DO UPDATE SET
+         ${[...MEASURES, 'records', 'unpriced'].map((c) => `${c} = r.${c} + EXCLUDED.${c}`).join(', ')}`,
+      [JSON.stringify(rows)],
+    );
+  }
+}
+
+const RECORD_COLUMNS = [
+  'tenant_id uuid', 'source text', 'record_id text', 'status text', 'occurred_at timestamptz',
+  ...DIMENSIONS.map(([c]) => `${c} text`), 'gpu_type text', ...MEASURES.map((c) => `${c} numeric`),
+  'price_scope text', 'price_model text', 'price_version integer', 'corrections integer', 'position bigint',
+];
+
+/**
+ * Usage and prices, from the billing events on the log: each fact (a record or a correction) is
+ * counted once, by its (tenant, source, id) in `usage_facts`, in the same transaction as the
+ * record's row, the rollups and the checkpoint; a replay or a redelivery adds nothing. Records are
+ * rated at the position they are applied with the catalogue as the log has it there, so a rebuild
+ * rates every record exactly as the live model did. Prices and their aliases are part of it.
+ */
+export class UsageProjection implements Projection {
+  readonly name = 'usage';
+  readonly contexts = ['billing'];
+  readonly tables = BILLING_TABLES.map((t) => t.name);
+
+  async apply(m: EntityManager, events: PositionedEvent[]): Promise<void> {
+    let facts: PositionedEvent[] = [];
+    for (const pe of events) {
+      if (pe.event.type === B.usageRecorded) {
+        facts.push(pe);
+        continue;
+      }
+      await this.applyUsage(m, facts);
+      facts = [];
+      if (pe.event.type === B.pricePublished) await this.applyPrice(m, pe);
+      else if (pe.event.type === B.usageRerated) await this.applyRerate(m, pe);
+      else throw new PermanentEventError(`unknown billing event type ${pe.event.type}`);
+    }
+    await this.applyUsage(m, facts);
+  }
+
+  private async applyPrice(m: EntityManager, { position, event }: PositionedEvent): Promise<void> {
+    const d = event.data as { scope: string; model: string; aliases: string[]; currency: string; rates: object; effectiveFrom: string; effectiveTo: string | null };
+    await m.query(
+      `INSERT INTO prices (scope, model, version, aliases, currency, rates, effective_from, effective_to, published_at, position)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING`,
+      [d.scope, d.model, event.aggregateVersion, d.aliases, d.currency, JSON.stringify(d.rates), d.effectiveFrom, d.effectiveTo, event.occurredAt, position],
+    );
+    if (d.aliases.length) {
+      await m.query(
+        `INSERT INTO model_aliases (scope, alias, model) SELECT $1, a, $2 FROM unnest($3::text[]) AS a
+         ON CONFLICT (scope, alias) DO UPDATE SET model = EXCLUDED.model`,
+        [d.scope, d.model, d.aliases],
+      );
+    }
+  }
+
+  /** The prices of `models` that can rate usage of `tenants` (theirs and the platform's). */
+  private async prices(m: EntityManager, tenants: string[], models: string[]): Promise<PriceRow[]> {
+    if (!models.length) return [];
+    return m.query(`SELECT scope, model, version, rates, effective_from, effective_to FROM prices WHERE model = ANY($1) AND scope = ANY($2)`, [
+      [...new Set(models)],
+      ['platform', ...new Set(tenants)],
+    ]);
+  }
+
+  private async applyUsage(m: EntityManager, events: PositionedEvent[]): Promise<void> {
+    if (!events.length) return;
+    // Each fact once: the first of each (tenant, source, id) in the batch, and only those not counted before.
+    const firsts = new Map<string, { position: number; fact: UsageFact }>();
+    for (const { position, event } of events) {
+      const fact = event as UsageFact;
+      const key = keyOf(fact.tenantId, fact.data.source, fact.data.recordId);
+      if (!firsts.has(key)) firsts.set(key, { position, fact });
+    }
+    const claimed: { tenant_id: string; source: string; fact_id: string }[] = await m.query(
+      `INSERT INTO usage_facts (tenant_id, source, fact_id, kind, position)
+       SELECT tenant_id, source, fact_id, kind, position FROM jsonb_to_recordset($1::jsonb) AS x(tenant_id uuid, source text, fact_id text, kind text, position bigint)
+       ON CONFLICT DO NOTHING RETURNING tenant_id, source, fact_id`,
+      [JSON.stringify([...firsts.values()].map(({ position, fact }) => ({ tenant_id: fact.tenantId, source: fact.data.source, fact_id: fact.data.recordId, kind: fact.data.kind, position })))],
+    );
+    const fresh = new Set(claimed.map((c) => keyOf(c.tenant_id, c.source, c.fact_id)));
+    const todo = [...firsts.entries()].filter(([k]) => fresh.has(k)).map(([, v]) => v);
+    if (!todo.length) return;
+
+    // What the new facts touch: the records they correct, the corrections waiting for the records they create.
+    const targets = todo.filter(({ fact }) => fact.data.kind !== 'record').map(({ fact }) => ({ tenant_id: fact.tenantId, source: fact.data.source, record_id: fact.data.target! }));
+    const created = todo.filter(({ fact }) => fact.data.kind === 'record').map(({ fact }) => ({ tenant_id: fact.tenantId, source: fact.data.source, record_id: fact.data.recordId }));
+    const records = new Map<string, RecordRow>();
+    if (targets.length) {
+      const rows: Record<string, unknown>[] = await m.query(
+        `SELECT r.* FROM usage_records r JOIN jsonb_to_recordset($1::jsonb) AS x(tenant_id uuid, source text, record_id text)
+           ON r.tenant_id = x.tenant_id AND r.source = x.source AND r.record_id = x.record_id`,
+        [JSON.stringify(targets)],
+      );
+      for (const r of rows) records.set(keyOf(r.tenant_id as string, r.source as string, r.record_id as string), recordFromDb(r));
+    }
+    const waiting = new Map<string, { position: number; fact: UsageFact; factId: string }[]>();
+    if (created.length) {
+      // TypeORM answers a DELETE … RETURNING as [rows, count].
+      const [rows]: [{ tenant_id: string; source: string; fact_id: string; target: string; position: string; fact: UsageFact }[], number] = await m.query(
+        `DELETE FROM pending_corrections p USING jsonb_to_recordset($1::jsonb) AS x(tenant_id uuid, source text, record_id text)
+          WHERE p.tenant_id = x.tenant_id AND p.source = x.source AND p.target = x.record_id
+          RETURNING p.tenant_id, p.source, p.fact_id, p.target, p.position, p.fact`,
+        [JSON.stringify(created)],
+      );
+      for (const r of rows) {
+        const key = keyOf(r.tenant_id, r.source, r.target);
+        waiting.set(key, [...(waiting.get(key) ?? []), { position: Number(r.position), fact: r.fact, factId: r.fact_id }].sort((a, b) => a.position - b.position));
+      }
+    }
+    const models = [...todo.map(({ fact }) => fact.data.model), ...[...waiting.values()].flat().map(({ fact }) => fact.data.model)].filter((x): x is string => !!x);
+    const prices = await this.prices(m, [...new Set(todo.map(({ fact }) => fact.tenantId))], models);
+
+    const deltas = new RollupDeltas();
+    const changed = new Map<string, RecordRow>();
+    /** Corrections that came in this batch before their record (they wait in pending_corrections unless it comes later in the batch). */
+    const arrivedEarly = new Set<UsageFact>();
+    const apply = (fact: UsageFact, position: number) => {
+      const d = fact.data;
+      if (d.kind === 'record') {
+        const key = keyOf(fact.tenantId, d.source, d.recordId);
+        const row = this.rated(
+          { tenant_id: fact.tenantId, source: d.source, record_id: d.recordId, status: 'active', occurred_at: iso(d.occurredAt!), corrections: 0, position },
+          d, prices,
+        );
+        records.set(key, row);
+        changed.set(key, row);
+        deltas.add(row, 1);
+        const early = waiting.get(key) ?? [];
+        waiting.delete(key);
+        for (const w of early) {
+          arrivedEarly.delete(w.fact);
+          apply(w.fact, w.position);
+        }
+        return;
+      }
+      const key = keyOf(fact.tenantId, d.source, d.target!);
+      const before = records.get(key);
+      if (!before) {
+        // Its record has not come yet: the correction waits for it (and is applied when it comes).
+        waiting.set(key, [...(waiting.get(key) ?? []), { position, fact, factId: d.recordId }]);
+        arrivedEarly.add(fact);
+        return;
+      }
+      // A cancelled record stays cancelled: a later amend of it changes nothing (it is still counted as a fact).
+      if (before.status !== 'active') return;
+      deltas.add(before, -1);
+      const after: RecordRow =
+        d.kind === 'cancel'
+          ? { ...before, status: 'cancelled', corrections: before.corrections + 1, position }
+          : this.rated({ ...before, corrections: before.corrections + 1, position }, d, prices);
+      deltas.add(after, 1);
+      records.set(key, after);
+      changed.set(key, after);
+    };
+    for (const { position, fact } of todo) apply(fact, position);
+
+    if (changed.size) {
+      const names = RECORD_COLUMNS.map((c) => c.split(' ')[0]!);
+      await m.query(
+        `INSERT INTO usage_records (${names.join(', ')})
+         SELECT ${names.join(', ')} FROM jsonb_to_recordset($1::jsonb) AS x(${RECORD_COLUMNS.join(', ')})
+         ON CONFLICT (tenant_id, source, record_id) DO UPDATE SET ${names.slice(3).map((c) => `${c} = EXCLUDED.${c}`).join(', ')}`,
+        [JSON.stringify([...changed.values()])],
+      );
+    }
+    const pending = [...waiting.values()].flat().filter((w) => arrivedEarly.has(w.fact))
+      .map(({ position, fact, factId }) => ({ tenant_id: fact.tenantId, source: fact.data.source, fact_id: factId, target: fact.data.target!, position, fact }));
+    if (pending.length) {
+      await m.query(
+        `INSERT INTO pending_corrections (tenant_id, source, fact_id, target, position, fact)
+         SELECT tenant_id, source, fact_id, target, position, fact FROM jsonb_to_recordset($1::jsonb) AS x(tenant_id uuid, source text, fact_id text, target text, position bigint, fact jsonb)`,
+        [JSON.stringify(pending)],
+      );
+    }
+    await deltas.write(m);
+  }
+
+  /** `base` with a fact's model, attribution and quantities, rated at its time. */
+  private rated(base: Pick<RecordRow, 'tenant_id' | 'source' | 'record_id' | 'status' | 'occurred_at' | 'corrections' | 'position'>, d: UsageFact['data'], prices: PriceRow[]): RecordRow {
+    const row = {
+      ...base,
+      model: d.model!,
+      gpu_type: d.gpuType ?? null,
+      ...Object.fromEntries(DIMENSIONS.slice(1).map(([c, a]) => [c, d.attribution[a] ?? ''])),
+      ...Object.fromEntries(QUANTITIES.map(([c, q]) => [c, d.quantities?.[q] ?? '0'])),
+    } as Omit<RecordRow, 'cost' | 'price_scope' | 'price_model' | 'price_version'>;
+    return withRating(row, prices);
+  }
+
+  /** Every active record of the tenant in [from, to) rated again with the prices as the log has them here. */
+  private async applyRerate(m: EntityManager, { position, event }: PositionedEvent): Promise<void> {
+    const { from, to } = event.data as { from: string; to: string };
+    const rows = (
+      await m.query(`SELECT * FROM usage_records WHERE tenant_id = $1 AND status = 'active' AND occurred_at >= $2 AND occurred_at < $3`, [event.tenantId, from, to])
+    ).map(recordFromDb) as RecordRow[];
+    if (!rows.length) return;
+    const prices = await this.prices(m, [event.tenantId], rows.map((r) => r.model));
+    const deltas = new RollupDeltas();
+    const changed: RecordRow[] = [];
+    for (const before of rows) {
+      const after = withRating(before, prices);
+      if (after.cost === before.cost && after.price_version === before.price_version && after.price_scope === before.price_scope) continue;
+      deltas.add(before, -1);
+      deltas.add(after, 1);
+      changed.push({ ...after, position });
+    }
+    if (changed.length) {
+      await m.query(
+        `UPDATE usage_records r SET cost = x.cost, price_scope = x.price_scope, price_model = x.price_model, price_version = x.price_version, position = x.position
+           FROM jsonb_to_recordset($1::jsonb) AS x(tenant_id uuid, source text, record_id text, cost numeric, price_scope text, price_model text, price_version integer, position bigint)
+          WHERE r.tenant_id = x.tenant_id AND r.source = x.source AND r.record_id = x.record_id`,
+        [JSON.stringify(changed)],
+      );
+    }
+    await deltas.write(m);
+  }
+}
+
+/** A record with its cost and the price version that gave it (none, and cost 0 not counted, when no price covers it). */
+export function withRating<R extends Omit<RecordRow, 'cost' | 'price_scope' | 'price_model' | 'price_version'>>(row: R, prices: PriceRow[]): RecordRow {
+  const price = choosePrice(prices, row.tenant_id, row.model, Date.parse(row.occurred_at));
+  const quantities = Object.fromEntries(QUANTITIES.map(([c, q]) => [q, row[c]])) as Quantities;
+  const rated = price ? rate(quantities, row.gpu_type, price.rates) : undefined;
+  if (!price || !rated?.cost) {
+    unrated.inc();
+    return { ...row, cost: '0', price_scope: null, price_model: null, price_version: null };
+  }
+  return { ...row, cost: rated.cost.toFixed(), price_scope: price.scope, price_model: price.model, price_version: price.version };
+}

@@ -91,7 +91,7 @@ export const usageRecordInputSchema = z.discriminatedUnion('kind', [
     .strict()
     .superRefine(quantityRule),
   z.object({ kind: z.literal('cancel'), id: usageFields.id, target: correctionTarget, occurredAt: z.iso.datetime({ offset: true }).optional() }).strict(),
-]);
+], { error: (issue) => (issue.code === 'invalid_union' ? 'kind must be "record" (the default), "amend" or "cancel"' : undefined) });
 export type UsageRecordInput = z.infer<typeof usageRecordInputSchema>;
 
 export const usageBatchSchema = z

@@ -81,6 +81,8 @@ describe('billing: usage records, prices and reports', () => {
       [{ ...good, rates: { inputPerMTok: '1e3' } }, 'rates.inputPerMTok'],
       [{ ...good, rates: { inputPerMTok: '1', cachedInputPerMTok: '2' } }, 'rates.cachedInputPerMTok'],
       [{ ...good, effectiveTo: at(-48 * 60) }, 'effectiveTo'],
+      [{ ...good, aliases: ['gpt-4o-mini', 'GPT-4o-Mini'] }, 'aliases'],
+      [{ ...good, effectiveFrom: '0000-01-01T00:30:00+01:00' }, 'effectiveFrom'],
     ] as const) {
       const res = await operator('POST', '/api/v1/billing/prices', { body });
       expect(res.status).toBe(400);
@@ -185,6 +187,13 @@ describe('billing: usage records, prices and reports', () => {
     expect(await record('r1')).toMatchObject({ status: 'cancelled', corrections: 1 });
     expect(await record('r2')).toMatchObject({ status: 'active', corrections: 1, cost: '0.0005', quantities: { inputTokens: '200', cachedInputTokens: '0' } });
     expect(await record('r9')).toMatchObject({ status: 'cancelled', corrections: 1 });
+    // A correction corrects a record: not itself, nor another correction.
+    const wrong = await report([
+      { id: 'self', kind: 'cancel', target: 'self' },
+      { id: 'meta', kind: 'cancel', target: 'drop-r1' },
+    ]);
+    expect(wrong.results.map((r: { status: string }) => r.status)).toEqual(['refused', 'refused']);
+    expect(wrong.results[1].reason).toContain('is a correction, not a record');
     // The same correction again counts nothing.
     const twice = await report([{ id: 'fix-r2', kind: 'amend', target: 'r2', model: 'gpt-4o', quantities: { inputTokens: '5' } }]);
     expect(twice.results[0].status).toBe('duplicate');

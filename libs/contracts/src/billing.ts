@@ -20,6 +20,14 @@ export const USAGE_MAX_AHEAD_MINUTES = 5;
 export const USAGE_BATCH_MAX = 1_000;
 
 const DECIMAL = /^(0|[1-9][0-9]{0,17})(\.[0-9]{1,9})?$/;
+const FIRST = Date.UTC(2000, 0, 1);
+const END = Date.UTC(10_000, 0, 1);
+/** An ISO-8601 time with an offset, between the years 2000 and 9999 in UTC (what Postgres and a bill can hold). */
+const instant = () =>
+  z.iso.datetime({ offset: true }).refine((v) => {
+    const t = Date.parse(v);
+    return Number.isNaN(t) || (t >= FIRST && t < END);
+  }, 'must be between 2000-01-01 and 9999-12-31 (UTC)');
 /**
  * An exact non-negative decimal: a JSON string (`"1234.5"`) or a number written without exponent
  * (`1234.5`), up to 18 integer and 9 fraction digits. Answered and stored as its canonical text
@@ -83,14 +91,14 @@ const correctionTarget = text().min(1).max(200).describe('The id of the record i
 
 export const usageRecordInputSchema = z.discriminatedUnion('kind', [
   z
-    .object({ kind: z.literal('record').default('record'), ...usageFields, occurredAt: z.iso.datetime({ offset: true }) })
+    .object({ kind: z.literal('record').default('record'), ...usageFields, occurredAt: instant() })
     .strict()
     .superRefine(quantityRule),
   z
-    .object({ kind: z.literal('amend'), ...usageFields, target: correctionTarget, occurredAt: z.iso.datetime({ offset: true }).optional() })
+    .object({ kind: z.literal('amend'), ...usageFields, target: correctionTarget, occurredAt: instant().optional() })
     .strict()
     .superRefine(quantityRule),
-  z.object({ kind: z.literal('cancel'), id: usageFields.id, target: correctionTarget, occurredAt: z.iso.datetime({ offset: true }).optional() }).strict(),
+  z.object({ kind: z.literal('cancel'), id: usageFields.id, target: correctionTarget, occurredAt: instant().optional() }).strict(),
 ], { error: (issue) => (issue.code === 'invalid_union' ? 'kind must be "record" (the default), "amend" or "cancel"' : undefined) });
 export type UsageRecordInput = z.infer<typeof usageRecordInputSchema>;
 
@@ -140,8 +148,8 @@ export const publishPriceSchema = z
     aliases: z.array(modelSchema).max(50).default([]),
     currency: z.literal('USD').default('USD'),
     rates: priceRatesSchema,
-    effectiveFrom: z.iso.datetime({ offset: true }),
-    effectiveTo: z.iso.datetime({ offset: true }).optional(),
+    effectiveFrom: instant(),
+    effectiveTo: instant().optional(),
   })
   .strict()
   .superRefine((p, ctx) => {
@@ -163,6 +171,7 @@ export const publishPriceSchema = z
       ctx.addIssue({ code: 'custom', path: ['effectiveTo'], message: 'must be after effectiveFrom' });
     }
     if (p.aliases.includes(p.model)) ctx.addIssue({ code: 'custom', path: ['aliases'], message: 'a model is not an alias of itself' });
+    if (new Set(p.aliases).size !== p.aliases.length) ctx.addIssue({ code: 'custom', path: ['aliases'], message: 'names an alias twice (aliases compare lower-cased)' });
   });
 export type PublishPrice = z.infer<typeof publishPriceSchema>;
 
@@ -199,13 +208,13 @@ const groupBySchema = text()
   })
   .meta({ override: ({ jsonSchema }: { jsonSchema: Record<string, unknown> }) => void Object.assign(jsonSchema, { description: `Comma-separated: ${reportDimensions.join(', ')}` }) });
 
-const PERIOD = /^\d{4}-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?$/;
+const PERIOD = /^[2-9]\d{3}-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?$/;
 export const usageReportQuerySchema = z
   .object({
     /** A calendar month (`2026-11`) or day (`2026-11-30`) in `timeZone`; or `from` and `to`. */
     period: text().regex(PERIOD, 'must be a month (YYYY-MM) or a day (YYYY-MM-DD)').optional(),
-    from: z.iso.datetime({ offset: true }).optional(),
-    to: z.iso.datetime({ offset: true }).optional(),
+    from: instant().optional(),
+    to: instant().optional(),
     /** An IANA time zone (default UTC): where a period's days begin. */
     timeZone: text().min(1).max(64).optional(),
     groupBy: groupBySchema.optional(),
@@ -303,8 +312,8 @@ const withTenant = <D extends z.ZodType>(data: D) => commandRequest(z.object({ t
 
 export const rerateSchema = z
   .object({
-    from: z.iso.datetime({ offset: true }),
-    to: z.iso.datetime({ offset: true }),
+    from: instant(),
+    to: instant(),
     reason: text({ multiline: true }).trim().min(1, 'say why (a price fix, …)').max(1_000),
   })
   .strict()

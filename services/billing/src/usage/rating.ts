@@ -37,6 +37,8 @@ export interface Rated {
   missing?: string;
 }
 
+/** Decimals a record's cost keeps. */
+export const COST_DECIMALS = 12;
 const MILLION = new D(1_000_000);
 const HOUR = new D(3_600);
 
@@ -59,7 +61,8 @@ export function rate(quantities: Quantities, gpuType: string | undefined | null,
     part(quantities.outputTokens, rates.outputPerMTok, MILLION, 'outputPerMTok') ??
     part(quantities.requests, rates.perRequest, new D(1), 'perRequest') ??
     part(quantities.gpuSeconds, gpuType ? rates.gpuHour?.[gpuType] : undefined, HOUR, `gpuHour.${gpuType ?? '?'}`);
-  return missing ? { missing } : { cost };
+  // Each record's cost to 12 decimals (a GPU-second is 1/3600 of an hour: no repeating decimals in the sums).
+  return missing ? { missing } : { cost: cost.toDecimalPlaces(COST_DECIMALS) };
 }
 
 /** Why a record cannot be rated, for a person: undefined when it can. */

@@ -63,7 +63,9 @@ export class UsageHandlers {
   @MessagePattern('cmd.billing.record_usage')
   async record(body: unknown): Promise<Answer> {
     const { meta, payload } = parseOrThrow(billingRpc.recordUsage.request, body, 'usage batch');
-    const { tenantId, data } = payload;
+    const { data } = payload;
+    // As Postgres prints a uuid (the projection's keys compare it so).
+    const tenantId = payload.tenantId.toLowerCase();
     const { source } = data;
     const records = data.records as Flat[];
     const now = Date.now();
@@ -76,7 +78,7 @@ export class UsageHandlers {
       if (seen.has(r.id)) Object.assign(results[i]!, { status: 'duplicate' });
       seen.add(r.id);
     });
-    const { counted, targets, aliases, prices } = await this.lookups(tenantId, source, records);
+    const { counted, corrections, targets, aliases, prices } = await this.lookups(tenantId, source, records);
     records.forEach((r, i) => {
       if (results[i]!.status !== 'accepted') return;
       if (counted.has(r.id)) return void Object.assign(results[i]!, { status: 'duplicate' });
@@ -84,6 +86,13 @@ export class UsageHandlers {
         const at = Date.parse(r.occurredAt!);
         if (at < now - USAGE_MAX_AGE_DAYS * DAY) return void refuse(i, `occurredAt ${r.occurredAt} is more than ${USAGE_MAX_AGE_DAYS} days ago`);
         if (at > now + USAGE_MAX_AHEAD_MINUTES * 60_000) return void refuse(i, `occurredAt ${r.occurredAt} is more than ${USAGE_MAX_AHEAD_MINUTES} minutes ahead`);
+      }
+      if (r.kind !== 'record') {
+        // A correction corrects a record: not itself, nor another correction (it would wait for ever).
+        if (r.target === r.id) return void refuse(i, `${r.kind} ${r.id} names itself as its target`);
+        if (corrections.has(r.target!) || records.some((o) => o.id === r.target && o.kind !== 'record')) {
+          return void refuse(i, `${r.target} is a correction, not a record: ${r.kind} the record it corrected`);
+        }
       }
       if (r.kind === 'cancel') return;
       const model = aliases.get(r.model!) ?? r.model!;
@@ -113,6 +122,12 @@ export class UsageHandlers {
       const counted = new Set<string>(
         (await m.query(`SELECT fact_id FROM usage_facts WHERE tenant_id = $1 AND source = $2 AND fact_id = ANY($3)`, [tenantId, source, ids])).map((r: { fact_id: string }) => r.fact_id),
       );
+      const named = records.filter((r) => r.kind !== 'record').map((r) => r.target!);
+      const corrections = new Set<string>(
+        named.length
+          ? (await m.query(`SELECT fact_id FROM usage_facts WHERE tenant_id = $1 AND source = $2 AND fact_id = ANY($3) AND kind <> 'record'`, [tenantId, source, named])).map((r: { fact_id: string }) => r.fact_id)
+          : [],
+      );
       const targetIds = records.filter((r) => r.kind === 'amend').map((r) => r.target!);
       const targets = new Map<string, string>(
         targetIds.length
@@ -121,7 +136,7 @@ export class UsageHandlers {
             )
           : [],
       );
-      return { counted, targets };
+      return { counted, corrections, targets };
     }).then(async (found) => ({ ...found, ...(await this.catalogue(tenantId, records)) }));
   }
 

@@ -271,12 +271,137 @@ export const usageRecordViewSchema = z
   })
   .meta({ id: 'UsageRecord' });
 
+
+// ---- budgets ----
+
+export const BUDGET_AGGREGATE = 'budget';
+export const budgetScopeKinds = ['tenant', 'team', 'user', 'project', 'model', 'environment', 'apiKey'] as const;
+export type BudgetScopeKind = (typeof budgetScopeKinds)[number];
+
+export const budgetScopeSchema = z
+  .object({ kind: z.enum(budgetScopeKinds), id: dimension.optional() })
+  .strict()
+  .superRefine((s, ctx) => {
+    if (s.kind === 'tenant' && s.id !== undefined) ctx.addIssue({ code: 'custom', path: ['id'], message: 'a tenant budget covers the whole tenant: leave id out' });
+    if (s.kind !== 'tenant' && s.id === undefined) ctx.addIssue({ code: 'custom', path: ['id'], message: `a ${s.kind} budget names the ${s.kind} (its id as usage records carry it)` });
+  });
+export type BudgetScope = z.infer<typeof budgetScopeSchema>;
+
+export const budgetPeriodSchema = z
+  .object({
+    /** Calendar periods of the time zone: a day from local midnight, a week from Monday, a month, a quarter, a year. */
+    unit: z.enum(['day', 'week', 'month', 'quarter', 'year']),
+    timeZone: text().min(1).max(64).default('UTC'),
+  })
+  .strict();
+
+export const thresholdSchema = z
+  .object({
+    /** Of the limit: 50, 80, 100, or beyond (a hard threshold at 110 allows 10 % over). */
+    percent: z.number().min(1).max(1_000),
+    /** warn: notify; soft: notify and allow; throttle: notify and lower the rate limit; hard: refuse what would pass it. */
+    mode: z.enum(['warn', 'soft', 'throttle', 'hard']),
+  })
+  .strict();
+
+export const budgetBodySchema = z
+  .object({
+    name: text().trim().min(1, 'must not be empty').max(200),
+    scope: budgetScopeSchema,
+    /** USD (exact decimal) or tokens (input, cached input and output together). */
+    unit: z.enum(['USD', 'tokens']),
+    limit: decimalSchema,
+    period: budgetPeriodSchema,
+    thresholds: z.array(thresholdSchema).min(1).max(10).default([{ percent: 80, mode: 'warn' }, { percent: 100, mode: 'hard' }]),
+    /** When Redis cannot be reached: refuse (closed, 503) or allow without counting (open). */
+    failMode: z.enum(['closed', 'open']).default('closed'),
+  })
+  .strict()
+  .superRefine((b, ctx) => {
+    const hard = b.thresholds.filter((t) => t.mode === 'hard');
+    if (hard.length > 1) ctx.addIssue({ code: 'custom', path: ['thresholds'], message: 'at most one hard threshold' });
+    const percents = b.thresholds.map((t) => t.percent);
+    if (new Set(percents).size !== percents.length) ctx.addIssue({ code: 'custom', path: ['thresholds'], message: 'each threshold at its own percent' });
+    if (Number(b.limit) <= 0) ctx.addIssue({ code: 'custom', path: ['limit'], message: 'must be more than 0' });
+    if (b.unit === 'tokens' && b.limit.includes('.')) ctx.addIssue({ code: 'custom', path: ['limit'], message: 'a token budget is a whole number of tokens' });
+  });
+export type BudgetBody = z.infer<typeof budgetBodySchema>;
+export const budgetPatchSchema = z
+  .object({ name: budgetBodySchema.shape.name, limit: decimalSchema, thresholds: z.array(thresholdSchema).min(1).max(10), failMode: z.enum(['closed', 'open']) })
+  .partial()
+  .strict()
+  .refine((v) => Object.keys(v).length > 0, { message: 'name at least one field to change' });
+
+export const budgetSchema = z
+  .object({
+    id: z.uuid(),
+    tenantId: z.uuid(),
+    name: text(),
+    scope: z.object({ kind: z.enum(budgetScopeKinds), id: text().optional() }),
+    unit: z.enum(['USD', 'tokens']),
+    limit: text(),
+    period: z.object({ unit: z.enum(['day', 'week', 'month', 'quarter', 'year']), timeZone: text() }),
+    thresholds: z.array(z.object({ percent: z.number(), mode: z.enum(['warn', 'soft', 'throttle', 'hard']) })),
+    failMode: z.enum(['closed', 'open']),
+    version: z.number().int(),
+    createdAt: isoTime,
+    updatedAt: isoTime,
+    /** The current period and what it holds (spent by settled and reported usage, reserved by open reservations). */
+    current: z
+      .object({ periodStart: isoTime, periodEnd: isoTime, spent: text(), reserved: text(), remaining: text() })
+      .optional(),
+  })
+  .meta({ id: 'Budget' });
+export type Budget = z.infer<typeof budgetSchema>;
+export const budgetAnswerSchema = z.object({ budget: budgetSchema, version: z.number().int(), position: positionSchema }).meta({ id: 'BudgetCommandResult' });
+
+// ---- reservations (admission on the hot path) ----
+
+export const reservationRequestSchema = z
+  .object({
+    /** The AI request's id: one reservation per id; it becomes the usage record's id when settled. */
+    requestId: text().min(1).max(200),
+    source: usageBatchSchema.shape.source,
+    model: modelSchema,
+    gpuType: text().trim().min(1).max(64).optional(),
+    attribution: attributionSchema.default({}),
+    /** What the call may use at most: input tokens and the output cap (max_tokens), GPU-seconds… */
+    estimate: quantitiesSchema.refine((q) => Object.keys(q).length > 0, { message: 'name at least one quantity' }),
+    /** Released by the sweeper if neither settled nor released by then. */
+    ttlSeconds: z.number().int().min(5).max(86_400).default(600),
+  })
+  .strict();
+
+export const settleSchema = z
+  .object({
+    /** What the call used (the usage record). A cancelled call without quantities is charged its estimated input. */
+    quantities: quantitiesSchema.optional(),
+    cancelled: z.boolean().default(false),
+    occurredAt: instant().optional(),
+  })
+  .strict();
+
+export const reservationSchema = z
+  .object({
+    requestId: text(),
+    status: z.enum(['reserved', 'settled', 'released', 'expired', 'unchecked']),
+    expiresAt: isoTime.optional(),
+    /** What was held on each budget that applies (USD amounts, or tokens). */
+    holds: z.array(z.object({ budgetId: z.uuid(), unit: z.enum(['USD', 'tokens']), amount: text() })),
+    /** A settled reservation's usage record position. */
+    position: positionSchema.optional(),
+  })
+  .meta({ id: 'Reservation' });
+
 // ---- events ----
 
 export const billingEventTypes = {
   usageRecorded: 'billing.usage.recorded',
   pricePublished: 'billing.price.published',
   usageRerated: 'billing.rating.rerated',
+  budgetCreated: 'billing.budget.created',
+  budgetUpdated: 'billing.budget.updated',
+  budgetDeleted: 'billing.budget.deleted',
 } as const;
 
 const attributionView = z.object({ userId: text(), teamId: text(), projectId: text(), costCenter: text(), environment: text(), apiKeyId: text() }).partial();
@@ -292,6 +417,8 @@ export const billingEventSchemas = {
     gpuType: text().optional(),
     attribution: attributionView,
     quantities: z.record(text(), text()).optional(),
+    /** Settled through a reservation (its cost went on the budget counters at the settle). */
+    viaReservation: z.boolean().optional(),
   }),
   [billingEventTypes.pricePublished]: z.object({
     scope: text(),
@@ -303,6 +430,9 @@ export const billingEventSchemas = {
     effectiveTo: isoTime.nullable(),
   }),
   [billingEventTypes.usageRerated]: z.object({ from: isoTime, to: isoTime, reason: text({ multiline: true }) }),
+  [billingEventTypes.budgetCreated]: z.object({ name: text(), scope: z.object({ kind: text(), id: text().optional() }), unit: text(), limit: text(), period: z.object({ unit: text(), timeZone: text() }), thresholds: z.array(z.object({ percent: z.number(), mode: text() })), failMode: text() }),
+  [billingEventTypes.budgetUpdated]: z.object({ changes: z.record(text(), z.unknown()) }),
+  [billingEventTypes.budgetDeleted]: z.object({}),
 } satisfies Record<(typeof billingEventTypes)[keyof typeof billingEventTypes], z.ZodType>;
 
 // ---- commands and queries ----
@@ -350,6 +480,42 @@ export const billingRpc = {
       .extend({ groupBy: z.array(z.enum(reportDimensions)).optional(), consistentWith: z.number().int().min(0).optional() })
       .strict(),
     response: usageReportSchema,
+  }),
+  createBudget: command(BILLING_CONTEXT, 'create_budget', { summary: 'Create a budget', request: withTenant(budgetBodySchema), response: budgetAnswerSchema }),
+  updateBudget: command(BILLING_CONTEXT, 'update_budget', {
+    summary: "Change a budget's name, limit, thresholds or fail mode",
+    request: commandRequest(z.object({ tenantId: tenantScope, budgetId: z.uuid(), data: budgetPatchSchema }).strict()),
+    response: budgetAnswerSchema,
+  }),
+  deleteBudget: command(BILLING_CONTEXT, 'delete_budget', {
+    summary: 'Delete a budget',
+    request: commandRequest(z.object({ tenantId: tenantScope, budgetId: z.uuid() }).strict()),
+    response: z.object({ deleted: z.literal(true), position: positionSchema }),
+  }),
+  budgets: query(BILLING_CONTEXT, 'budgets', {
+    summary: "A tenant's budgets with their current period",
+    request: z.object({ tenantId: tenantScope, consistentWith: z.number().int().min(0).optional() }).strict(),
+    response: listOf(budgetSchema),
+  }),
+  budget: query(BILLING_CONTEXT, 'budget', {
+    summary: 'One budget with its current period',
+    request: z.object({ tenantId: tenantScope, budgetId: z.uuid(), consistentWith: z.number().int().min(0).optional() }).strict(),
+    response: budgetSchema,
+  }),
+  reserve: command(BILLING_CONTEXT, 'reserve', {
+    summary: 'Reserve room on every budget that applies, all or none (refused naming the budget that has none)',
+    request: withTenant(reservationRequestSchema),
+    response: reservationSchema,
+  }),
+  settle: command(BILLING_CONTEXT, 'settle', {
+    summary: 'Settle a reservation with what the call used (it becomes the usage record); once per request id',
+    request: commandRequest(z.object({ tenantId: tenantScope, requestId: text().min(1).max(200), data: settleSchema }).strict()),
+    response: reservationSchema,
+  }),
+  release: command(BILLING_CONTEXT, 'release', {
+    summary: 'Release a reservation that used nothing; once per request id',
+    request: commandRequest(z.object({ tenantId: tenantScope, requestId: text().min(1).max(200) }).strict()),
+    response: reservationSchema,
   }),
   usageRecord: query(BILLING_CONTEXT, 'usage_record', {
     summary: 'One usage record as counted and rated',
@@ -410,6 +576,60 @@ export const usageRoutes = routeGroup({
   }),
 });
 
+const budgetParams = z.object({ tenantId: z.uuid(), budgetId: z.uuid() }).strict();
+export const budgetRoutes = routeGroup({
+  create: route({
+    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/budgets', permission: P.budgetsWrite, tag: 'budgets',
+    summary: 'Create a budget (tenant, team, user, project, model, environment or API key; money or tokens; calendar periods in a time zone)',
+    params: tenantParams, body: budgetBodySchema, idempotent: true, response: { status: 201, schema: budgetAnswerSchema },
+    forward: { rpc: billingRpc.createBudget },
+  }),
+  list: route({
+    ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/budgets', permission: P.budgetsRead, tag: 'budgets',
+    summary: 'Budgets with spent, reserved and remaining in their current period',
+    params: tenantParams, query: z.object({ consistentWith: consistentWithParam }).strict(), response: { status: 200, schema: listOf(budgetSchema) },
+    forward: { rpc: billingRpc.budgets },
+  }),
+  get: route({
+    ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/budgets/{budgetId}', permission: P.budgetsRead, tag: 'budgets',
+    summary: 'One budget with spent, reserved and remaining in its current period',
+    params: budgetParams, query: z.object({ consistentWith: consistentWithParam }).strict(), response: { status: 200, schema: budgetSchema },
+    forward: { rpc: billingRpc.budget },
+  }),
+  update: route({
+    ...inTenant, method: 'PATCH', path: '/api/v1/tenants/{tenantId}/budgets/{budgetId}', permission: P.budgetsWrite, tag: 'budgets', conditional: true,
+    summary: "Change a budget's name, limit, thresholds or fail mode", params: budgetParams, body: budgetPatchSchema, response: { status: 200, schema: budgetAnswerSchema },
+    forward: { rpc: billingRpc.updateBudget },
+  }),
+  remove: route({
+    ...inTenant, method: 'DELETE', path: '/api/v1/tenants/{tenantId}/budgets/{budgetId}', permission: P.budgetsWrite, tag: 'budgets',
+    summary: 'Delete a budget', params: budgetParams, response: { status: 200, schema: z.object({ deleted: z.literal(true), position: positionSchema }) },
+    forward: { rpc: billingRpc.deleteBudget },
+  }),
+});
+
+const reservationParams = z.object({ tenantId: z.uuid(), requestId: text().min(1).max(200) }).strict();
+export const reservationRoutes = routeGroup({
+  reserve: route({
+    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/usage/reservations', permission: P.usageWrite, tag: 'usage',
+    summary: 'Before a call: reserve its estimate on every budget that applies (402 naming the budget without room)',
+    params: tenantParams, body: reservationRequestSchema, response: { status: 201, schema: reservationSchema },
+    forward: { rpc: billingRpc.reserve },
+  }),
+  settle: route({
+    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/usage/reservations/{requestId}/settle', permission: P.usageWrite, tag: 'usage',
+    summary: 'After a call: settle with what it used (the usage record), once per request id',
+    params: reservationParams, body: settleSchema, response: { status: 200, schema: reservationSchema },
+    forward: { rpc: billingRpc.settle },
+  }),
+  release: route({
+    ...inTenant, method: 'POST', path: '/api/v1/tenants/{tenantId}/usage/reservations/{requestId}/release', permission: P.usageWrite, tag: 'usage',
+    summary: 'A call that used nothing: release its reservation, once per request id',
+    params: reservationParams, body: z.object({}).strict().optional(), response: { status: 200, schema: reservationSchema },
+    forward: { rpc: billingRpc.release },
+  }),
+});
+
 export const priceRoutes = routeGroup({
   list: route({
     method: 'GET', path: '/api/v1/billing/prices', permission: P.pricesRead, tag: 'prices', summary: "The platform's price list (every version)",
@@ -441,7 +661,7 @@ export const priceRoutes = routeGroup({
 /** The billing service's contract (listed from services.manifest.json in services.generated.ts). */
 export const billingContract = serviceContract({
   service: 'billing',
-  routes: { usage: usageRoutes, prices: priceRoutes },
+  routes: { usage: usageRoutes, prices: priceRoutes, budgets: budgetRoutes, reservations: reservationRoutes },
   rpcs: billingRpc,
   events: billingEventSchemas,
   projections: 'dead-letters',

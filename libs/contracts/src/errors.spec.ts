@@ -27,6 +27,7 @@ describe('KeelError', () => {
     ['account_locked', 423],
     ['rate_limited', 429],
     ['quota_exceeded', 409],
+    ['budget_exceeded', 402],
     ['service_unavailable', 503],
     ['consistency_timeout', 503],
   ] as [ErrorCode, number][])('%s answers %i', (code, status) => {
@@ -34,7 +35,7 @@ describe('KeelError', () => {
   });
 
   it('covers every code of the catalogue in the table above', () => {
-    expect(Object.keys(errorCatalogue)).toHaveLength(27);
+    expect(Object.keys(errorCatalogue)).toHaveLength(28);
   });
 
   it('is an Error with its name, code and message', () => {

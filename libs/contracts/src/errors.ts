@@ -28,6 +28,8 @@ export const errorCatalogue = {
   account_locked: 423,
   rate_limited: 429,
   quota_exceeded: 409,
+  /** A budget has no room for this: the problem names it, its limit, spent, reserved and when it resets. */
+  budget_exceeded: 402,
   unsupported_media_type: 415,
   idempotency_key_reused: 422,
   internal: 500,
@@ -49,6 +51,8 @@ export interface ErrorBody {
   code: ErrorCode;
   message: string;
   fields?: FieldError[];
+  /** Machine-readable members of the problem (RFC 9457 extension members), e.g. the budget that refused. */
+  details?: Record<string, unknown>;
 }
 
 /** An error meant for the caller: it crosses NATS and becomes problem+json at the gateway. */
@@ -57,6 +61,7 @@ export class KeelError extends Error {
     readonly code: ErrorCode,
     message: string,
     readonly fields?: FieldError[],
+    readonly details?: Record<string, unknown>,
   ) {
     super(message);
     this.name = 'KeelError';
@@ -67,12 +72,12 @@ export class KeelError extends Error {
   }
 
   toBody(): ErrorBody {
-    return { code: this.code, message: this.message, ...(this.fields ? { fields: this.fields } : {}) };
+    return { code: this.code, message: this.message, ...(this.fields ? { fields: this.fields } : {}), ...(this.details ? { details: this.details } : {}) };
   }
 
   static fromBody(body: ErrorBody): KeelError {
     const code = isErrorCode(body.code) ? body.code : 'internal';
-    return new KeelError(code, body.message, body.fields);
+    return new KeelError(code, body.message, body.fields, body.details && typeof body.details === 'object' ? body.details : undefined);
   }
 }
 

@@ -79,3 +79,12 @@ export function bucketOf(t: number, grain: 'minute' | 'hour' | 'day'): number {
   const size = grain === 'minute' ? MINUTE : grain === 'hour' ? HOUR : DAY;
   return Math.floor(t / size) * size;
 }
+
+export type PeriodUnit = 'day' | 'week' | 'month' | 'quarter' | 'year';
+
+/** The calendar period of `zone` holding `at`: from its local start (a week from Monday) to the next one's, as UTC instants. */
+export function periodOf(unit: PeriodUnit, zone: string, at: number): { start: number; end: number } {
+  const start = DateTime.fromMillis(at, { zone }).startOf(unit === 'week' ? 'week' : unit);
+  const end = start.plus({ [`${unit}s`]: 1 });
+  return { start: start.toMillis(), end: end.toMillis() };
+}

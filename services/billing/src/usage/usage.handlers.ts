@@ -33,7 +33,7 @@ import { DIMENSIONS, QUANTITIES } from './usage.projection';
 
 type Answer = z.infer<typeof usageAnswerSchema>;
 /** A record of any kind, its fields optional (the schema has checked which each kind needs). */
-type Flat = { id: string; kind: UsageRecordInput['kind']; target?: string; occurredAt?: string; model?: string; gpuType?: string; attribution?: Attribution; quantities?: Quantities };
+export type Flat = { id: string; kind: UsageRecordInput['kind']; target?: string; occurredAt?: string; model?: string; gpuType?: string; attribution?: Attribution; quantities?: Quantities };
 type Result = Answer['results'][number];
 
 const DAY = 86_400_000;
@@ -63,11 +63,13 @@ export class UsageHandlers {
   @MessagePattern('cmd.billing.record_usage')
   async record(body: unknown): Promise<Answer> {
     const { meta, payload } = parseOrThrow(billingRpc.recordUsage.request, body, 'usage batch');
-    const { data } = payload;
+    return this.ingest(payload.tenantId, payload.data.source, payload.data.records as Flat[], meta);
+  }
+
+  /** Checks and appends a batch of records (a settled reservation's record too, marked as such). */
+  async ingest(tenant: string, source: string, records: Flat[], meta: CommandMeta, viaReservation = false): Promise<Answer> {
     // As Postgres prints a uuid (the projection's keys compare it so).
-    const tenantId = payload.tenantId.toLowerCase();
-    const { source } = data;
-    const records = data.records as Flat[];
+    const tenantId = tenant.toLowerCase();
     const now = Date.now();
     const results: Result[] = records.map((r, index) => ({ index, id: r.id, status: 'accepted' }));
     const refuse = (i: number, reason: string) => Object.assign(results[i]!, { status: 'refused', reason });
@@ -105,7 +107,7 @@ export class UsageHandlers {
 
     const facts: { i: number; fact: EventEnvelope }[] = [];
     records.forEach((r, i) => {
-      if (results[i]!.status === 'accepted') facts.push({ i, fact: this.fact(tenantId, source, r, aliases.get(r.model ?? '') ?? r.model, meta) });
+      if (results[i]!.status === 'accepted') facts.push({ i, fact: this.fact(tenantId, source, r, aliases.get(r.model ?? '') ?? r.model, meta, viaReservation) });
     });
     if (facts.length) {
       const positions = await this.store.appendFacts(facts.map((f) => f.fact));
@@ -141,7 +143,7 @@ export class UsageHandlers {
   }
 
   /** The aliases and prices the records' models need: the tenant's and the platform's (read across scopes: the platform list is no tenant's). */
-  private async catalogue(tenantId: string, records: Flat[]) {
+  async catalogue(tenantId: string, records: Flat[]) {
     return inTenant(this.ds, ALL_TENANTS, async (m) => {
       const named = [...new Set(records.map((r) => r.model).filter((x): x is string => !!x))];
       const aliases = new Map<string, string>();
@@ -160,7 +162,7 @@ export class UsageHandlers {
     });
   }
 
-  private fact(tenantId: string, source: string, r: Flat, model: string | undefined, meta: CommandMeta): EventEnvelope {
+  private fact(tenantId: string, source: string, r: Flat, model: string | undefined, meta: CommandMeta, viaReservation: boolean): EventEnvelope {
     const id = usageFactId(tenantId, source, r.id);
     return {
       id,
@@ -183,6 +185,7 @@ export class UsageHandlers {
         ...(r.gpuType !== undefined ? { gpuType: r.gpuType } : {}),
         attribution: r.attribution ?? {},
         ...(r.quantities ? { quantities: r.quantities as Record<string, string> } : {}),
+        ...(viaReservation ? { viaReservation: true } : {}),
       },
     };
   }

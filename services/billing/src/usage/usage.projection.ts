@@ -5,6 +5,8 @@ import { PermanentEventError } from '@keel/messaging';
 import { metricsRegistry } from '@keel/observability';
 import { Projection } from '@keel/projections';
 import { BILLING_TABLES } from '../database/migrations/1700000000001-create-billing';
+import { BUDGET_TABLES } from '../database/migrations/1700000000002-budgets';
+import type { BudgetLedger } from '../budgets/budget-ledger';
 import { bucketOf } from './periods';
 import { choosePrice, D, Dec, PriceRow, rate } from './rating';
 
@@ -39,7 +41,15 @@ type UsageFact = EventEnvelope<{
   gpuType?: string;
   attribution: Record<string, string>;
   quantities?: Record<string, string>;
+  /** Settled through a reservation: its cost went on the budget counters then. */
+  viaReservation?: boolean;
 }>;
+
+/** What changed on budget counters in a batch (applied to Redis after the commit). */
+export interface AppliedUsage {
+  spent: { tenantId: string; occurredAt: number; model: string; attribution: Record<string, string>; cost: Dec; quantities: Quantities; sign: 1 | -1 }[];
+  budgetsChanged: Set<string>;
+}
 
 /** A record as counted now (a row of usage_records). */
 export interface RecordRow {
@@ -139,9 +149,13 @@ const RECORD_COLUMNS = [
 export class UsageProjection implements Projection {
   readonly name = 'usage';
   readonly contexts = ['billing'];
-  readonly tables = BILLING_TABLES.map((t) => t.name);
+  readonly tables = [...BILLING_TABLES, ...BUDGET_TABLES].map((t) => t.name);
 
-  async apply(m: EntityManager, events: PositionedEvent[]): Promise<void> {
+  constructor(private readonly ledger?: BudgetLedger) {}
+
+  async apply(m: EntityManager, events: PositionedEvent[]): Promise<AppliedUsage> {
+    const applied: AppliedUsage = { spent: [], budgetsChanged: new Set() };
+    this.applied = applied;
     let facts: PositionedEvent[] = [];
     for (const pe of events) {
       if (pe.event.type === B.usageRecorded) {
@@ -152,9 +166,57 @@ export class UsageProjection implements Projection {
       facts = [];
       if (pe.event.type === B.pricePublished) await this.applyPrice(m, pe);
       else if (pe.event.type === B.usageRerated) await this.applyRerate(m, pe);
+      else if (pe.event.type.startsWith('billing.budget.')) await this.applyBudget(m, pe, applied);
       else throw new PermanentEventError(`unknown billing event type ${pe.event.type}`);
     }
     await this.applyUsage(m, facts);
+    return applied;
+  }
+
+  /** The batch being applied (its counter changes are collected as records change). */
+  private applied: AppliedUsage = { spent: [], budgetsChanged: new Set() };
+
+  /** After the commit: usage reported directly onto the budget counters. */
+  async afterCommit(applied: AppliedUsage): Promise<void> {
+    if (!this.ledger) return;
+    await this.ledger.addSpent(applied.spent).catch(() => undefined);
+  }
+
+  private async applyBudget(m: EntityManager, { position, event }: PositionedEvent, applied: AppliedUsage): Promise<void> {
+    applied.budgetsChanged.add(event.tenantId);
+    if (event.type === B.budgetCreated) {
+      const d = event.data as { name: string; scope: { kind: string; id?: string }; unit: string; limit: string; period: { unit: string; timeZone: string }; thresholds: unknown[]; failMode: string };
+      await m.query(
+        `INSERT INTO budgets (tenant_id, id, name, scope_kind, scope_id, unit, "limit", period_unit, time_zone, thresholds, fail_mode, version, position, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) ON CONFLICT DO NOTHING`,
+        [event.tenantId, event.aggregateId, d.name, d.scope.kind, d.scope.id ?? '', d.unit, d.limit, d.period.unit, d.period.timeZone, JSON.stringify(d.thresholds), d.failMode, event.aggregateVersion, position, event.occurredAt],
+      );
+    } else if (event.type === B.budgetUpdated) {
+      const c = (event.data as { changes: { name?: string; limit?: string; thresholds?: unknown[]; failMode?: string } }).changes;
+      await m.query(
+        `UPDATE budgets SET name = coalesce($3, name), "limit" = coalesce($4::numeric, "limit"), thresholds = coalesce($5::jsonb, thresholds), fail_mode = coalesce($6, fail_mode),
+                version = $7, position = $8, updated_at = $9 WHERE tenant_id = $1 AND id = $2`,
+        [event.tenantId, event.aggregateId, c.name ?? null, c.limit ?? null, c.thresholds ? JSON.stringify(c.thresholds) : null, c.failMode ?? null, event.aggregateVersion, position, event.occurredAt],
+      );
+    } else if (event.type === B.budgetDeleted) {
+      await m.query(`DELETE FROM budgets WHERE tenant_id = $1 AND id = $2`, [event.tenantId, event.aggregateId]);
+    } else {
+      throw new PermanentEventError(`unknown billing event type ${event.type}`);
+    }
+  }
+
+  /** A record's change seen by the budget counters (not the record a settle already put there). */
+  private spent(r: RecordRow, sign: 1 | -1): void {
+    if (r.status !== 'active') return;
+    this.applied.spent.push({
+      tenantId: r.tenant_id,
+      occurredAt: Date.parse(r.occurred_at),
+      model: r.model,
+      attribution: Object.fromEntries(DIMENSIONS.slice(1).filter(([c]) => r[c] !== '').map(([c, a]) => [a, r[c]])),
+      cost: new D(r.cost),
+      quantities: Object.fromEntries(QUANTITIES.map(([c, q]) => [q, r[c]])) as Quantities,
+      sign,
+    });
   }
 
   private async applyPrice(m: EntityManager, { position, event }: PositionedEvent): Promise<void> {
@@ -245,6 +307,7 @@ export class UsageProjection implements Projection {
         records.set(key, row);
         changed.set(key, row);
         deltas.add(row, 1);
+        if (!d.viaReservation) this.spent(row, 1);
         const early = waiting.get(key) ?? [];
         waiting.delete(key);
         for (const w of early) {
@@ -269,6 +332,8 @@ export class UsageProjection implements Projection {
           ? { ...before, status: 'cancelled', corrections: before.corrections + 1, position }
           : this.rated({ ...before, corrections: before.corrections + 1, position }, d, prices);
       deltas.add(after, 1);
+      this.spent(before, -1);
+      this.spent(after, 1);
       records.set(key, after);
       changed.set(key, after);
     };
@@ -322,6 +387,8 @@ export class UsageProjection implements Projection {
       if (after.cost === before.cost && after.price_version === before.price_version && after.price_scope === before.price_scope) continue;
       deltas.add(before, -1);
       deltas.add(after, 1);
+      this.spent(before, -1);
+      this.spent(after, 1);
       changed.push({ ...after, position });
     }
     if (changed.length) {

@@ -17,6 +17,7 @@ const titles: Record<ErrorCode, string> = {
   account_locked: 'Account locked',
   rate_limited: 'Too many requests',
   quota_exceeded: 'Quota exceeded',
+  budget_exceeded: 'Budget exceeded',
   forbidden: 'Not allowed',
   not_found: 'Not found',
   conflict: 'Conflict',
@@ -36,6 +37,8 @@ const titles: Record<ErrorCode, string> = {
   consistency_timeout: 'Read model not caught up yet',
 };
 
+const STANDARD_MEMBERS = new Set(['type', 'title', 'status', 'detail', 'instance', 'code', 'errors', 'traceId']);
+
 /** RFC 9457 problem details with Keel's stable `code` and, for validation, every offending field. */
 export function problem(error: KeelError, instance: string) {
   const traceId = trace.getActiveSpan()?.spanContext().traceId;
@@ -47,6 +50,8 @@ export function problem(error: KeelError, instance: string) {
     instance,
     code: error.code,
     ...(error.fields ? { errors: error.fields } : {}),
+    // Extension members (RFC 9457 §3.2); never one of the members above.
+    ...Object.fromEntries(Object.entries(error.details ?? {}).filter(([k]) => !STANDARD_MEMBERS.has(k))),
     ...(traceId ? { traceId } : {}),
   };
 }

@@ -1,4 +1,5 @@
 import { CreateBilling1700000000001 } from './1700000000001-create-billing';
+import { Budgets1700000000002 } from './1700000000002-budgets';
 
 /** The billing schema's migrations, in the order the provisioning step runs them. */
-export const BILLING_MIGRATIONS = [CreateBilling1700000000001];
+export const BILLING_MIGRATIONS = [CreateBilling1700000000001, Budgets1700000000002];

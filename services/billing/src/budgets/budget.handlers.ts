@@ -1,0 +1,235 @@
+import { Inject, Injectable, OnModuleDestroy, OnModuleInit } from '@nestjs/common';
+import { DataSource } from 'typeorm';
+import { z } from 'zod';
+import {
+  BILLING_CONTEXT,
+  billingRpc,
+  Budget,
+  BUDGET_AGGREGATE,
+  KeelError,
+  newEventId,
+  parseOrThrow,
+  Quantities,
+  reservationSchema,
+} from '@keel/contracts';
+import { KeelConfig } from '@keel/config';
+import { inTenant } from '@keel/database';
+import { aggregateIdFor, CommandHandler } from '@keel/event-sourcing';
+import { EventStore, InjectConfig, KEEL_LOGGER, MessagePattern } from '@keel/messaging';
+import { Logger } from '@keel/observability';
+import { ProjectionRunner } from '@keel/projections';
+import { choosePrice, D, rate, unratedReason } from '../usage/rating';
+import { UsageHandlers } from '../usage/usage.handlers';
+import { BudgetCommand, budgetDecider, BudgetState } from './budget.decider';
+import { BudgetLedger, BudgetRow, fromUnits, Hold, RedisUnavailable, toUnits } from './budget-ledger';
+
+type Reservation = z.infer<typeof reservationSchema>;
+const SWEEP_MS = 2_000;
+
+const holdsView = (holds: Hold[]) => holds.map(([, amount, unit, budgetId]) => ({ budgetId, unit, amount: fromUnits(unit, amount) }));
+
+/**
+ * Budgets (event-sourced, one aggregate each; the usage projection keeps their rows) and the
+ * hot path: reserve before a call on every budget that applies, settle after it with what it used
+ * (which becomes its usage record) or release it; a sweeper releases what expired.
+ */
+@Injectable()
+export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
+  private readonly handler: CommandHandler<BudgetState, BudgetCommand, never>;
+  private sweeper?: NodeJS.Timeout;
+
+  constructor(
+    store: EventStore,
+    @Inject(DataSource) private readonly ds: DataSource,
+    private readonly runner: ProjectionRunner,
+    private readonly ledger: BudgetLedger,
+    private readonly usage: UsageHandlers,
+    @InjectConfig() private readonly config: KeelConfig,
+    @Inject(KEEL_LOGGER) private readonly logger: Logger,
+  ) {
+    this.handler = new CommandHandler(store, { context: BILLING_CONTEXT, aggregateType: BUDGET_AGGREGATE, decider: budgetDecider as never });
+  }
+
+  onModuleInit(): void {
+    const sweep = () =>
+      this.ledger
+        .sweep()
+        .then((n) => n && this.logger.info({ released: n }, 'expired reservations released'))
+        .catch(() => undefined)
+        .finally(() => {
+          if (this.sweeper) this.sweeper = setTimeout(sweep, SWEEP_MS).unref();
+        });
+    this.sweeper = setTimeout(sweep, SWEEP_MS).unref();
+  }
+
+  onModuleDestroy(): void {
+    const t = this.sweeper;
+    this.sweeper = undefined;
+    if (t) clearTimeout(t);
+  }
+
+  private view(tenantId: string, budgetId: string, state: BudgetState, version: number): Budget {
+    if (state.status === 'none') throw new KeelError('not_found', 'No such budget in this tenant.');
+    const d = state.data;
+    return {
+      id: budgetId, tenantId, name: d.name, scope: d.scope, unit: d.unit, limit: d.limit, period: d.period, thresholds: d.thresholds,
+      failMode: d.failMode, version, createdAt: state.createdAt, updatedAt: state.updatedAt,
+    };
+  }
+
+  @MessagePattern('cmd.billing.create_budget')
+  async create(body: unknown) {
+    const { meta, payload } = parseOrThrow(billingRpc.createBudget.request, body, 'budget');
+    const tenantId = payload.tenantId.toLowerCase();
+    const budgetId = meta.commandId ? aggregateIdFor(meta.commandId, BUDGET_AGGREGATE, tenantId) : newEventId();
+    const r = await this.handler.handle({ tenantId, aggregateId: budgetId }, { type: 'create', data: payload.data }, meta, !meta.commandId);
+    return { budget: this.view(tenantId, budgetId, r.state, r.version), version: r.version, position: r.position };
+  }
+
+  @MessagePattern('cmd.billing.update_budget')
+  async update(body: unknown) {
+    const { meta, payload } = parseOrThrow(billingRpc.updateBudget.request, body, 'budget change');
+    const tenantId = payload.tenantId.toLowerCase();
+    const r = await this.handler.handle({ tenantId, aggregateId: payload.budgetId }, { type: 'update', data: payload.data }, meta);
+    return { budget: this.view(tenantId, payload.budgetId, r.state, r.version), version: r.version, position: r.position };
+  }
+
+  @MessagePattern('cmd.billing.delete_budget')
+  async remove(body: unknown) {
+    const { meta, payload } = parseOrThrow(billingRpc.deleteBudget.request, body, 'budget deletion');
+    const r = await this.handler.handle({ tenantId: payload.tenantId.toLowerCase(), aggregateId: payload.budgetId }, { type: 'delete' }, meta);
+    return { deleted: true as const, position: r.position };
+  }
+
+  private async withCurrent(b: BudgetRow & { version: number; created_at: Date; updated_at: Date }): Promise<Budget> {
+    const base: Budget = {
+      id: b.id, tenantId: b.tenant_id, name: b.name, scope: b.scope_kind === 'tenant' ? { kind: 'tenant' } : { kind: b.scope_kind, id: b.scope_id }, unit: b.unit,
+      limit: new D(b.limit).toFixed(), period: { unit: b.period_unit, timeZone: b.time_zone }, thresholds: b.thresholds, failMode: b.fail_mode,
+      version: b.version, createdAt: b.created_at.toISOString(), updatedAt: b.updated_at.toISOString(),
+    };
+    const c = await this.ledger.current(b);
+    const limit = toUnits(b.unit, new D(b.limit));
+    return {
+      ...base,
+      current: {
+        periodStart: new Date(c.start).toISOString(), periodEnd: new Date(c.end).toISOString(),
+        spent: fromUnits(b.unit, c.spent), reserved: fromUnits(b.unit, c.reserved), remaining: fromUnits(b.unit, Math.max(0, limit - c.spent - c.reserved)),
+      },
+    };
+  }
+
+  @MessagePattern('qry.billing.budgets')
+  async list(body: unknown) {
+    const q = parseOrThrow(billingRpc.budgets.request, body, 'budget list');
+    if (q.consistentWith !== undefined) await this.runner.waitFor(q.consistentWith, this.config.KEEL_CONSISTENCY_WAIT_MS);
+    const rows = await inTenant(this.ds, q.tenantId, (m) => m.query(`SELECT * FROM budgets WHERE tenant_id = $1 ORDER BY created_at, id`, [q.tenantId]));
+    return { items: await Promise.all(rows.map((r: never) => this.withCurrent(r))) };
+  }
+
+  @MessagePattern('qry.billing.budget')
+  async get(body: unknown) {
+    const q = parseOrThrow(billingRpc.budget.request, body, 'budget');
+    if (q.consistentWith !== undefined) await this.runner.waitFor(q.consistentWith, this.config.KEEL_CONSISTENCY_WAIT_MS);
+    const [row] = await inTenant(this.ds, q.tenantId, (m) => m.query(`SELECT * FROM budgets WHERE tenant_id = $1 AND id = $2`, [q.tenantId, q.budgetId]));
+    if (!row) throw new KeelError('not_found', 'No such budget in this tenant.');
+    return this.withCurrent(row);
+  }
+
+  // ---- the hot path ----
+
+  @MessagePattern('cmd.billing.reserve')
+  async reserve(body: unknown): Promise<Reservation> {
+    const { payload } = parseOrThrow(billingRpc.reserve.request, body, 'reservation');
+    const tenantId = payload.tenantId.toLowerCase();
+    const r = payload.data;
+    const now = Date.now();
+    const { aliases, prices } = await this.usage.catalogue(tenantId, [{ id: r.requestId, kind: 'record', model: r.model }]);
+    const model = aliases.get(r.model) ?? r.model;
+    const reason = unratedReason(prices, tenantId, model, now, r.estimate, r.gpuType);
+    if (reason) throw new KeelError('validation_failed', `The estimate cannot be priced: ${reason}.`, [{ field: 'model', message: reason }]);
+    const cost = rate(r.estimate, r.gpuType, choosePrice(prices, tenantId, model, now)!.rates).cost!;
+    const budgets = BudgetLedger.applicable(await this.ledger.budgets(tenantId), r.attribution, model);
+    if (!budgets.length) return { requestId: r.requestId, status: 'unchecked', holds: [] };
+    const amounts = budgets.map((b) => BudgetLedger.amountFor(b, cost, r.estimate));
+    let answer;
+    try {
+      const call = { model, ...(r.gpuType ? { gpuType: r.gpuType } : {}), attribution: r.attribution, source: r.source, estimate: r.estimate };
+      answer = await this.ledger.reserve(tenantId, r.requestId, budgets, amounts, r.ttlSeconds * 1_000, call, now);
+    } catch (error) {
+      if (!(error instanceof RedisUnavailable)) throw error;
+      // Fail mode per budget: one closed budget refuses the call; all open ones let it through uncounted.
+      const closed = budgets.find((b) => b.fail_mode === 'closed');
+      if (closed) throw new KeelError('service_unavailable', `Budget "${closed.name}" cannot be checked right now (it fails closed); retry shortly.`);
+      this.logger.warn({ err: error, tenantId }, 'budget counters unavailable; allowing the call (every applicable budget fails open)');
+      return { requestId: r.requestId, status: 'unchecked', holds: [] };
+    }
+    if (answer.status === 'refused') {
+      const b = answer.budget;
+      const limit = fromUnits(b.unit, BudgetLedger.hardLimit(b));
+      const details = {
+        budget: {
+          id: b.id, name: b.name, unit: b.unit, limit, spent: fromUnits(b.unit, answer.spent), reserved: fromUnits(b.unit, answer.reserved),
+          requested: fromUnits(b.unit, amounts[budgets.indexOf(b)]!), resetsAt: new Date(answer.periodEnd).toISOString(),
+        },
+      };
+      throw new KeelError(
+        'budget_exceeded',
+        `Budget "${b.name}" has no room for this call: limit ${limit} ${b.unit}, spent ${details.budget.spent}, reserved ${details.budget.reserved}, this call ${details.budget.requested}; it resets at ${details.budget.resetsAt}.`,
+        undefined,
+        details,
+      );
+    }
+    const status = answer.status === 'reserved' ? 'reserved' : (answer.state as Reservation['status']);
+    return { requestId: r.requestId, status, expiresAt: new Date(answer.expiresAt).toISOString(), holds: holdsView(answer.holds) };
+  }
+
+  @MessagePattern('cmd.billing.settle')
+  async settle(body: unknown): Promise<Reservation> {
+    const { meta, payload } = parseOrThrow(billingRpc.settle.request, body, 'settlement');
+    const tenantId = payload.tenantId.toLowerCase();
+    if (payload.data.quantities === undefined && !payload.data.cancelled) {
+      throw new KeelError('validation_failed', 'quantities: say what the call used (or that it was cancelled)', [{ field: 'quantities', message: 'say what the call used (or that it was cancelled)' }]);
+    }
+    const held = await this.held(tenantId, payload.requestId);
+    if (held.state !== 'reserved') return { requestId: payload.requestId, status: held.state as Reservation['status'], holds: holdsView(held.holds) };
+    const { model, gpuType, attribution, source } = held.call;
+    // A cancelled call is charged at least its input (LiteLLM's lesson: a stream cut short still cost its prompt).
+    const quantities: Quantities = payload.data.quantities ?? { inputTokens: held.call.estimate.inputTokens ?? '0' };
+    const answer = await this.usage.ingest(
+      tenantId,
+      source,
+      [{ id: payload.requestId, kind: 'record', occurredAt: payload.data.occurredAt ?? new Date().toISOString(), model, gpuType, attribution, quantities }],
+      meta,
+      true,
+    );
+    const result = answer.results[0]!;
+    if (result.status === 'refused') throw new KeelError('validation_failed', `The usage cannot be recorded: ${result.reason}`, [{ field: 'quantities', message: result.reason! }]);
+    const { prices } = await this.usage.catalogue(tenantId, [{ id: payload.requestId, kind: 'record', model }]);
+    const at = Date.parse(payload.data.occurredAt ?? new Date().toISOString());
+    const cost = rate(quantities, gpuType, choosePrice(prices, tenantId, model, at)!.rates).cost!;
+    const tokens = new D(quantities.inputTokens ?? 0).plus(quantities.cachedInputTokens ?? 0).plus(quantities.outputTokens ?? 0);
+    const done = await this.ledger.finish(tenantId, payload.requestId, 'settled', toUnits('USD', cost), toUnits('tokens', tokens));
+    const status = done.status === 'changed' ? 'settled' : ((done.state ?? 'settled') as Reservation['status']);
+    return { requestId: payload.requestId, status, holds: holdsView(held.holds), ...(result.position !== undefined ? { position: result.position } : {}) };
+  }
+
+  @MessagePattern('cmd.billing.release')
+  async release(body: unknown): Promise<Reservation> {
+    const { payload } = parseOrThrow(billingRpc.release.request, body, 'release');
+    const tenantId = payload.tenantId.toLowerCase();
+    const held = await this.held(tenantId, payload.requestId);
+    if (held.state !== 'reserved') return { requestId: payload.requestId, status: held.state as Reservation['status'], holds: holdsView(held.holds) };
+    const done = await this.ledger.finish(tenantId, payload.requestId, 'released', 0, 0);
+    return { requestId: payload.requestId, status: done.status === 'changed' ? 'released' : ((done.state ?? 'released') as Reservation['status']), holds: holdsView(held.holds) };
+  }
+
+  /** The reservation and the call it was made for, or 404. */
+  private async held(tenantId: string, requestId: string) {
+    const r = await this.ledger.reservation(tenantId, requestId).catch((error) => {
+      throw error instanceof RedisUnavailable ? new KeelError('service_unavailable', 'Reservations cannot be read right now; retry shortly.') : error;
+    });
+    if (!r) throw new KeelError('not_found', `No reservation "${requestId}" in this tenant (it may have ended more than 7 days ago).`);
+    const call = JSON.parse(r.call) as { model: string; gpuType?: string; attribution: Record<string, string>; source: string; estimate: Quantities };
+    return { ...r, call };
+  }
+}

@@ -1,0 +1,199 @@
+import { ChildProcess, spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { parseConfig } from '@keel/config';
+import { KeelError } from '@keel/contracts';
+import { connectMessaging, Messaging, RpcClient } from '@keel/messaging';
+import { cleanupEnv, eventually, freePort, httpClient, isolatedEnv, Redis, serviceEnv, Stack, waitForReady } from '@keel/testing';
+
+type Http = ReturnType<typeof httpClient>;
+const PASSWORD = 'correct horse battery staple';
+const meta = { actor: { kind: 'system' as const, id: 'budget-test' }, correlationId: 'budget-test' };
+
+/**
+ * Budgets and the hot path end to end (issue 8, second part): real billing processes (two of
+ * them), audit, auth, tenant and gateway, Postgres, NATS and Redis. Reservations are atomic across
+ * every applicable budget and across processes; settling counts what was used once; what is never
+ * settled expires and frees its room; Redis losing the counters loses no spend.
+ */
+describe('billing: budgets and reservations', () => {
+  const env = isolatedEnv('budgets');
+  const stack = new Stack(env);
+  let operator: Http;
+  let admin: Http;
+  let developer: Http;
+  let m: Messaging;
+  let rpc: RpcClient;
+  let redis: Redis;
+  let second: ChildProcess | undefined;
+  let tenantId: string;
+
+  const signIn = async (email: string) => {
+    const res = await httpClient(stack.gatewayUrl)('POST', '/api/v1/auth/login', { body: { tenant: 'budgeted', email, password: PASSWORD } });
+    expect(res.status).toBe(200);
+    return httpClient(stack.gatewayUrl, res.body.accessToken);
+  };
+  const reserve = (requestId: string, extra: Record<string, unknown> = {}) =>
+    rpc
+      .request<{ status: string; holds: { budgetId: string; amount: string }[] }>('cmd.billing.reserve', {
+        meta,
+        payload: { tenantId, data: { requestId, model: 'm-1', attribution: { teamId: 'alpha', userId: 'u1' }, estimate: { inputTokens: '1000' }, ...extra } },
+      })
+      .then(
+        (r) => ({ ok: true as const, r }),
+        (e: KeelError) => ({ ok: false as const, code: e.code, details: e.details }),
+      );
+  const settle = (requestId: string, data: Record<string, unknown>) =>
+    rpc.request<{ status: string; position?: number }>('cmd.billing.settle', { meta, payload: { tenantId, requestId, data } });
+  const budget = async (id: string) => (await admin('GET', `/api/v1/tenants/${tenantId}/budgets/${id}`)).body;
+
+  beforeAll(async () => {
+    await stack.start('audit', 'auth', 'tenant', 'billing', 'gateway');
+    operator = httpClient(stack.gatewayUrl, stack.token);
+    m = await connectMessaging(parseConfig(env), 'budget-test');
+    rpc = new RpcClient(m);
+    redis = new Redis(env.REDIS_URL!);
+    // A second billing process: reservations are answered by both (one queue group).
+    const port = await freePort();
+    second = spawn(process.execPath, [join(__dirname, '..', 'services', 'billing', 'dist', 'main.js')], {
+      env: { ...serviceEnv('billing', { ...process.env, ...env }), KEEL_OPS_PORT: String(port) },
+      stdio: 'ignore',
+    });
+    await waitForReady(`http://127.0.0.1:${port}/ready`, 60_000, second);
+    const created = await operator('POST', '/api/v1/tenants', { body: { slug: 'budgeted', name: 'Budgeted', plan: 'enterprise' } });
+    tenantId = created.body.tenant.id;
+    await operator('GET', `/api/v1/tenants/${tenantId}?consistentWith=${created.body.position}`);
+    for (const [email, role] of [['admin@budgeted.test', 'tenant_admin'], ['dev@budgeted.test', 'developer']]) {
+      expect((await operator('POST', `/api/v1/tenants/${tenantId}/users`, { body: { email, name: role, password: PASSWORD, roles: [role] } })).status).toBe(201);
+    }
+    admin = await signIn('admin@budgeted.test');
+    developer = await signIn('dev@budgeted.test');
+    // 1 USD per million input tokens: a 1,000-token estimate holds 0.001 USD.
+    const price = await operator('POST', '/api/v1/billing/prices', { body: { model: 'm-1', rates: { inputPerMTok: '1', outputPerMTok: '2' }, effectiveFrom: '2026-01-01T00:00:00Z' } });
+    expect(price.status).toBe(201);
+    await operator('GET', `/api/v1/billing/prices?consistentWith=${price.body.position}`);
+  });
+
+  afterAll(async () => {
+    second?.kill('SIGTERM');
+    await redis?.quit();
+    await m?.nc.close();
+    await stack.stop();
+    await cleanupEnv(env);
+  });
+
+  it('keeps budgets as events, with their rules checked, and only for those who may', async () => {
+    const body = { name: 'Team alpha', scope: { kind: 'team', id: 'alpha' }, unit: 'USD', limit: '0.1', period: { unit: 'month', timeZone: 'Europe/Berlin' } };
+    for (const [bad, field] of [
+      [{ ...body, scope: { kind: 'team' } }, 'scope.id'],
+      [{ ...body, thresholds: [{ percent: 90, mode: 'hard' }, { percent: 100, mode: 'hard' }] }, 'thresholds'],
+      [{ ...body, limit: '0' }, 'limit'],
+      [{ ...body, unit: 'tokens', limit: '10.5' }, 'limit'],
+      [{ ...body, period: { unit: 'fortnight' } }, 'period.unit'],
+    ] as const) {
+      const res = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, { body: bad });
+      expect(res.status).toBe(400);
+      expect(res.body.errors.map((e: { field: string }) => e.field)).toContain(field);
+    }
+    const zone = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, { body: { ...body, period: { unit: 'month', timeZone: 'Mars/Olympus' } } });
+    expect(zone.status).toBe(400);
+    expect((await developer('POST', `/api/v1/tenants/${tenantId}/budgets`, { body })).status).toBe(403);
+    expect((await developer('GET', `/api/v1/tenants/${tenantId}/budgets`)).status).toBe(403);
+
+    const created = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, { body, headers: { 'idempotency-key': 'budget-alpha' } });
+    expect(created.status).toBe(201);
+    expect(created.body.budget).toMatchObject({ name: 'Team alpha', scope: { kind: 'team', id: 'alpha' }, limit: '0.1', thresholds: [{ percent: 80, mode: 'warn' }, { percent: 100, mode: 'hard' }], failMode: 'closed', version: 1 });
+    const renamed = await admin('PATCH', `/api/v1/tenants/${tenantId}/budgets/${created.body.budget.id}`, { body: { name: 'Alpha' }, headers: { 'if-match': '"2"' } });
+    expect(renamed.status).toBe(412);
+    const ok = await admin('PATCH', `/api/v1/tenants/${tenantId}/budgets/${created.body.budget.id}`, { body: { name: 'Alpha' }, headers: { 'if-match': '"1"' } });
+    expect(ok.status).toBe(200);
+    const read = await admin('GET', `/api/v1/tenants/${tenantId}/budgets/${created.body.budget.id}?consistentWith=${ok.body.position}`);
+    expect(read.body).toMatchObject({ name: 'Alpha', version: 2, current: { spent: '0', reserved: '0', remaining: '0.1' } });
+    // A month in Berlin begins at local midnight.
+    expect(new Date(read.body.current.periodStart).toLocaleString('sv-SE', { timeZone: 'Europe/Berlin' })).toMatch(/-01 00:00:00$/);
+  });
+
+  it('grants exactly the room there is to 500 concurrent reservations over two processes, and settles each once', async () => {
+    const list = await admin('GET', `/api/v1/tenants/${tenantId}/budgets`);
+    const alpha = list.body.items.find((b: { name: string }) => b.name === 'Alpha');
+    // A second, looser budget on the user: every reservation holds both or neither.
+    const user = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, { body: { name: 'u1 tokens', scope: { kind: 'user', id: 'u1' }, unit: 'tokens', limit: '1000000', period: { unit: 'day' } } });
+    await admin('GET', `/api/v1/tenants/${tenantId}/budgets?consistentWith=${user.body.position}`);
+
+    const answers = await Promise.all(Array.from({ length: 500 }, (_, i) => reserve(`call-${i}`)));
+    const granted = answers.filter((a) => a.ok && a.r.status === 'reserved');
+    const refused = answers.filter((a) => !a.ok);
+    expect(granted).toHaveLength(100);
+    expect(refused).toHaveLength(400);
+    expect(refused.every((a) => !a.ok && a.code === 'budget_exceeded')).toBe(true);
+    expect(refused[0]).toMatchObject({ details: { budget: { id: alpha.id, name: 'Alpha', unit: 'USD', limit: '0.1', requested: '0.001' } } });
+    expect((await budget(alpha.id)).current).toMatchObject({ spent: '0', reserved: '0.1', remaining: '0' });
+    expect((await budget(user.body.budget.id)).current).toMatchObject({ reserved: '100000' });
+
+    // Over HTTP too: the refusal is a 402 problem naming the budget.
+    const http = await admin('POST', `/api/v1/tenants/${tenantId}/usage/reservations`, {
+      body: { requestId: 'http-1', model: 'm-1', attribution: { teamId: 'alpha' }, estimate: { inputTokens: '1000' } },
+    });
+    expect(http.status).toBe(402);
+    expect(http.body).toMatchObject({ code: 'budget_exceeded', budget: { name: 'Alpha', limit: '0.1', spent: '0', reserved: '0.1' } });
+
+    // Each call used half its estimate; settled twice, counted once.
+    const ids = answers.map((a, i) => (a.ok && a.r.status === 'reserved' ? i : -1)).filter((i) => i >= 0);
+    let last = 0;
+    for (const i of ids) {
+      const s = await settle(`call-${i}`, { quantities: { inputTokens: '500' } });
+      expect(s.status).toBe('settled');
+      last = Math.max(last, s.position ?? 0);
+      expect((await settle(`call-${i}`, { quantities: { inputTokens: '999999' } })).status).toBe('settled');
+    }
+    const after = (await budget(alpha.id)).current;
+    expect(after).toMatchObject({ spent: '0.05', reserved: '0', remaining: '0.05' });
+    // The usage records are the settled calls, once each.
+    const report = await admin('GET', `/api/v1/tenants/${tenantId}/usage/report?period=${new Date().toISOString().slice(0, 7)}&consistentWith=${last}`);
+    expect(report.body.total).toMatchObject({ records: 100, inputTokens: '50000', cost: '0.05' });
+    // The freed room is granted again, and no more.
+    const more = await Promise.all(Array.from({ length: 80 }, (_, i) => reserve(`more-${i}`)));
+    expect(more.filter((a) => a.ok && a.r.status === 'reserved')).toHaveLength(50);
+    for (let i = 0; i < 80; i++) await rpc.request('cmd.billing.release', { meta, payload: { tenantId, requestId: `more-${i}` } }).catch(() => undefined);
+    expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.05', reserved: '0' });
+  });
+
+  it('releases a reservation never settled when it expires, and its room is usable again', async () => {
+    const list = await admin('GET', `/api/v1/tenants/${tenantId}/budgets`);
+    const alpha = list.body.items.find((b: { name: string }) => b.name === 'Alpha');
+    const before = (await budget(alpha.id)).current;
+    const r = await reserve('forgotten', { ttlSeconds: 5, estimate: { inputTokens: '50000' } });
+    expect(r).toMatchObject({ ok: true, r: { status: 'reserved' } });
+    expect((await reserve('no-room')).ok).toBe(false);
+    await eventually(() => budget(alpha.id), (b) => b.current.reserved === before.reserved, { timeoutMs: 20_000, what: 'the sweeper to release the expired reservation' });
+    expect(await reserve('room-again')).toMatchObject({ ok: true, r: { status: 'reserved' } });
+    expect((await rpc.request<{ status: string }>('cmd.billing.settle', { meta, payload: { tenantId, requestId: 'forgotten', data: { quantities: { inputTokens: '1' } } } })).status).toBe('expired');
+    await rpc.request('cmd.billing.release', { meta, payload: { tenantId, requestId: 'room-again' } });
+  });
+
+  it('rebuilds lost counters from the usage records: Redis forgets no spend and counts none twice', async () => {
+    const list = await admin('GET', `/api/v1/tenants/${tenantId}/budgets`);
+    const alpha = list.body.items.find((b: { name: string }) => b.name === 'Alpha');
+    // Usage reported directly (not through a reservation) counts on the budget too.
+    const direct = await admin('POST', `/api/v1/tenants/${tenantId}/usage`, {
+      body: { records: [{ id: 'direct-1', occurredAt: new Date().toISOString(), model: 'm-1', attribution: { teamId: 'alpha' }, quantities: { inputTokens: '10000' } }] },
+    });
+    expect(direct.status).toBe(202);
+    await admin('GET', `/api/v1/tenants/${tenantId}/usage/report?period=${new Date().toISOString().slice(0, 7)}&consistentWith=${direct.body.results[0].position}`);
+    await eventually(() => budget(alpha.id), (b) => b.current.spent === '0.06', { timeoutMs: 10_000, what: 'the direct usage on the counter' });
+
+    const keys = await redis.keys(`${env.KEEL_REDIS_PREFIX}billing:budget:*`);
+    expect(keys.length).toBeGreaterThan(0);
+    await redis.del(...keys);
+    // Read from Postgres while Redis has nothing, then seeded from it by the next reservation.
+    expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.06', reserved: '0' });
+    expect(await reserve('after-flush')).toMatchObject({ ok: true, r: { status: 'reserved' } });
+    expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.06', reserved: '0.001' });
+    const vague = await admin('POST', `/api/v1/tenants/${tenantId}/usage/reservations/after-flush/settle`, { body: {} });
+    expect(vague.status).toBe(400);
+    expect(vague.body.errors.map((e: { field: string }) => e.field)).toEqual(['quantities']);
+    expect((await admin('POST', `/api/v1/tenants/${tenantId}/usage/reservations/nothing-here/release`)).status).toBe(404);
+    expect((await settle('after-flush', { cancelled: true })).status).toBe('settled');
+    // Cancelled without quantities: charged its estimated input (1,000 tokens).
+    expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.061', reserved: '0' });
+  });
+});

@@ -1,13 +1,21 @@
+import { ModuleRef } from '@nestjs/core';
 import Redis from 'ioredis';
 import { DataSource } from 'typeorm';
 import { KeelConfig } from '@keel/config';
 import { Logger } from '@keel/observability';
+import { ProjectionRunner } from '@keel/projections';
 import { serviceModule } from '@keel/service-kit';
 import { BudgetLedger } from './budgets/budget-ledger';
 import { BudgetHandlers } from './budgets/budget.handlers';
 import { PriceHandlers } from './prices/prices.handlers';
 import { UsageHandlers } from './usage/usage.handlers';
 import { UsageProjection } from './usage/usage.projection';
+
+/** Until the runner's lag is 0, or `ms` passed (then the seed is what Postgres has: best effort). */
+async function caughtUp(runner: ProjectionRunner, ms: number): Promise<void> {
+  const until = Date.now() + ms;
+  while (Date.now() < until && (await runner.lag().catch(() => 0)) > 0) await new Promise((r) => setTimeout(r, 20));
+}
 
 export function billingModule(config: KeelConfig, logger: Logger) {
   return serviceModule({
@@ -17,7 +25,14 @@ export function billingModule(config: KeelConfig, logger: Logger) {
     // Budget counters and reservations (the hot path); Postgres stays the source of truth.
     redis: true,
     providers: [
-      { provide: BudgetLedger, useFactory: (r: Redis, ds: DataSource) => new BudgetLedger(r, ds, config.KEEL_REDIS_PREFIX), inject: [Redis, DataSource] },
+      {
+        provide: BudgetLedger,
+        // A counter is seeded once the usage projection has no events left to apply (at most 2 s).
+        // (The runner is looked up when needed: it is made from the projection, which is given this ledger.)
+        useFactory: (r: Redis, ds: DataSource, refs: ModuleRef) =>
+          new BudgetLedger(r, ds, config.KEEL_REDIS_PREFIX, () => caughtUp(refs.get(ProjectionRunner, { strict: false }), 2_000)),
+        inject: [Redis, DataSource, ModuleRef],
+      },
       // Also a provider: settling a reservation records its usage through the same checks.
       UsageHandlers,
     ],

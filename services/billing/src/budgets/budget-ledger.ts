@@ -139,6 +139,8 @@ export class BudgetLedger {
     redis: Redis,
     private readonly ds: DataSource,
     private readonly prefix: string,
+    /** Resolves once the usage projection has applied what is on the log (before a counter is seeded from it). */
+    private readonly caughtUp: () => Promise<void> = async () => undefined,
   ) {
     this.redis = redis as Scripts;
     if (!this.redis.keelBudgetReserve) {
@@ -254,8 +256,10 @@ export class BudgetLedger {
         const i = Number(answer[1]) - 1;
         return { status: 'refused', budget: budgets[i]!, spent: Number(answer[2]), reserved: Number(answer[3]), periodEnd: periods[i]!.end };
       }
-      // Cold counters (a new period, or Redis lost them): seeded from Postgres, then asked again.
+      // Cold counters (a new period, or Redis lost them): seeded from Postgres once it has applied
+      // what the log holds (a settle just made is on the log before it is in Postgres), then asked again.
       const exists = await this.redisCall(Promise.all(keys.map((k) => this.redis.exists(k))), 'look up budget counters');
+      if (exists.some((e) => !e)) await this.caughtUp();
       seeds = await Promise.all(budgets.map((b, i) => (exists[i] ? -1 : this.spentInPostgres(b, periods[i]!.start, periods[i]!.end))));
     }
     throw new KeelError('service_unavailable', 'The budget counters could not be prepared; retry shortly.');

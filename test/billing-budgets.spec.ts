@@ -1,4 +1,5 @@
 import { ChildProcess, spawn } from 'node:child_process';
+import { Client } from 'pg';
 import { join } from 'node:path';
 import { parseConfig } from '@keel/config';
 import { KeelError } from '@keel/contracts';
@@ -166,8 +167,10 @@ describe('billing: budgets and reservations', () => {
     expect((await reserve('no-room')).ok).toBe(false);
     await eventually(() => budget(alpha.id), (b) => b.current.reserved === before.reserved, { timeoutMs: 20_000, what: 'the sweeper to release the expired reservation' });
     expect(await reserve('room-again')).toMatchObject({ ok: true, r: { status: 'reserved' } });
-    expect((await rpc.request<{ status: string }>('cmd.billing.settle', { meta, payload: { tenantId, requestId: 'forgotten', data: { quantities: { inputTokens: '1' } } } })).status).toBe('expired');
     await rpc.request('cmd.billing.release', { meta, payload: { tenantId, requestId: 'room-again' } });
+    // A settle after the expiry still records the call, and its spend counts (nothing is held any more).
+    expect((await rpc.request<{ status: string }>('cmd.billing.settle', { meta, payload: { tenantId, requestId: 'forgotten', data: { quantities: { inputTokens: '1000' } } } })).status).toBe('settled');
+    expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.051', reserved: '0' });
   });
 
   it('rebuilds lost counters from the usage records: Redis forgets no spend and counts none twice', async () => {
@@ -179,21 +182,68 @@ describe('billing: budgets and reservations', () => {
     });
     expect(direct.status).toBe(202);
     await admin('GET', `/api/v1/tenants/${tenantId}/usage/report?period=${new Date().toISOString().slice(0, 7)}&consistentWith=${direct.body.results[0].position}`);
-    await eventually(() => budget(alpha.id), (b) => b.current.spent === '0.06', { timeoutMs: 10_000, what: 'the direct usage on the counter' });
+    await eventually(() => budget(alpha.id), (b) => b.current.spent === '0.061', { timeoutMs: 10_000, what: 'the direct usage on the counter' });
 
     const keys = await redis.keys(`${env.KEEL_REDIS_PREFIX}billing:budget:*`);
     expect(keys.length).toBeGreaterThan(0);
     await redis.del(...keys);
     // Read from Postgres while Redis has nothing, then seeded from it by the next reservation.
-    expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.06', reserved: '0' });
+    expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.061', reserved: '0' });
     expect(await reserve('after-flush')).toMatchObject({ ok: true, r: { status: 'reserved' } });
-    expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.06', reserved: '0.001' });
+    expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.061', reserved: '0.001' });
     const vague = await admin('POST', `/api/v1/tenants/${tenantId}/usage/reservations/after-flush/settle`, { body: {} });
     expect(vague.status).toBe(400);
     expect(vague.body.errors.map((e: { field: string }) => e.field)).toEqual(['quantities']);
     expect((await admin('POST', `/api/v1/tenants/${tenantId}/usage/reservations/nothing-here/release`)).status).toBe(404);
     expect((await settle('after-flush', { cancelled: true })).status).toBe('settled');
     // Cancelled without quantities: charged its estimated input (1,000 tokens).
-    expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.061', reserved: '0' });
+    expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.062', reserved: '0' });
+  });
+
+  it('raises each threshold once per budget and period, across a restart and redelivery, and again in another period', async () => {
+    const db = new Client({ connectionString: env.DATABASE_URL });
+    await db.connect();
+    const alerts = async () =>
+      (await db.query(`SELECT envelope->'data' AS d FROM audit.ledger WHERE type = 'billing.budget_alert.threshold_crossed' AND tenant_id = $1 ORDER BY seq`, [tenantId])).rows.map(
+        (r) => r.d as { percent: number; mode: string; periodStart: string; spent: string },
+      );
+    try {
+      const made = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, {
+        body: { name: 'Project p9', scope: { kind: 'project', id: 'p9' }, unit: 'USD', limit: '1', period: { unit: 'day' },
+                thresholds: [{ percent: 50, mode: 'warn' }, { percent: 80, mode: 'soft' }, { percent: 120, mode: 'hard' }] },
+      });
+      expect(made.status).toBe(201);
+      await admin('GET', `/api/v1/tenants/${tenantId}/budgets?consistentWith=${made.body.position}`);
+      const use = (id: string, tokens: string, occurredAt = new Date().toISOString()) =>
+        admin('POST', `/api/v1/tenants/${tenantId}/usage`, { body: { records: [{ id, occurredAt, model: 'm-1', attribution: { projectId: 'p9' }, quantities: { inputTokens: tokens } }] } });
+      // One large record (0.9 USD) crosses 50 and 80 at once; 120 is not reached.
+      expect((await use('p9-big', '900000')).status).toBe(202);
+      await eventually(alerts, (a) => a.length === 2, { timeoutMs: 20_000, what: 'the two alerts on the log' });
+      expect((await alerts()).map((a) => [a.percent, a.mode, a.spent])).toEqual([[50, 'warn', '0.9'], [80, 'soft', '0.9']]);
+
+      // A billing restart (its consumer redelivers what it had not acked) and more usage below 120: nothing again.
+      await stack.kill('billing');
+      await stack.startOne('billing');
+      const small = await use('p9-small', '100000');
+      await admin('GET', `/api/v1/tenants/${tenantId}/usage/records/p9-small?consistentWith=${small.body.results[0].position}`);
+      expect(await alerts()).toHaveLength(2);
+      // Past 120 % (1.3 USD): the hard threshold, once.
+      await use('p9-more', '300000');
+      await eventually(alerts, (a) => a.length === 3, { timeoutMs: 20_000, what: 'the third alert' });
+      // Yesterday is another period: it has its own thresholds (re-armed).
+      await use('p9-yesterday', '600000', new Date(Date.now() - 86_400_000).toISOString());
+      const all = await eventually(alerts, (a) => a.length === 4, { timeoutMs: 20_000, what: 'the alert of the other period' });
+      expect(all[3]).toMatchObject({ percent: 50 });
+      expect(all[3]!.periodStart).not.toBe(all[0]!.periodStart);
+      await eventually(async () => (await db.query(`SELECT count(*)::int AS n FROM billing.budget_alerts WHERE NOT published`)).rows[0].n, (n) => n === 0, { timeoutMs: 20_000, what: 'every alert seen on the log' });
+      // The read model rebuilt from the ledger has the same alerts, all published (none is sent again).
+      const snapshot = async () => (await db.query(`SELECT * FROM billing.budget_alerts ORDER BY budget_id, period_start, percent`)).rows;
+      const live = await snapshot();
+      expect((await operator('POST', '/api/v1/admin/projections/billing.usage/rebuild')).status).toBe(200);
+      expect(await snapshot()).toEqual(live);
+      expect(await alerts()).toHaveLength(4);
+    } finally {
+      await db.end();
+    }
   });
 });

@@ -402,7 +402,9 @@ export const billingEventTypes = {
   budgetCreated: 'billing.budget.created',
   budgetUpdated: 'billing.budget.updated',
   budgetDeleted: 'billing.budget.deleted',
+  thresholdCrossed: 'billing.budget_alert.threshold_crossed',
 } as const;
+export const BUDGET_ALERT_AGGREGATE = 'budget_alert';
 
 const attributionView = z.object({ userId: text(), teamId: text(), projectId: text(), costCenter: text(), environment: text(), apiKeyId: text() }).partial();
 export const billingEventSchemas = {
@@ -433,6 +435,18 @@ export const billingEventSchemas = {
   [billingEventTypes.budgetCreated]: z.object({ name: text(), scope: z.object({ kind: text(), id: text().optional() }), unit: text(), limit: text(), period: z.object({ unit: text(), timeZone: text() }), thresholds: z.array(z.object({ percent: z.number(), mode: text() })), failMode: text() }),
   [billingEventTypes.budgetUpdated]: z.object({ changes: z.record(text(), z.unknown()) }),
   [billingEventTypes.budgetDeleted]: z.object({}),
+  /** Once per budget, period and threshold: the spend of the period passed `percent` of the limit. */
+  [billingEventTypes.thresholdCrossed]: z.object({
+    budgetId: z.uuid(),
+    name: text(),
+    unit: text(),
+    limit: text(),
+    periodStart: isoTime,
+    periodEnd: isoTime,
+    percent: z.number(),
+    mode: text(),
+    spent: text(),
+  }),
 } satisfies Record<(typeof billingEventTypes)[keyof typeof billingEventTypes], z.ZodType>;
 
 // ---- commands and queries ----

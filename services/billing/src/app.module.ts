@@ -2,6 +2,7 @@ import { ModuleRef } from '@nestjs/core';
 import Redis from 'ioredis';
 import { DataSource } from 'typeorm';
 import { KeelConfig } from '@keel/config';
+import { EventStore } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { ProjectionRunner } from '@keel/projections';
 import { serviceModule } from '@keel/service-kit';
@@ -36,7 +37,7 @@ export function billingModule(config: KeelConfig, logger: Logger) {
       // Also a provider: settling a reservation records its usage through the same checks.
       UsageHandlers,
     ],
-    projections: [{ projection: { useFactory: (ledger: BudgetLedger) => new UsageProjection(ledger), inject: [BudgetLedger] } }],
+    projections: [{ projection: { useFactory: (ledger: BudgetLedger, store: EventStore) => new UsageProjection(ledger, store), inject: [BudgetLedger, EventStore] } }],
     controllers: [UsageHandlers, PriceHandlers, BudgetHandlers],
   });
 }

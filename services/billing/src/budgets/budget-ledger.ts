@@ -22,6 +22,29 @@ export interface BudgetRow {
   fail_mode: 'closed' | 'open';
 }
 
+/**
+ * The SQL that adds up a budget's spend over [start, end) from the rollups (whole UTC days, then the
+ * hours and minutes at the edges), in its unit: USD, or tokens. Answers one row, `v` as text.
+ */
+export function spendQuery(b: Pick<BudgetRow, 'tenant_id' | 'scope_kind' | 'scope_id' | 'unit'>, start: number, end: number): { sql: string; params: unknown[] } {
+  const ranges = bucketRanges(start, end);
+  const params: unknown[] = [b.tenant_id];
+  const where: string[] = [];
+  for (const grain of ['day', 'hour', 'minute'] as const) {
+    for (const [a, z] of ranges[grain]) {
+      params.push(new Date(a).toISOString(), new Date(z).toISOString());
+      where.push(`(grain = '${grain}' AND bucket >= $${params.length - 1} AND bucket < $${params.length})`);
+    }
+  }
+  let scope = '';
+  if (b.scope_kind !== 'tenant') {
+    params.push(b.scope_id);
+    scope = ` AND ${SCOPE_COLUMN[b.scope_kind]} = $${params.length}`;
+  }
+  const measure = b.unit === 'USD' ? 'cost' : 'input_tokens + cached_input_tokens + output_tokens';
+  return { sql: `SELECT coalesce(sum(${measure}), 0)::text AS v FROM usage_rollups WHERE tenant_id = $1 AND (${where.join(' OR ')})${scope}`, params };
+}
+
 /** A hold on one budget's counter: its key, the amount (micro-USD or tokens) and the unit. */
 export type Hold = [key: string, amount: number, unit: 'USD' | 'tokens', budgetId: string];
 
@@ -98,7 +121,12 @@ if state ~= 'reserved' then return {'done', state} end
 local holds = cjson.decode(redis.call('HGET', KEYS[1], 'holds'))
 for _, h in ipairs(holds) do
   if redis.call('EXISTS', h[1]) == 1 then
-    redis.call('HINCRBY', h[1], 'reserved', -h[2])
+    local held = tonumber(h[2])
+    if held ~= 0 then
+      -- A counter made again while this was held (Redis lost it) never held it: not below 0.
+      local left = redis.call('HINCRBY', h[1], 'reserved', string.format('%d', -held))
+      if left < 0 then redis.call('HSET', h[1], 'reserved', 0) end
+    end
     local used = ARGV[4]
     if h[3] == 'USD' then used = ARGV[3] end
     if used ~= '0' then redis.call('HINCRBY', h[1], 'spent', used) end
@@ -192,24 +220,8 @@ export class BudgetLedger {
 
   /** Spent in the budget's period as Postgres has it (every usage record counted there), in units. */
   async spentInPostgres(b: BudgetRow, start: number, end: number): Promise<number> {
-    const ranges = bucketRanges(start, end);
-    const params: unknown[] = [b.tenant_id];
-    const where: string[] = [];
-    for (const grain of ['day', 'hour', 'minute'] as const) {
-      for (const [a, z] of ranges[grain]) {
-        params.push(new Date(a).toISOString(), new Date(z).toISOString());
-        where.push(`(grain = '${grain}' AND bucket >= $${params.length - 1} AND bucket < $${params.length})`);
-      }
-    }
-    let scope = '';
-    if (b.scope_kind !== 'tenant') {
-      params.push(b.scope_id);
-      scope = ` AND ${SCOPE_COLUMN[b.scope_kind]} = $${params.length}`;
-    }
-    const measure = b.unit === 'USD' ? 'cost' : 'input_tokens + cached_input_tokens + output_tokens';
-    const [row] = await inTenant(this.ds, b.tenant_id, (m) =>
-      m.query(`SELECT coalesce(sum(${measure}), 0)::text AS v FROM usage_rollups WHERE tenant_id = $1 AND (${where.join(' OR ')})${scope}`, params),
-    );
+    const { sql, params } = spendQuery(b, start, end);
+    const [row] = await inTenant(this.ds, b.tenant_id, (m) => m.query(sql, params));
     return toUnits(b.unit, new D(row.v));
   }
 
@@ -266,6 +278,13 @@ export class BudgetLedger {
   }
 
   /** Ends a reservation (settled with what was used, released, or expired); once. */
+  /** Adds what was used to the counters of holds whose reservation had already ended (a late settle): spend is never dropped. */
+  async chargeHolds(holds: Hold[], usedMicroUsd: number, usedTokens: number): Promise<void> {
+    if (!holds.length) return;
+    const amounts = holds.map(([, , unit]) => (unit === 'USD' ? usedMicroUsd : usedTokens));
+    await this.redisCall(this.redis.keelBudgetAddSpent(holds.length, ...holds.map(([key]) => key), ...amounts), 'count spent');
+  }
+
   async finish(tenantId: string, requestId: string, state: 'settled' | 'released' | 'expired', usedMicroUsd: number, usedTokens: number): Promise<{ status: 'changed' | 'done' | 'missing'; state?: string }> {
     const answer = await this.redisCall(
       this.redis.keelBudgetFinish(this.reservationKey(tenantId, requestId), this.expirySet, `${tenantId}\n${requestId}`, state, usedMicroUsd, usedTokens, FINISHED_MS),
@@ -312,7 +331,8 @@ export class BudgetLedger {
     let released = 0;
     for (const member of due) {
       const [tenantId, requestId] = member.split('\n') as [string, string];
-      const done = await this.finish(tenantId, requestId, 'expired', 0, 0);
+      // One that cannot be ended (a damaged reservation) does not hold up the others.
+      const done = await this.finish(tenantId, requestId, 'expired', 0, 0).catch(() => ({ status: 'failed' as const }));
       if (done.status === 'changed') {
         released++;
         expired.inc();

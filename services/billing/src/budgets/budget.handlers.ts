@@ -13,7 +13,7 @@ import {
   reservationSchema,
 } from '@keel/contracts';
 import { KeelConfig } from '@keel/config';
-import { inTenant } from '@keel/database';
+import { ALL_TENANTS, inTenant } from '@keel/database';
 import { aggregateIdFor, CommandHandler } from '@keel/event-sourcing';
 import { EventStore, InjectConfig, KEEL_LOGGER, MessagePattern } from '@keel/messaging';
 import { Logger } from '@keel/observability';
@@ -25,6 +25,11 @@ import { BudgetLedger, BudgetRow, fromUnits, Hold, RedisUnavailable, toUnits } f
 
 type Reservation = z.infer<typeof reservationSchema>;
 const SWEEP_MS = 2_000;
+
+/** Redis away mid-way: a 503 to retry (settle and release are safe to repeat), not a 500. */
+const unavailable = (error: unknown): never => {
+  throw error instanceof RedisUnavailable ? new KeelError('service_unavailable', 'Budget counters cannot be reached right now; retry shortly (it is safe to repeat).') : error;
+};
 
 const holdsView = (holds: Hold[]) => holds.map(([, amount, unit, budgetId]) => ({ budgetId, unit, amount: fromUnits(unit, amount) }));
 
@@ -39,7 +44,7 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
   private sweeper?: NodeJS.Timeout;
 
   constructor(
-    store: EventStore,
+    private readonly store: EventStore,
     @Inject(DataSource) private readonly ds: DataSource,
     private readonly runner: ProjectionRunner,
     private readonly ledger: BudgetLedger,
@@ -52,14 +57,28 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
 
   onModuleInit(): void {
     const sweep = () =>
-      this.ledger
-        .sweep()
-        .then((n) => n && this.logger.info({ released: n }, 'expired reservations released'))
+      Promise.all([
+        this.ledger.sweep().then((n) => n && this.logger.info({ released: n }, 'expired reservations released')),
+        this.relayAlerts(),
+      ])
         .catch(() => undefined)
         .finally(() => {
           if (this.sweeper) this.sweeper = setTimeout(sweep, SWEEP_MS).unref();
         });
     this.sweeper = setTimeout(sweep, SWEEP_MS).unref();
+  }
+
+  /**
+   * Alerts committed but not yet seen on the log (the publish after the commit failed, or the
+   * process stopped in between) are published again; their ids make a second copy inside the
+   * stream's duplicate window one message. The usage projection marks each published when it
+   * applies it.
+   */
+  private async relayAlerts(): Promise<void> {
+    const rows: { event: never }[] = await inTenant(this.ds, ALL_TENANTS, (m) =>
+      m.query(`SELECT event FROM budget_alerts WHERE NOT published ORDER BY position LIMIT 100`),
+    );
+    if (rows.length) await this.store.appendFacts(rows.map((r) => r.event));
   }
 
   onModuleDestroy(): void {
@@ -191,7 +210,8 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
       throw new KeelError('validation_failed', 'quantities: say what the call used (or that it was cancelled)', [{ field: 'quantities', message: 'say what the call used (or that it was cancelled)' }]);
     }
     const held = await this.held(tenantId, payload.requestId);
-    if (held.state !== 'reserved') return { requestId: payload.requestId, status: held.state as Reservation['status'], holds: holdsView(held.holds) };
+    // Settled or released already: answered as it is. Expired: the call still happened, so a late settle still records it.
+    if (held.state === 'settled' || held.state === 'released') return { requestId: payload.requestId, status: held.state, holds: holdsView(held.holds) };
     const { model, gpuType, attribution, source } = held.call;
     // A cancelled call is charged at least its input (LiteLLM's lesson: a stream cut short still cost its prompt).
     const quantities: Quantities = payload.data.quantities ?? { inputTokens: held.call.estimate.inputTokens ?? '0' };
@@ -206,10 +226,14 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
     if (result.status === 'refused') throw new KeelError('validation_failed', `The usage cannot be recorded: ${result.reason}`, [{ field: 'quantities', message: result.reason! }]);
     const { prices } = await this.usage.catalogue(tenantId, [{ id: payload.requestId, kind: 'record', model }]);
     const at = Date.parse(payload.data.occurredAt ?? new Date().toISOString());
-    const cost = rate(quantities, gpuType, choosePrice(prices, tenantId, model, at)!.rates).cost!;
+    const price = choosePrice(prices, tenantId, model, at);
+    const cost = (price && rate(quantities, gpuType, price.rates).cost) || new D(0);
     const tokens = new D(quantities.inputTokens ?? 0).plus(quantities.cachedInputTokens ?? 0).plus(quantities.outputTokens ?? 0);
-    const done = await this.ledger.finish(tenantId, payload.requestId, 'settled', toUnits('USD', cost), toUnits('tokens', tokens));
-    const status = done.status === 'changed' ? 'settled' : ((done.state ?? 'settled') as Reservation['status']);
+    const [usd, toks] = [toUnits('USD', cost), toUnits('tokens', tokens)];
+    const done = await this.ledger.finish(tenantId, payload.requestId, 'settled', usd, toks).catch(unavailable);
+    // Ended meanwhile (expired, or it had expired before): the holds are gone, the spend still counts.
+    if (done.status !== 'changed') await this.ledger.chargeHolds(held.holds, usd, toks).catch(unavailable);
+    const status = 'settled' as const;
     return { requestId: payload.requestId, status, holds: holdsView(held.holds), ...(result.position !== undefined ? { position: result.position } : {}) };
   }
 
@@ -219,7 +243,7 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
     const tenantId = payload.tenantId.toLowerCase();
     const held = await this.held(tenantId, payload.requestId);
     if (held.state !== 'reserved') return { requestId: payload.requestId, status: held.state as Reservation['status'], holds: holdsView(held.holds) };
-    const done = await this.ledger.finish(tenantId, payload.requestId, 'released', 0, 0);
+    const done = await this.ledger.finish(tenantId, payload.requestId, 'released', 0, 0).catch(unavailable);
     return { requestId: payload.requestId, status: done.status === 'changed' ? 'released' : ((done.state ?? 'released') as Reservation['status']), holds: holdsView(held.holds) };
   }
 

@@ -1,12 +1,14 @@
 import { EntityManager } from 'typeorm';
 import { Counter } from 'prom-client';
-import { billingEventTypes as B, EventEnvelope, PositionedEvent, Quantities } from '@keel/contracts';
-import { PermanentEventError } from '@keel/messaging';
+import { BUDGET_ALERT_AGGREGATE, billingEventTypes as B, EventEnvelope, nameBasedUuid, PositionedEvent, Quantities } from '@keel/contracts';
+import { EventStore, PermanentEventError } from '@keel/messaging';
 import { metricsRegistry } from '@keel/observability';
 import { Projection } from '@keel/projections';
 import { BILLING_TABLES } from '../database/migrations/1700000000001-create-billing';
 import { BUDGET_TABLES } from '../database/migrations/1700000000002-budgets';
-import type { BudgetLedger } from '../budgets/budget-ledger';
+import { ALERT_TABLES } from '../database/migrations/1700000000003-budget-alerts';
+import { BudgetLedger, BudgetRow, spendQuery } from '../budgets/budget-ledger';
+import { periodOf } from './periods';
 import { bucketOf } from './periods';
 import { choosePrice, D, Dec, PriceRow, rate } from './rating';
 
@@ -47,9 +49,14 @@ type UsageFact = EventEnvelope<{
 
 /** What changed on budget counters in a batch (applied to Redis after the commit). */
 export interface AppliedUsage {
-  spent: { tenantId: string; occurredAt: number; model: string; attribution: Record<string, string>; cost: Dec; quantities: Quantities; sign: 1 | -1 }[];
-  budgetsChanged: Set<string>;
+  /** Changes the Redis counters have not seen (not a settled reservation's record). */
+  spent: Counted[];
+  /** Every change of what a budget has spent (for the periods kept in Postgres and their alerts). */
+  counted: Counted[];
+  /** Alerts made in this batch, to publish after the commit. */
+  alerts: EventEnvelope[];
 }
+type Counted = { tenantId: string; occurredAt: number; model: string; attribution: Record<string, string>; cost: Dec; quantities: Quantities; sign: 1 | -1; at: string; position: number };
 
 /** A record as counted now (a row of usage_records). */
 export interface RecordRow {
@@ -149,41 +156,104 @@ const RECORD_COLUMNS = [
 export class UsageProjection implements Projection {
   readonly name = 'usage';
   readonly contexts = ['billing'];
-  readonly tables = [...BILLING_TABLES, ...BUDGET_TABLES].map((t) => t.name);
+  readonly tables = [...BILLING_TABLES, ...BUDGET_TABLES, ...ALERT_TABLES].map((t) => t.name);
 
-  constructor(private readonly ledger?: BudgetLedger) {}
+  constructor(
+    private readonly ledger?: BudgetLedger,
+    private readonly store?: EventStore,
+  ) {}
 
   async apply(m: EntityManager, events: PositionedEvent[]): Promise<AppliedUsage> {
-    const applied: AppliedUsage = { spent: [], budgetsChanged: new Set() };
-    this.applied = applied;
+    // Per call (a rebuild or a dead letter's retry may apply beside the live batches).
+    const applied: AppliedUsage = { spent: [], counted: [], alerts: [] };
     let facts: PositionedEvent[] = [];
     for (const pe of events) {
       if (pe.event.type === B.usageRecorded) {
         facts.push(pe);
         continue;
       }
-      await this.applyUsage(m, facts);
+      await this.applyUsage(m, facts, applied);
+      // What the records before it spent (and the alerts that makes) comes before the event: a budget change, or an alert's own event.
+      await this.applyBudgetSpend(m, applied);
       facts = [];
       if (pe.event.type === B.pricePublished) await this.applyPrice(m, pe);
-      else if (pe.event.type === B.usageRerated) await this.applyRerate(m, pe);
-      else if (pe.event.type.startsWith('billing.budget.')) await this.applyBudget(m, pe, applied);
+      else if (pe.event.type === B.usageRerated) await this.applyRerate(m, pe, applied);
+      else if (pe.event.type === B.thresholdCrossed) await m.query(`UPDATE budget_alerts SET published = true WHERE event_id = $1`, [pe.event.id]);
+      else if (pe.event.type.startsWith('billing.budget.')) await this.applyBudget(m, pe);
       else throw new PermanentEventError(`unknown billing event type ${pe.event.type}`);
+      // A re-rate's changes, before whatever comes next.
+      await this.applyBudgetSpend(m, applied);
     }
-    await this.applyUsage(m, facts);
+    await this.applyUsage(m, facts, applied);
+    await this.applyBudgetSpend(m, applied);
     return applied;
   }
 
-  /** The batch being applied (its counter changes are collected as records change). */
-  private applied: AppliedUsage = { spent: [], budgetsChanged: new Set() };
-
-  /** After the commit: usage reported directly onto the budget counters. */
-  async afterCommit(applied: AppliedUsage): Promise<void> {
-    if (!this.ledger) return;
-    await this.ledger.addSpent(applied.spent).catch(() => undefined);
+  /**
+   * Brings each budget period that this batch's records touched up to what the rollups hold, and
+   * records the thresholds its spend passed on the way, in (before, now], once per budget, period
+   * and threshold (the key of budget_alerts): a new period has its own keys, so it re-arms.
+   */
+  private async applyBudgetSpend(m: EntityManager, applied: AppliedUsage): Promise<void> {
+    const counted = applied.counted.splice(0);
+    if (!counted.length) return;
+    const budgets: BudgetRow[] = await m.query(`SELECT * FROM budgets WHERE tenant_id = ANY($1)`, [[...new Set(counted.map((c) => c.tenantId))]]);
+    if (!budgets.length) return;
+    const touched = new Map<string, { b: BudgetRow; start: number; end: number; delta: Dec; at: string; position: number }>();
+    for (const c of counted) {
+      const forTenant = budgets.filter((b) => b.tenant_id === c.tenantId);
+      for (const b of BudgetLedger.applicable(forTenant, c.attribution, c.model)) {
+        const { start, end } = periodOf(b.period_unit, b.time_zone, c.occurredAt);
+        const key = `${b.id}\n${start}`;
+        const amount = (b.unit === 'USD' ? c.cost : new D(c.quantities.inputTokens ?? 0).plus(c.quantities.cachedInputTokens ?? 0).plus(c.quantities.outputTokens ?? 0)).times(c.sign);
+        const t = touched.get(key);
+        if (t) Object.assign(t, { delta: t.delta.plus(amount), at: c.at, position: Math.max(t.position, c.position) });
+        else touched.set(key, { b, start, end, delta: amount, at: c.at, position: c.position });
+      }
+    }
+    for (const { b, start, end, delta, at, position } of touched.values()) {
+      const { sql, params } = spendQuery(b, start, end);
+      const now = new D((await m.query(sql, params))[0].v);
+      const [row] = await m.query(`SELECT spent::text FROM budget_periods WHERE tenant_id = $1 AND budget_id = $2 AND period_start = $3`, [b.tenant_id, b.id, new Date(start).toISOString()]);
+      const before = row ? new D(row.spent) : now.minus(delta);
+      await m.query(
+        `INSERT INTO budget_periods (tenant_id, budget_id, period_start, period_end, spent) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (tenant_id, budget_id, period_start) DO UPDATE SET spent = EXCLUDED.spent`,
+        [b.tenant_id, b.id, new Date(start).toISOString(), new Date(end).toISOString(), now.toFixed()],
+      );
+      for (const t of [...b.thresholds].sort((x, y) => x.percent - y.percent)) {
+        const line = new D(b.limit).times(t.percent).div(100);
+        if (!(before.lessThan(line) && now.greaterThanOrEqualTo(line))) continue;
+        const periodStart = new Date(start).toISOString();
+        const id = nameBasedUuid(`keel.billing.alert\n${b.tenant_id}\n${b.id}\n${periodStart}\n${t.percent}`);
+        const event: EventEnvelope = {
+          id, type: B.thresholdCrossed, schemaVersion: 1, tenantId: b.tenant_id, aggregateType: BUDGET_ALERT_AGGREGATE, aggregateId: id, aggregateVersion: 1,
+          occurredAt: at, actor: { kind: 'service', id: 'billing' }, correlationId: id,
+          data: { budgetId: b.id, name: b.name, unit: b.unit, limit: new D(b.limit).toFixed(), periodStart, periodEnd: new Date(end).toISOString(), percent: t.percent, mode: t.mode, spent: now.toFixed() },
+        };
+        const made = await m.query(
+          `INSERT INTO budget_alerts (tenant_id, budget_id, period_start, percent, event_id, event, published, position) VALUES ($1, $2, $3, $4, $5, $6, false, $7)
+           ON CONFLICT DO NOTHING RETURNING event_id`,
+          [b.tenant_id, b.id, periodStart, t.percent, id, JSON.stringify(event), position],
+        );
+        if (made.length) applied.alerts.push(event);
+      }
+    }
   }
 
-  private async applyBudget(m: EntityManager, { position, event }: PositionedEvent, applied: AppliedUsage): Promise<void> {
-    applied.budgetsChanged.add(event.tenantId);
+  /**
+   * After the commit: the alerts made onto the log (their ids dedupe a second publish; one that
+   * fails is published by the relay, see `unpublishedAlerts`), and usage reported directly onto the
+   * budget counters.
+   */
+  async afterCommit(applied: AppliedUsage): Promise<void> {
+    // Failures are logged by the runner; a lost alert publish is made by the relay, a lost counter change by the next seed.
+    const results = await Promise.allSettled([this.store?.appendFacts(applied.alerts.length ? applied.alerts : []), this.ledger?.addSpent(applied.spent)]);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+  }
+
+  private async applyBudget(m: EntityManager, { position, event }: PositionedEvent): Promise<void> {
     if (event.type === B.budgetCreated) {
       const d = event.data as { name: string; scope: { kind: string; id?: string }; unit: string; limit: string; period: { unit: string; timeZone: string }; thresholds: unknown[]; failMode: string };
       await m.query(
@@ -205,10 +275,10 @@ export class UsageProjection implements Projection {
     }
   }
 
-  /** A record's change seen by the budget counters (not the record a settle already put there). */
-  private spent(r: RecordRow, sign: 1 | -1): void {
+  /** A record's change, for the budgets' periods and (unless a settle put it there already) the Redis counters. */
+  private spent(applied: AppliedUsage, r: RecordRow, sign: 1 | -1, at: string, redis = true): void {
     if (r.status !== 'active') return;
-    this.applied.spent.push({
+    const c: Counted = {
       tenantId: r.tenant_id,
       occurredAt: Date.parse(r.occurred_at),
       model: r.model,
@@ -216,7 +286,11 @@ export class UsageProjection implements Projection {
       cost: new D(r.cost),
       quantities: Object.fromEntries(QUANTITIES.map(([c, q]) => [q, r[c]])) as Quantities,
       sign,
-    });
+      at,
+      position: r.position,
+    };
+    applied.counted.push(c);
+    if (redis) applied.spent.push(c);
   }
 
   private async applyPrice(m: EntityManager, { position, event }: PositionedEvent): Promise<void> {
@@ -244,7 +318,7 @@ export class UsageProjection implements Projection {
     ]);
   }
 
-  private async applyUsage(m: EntityManager, events: PositionedEvent[]): Promise<void> {
+  private async applyUsage(m: EntityManager, events: PositionedEvent[], applied: AppliedUsage): Promise<void> {
     if (!events.length) return;
     // Each fact once: the first of each (tenant, source, id) in the batch, and only those not counted before.
     const firsts = new Map<string, { position: number; fact: UsageFact }>();
@@ -307,7 +381,7 @@ export class UsageProjection implements Projection {
         records.set(key, row);
         changed.set(key, row);
         deltas.add(row, 1);
-        if (!d.viaReservation) this.spent(row, 1);
+        this.spent(applied, row, 1, fact.occurredAt, !d.viaReservation);
         const early = waiting.get(key) ?? [];
         waiting.delete(key);
         for (const w of early) {
@@ -332,8 +406,8 @@ export class UsageProjection implements Projection {
           ? { ...before, status: 'cancelled', corrections: before.corrections + 1, position }
           : this.rated({ ...before, corrections: before.corrections + 1, position }, d, prices);
       deltas.add(after, 1);
-      this.spent(before, -1);
-      this.spent(after, 1);
+      this.spent(applied, before, -1, fact.occurredAt);
+      this.spent(applied, after, 1, fact.occurredAt);
       records.set(key, after);
       changed.set(key, after);
     };
@@ -373,7 +447,7 @@ export class UsageProjection implements Projection {
   }
 
   /** Every active record of the tenant in [from, to) rated again with the prices as the log has them here. */
-  private async applyRerate(m: EntityManager, { position, event }: PositionedEvent): Promise<void> {
+  private async applyRerate(m: EntityManager, { position, event }: PositionedEvent, applied: AppliedUsage): Promise<void> {
     const { from, to } = event.data as { from: string; to: string };
     const rows = (
       await m.query(`SELECT * FROM usage_records WHERE tenant_id = $1 AND status = 'active' AND occurred_at >= $2 AND occurred_at < $3`, [event.tenantId, from, to])
@@ -387,8 +461,8 @@ export class UsageProjection implements Projection {
       if (after.cost === before.cost && after.price_version === before.price_version && after.price_scope === before.price_scope) continue;
       deltas.add(before, -1);
       deltas.add(after, 1);
-      this.spent(before, -1);
-      this.spent(after, 1);
+      this.spent(applied, before, -1, event.occurredAt);
+      this.spent(applied, { ...after, position }, 1, event.occurredAt);
       changed.push({ ...after, position });
     }
     if (changed.length) {

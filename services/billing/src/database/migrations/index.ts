@@ -1,5 +1,6 @@
 import { CreateBilling1700000000001 } from './1700000000001-create-billing';
 import { Budgets1700000000002 } from './1700000000002-budgets';
+import { BudgetAlerts1700000000003 } from './1700000000003-budget-alerts';
 
 /** The billing schema's migrations, in the order the provisioning step runs them. */
-export const BILLING_MIGRATIONS = [CreateBilling1700000000001, Budgets1700000000002];
+export const BILLING_MIGRATIONS = [CreateBilling1700000000001, Budgets1700000000002, BudgetAlerts1700000000003];

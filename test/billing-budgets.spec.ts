@@ -191,6 +191,12 @@ describe('billing: budgets and reservations', () => {
     expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.061', reserved: '0' });
     expect(await reserve('after-flush')).toMatchObject({ ok: true, r: { status: 'reserved' } });
     expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.061', reserved: '0.001' });
+    // A call no budget applies to is reserved holding nothing, and its settle records it.
+    const free = await reserve('no-budget', { attribution: { teamId: 'gamma', userId: 'u9' } });
+    expect(free).toMatchObject({ ok: true, r: { status: 'reserved', holds: [] } });
+    const freeSettled = await settle('no-budget', { quantities: { inputTokens: '10' } });
+    expect(freeSettled.status).toBe('settled');
+    expect(await admin('GET', `/api/v1/tenants/${tenantId}/usage/records/no-budget?consistentWith=${freeSettled.position}`)).toMatchObject({ status: 200, body: { attribution: { teamId: 'gamma' } } });
     const vague = await admin('POST', `/api/v1/tenants/${tenantId}/usage/reservations/after-flush/settle`, { body: {} });
     expect(vague.status).toBe(400);
     expect(vague.body.errors.map((e: { field: string }) => e.field)).toEqual(['quantities']);

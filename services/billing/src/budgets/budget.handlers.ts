@@ -168,7 +168,7 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
     if (reason) throw new KeelError('validation_failed', `The estimate cannot be priced: ${reason}.`, [{ field: 'model', message: reason }]);
     const cost = rate(r.estimate, r.gpuType, choosePrice(prices, tenantId, model, now)!.rates).cost!;
     const budgets = BudgetLedger.applicable(await this.ledger.budgets(tenantId), r.attribution, model);
-    if (!budgets.length) return { requestId: r.requestId, status: 'unchecked', holds: [] };
+    // With no budget applying the reservation is still kept (holding nothing): its settle records the call.
     const amounts = budgets.map((b) => BudgetLedger.amountFor(b, cost, r.estimate));
     let answer;
     try {

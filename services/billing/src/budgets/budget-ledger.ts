@@ -4,7 +4,7 @@ import { Counter } from 'prom-client';
 import { Attribution, BudgetScopeKind, KeelError, Quantities } from '@keel/contracts';
 import { inTenant } from '@keel/database';
 import { metricsRegistry, withTimeout } from '@keel/observability';
-import { bucketRanges, PeriodUnit, periodOf } from '../usage/periods';
+import { bucketCondition, PeriodUnit, periodOf } from '../usage/periods';
 import { D, Dec } from '../usage/rating';
 
 /** A budget as the projection keeps it. */
@@ -27,22 +27,15 @@ export interface BudgetRow {
  * hours and minutes at the edges), in its unit: USD, or tokens. Answers one row, `v` as text.
  */
 export function spendQuery(b: Pick<BudgetRow, 'tenant_id' | 'scope_kind' | 'scope_id' | 'unit'>, start: number, end: number): { sql: string; params: unknown[] } {
-  const ranges = bucketRanges(start, end);
   const params: unknown[] = [b.tenant_id];
-  const where: string[] = [];
-  for (const grain of ['day', 'hour', 'minute'] as const) {
-    for (const [a, z] of ranges[grain]) {
-      params.push(new Date(a).toISOString(), new Date(z).toISOString());
-      where.push(`(grain = '${grain}' AND bucket >= $${params.length - 1} AND bucket < $${params.length})`);
-    }
-  }
+  const buckets = bucketCondition(start, end, params);
   let scope = '';
   if (b.scope_kind !== 'tenant') {
     params.push(b.scope_id);
     scope = ` AND ${SCOPE_COLUMN[b.scope_kind]} = $${params.length}`;
   }
   const measure = b.unit === 'USD' ? 'cost' : 'input_tokens + cached_input_tokens + output_tokens';
-  return { sql: `SELECT coalesce(sum(${measure}), 0)::text AS v FROM usage_rollups WHERE tenant_id = $1 AND (${where.join(' OR ')})${scope}`, params };
+  return { sql: `SELECT coalesce(sum(${measure}), 0)::text AS v FROM usage_rollups WHERE tenant_id = $1 AND ${buckets}${scope}`, params };
 }
 
 /** A hold on one budget's counter: its key, the amount (micro-USD or tokens) and the unit. */

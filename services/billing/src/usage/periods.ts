@@ -74,6 +74,22 @@ export function bucketRanges(from: number, to: number): BucketRanges {
   return out;
 }
 
+/**
+ * The rollup rows of [from, to): a SQL condition on `grain` and `bucket` (whole UTC days, then the
+ * hours and minutes at the edges), its times appended to `params` as placeholders.
+ */
+export function bucketCondition(from: number, to: number, params: unknown[]): string {
+  const ranges = bucketRanges(from, to);
+  const where: string[] = [];
+  for (const grain of ['day', 'hour', 'minute'] as const) {
+    for (const [a, b] of ranges[grain]) {
+      params.push(new Date(a).toISOString(), new Date(b).toISOString());
+      where.push(`(grain = '${grain}' AND bucket >= $${params.length - 1} AND bucket < $${params.length})`);
+    }
+  }
+  return `(${where.join(' OR ')})`;
+}
+
 /** The start of the UTC bucket of `grain` holding `t`. */
 export function bucketOf(t: number, grain: 'minute' | 'hour' | 'day'): number {
   const size = grain === 'minute' ? MINUTE : grain === 'hour' ? HOUR : DAY;

@@ -27,7 +27,7 @@ import { KeelConfig } from '@keel/config';
 import { ALL_TENANTS, inTenant } from '@keel/database';
 import { EventStore, InjectConfig, MessagePattern } from '@keel/messaging';
 import { ProjectionRunner } from '@keel/projections';
-import { bucketRanges, reportRange, timeZoneOf } from './periods';
+import { bucketCondition, reportRange, timeZoneOf } from './periods';
 import { D, PriceRow, unratedReason } from './rating';
 import { DIMENSIONS, QUANTITIES } from './usage.projection';
 
@@ -219,21 +219,14 @@ export class UsageHandlers {
     const { from, to } = reportRange(q, zone);
     if (q.consistentWith !== undefined) await this.runner.waitFor(q.consistentWith, this.config.KEEL_CONSISTENCY_WAIT_MS);
     const groupBy = q.groupBy ?? [];
-    const ranges = bucketRanges(from, to);
     const params: unknown[] = [q.tenantId];
-    const where: string[] = [];
-    for (const grain of ['day', 'hour', 'minute'] as const) {
-      for (const [a, b] of ranges[grain]) {
-        params.push(new Date(a).toISOString(), new Date(b).toISOString());
-        where.push(`(grain = '${grain}' AND bucket >= $${params.length - 1} AND bucket < $${params.length})`);
-      }
-    }
+    const buckets = bucketCondition(from, to, params);
     const cols = groupBy.map((d) => COLUMN[d]);
     const sums = `${[...QUANTITIES.map(([c]) => c), 'cost'].map((c) => `sum(${c})::text AS ${c}`).join(', ')}, sum(records)::int AS records, sum(unpriced)::int AS unpriced`;
     const rows: Record<string, string | number>[] = await inTenant(this.ds, q.tenantId, (m) =>
       m.query(
         `SELECT ${cols.length ? `${cols.join(', ')}, ` : ''}${sums} FROM usage_rollups
-          WHERE tenant_id = $1 AND (${where.join(' OR ')})
+          WHERE tenant_id = $1 AND ${buckets}
           ${cols.length ? `GROUP BY ${cols.join(', ')} HAVING sum(records) <> 0 OR sum(cost) <> 0 ORDER BY ${cols.join(', ')}` : ''}`,
         params,
       ),

@@ -191,9 +191,9 @@ describe('billing: budgets and reservations', () => {
     expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.061', reserved: '0' });
     expect(await reserve('after-flush')).toMatchObject({ ok: true, r: { status: 'reserved' } });
     expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.061', reserved: '0.001' });
-    // A call no budget applies to is reserved holding nothing, and its settle records it.
+    // A call of another team and user: only the plan's quota holds it (every tenant has that budget).
     const free = await reserve('no-budget', { attribution: { teamId: 'gamma', userId: 'u9' } });
-    expect(free).toMatchObject({ ok: true, r: { status: 'reserved', holds: [] } });
+    expect(free).toMatchObject({ ok: true, r: { status: 'reserved', holds: [{ unit: 'tokens', amount: '1000' }] } });
     const freeSettled = await settle('no-budget', { quantities: { inputTokens: '10' } });
     expect(freeSettled.status).toBe('settled');
     expect(await admin('GET', `/api/v1/tenants/${tenantId}/usage/records/no-budget?consistentWith=${freeSettled.position}`)).toMatchObject({ status: 200, body: { attribution: { teamId: 'gamma' } } });
@@ -204,6 +204,29 @@ describe('billing: budgets and reservations', () => {
     expect((await settle('after-flush', { cancelled: true })).status).toBe('settled');
     // Cancelled without quantities: charged its estimated input (1,000 tokens).
     expect((await budget(alpha.id)).current).toMatchObject({ spent: '0.062', reserved: '0' });
+  });
+
+  it("makes the plan's monthly token quota every tenant's hard budget, following the plan", async () => {
+    const quotas = { maxUsers: 10, maxGpus: 0, maxGpuMemoryGb: 0, monthlyTokenQuota: 5_000, requestsPerMinute: 600 };
+    const made = await operator('POST', '/api/v1/tenants', { body: { slug: 'quota-co', name: 'Quota', plan: 'custom', quotas } });
+    expect(made.status).toBe(201);
+    const quotaTenant = made.body.tenant.id as string;
+    const plan = () => operator('GET', `/api/v1/tenants/${quotaTenant}/budgets`).then((r) => r.body.items.find((b: { name: string }) => b.name === 'Plan: monthly token quota'));
+    const first = await eventually(plan, (b) => b?.limit === '5000', { timeoutMs: 20_000, what: "the plan's quota as a budget" });
+    expect(first).toMatchObject({ scope: { kind: 'tenant' }, unit: 'tokens', period: { unit: 'month', timeZone: 'UTC' }, failMode: 'open', current: { spent: '0', remaining: '5000' } });
+    const call = (requestId: string) =>
+      rpc
+        .request<{ status: string }>('cmd.billing.reserve', { meta, payload: { tenantId: quotaTenant, data: { requestId, model: 'm-1', estimate: { inputTokens: '3000' } } } })
+        .then((r) => r.status, (e: KeelError) => e.code);
+    expect(await call('q-1')).toBe('reserved');
+    expect(await call('q-2')).toBe('budget_exceeded');
+    // It changes with the plan, and only with the plan.
+    expect((await operator('PATCH', `/api/v1/tenants/${quotaTenant}/budgets/${first.id}`, { body: { limit: '1' } })).status).toBe(409);
+    expect((await operator('DELETE', `/api/v1/tenants/${quotaTenant}/budgets/${first.id}`)).status).toBe(409);
+    const raised = await operator('PATCH', `/api/v1/tenants/${quotaTenant}/plan`, { body: { plan: 'custom', quotas: { ...quotas, monthlyTokenQuota: 10_000 } } });
+    expect(raised.status).toBe(200);
+    await eventually(plan, (b) => b?.limit === '10000', { timeoutMs: 20_000, what: 'the raised quota' });
+    expect(await call('q-3')).toBe('reserved');
   });
 
   it('raises each threshold once per budget and period, across a restart and redelivery, and again in another period', async () => {

@@ -8,6 +8,7 @@ import { ProjectionRunner } from '@keel/projections';
 import { serviceModule } from '@keel/service-kit';
 import { BudgetLedger } from './budgets/budget-ledger';
 import { BudgetHandlers } from './budgets/budget.handlers';
+import { PLANS_RUNNER, PlansProjection } from './budgets/plans.projection';
 import { PriceHandlers } from './prices/prices.handlers';
 import { UsageHandlers } from './usage/usage.handlers';
 import { UsageProjection } from './usage/usage.projection';
@@ -37,7 +38,10 @@ export function billingModule(config: KeelConfig, logger: Logger) {
       // Also a provider: settling a reservation records its usage through the same checks.
       UsageHandlers,
     ],
-    projections: [{ projection: { useFactory: (ledger: BudgetLedger, store: EventStore) => new UsageProjection(ledger, store), inject: [BudgetLedger, EventStore] } }],
+    projections: [
+      { projection: { useFactory: (ledger: BudgetLedger, store: EventStore) => new UsageProjection(ledger, store), inject: [BudgetLedger, EventStore] } },
+      { projection: { useFactory: () => new PlansProjection() }, provide: PLANS_RUNNER },
+    ],
     controllers: [UsageHandlers, PriceHandlers, BudgetHandlers],
   });
 }

@@ -188,7 +188,8 @@ export class BudgetLedger {
    * as soon as the projection has it (`consistentWith` its create) in every process.
    */
   budgets(tenantId: string): Promise<BudgetRow[]> {
-    return inTenant(this.ds, tenantId, (m) => m.query(`SELECT * FROM budgets WHERE tenant_id = $1 ORDER BY id`, [tenantId]));
+    // The tenant's own budgets and its plan's quota (see PlansProjection).
+    return inTenant(this.ds, tenantId, (m) => m.query(`SELECT * FROM budgets WHERE tenant_id = $1 UNION ALL SELECT * FROM plan_quotas WHERE tenant_id = $1 ORDER BY id`, [tenantId]));
   }
 
   /** The budgets a call with this attribution and model counts against: the tenant's, and each scope it names. */

@@ -20,6 +20,7 @@ import { Logger } from '@keel/observability';
 import { ProjectionRunner } from '@keel/projections';
 import { choosePrice, D, rate, unratedReason } from '../usage/rating';
 import { UsageHandlers } from '../usage/usage.handlers';
+import { planBudgetId } from './plans.projection';
 import { BudgetCommand, budgetDecider, BudgetState } from './budget.decider';
 import { BudgetLedger, BudgetRow, fromUnits, Hold, RedisUnavailable, toUnits } from './budget-ledger';
 
@@ -105,10 +106,18 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
     return { budget: this.view(tenantId, budgetId, r.state, r.version), version: r.version, position: r.position };
   }
 
+  /** The plan's quota budget follows the plan: it is changed by changing the plan, not here. */
+  private refusePlanBudget(tenantId: string, budgetId: string): void {
+    if (budgetId.toLowerCase() === planBudgetId(tenantId)) {
+      throw new KeelError('invalid_transition', "This is the plan's monthly token quota: it changes with the plan (PATCH /api/v1/tenants/{id}/plan), not here.");
+    }
+  }
+
   @MessagePattern('cmd.billing.update_budget')
   async update(body: unknown) {
     const { meta, payload } = parseOrThrow(billingRpc.updateBudget.request, body, 'budget change');
     const tenantId = payload.tenantId.toLowerCase();
+    this.refusePlanBudget(tenantId, payload.budgetId);
     const r = await this.handler.handle({ tenantId, aggregateId: payload.budgetId }, { type: 'update', data: payload.data }, meta);
     return { budget: this.view(tenantId, payload.budgetId, r.state, r.version), version: r.version, position: r.position };
   }
@@ -116,6 +125,7 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
   @MessagePattern('cmd.billing.delete_budget')
   async remove(body: unknown) {
     const { meta, payload } = parseOrThrow(billingRpc.deleteBudget.request, body, 'budget deletion');
+    this.refusePlanBudget(payload.tenantId.toLowerCase(), payload.budgetId);
     const r = await this.handler.handle({ tenantId: payload.tenantId.toLowerCase(), aggregateId: payload.budgetId }, { type: 'delete' }, meta);
     return { deleted: true as const, position: r.position };
   }
@@ -141,7 +151,9 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
   async list(body: unknown) {
     const q = parseOrThrow(billingRpc.budgets.request, body, 'budget list');
     if (q.consistentWith !== undefined) await this.runner.waitFor(q.consistentWith, this.config.KEEL_CONSISTENCY_WAIT_MS);
-    const rows = await inTenant(this.ds, q.tenantId, (m) => m.query(`SELECT * FROM budgets WHERE tenant_id = $1 ORDER BY created_at, id`, [q.tenantId]));
+    const rows = await inTenant(this.ds, q.tenantId, (m) =>
+      m.query(`SELECT * FROM (SELECT * FROM plan_quotas WHERE tenant_id = $1 UNION ALL SELECT * FROM budgets WHERE tenant_id = $1) b ORDER BY created_at, id`, [q.tenantId]),
+    );
     return { items: await Promise.all(rows.map((r: never) => this.withCurrent(r))) };
   }
 
@@ -149,7 +161,9 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
   async get(body: unknown) {
     const q = parseOrThrow(billingRpc.budget.request, body, 'budget');
     if (q.consistentWith !== undefined) await this.runner.waitFor(q.consistentWith, this.config.KEEL_CONSISTENCY_WAIT_MS);
-    const [row] = await inTenant(this.ds, q.tenantId, (m) => m.query(`SELECT * FROM budgets WHERE tenant_id = $1 AND id = $2`, [q.tenantId, q.budgetId]));
+    const [row] = await inTenant(this.ds, q.tenantId, (m) =>
+      m.query(`SELECT * FROM budgets WHERE tenant_id = $1 AND id = $2 UNION ALL SELECT * FROM plan_quotas WHERE tenant_id = $1 AND id = $2`, [q.tenantId, q.budgetId]),
+    );
     if (!row) throw new KeelError('not_found', 'No such budget in this tenant.');
     return this.withCurrent(row);
   }

@@ -197,7 +197,9 @@ export class UsageProjection implements Projection {
   private async applyBudgetSpend(m: EntityManager, applied: AppliedUsage): Promise<void> {
     const counted = applied.counted.splice(0);
     if (!counted.length) return;
-    const budgets: BudgetRow[] = await m.query(`SELECT * FROM budgets WHERE tenant_id = ANY($1)`, [[...new Set(counted.map((c) => c.tenantId))]]);
+    const budgets: BudgetRow[] = await m.query(`SELECT * FROM budgets WHERE tenant_id = ANY($1) UNION ALL SELECT * FROM plan_quotas WHERE tenant_id = ANY($1)`, [
+      [...new Set(counted.map((c) => c.tenantId))],
+    ]);
     if (!budgets.length) return;
     const touched = new Map<string, { b: BudgetRow; start: number; end: number; delta: Dec; at: string; position: number }>();
     for (const c of counted) {

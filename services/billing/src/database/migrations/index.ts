@@ -1,6 +1,7 @@
 import { CreateBilling1700000000001 } from './1700000000001-create-billing';
 import { Budgets1700000000002 } from './1700000000002-budgets';
 import { BudgetAlerts1700000000003 } from './1700000000003-budget-alerts';
+import { PlanQuotas1700000000004 } from './1700000000004-plan-quotas';
 
 /** The billing schema's migrations, in the order the provisioning step runs them. */
-export const BILLING_MIGRATIONS = [CreateBilling1700000000001, Budgets1700000000002, BudgetAlerts1700000000003];
+export const BILLING_MIGRATIONS = [CreateBilling1700000000001, Budgets1700000000002, BudgetAlerts1700000000003, PlanQuotas1700000000004];

@@ -1,0 +1,43 @@
+import { EntityManager } from 'typeorm';
+import { nameBasedUuid, PositionedEvent, tenantEventTypes as T } from '@keel/contracts';
+import { Projection } from '@keel/projections';
+import { PLAN_TABLES } from '../database/migrations/1700000000004-plan-quotas';
+
+/** The id of a tenant's plan quota budget (one per tenant, made from its tenant events). */
+export const planBudgetId = (tenantId: string) => nameBasedUuid(`keel.billing.plan-budget\n${tenantId.toLowerCase()}`);
+
+/** The runner token of the plans projection (the service's second). */
+export const PLANS_RUNNER = Symbol('BILLING_PLANS_RUNNER');
+
+/**
+ * Every tenant's plan quota as a budget (rows shaped like `budgets`, in `plan_quotas`): its plan's
+ * `monthlyTokenQuota` tokens a calendar month (UTC), hard at 100 %, failing open (when Redis is
+ * away the call is let through, its usage still recorded and invoiced). A quota of 0 is none.
+ * Its own projection over the tenant events only, so billing reads nothing else of the log.
+ */
+export class PlansProjection implements Projection {
+  readonly name = 'plans';
+  readonly contexts = ['tenant'];
+  readonly aggregateType = 'tenant';
+  readonly tables = PLAN_TABLES.map((t) => t.name);
+
+  async apply(m: EntityManager, events: PositionedEvent[]): Promise<void> {
+    for (const { position, event } of events) {
+      if (event.type !== T.created && event.type !== T.planChanged) continue;
+      const quota = (event.data as { quotas?: { monthlyTokenQuota?: number } }).quotas?.monthlyTokenQuota;
+      if (typeof quota !== 'number') continue;
+      const tenantId = event.tenantId.toLowerCase();
+      const id = planBudgetId(tenantId);
+      if (quota <= 0) {
+        await m.query(`DELETE FROM plan_quotas WHERE tenant_id = $1`, [tenantId]);
+        continue;
+      }
+      await m.query(
+        `INSERT INTO plan_quotas (tenant_id, id, name, scope_kind, scope_id, unit, "limit", period_unit, time_zone, thresholds, fail_mode, version, position, created_at, updated_at)
+         VALUES ($1, $2, 'Plan: monthly token quota', 'tenant', '', 'tokens', $3, 'month', 'UTC', $4, 'open', $5, $6, $7, $7)
+         ON CONFLICT (tenant_id, id) DO UPDATE SET "limit" = EXCLUDED."limit", version = EXCLUDED.version, position = EXCLUDED.position, updated_at = EXCLUDED.updated_at`,
+        [tenantId, id, String(quota), JSON.stringify([{ percent: 80, mode: 'warn' }, { percent: 100, mode: 'hard' }]), event.aggregateVersion, position, event.occurredAt],
+      );
+    }
+  }
+}

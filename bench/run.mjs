@@ -404,6 +404,9 @@ try {
   // The backbone's own figures, on a namespace of their own (see bench/backbone.mjs).
   const { backboneBenchmarks } = await import('./backbone.mjs');
   const backbone = await backboneBenchmarks();
+  // Billing's hot path, on a namespace of its own too (see bench/billing.mjs).
+  const { billingBenchmarks } = await import('./billing.mjs');
+  const billing = await billingBenchmarks();
   const round = (x, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
   const result = {
     machine,
@@ -505,6 +508,28 @@ try {
         baseline: { name: 'the same facts in clear (alternating rounds, median)', value: round(backbone.personalDataSeal.baseline) },
         ratio: round(backbone.personalDataSeal.ratio, 3),
         goal: 'ratio >= 0.9 (sealing costs the write path at most 10 %)',
+      },
+      {
+        name: 'billing.ingest',
+        unit: 'usage records/s (cmd.billing.record_usage, batches of 1,000, 4 in flight → counted in the usage projection)',
+        value: round(billing.ingest.perSecond),
+        answered: round(billing.ingest.answeredPerSecond),
+        records: billing.ingest.records,
+        baseline: { name: 'raw pipelined JetStream publishes of as many messages', value: round(billing.ingest.baseline) },
+        ratio: round(billing.ingest.perSecond / billing.ingest.baseline, 3),
+        goal: '>= 10000/s',
+      },
+      {
+        name: 'billing.admit',
+        unit: 'reserve + settle pairs/s over NATS, 200 in flight',
+        value: round(billing.admit.perSecond),
+        p99Ms: round(billing.admit.p99),
+        granted: billing.admit.granted,
+        refused: billing.admit.refused,
+        overrun: billing.admit.overrun,
+        baseline: { name: 'the reserve step alone as a Redis Lua script, 200 in flight', value: round(billing.admit.baseline), p99Ms: round(billing.admit.baselineP99) },
+        ratio: round(billing.admit.perSecond / billing.admit.baseline, 3),
+        goal: '>= 10000/s, p99 < 10 ms, 0 overrun',
       },
     ],
   };

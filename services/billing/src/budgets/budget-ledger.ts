@@ -309,8 +309,11 @@ export class BudgetLedger {
    */
   async addSpent(records: { tenantId: string; occurredAt: number; model: string; attribution: Attribution; cost: Dec; quantities: Quantities; sign: 1 | -1 }[]): Promise<void> {
     const byKey = new Map<string, number>();
+    // Each tenant's budgets read once per call, not once per record.
+    const budgets = new Map<string, Promise<BudgetRow[]>>();
     for (const r of records) {
-      for (const b of BudgetLedger.applicable(await this.budgets(r.tenantId), r.attribution, r.model)) {
+      if (!budgets.has(r.tenantId)) budgets.set(r.tenantId, this.budgets(r.tenantId));
+      for (const b of BudgetLedger.applicable(await budgets.get(r.tenantId)!, r.attribution, r.model)) {
         const key = this.counterKey(b, periodOf(b.period_unit, b.time_zone, r.occurredAt).start);
         byKey.set(key, (byKey.get(key) ?? 0) + r.sign * BudgetLedger.amountFor(b, r.cost, r.quantities));
       }

@@ -165,6 +165,21 @@ describe('billing: usage records, prices and reports', () => {
       expect(res.status).toBe(400);
       expect(res.body.errors.map((f: { field: string }) => f.field)).toContain(field);
     }
+    // An API key reports its own usage: its id is the records' apiKeyId, and it cannot name another.
+    const key = await admin('POST', `/api/v1/tenants/${tenantId}/api-keys`, { body: { name: 'product', permissions: ['usage:write', 'usage:read'] } });
+    expect(key.status).toBe(201);
+    const product = httpClient(stack.gatewayUrl, key.body.secret);
+    const byKey = await product('POST', `/api/v1/tenants/${tenantId}/usage`, {
+      body: { records: [
+        { id: 'k1', occurredAt: at(6), model: 'gpt-4o', quantities: { inputTokens: '0' } },
+        { id: 'k2', occurredAt: at(6), model: 'gpt-4o', attribution: { apiKeyId: 'someone-else' }, quantities: { inputTokens: '0' } },
+      ] },
+    });
+    expect(byKey.status).toBe(202);
+    expect(byKey.body.results.map((r: { status: string }) => r.status)).toEqual(['accepted', 'refused']);
+    expect(byKey.body.results[1].reason).toContain('names another API key');
+    expect(await record('k1', byKey.body.results[0].position)).toMatchObject({ attribution: { apiKeyId: key.body.id } });
+    expect((await product('POST', `/api/v1/tenants/${tenantId}/usage`, { body: { records: [{ id: 'k1-undo', kind: 'cancel', target: 'k1' }] } })).body.accepted).toBe(1);
     const bad = await admin('POST', `/api/v1/tenants/${tenantId}/usage`, { body: { records: [{ id: 'x', occurredAt: at(0), model: 'gpt-4o', quantities: { inputTokens: '-1' } }] } });
     expect(bad.status).toBe(400);
     expect(bad.body.errors.map((f: { field: string }) => f.field)).toContain('records.0.quantities.inputTokens');
@@ -228,7 +243,7 @@ describe('billing: usage records, prices and reports', () => {
       { timeoutMs: 30_000, what: 'the ledger' },
     );
     const live = await snapshot();
-    expect(live.records.length).toBe(4);
+    expect(live.records.length).toBe(5);
     const rebuilt = await operator('POST', '/api/v1/admin/projections/billing.usage/rebuild');
     expect(rebuilt.status).toBe(200);
     expect(await snapshot()).toEqual(live);

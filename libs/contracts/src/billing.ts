@@ -547,11 +547,14 @@ const csvField = (v: string | number | null) => {
   const s = v === null ? '' : String(v);
   return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 };
+/** A text cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab, CR first) is quoted with `'` (OWASP's CSV injection rule). */
+const textCell = (v: string | null) => (v !== null && /^[=+\-@\t\r]/.test(v) ? `'${v}` : v);
+
 /** The report as CSV: a column per dimension grouped by, then the measures; the total last. */
 export function usageReportCsv(r: UsageReport): string {
   const names = ['inputTokens', 'cachedInputTokens', 'outputTokens', 'requests', 'gpuSeconds', 'cost', 'records', 'unpricedRecords'] as const;
   const lines = [[...r.groupBy, ...names].map(csvField).join(',')];
-  for (const row of r.rows) lines.push([...r.groupBy.map((d) => row.key[d] ?? null), ...names.map((n) => row[n])].map(csvField).join(','));
+  for (const row of r.rows) lines.push([...r.groupBy.map((d) => textCell(row.key[d] ?? null)), ...names.map((n) => row[n])].map(csvField).join(','));
   lines.push([...r.groupBy.map((_, i) => (i === 0 ? 'TOTAL' : '')), ...names.map((n) => r.total[n])].map(csvField).join(','));
   return lines.join('\n') + '\n';
 }

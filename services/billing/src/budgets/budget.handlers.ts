@@ -19,7 +19,7 @@ import { EventStore, InjectConfig, KEEL_LOGGER, MessagePattern } from '@keel/mes
 import { Logger } from '@keel/observability';
 import { ProjectionRunner } from '@keel/projections';
 import { choosePrice, D, rate, unratedReason } from '../usage/rating';
-import { UsageHandlers } from '../usage/usage.handlers';
+import { ownKey, UsageHandlers } from '../usage/usage.handlers';
 import { planBudgetId } from './plans.projection';
 import { BudgetCommand, budgetDecider, BudgetState } from './budget.decider';
 import { BudgetLedger, BudgetRow, fromUnits, Hold, RedisUnavailable, toUnits } from './budget-ledger';
@@ -172,9 +172,13 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
 
   @MessagePattern('cmd.billing.reserve')
   async reserve(body: unknown): Promise<Reservation> {
-    const { payload } = parseOrThrow(billingRpc.reserve.request, body, 'reservation');
+    const { meta, payload } = parseOrThrow(billingRpc.reserve.request, body, 'reservation');
     const tenantId = payload.tenantId.toLowerCase();
-    const r = payload.data;
+    const own = ownKey(meta, payload.data.attribution);
+    if (own === 'other') {
+      throw new KeelError('validation_failed', 'attribution.apiKeyId names another API key than the one reserving.', [{ field: 'attribution.apiKeyId', message: 'an API key reserves for itself' }]);
+    }
+    const r = own ? { ...payload.data, attribution: own } : payload.data;
     const now = Date.now();
     const { aliases, prices } = await this.usage.catalogue(tenantId, [{ id: r.requestId, kind: 'record', model: r.model }]);
     const model = aliases.get(r.model) ?? r.model;

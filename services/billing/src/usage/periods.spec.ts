@@ -1,4 +1,5 @@
-import { bucketRanges, reportRange } from './periods';
+import { bucketRanges, reportRange, timeZoneOf } from './periods';
+import { usageReportCsv } from '@keel/contracts';
 import { choosePrice, rate } from './rating';
 
 const t = (iso: string) => Date.parse(iso);
@@ -22,6 +23,8 @@ describe('report periods', () => {
     expect(() => reportRange({ from: '2026-01-02T00:00:00Z', to: '2026-01-01T00:00:00Z' }, 'UTC')).toThrow(/after from/);
     expect(() => reportRange({ from: '2024-01-01T00:00:00Z', to: '2026-01-01T00:00:00Z' }, 'UTC')).toThrow(/at most 400 days/);
     expect(() => reportRange({}, 'UTC')).toThrow(/period/);
+    for (const zone of ['system', 'Local', 'Mars/Olympus']) expect(() => timeZoneOf(zone)).toThrow(/not an IANA time zone/);
+    expect(timeZoneOf('Asia/Kathmandu')).toBe('Asia/Kathmandu');
   });
 
   it('covers a range exactly with whole UTC days, hours and minutes, none overlapping', () => {
@@ -42,6 +45,19 @@ describe('report periods', () => {
     const month = reportRange({ period: '2026-02' }, 'UTC');
     expect(bucketRanges(month.from, month.to)).toEqual({ day: [[month.from, month.to]], hour: [], minute: [] });
     expect(bucketRanges(t('2026-02-01T03:00:00Z'), t('2026-02-01T05:00:00Z'))).toEqual({ day: [], hour: [[t('2026-02-01T03:00:00Z'), t('2026-02-01T05:00:00Z')]], minute: [] });
+  });
+});
+
+describe('usage report CSV', () => {
+  it('quotes a dimension a spreadsheet would run as a formula', () => {
+    const m = { inputTokens: '1', cachedInputTokens: '0', outputTokens: '0', requests: '0', gpuSeconds: '0', cost: '0.5', records: 1, unpricedRecords: 0 };
+    const csv = usageReportCsv({
+      tenantId: '00000000-0000-4000-8000-000000000000', from: '2026-01-01T00:00:00.000Z', to: '2026-02-01T00:00:00.000Z', timeZone: 'UTC', groupBy: ['team'], currency: 'USD',
+      rows: [{ key: { team: '=HYPERLINK("http://x","y")' }, ...m }, { key: { team: 'plain' }, ...m }], total: m,
+    });
+    const lines = csv.trim().split('\n');
+    expect(lines[1]).toBe(`"'=HYPERLINK(""http://x"",""y"")",1,0,0,0,0,0.5,1,0`);
+    expect(lines[2]).toBe('plain,1,0,0,0,0,0.5,1,0');
   });
 });
 

@@ -12,7 +12,8 @@ const invalid = (field: string, message: string) => new KeelError('validation_fa
 /** Checks an IANA time zone name (`Europe/Berlin`), answering it as given. */
 export function timeZoneOf(zone: string | undefined): string {
   const z = zone ?? 'UTC';
-  if (!DateTime.now().setZone(z).isValid) throw invalid('timeZone', `"${z}" is not an IANA time zone (e.g. Europe/Berlin, America/Los_Angeles, UTC)`);
+  // luxon also takes "system" and "local" (the server's own zone): never what a caller means.
+  if (/^(system|local)$/i.test(z) || !DateTime.now().setZone(z).isValid) throw invalid('timeZone', `"${z}" is not an IANA time zone (e.g. Europe/Berlin, America/Los_Angeles, UTC)`);
   return z;
 }
 

@@ -42,6 +42,16 @@ const COLUMN: Record<ReportDimension, string> = {
   model: 'model', user: 'user_id', team: 'team_id', project: 'project_id', costCenter: 'cost_center', environment: 'environment', apiKey: 'api_key_id',
 };
 
+/**
+ * For a caller that is an API key: the attribution with the key's id as `apiKeyId` (added when
+ * absent), or `other` when it names another key. Undefined for any other caller.
+ */
+export function ownKey(meta: CommandMeta, attribution: Attribution | undefined): Attribution | 'other' | undefined {
+  if (meta.actor.kind !== 'api_key') return undefined;
+  if (attribution?.apiKeyId !== undefined && attribution.apiKeyId !== meta.actor.id) return 'other';
+  return { ...attribution, apiKeyId: meta.actor.id };
+}
+
 /** The id of a usage fact's event (and its `Nats-Msg-Id`): the same for every retry of the same record. */
 export const usageFactId = (tenantId: string, source: string, id: string) => nameBasedUuid(`keel.billing.usage\n${tenantId}\n${source}\n${id}`);
 
@@ -67,12 +77,18 @@ export class UsageHandlers {
   }
 
   /** Checks and appends a batch of records (a settled reservation's record too, marked as such). */
-  async ingest(tenant: string, source: string, records: Flat[], meta: CommandMeta, viaReservation = false): Promise<Answer> {
+  async ingest(tenant: string, source: string, sent: Flat[], meta: CommandMeta, viaReservation = false): Promise<Answer> {
     // As Postgres prints a uuid (the projection's keys compare it so).
     const tenantId = tenant.toLowerCase();
     const now = Date.now();
-    const results: Result[] = records.map((r, index) => ({ index, id: r.id, status: 'accepted' }));
+    const results: Result[] = sent.map((r, index) => ({ index, id: r.id, status: 'accepted' }));
     const refuse = (i: number, reason: string) => Object.assign(results[i]!, { status: 'refused', reason });
+    // An API key reports its own usage: its id is the records' apiKeyId (an API-key budget cannot be dodged by naming another).
+    const records = sent.map((r, i) => {
+      const own = ownKey(meta, r.attribution);
+      if (own === 'other') refuse(i, `attribution.apiKeyId names another API key than the one reporting (${meta.actor.id})`);
+      return r.kind === 'cancel' || own === 'other' || own === undefined ? r : { ...r, attribution: own };
+    });
 
     // Within the batch: the first of an id counts, the rest are duplicates.
     const seen = new Set<string>();

@@ -148,7 +148,7 @@ export async function billingBenchmarks({ pairs = Number(process.env.BENCH_ADMIT
       log(`  ${JSON.stringify(results.admit)}`);
 
       log(`billing.ingest: ${records} usage records in batches of 1,000, 4 batches in flight, until counted…`);
-      const counted = async () => Number((await db.query('SELECT count(*)::int AS n FROM billing.usage_facts WHERE tenant_id = $1', [tenantId])).rows[0].n);
+      const counted = async () => Number((await db.query("SELECT count(*)::int AS n FROM billing.usage_facts WHERE tenant_id = $1 AND source = 'bench'", [tenantId])).rows[0].n);
       const before = await counted();
       const now = new Date().toISOString();
       const batches = Math.ceil(records / 1000);

@@ -5,6 +5,7 @@ import { EventStore, PermanentEventError } from '@keel/messaging';
 import { metricsRegistry } from '@keel/observability';
 import { Projection } from '@keel/projections';
 import { BILLING_TABLES } from '../database/migrations/1700000000001-create-billing';
+import { BILLING_SCHEMA } from '../database/schema';
 import { BUDGET_TABLES } from '../database/migrations/1700000000002-budgets';
 import { ALERT_TABLES } from '../database/migrations/1700000000003-budget-alerts';
 import { BudgetLedger, BudgetRow, spendQuery } from '../budgets/budget-ledger';
@@ -191,13 +192,14 @@ export class UsageProjection implements Projection {
 
   /**
    * Brings each budget period that this batch's records touched up to what the rollups hold, and
-   * records the thresholds its spend passed on the way, in (before, now], once per budget, period
+   * records each threshold its spend has reached, once per budget, period
    * and threshold (the key of budget_alerts): a new period has its own keys, so it re-arms.
    */
   private async applyBudgetSpend(m: EntityManager, applied: AppliedUsage): Promise<void> {
     const counted = applied.counted.splice(0);
     if (!counted.length) return;
-    const budgets: BudgetRow[] = await m.query(`SELECT * FROM budgets WHERE tenant_id = ANY($1) UNION ALL SELECT * FROM plan_quotas WHERE tenant_id = ANY($1)`, [
+    // The plan quotas are the plans projection's: always its live table (a rebuild of this one points `budgets` at the shadow copy).
+    const budgets: BudgetRow[] = await m.query(`SELECT * FROM budgets WHERE tenant_id = ANY($1) UNION ALL SELECT * FROM "${BILLING_SCHEMA}".plan_quotas WHERE tenant_id = ANY($1)`, [
       [...new Set(counted.map((c) => c.tenantId))],
     ]);
     if (!budgets.length) return;
@@ -216,8 +218,6 @@ export class UsageProjection implements Projection {
     for (const { b, start, end, delta, at, position } of touched.values()) {
       const { sql, params } = spendQuery(b, start, end);
       const now = new D((await m.query(sql, params))[0].v);
-      const [row] = await m.query(`SELECT spent::text FROM budget_periods WHERE tenant_id = $1 AND budget_id = $2 AND period_start = $3`, [b.tenant_id, b.id, new Date(start).toISOString()]);
-      const before = row ? new D(row.spent) : now.minus(delta);
       await m.query(
         `INSERT INTO budget_periods (tenant_id, budget_id, period_start, period_end, spent) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (tenant_id, budget_id, period_start) DO UPDATE SET spent = EXCLUDED.spent`,
@@ -225,7 +225,8 @@ export class UsageProjection implements Projection {
       );
       for (const t of [...b.thresholds].sort((x, y) => x.percent - y.percent)) {
         const line = new D(b.limit).times(t.percent).div(100);
-        if (!(before.lessThan(line) && now.greaterThanOrEqualTo(line))) continue;
+        // Reached and not yet alerted (the key keeps it once): also a threshold passed before the budget existed or its limit fell.
+        if (!now.greaterThanOrEqualTo(line)) continue;
         const periodStart = new Date(start).toISOString();
         const id = nameBasedUuid(`keel.billing.alert\n${b.tenant_id}\n${b.id}\n${periodStart}\n${t.percent}`);
         const event: EventEnvelope = {

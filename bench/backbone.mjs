@@ -80,7 +80,8 @@ async function insertBaseline(db, rows) {
   return perSecond;
 }
 
-async function rawPublishBaseline(natsUrl, messages) {
+/** Raw pipelined JetStream publishes of `messages` ({ id, data }) into a scratch stream, 1,024 in flight (also billing's baseline). */
+export async function rawPublishBaseline(natsUrl, messages) {
   const nc = await connect({ servers: natsUrl });
   const jsm = await nc.jetstreamManager();
   const js = nc.jetstream();

@@ -12,13 +12,13 @@ import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { rawPublishBaseline } from './backbone.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const req = createRequire(join(root, 'package.json'));
 const dist = (lib) => req(join(root, 'libs', lib, 'dist', 'index.js'));
 const fromLib = (lib) => createRequire(join(root, 'libs', lib, 'package.json'));
 const { Client } = fromLib('database')('pg');
-const { connect } = fromLib('messaging')('nats');
 const log = (...a) => console.error(...a);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const meta = { actor: { kind: 'service', id: 'bench' }, correlationId: 'bench-billing' };
@@ -60,23 +60,6 @@ return 1`;
     const keys = await redis.keys(`${prefix}bench:*`);
     for (let i = 0; i < keys.length; i += 1000) await redis.del(...keys.slice(i, i + 1000));
     redis.disconnect();
-  }
-}
-
-async function rawPublishBaseline(natsUrl, n) {
-  const nc = await connect({ servers: natsUrl });
-  const jsm = await nc.jetstreamManager();
-  const name = `BENCH_BILLING_${randomBytes(3).toString('hex')}`;
-  await jsm.streams.add({ name, subjects: [`${name}.>`], storage: 'file' });
-  try {
-    const js = nc.jetstream();
-    const data = new TextEncoder().encode(JSON.stringify({ n: 1, quantities: { inputTokens: '1200', outputTokens: '300' }, model: 'bench-model', attribution: { teamId: 't1' } }));
-    const start = performance.now();
-    await pool(n, 1024, (i) => js.publish(`${name}.x.${i}`, data, { msgID: `m${i}` }));
-    return n / ((performance.now() - start) / 1000);
-  } finally {
-    await jsm.streams.delete(name).catch(() => undefined);
-    await nc.close();
   }
 }
 
@@ -175,7 +158,8 @@ export async function billingBenchmarks({ pairs = Number(process.env.BENCH_ADMIT
       const answered = performance.now();
       while ((await counted()) < before + batches * 1000) await sleep(20);
       const ingestRate = (batches * 1000) / ((performance.now() - start) / 1000);
-      const raw = await rawPublishBaseline(env.NATS_URL, batches * 1000);
+      const data = new TextEncoder().encode(JSON.stringify({ n: 1, quantities: { inputTokens: '1200', outputTokens: '300' }, model: 'bench-model', attribution: { teamId: 't1' } }));
+      const raw = await rawPublishBaseline(env.NATS_URL, Array.from({ length: batches * 1000 }, (_, i) => ({ id: `raw-${i}`, data })));
       results.ingest = { perSecond: ingestRate, answeredPerSecond: (batches * 1000) / ((answered - start) / 1000), records: batches * 1000, baseline: raw };
       log(`  ${JSON.stringify(results.ingest)}`);
     } finally {

@@ -45,7 +45,8 @@ export type Hold = [key: string, amount: number, unit: 'USD' | 'tokens', budgetI
 const MICRO = new D(1_000_000);
 export const toUnits = (unit: 'USD' | 'tokens', value: Dec): number => (unit === 'USD' ? value.times(MICRO) : value).ceil().toNumber();
 export const fromUnits = (unit: 'USD' | 'tokens', units: number): string => (unit === 'USD' ? new D(units).div(MICRO) : new D(units)).toFixed();
-const tokensOf = (q: Quantities) => new D(q.inputTokens ?? 0).plus(q.cachedInputTokens ?? 0).plus(q.outputTokens ?? 0);
+/** Tokens a budget counts: input, cached input and output together. */
+export const tokensOf = (q: Quantities) => new D(q.inputTokens ?? 0).plus(q.cachedInputTokens ?? 0).plus(q.outputTokens ?? 0);
 
 /** The rollup column a budget's scope filters on. */
 const SCOPE_COLUMN: Record<Exclude<BudgetScopeKind, 'tenant'>, string> = {

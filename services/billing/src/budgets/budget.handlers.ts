@@ -22,7 +22,7 @@ import { choosePrice, D, rate, unratedReason } from '../usage/rating';
 import { ownKey, UsageHandlers } from '../usage/usage.handlers';
 import { planBudgetId } from './plans.projection';
 import { BudgetCommand, budgetDecider, BudgetState } from './budget.decider';
-import { BudgetLedger, BudgetRow, fromUnits, Hold, RedisUnavailable, toUnits } from './budget-ledger';
+import { BudgetLedger, BudgetRow, fromUnits, Hold, RedisUnavailable, tokensOf, toUnits } from './budget-ledger';
 
 type Reservation = z.infer<typeof reservationSchema>;
 const SWEEP_MS = 2_000;
@@ -246,7 +246,7 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
     const at = Date.parse(payload.data.occurredAt ?? new Date().toISOString());
     const price = choosePrice(prices, tenantId, model, at);
     const cost = (price && rate(quantities, gpuType, price.rates).cost) || new D(0);
-    const tokens = new D(quantities.inputTokens ?? 0).plus(quantities.cachedInputTokens ?? 0).plus(quantities.outputTokens ?? 0);
+    const tokens = tokensOf(quantities);
     const [usd, toks] = [toUnits('USD', cost), toUnits('tokens', tokens)];
     const done = await this.ledger.finish(tenantId, payload.requestId, 'settled', usd, toks).catch(unavailable);
     // Ended meanwhile (expired, or it had expired before): the holds are gone, the spend still counts.

@@ -8,7 +8,7 @@ import { BILLING_TABLES } from '../database/migrations/1700000000001-create-bill
 import { BILLING_SCHEMA } from '../database/schema';
 import { BUDGET_TABLES } from '../database/migrations/1700000000002-budgets';
 import { ALERT_TABLES } from '../database/migrations/1700000000003-budget-alerts';
-import { BudgetLedger, BudgetRow, spendQuery } from '../budgets/budget-ledger';
+import { BudgetLedger, BudgetRow, spendQuery, tokensOf } from '../budgets/budget-ledger';
 import { periodOf } from './periods';
 import { bucketOf } from './periods';
 import { choosePrice, D, Dec, PriceRow, rate } from './rating';
@@ -209,7 +209,7 @@ export class UsageProjection implements Projection {
       for (const b of BudgetLedger.applicable(forTenant, c.attribution, c.model)) {
         const { start, end } = periodOf(b.period_unit, b.time_zone, c.occurredAt);
         const key = `${b.id}\n${start}`;
-        const amount = (b.unit === 'USD' ? c.cost : new D(c.quantities.inputTokens ?? 0).plus(c.quantities.cachedInputTokens ?? 0).plus(c.quantities.outputTokens ?? 0)).times(c.sign);
+        const amount = (b.unit === 'USD' ? c.cost : tokensOf(c.quantities)).times(c.sign);
         const t = touched.get(key);
         if (t) Object.assign(t, { delta: t.delta.plus(amount), at: c.at, position: Math.max(t.position, c.position) });
         else touched.set(key, { b, start, end, delta: amount, at: c.at, position: c.position });

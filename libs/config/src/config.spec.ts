@@ -13,6 +13,11 @@ function configError(env: Record<string, string | undefined>): ConfigError {
 describe('parseConfig', () => {
   it('fills every default from an empty environment', () => {
     expect(parseConfig({})).toEqual({
+      KEEL_WEBHOOK_ALLOW_HTTP_LOOPBACK: false,
+      KEEL_WEBHOOK_DISABLE_AFTER: 30,
+      KEEL_WEBHOOK_MAX_ATTEMPTS: 10,
+      KEEL_WEBHOOK_RETRY_BASE_MS: 30_000,
+      KEEL_WEBHOOK_TIMEOUT_MS: 10_000,
       NATS_URL: 'nats://127.0.0.1:4222',
       DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/keel',
       REDIS_URL: 'redis://127.0.0.1:6379',

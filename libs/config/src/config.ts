@@ -71,9 +71,20 @@ export const configSchema = z.object({
   /**
    * Development only: an identity provider's issuer (and the URLs its discovery names) may be
    * plain `http://` to a loopback address. Off by default: outbound fetches are https to public
-   * addresses only (services/auth/src/sso/safe-fetch.ts).
+   * addresses only (libs/outbound/src/safe-fetch.ts).
    */
   KEEL_SSO_ALLOW_HTTP_LOOPBACK: z.enum(['true', 'false'], { message: 'must be true or false' }).default('false').transform((v) => v === 'true'),
+  /**
+   * Webhook deliveries (the billing service): the first retry's delay (each next one 3 times the
+   * last, at most 6 hours, ±10 % jitter), the attempts per delivery, the failed attempts in a row
+   * after which a subscription is disabled, and how long a receiver may take to answer.
+   */
+  KEEL_WEBHOOK_RETRY_BASE_MS: z.coerce.number().int().min(1).default(30_000),
+  KEEL_WEBHOOK_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(100).default(10),
+  KEEL_WEBHOOK_DISABLE_AFTER: z.coerce.number().int().min(1).default(30),
+  KEEL_WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(100).max(60_000).default(10_000),
+  /** Development only: a webhook may be plain `http://` to a loopback address (as KEEL_SSO_ALLOW_HTTP_LOOPBACK for identity providers). */
+  KEEL_WEBHOOK_ALLOW_HTTP_LOOPBACK: z.enum(['true', 'false'], { message: 'must be true or false' }).default('false').transform((v) => v === 'true'),
   KEEL_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   KEEL_INSTANCE_ID: z.string().optional(),
   /**

@@ -4,6 +4,7 @@ import { ssoEventTypes } from './sso';
 import { opsEventTypes } from './projections';
 import { securityEventTypes } from './security';
 import { billingEventTypes } from './billing';
+import { webhookEventTypes } from './webhooks';
 import { EventBodyError, eventContexts, eventSchemas, validateEventBody } from './events';
 
 const refusal = (envelope: { type: string; data: Record<string, unknown> }) => {
@@ -16,8 +17,8 @@ const refusal = (envelope: { type: string; data: Record<string, unknown> }) => {
 };
 
 describe('event body schemas', () => {
-  it('declare every event type of tenant, auth (sso included), billing, ops and security', () => {
-    const declared = [tenantEventTypes, authEventTypes, ssoEventTypes, billingEventTypes, opsEventTypes, securityEventTypes].flatMap((types) => Object.values(types)).sort();
+  it('declare every event type of tenant, auth (sso included), billing (webhooks included), ops and security', () => {
+    const declared = [tenantEventTypes, authEventTypes, ssoEventTypes, billingEventTypes, webhookEventTypes, opsEventTypes, securityEventTypes].flatMap((types) => Object.values(types)).sort();
     expect(Object.keys(eventSchemas).sort()).toEqual(declared);
     expect([...eventContexts].sort()).toEqual(['auth', 'billing', 'ops', 'security', 'tenant']);
   });

@@ -9,6 +9,7 @@ export * from './audit';
 export * from './permissions';
 export * from './auth';
 export * from './billing';
+export * from './webhooks';
 export * from './sso';
 export * from './text';
 export * from './personal';

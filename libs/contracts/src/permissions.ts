@@ -36,6 +36,9 @@ export const permissions = {
   pricesRead: 'prices:read',
   /** Publishing prices (the platform list and tenants' negotiated rates) and re-rating: platform administrators. */
   pricesWrite: 'prices:write',
+  /** Webhook subscriptions and their deliveries. */
+  webhooksRead: 'webhooks:read',
+  webhooksWrite: 'webhooks:write',
   gpuAllocate: 'gpu:allocate',
   platformOperate: 'platform:operate',
   /** Acting in any tenant, not only one's own: platform administrators only. */
@@ -53,10 +56,10 @@ export const systemRoles = {
   tenant_admin: [
     P.tenantsRead, P.tenantsUpdate, P.usersRead, P.usersWrite, P.usersResetMfa, P.usersExportPersonalData, P.usersErase, P.rolesRead, P.rolesWrite, P.sessionsRead,
     P.sessionsRevoke, P.apiKeysRead, P.apiKeysWrite, P.auditRead, P.budgetsRead, P.budgetsWrite, P.gpuAllocate,
-    P.usageWrite, P.usageRead, P.pricesRead,
+    P.usageWrite, P.usageRead, P.pricesRead, P.webhooksRead, P.webhooksWrite,
   ],
   security_auditor: [P.tenantsRead, P.usersRead, P.rolesRead, P.sessionsRead, P.apiKeysRead, P.auditRead, P.auditVerify],
-  billing_manager: [P.tenantsRead, P.budgetsRead, P.budgetsWrite, P.usageRead, P.pricesRead],
+  billing_manager: [P.tenantsRead, P.budgetsRead, P.budgetsWrite, P.usageRead, P.pricesRead, P.webhooksRead, P.webhooksWrite],
   team_lead: [P.tenantsRead, P.usersRead, P.rolesRead, P.apiKeysRead, P.apiKeysWrite, P.gpuAllocate],
   developer: [P.tenantsRead, P.apiKeysRead, P.apiKeysWrite, P.gpuAllocate],
   viewer: [P.tenantsRead, P.usersRead, P.rolesRead],

@@ -165,8 +165,8 @@ export class CommandHandler<State, Command, Event extends DomainEvent> {
     const { commandId } = meta;
     for (let attempt = 1; ; attempt++) {
       // An id derived from a command id is not fresh: a retry of that command finds it in the log.
-      const current: Entry<State> =
-        fresh && attempt === 1 && !commandId ? this.empty() : (this.cache.get(key) ?? (await this.loadEntry(key)));
+      const cached = fresh && attempt === 1 && !commandId ? this.empty() : this.cache.get(key);
+      const current: Entry<State> = cached ?? (await this.loadEntry(key));
       if (commandId) {
         const done = current.commands.get(commandId);
         if (done) return { ...done, events: [] };
@@ -185,7 +185,12 @@ export class CommandHandler<State, Command, Event extends DomainEvent> {
         continue;
       }
       const domainEvents = this.spec.decider.decide(command, current.state);
-      if (domainEvents.length === 0) return { state: current.state, version: current.version, position: current.position, events: [] };
+      if (domainEvents.length === 0) {
+        // Nothing to do, judged on the state in memory: another process (or handler) may have moved
+        // the aggregate since, and no append will check it. Judged again on the log's newest state.
+        if (cached && cached.position > 0 && (await this.loadEntry(key)).position !== current.position) continue;
+        return { state: current.state, version: current.version, position: current.position, events: [] };
+      }
       const envelopes = domainEvents.map((e, i) => this.envelope(key, target, e, i, current.version + i + 1, meta));
       try {
         const positions = await this.store.append(envelopes, current.position);

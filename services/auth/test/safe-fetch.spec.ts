@@ -1,7 +1,7 @@
 import { createServer, IncomingMessage, Server, ServerResponse } from 'node:http';
 import { AddressInfo, createServer as createTcpServer, Server as TcpServer, Socket } from 'node:net';
 import { OidcClient, ProviderUnusable } from '../src/sso/oidc-client';
-import { OutboundError, Resolver, SafeFetch } from '../src/sso/safe-fetch';
+import { OutboundError, Resolver, SafeFetch } from '@keel/outbound';
 
 /** A listener that counts every connection made to it (on every local address: `::` is dual-stack). */
 async function listener(handler?: (req: IncomingMessage, res: ServerResponse) => void) {

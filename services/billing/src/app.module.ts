@@ -12,6 +12,9 @@ import { PLANS_RUNNER, PlansProjection } from './budgets/plans.projection';
 import { PriceHandlers } from './prices/prices.handlers';
 import { UsageHandlers } from './usage/usage.handlers';
 import { UsageProjection } from './usage/usage.projection';
+import { WebhookDispatcher } from './webhooks/webhook-dispatcher';
+import { WebhookHandlers } from './webhooks/webhook.handlers';
+import { WEBHOOKS_RUNNER, WebhooksProjection } from './webhooks/webhooks.projection';
 
 /** Until the runner's lag is 0, or `ms` passed (then the seed is what Postgres has: best effort). */
 async function caughtUp(runner: ProjectionRunner, ms: number): Promise<void> {
@@ -37,11 +40,15 @@ export function billingModule(config: KeelConfig, logger: Logger) {
       },
       // Also a provider: settling a reservation records its usage through the same checks.
       UsageHandlers,
+      // Also a provider: the dispatcher disables a subscription that keeps failing through it.
+      WebhookHandlers,
+      WebhookDispatcher,
     ],
     projections: [
       { projection: { useFactory: (ledger: BudgetLedger, store: EventStore) => new UsageProjection(ledger, store), inject: [BudgetLedger, EventStore] } },
       { projection: { useFactory: () => new PlansProjection() }, provide: PLANS_RUNNER },
+      { projection: { useFactory: () => new WebhooksProjection() }, provide: WEBHOOKS_RUNNER },
     ],
-    controllers: [UsageHandlers, PriceHandlers, BudgetHandlers],
+    controllers: [UsageHandlers, PriceHandlers, BudgetHandlers, WebhookHandlers],
   });
 }

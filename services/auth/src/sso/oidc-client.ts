@@ -7,7 +7,7 @@ import { KeelError, OidcConfig } from '@keel/contracts';
 import { randomToken } from '@keel/crypto';
 import { KEEL_LOGGER } from '@keel/messaging';
 import { Logger } from '@keel/observability';
-import { OutboundError, SafeFetch, SafeRequest, SafeResponse } from './safe-fetch';
+import { OutboundError, SafeFetch, SafeRequest, SafeResponse } from '@keel/outbound';
 
 /** Each call to a provider; four of them fit in the gateway's wait for a callback. */
 const PROVIDER_TIMEOUT_MS = 4_000;

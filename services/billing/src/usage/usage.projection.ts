@@ -1,6 +1,6 @@
 import { EntityManager } from 'typeorm';
 import { Counter } from 'prom-client';
-import { BUDGET_ALERT_AGGREGATE, billingEventTypes as B, EventEnvelope, nameBasedUuid, PositionedEvent, Quantities } from '@keel/contracts';
+import { BUDGET_ALERT_AGGREGATE, billingEventTypes as B, EventEnvelope, nameBasedUuid, PositionedEvent, Quantities, WEBHOOK_AGGREGATE, WEBHOOK_DELIVERY_AGGREGATE } from '@keel/contracts';
 import { EventStore, PermanentEventError } from '@keel/messaging';
 import { metricsRegistry } from '@keel/observability';
 import { Projection } from '@keel/projections';
@@ -173,6 +173,8 @@ export class UsageProjection implements Projection {
         facts.push(pe);
         continue;
       }
+      // Webhook subscriptions and deliveries are the webhooks projection's (they change no usage).
+      if (pe.event.aggregateType === WEBHOOK_AGGREGATE || pe.event.aggregateType === WEBHOOK_DELIVERY_AGGREGATE) continue;
       await this.applyUsage(m, facts, applied);
       // What the records before it spent (and the alerts that makes) comes before the event: a budget change, or an alert's own event.
       await this.applyBudgetSpend(m, applied);

@@ -78,6 +78,8 @@ export type Resolver = (hostname: string) => Promise<{ address: string; family: 
 export interface SafeFetchOptions {
   /** Development only: allow `http://` to a loopback address (localhost, 127.0.0.0/8, ::1). */
   allowHttpLoopback?: boolean;
+  /** The setting that allows it, named when a URL is refused for want of it (default KEEL_SSO_ALLOW_HTTP_LOOPBACK). */
+  loopbackSetting?: string;
   /** The largest body read (default 512 KiB). */
   maxBytes?: number;
   /** One deadline for every hop and the body (default 4 s). */
@@ -124,12 +126,14 @@ export class SafeFetch {
   readonly timeoutMs: number;
   readonly maxRedirects: number;
   readonly allowHttpLoopback: boolean;
+  private readonly loopbackSetting: string;
   private readonly resolve: Resolver;
   private readonly publicOnly: Agent;
   private readonly loopbackToo: Agent;
 
   constructor(options: SafeFetchOptions = {}) {
     this.allowHttpLoopback = options.allowHttpLoopback ?? false;
+    this.loopbackSetting = options.loopbackSetting ?? 'KEEL_SSO_ALLOW_HTTP_LOOPBACK';
     this.maxBytes = options.maxBytes ?? 512 * 1024;
     this.timeoutMs = options.timeoutMs ?? 4_000;
     this.maxRedirects = options.maxRedirects ?? 3;
@@ -152,7 +156,7 @@ export class SafeFetch {
     const httpLoopback = url.protocol === 'http:' && isLoopbackName(url.hostname);
     if (url.protocol !== 'https:' && !(httpLoopback && loopbackAllowed)) {
       return httpLoopback
-        ? 'must be https (plain http to a loopback address only with KEEL_SSO_ALLOW_HTTP_LOOPBACK=true, in development)'
+        ? `must be https (plain http to a loopback address only with ${this.loopbackSetting}=true, in development)`
         : 'must be https';
     }
     const literal = url.hostname.replace(/^\[(.*)\]$/, '$1');

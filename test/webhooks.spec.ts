@@ -257,8 +257,9 @@ describe('webhooks: signed deliveries through an outbox', () => {
     await eventually(async () => at('/people-open').length, (n) => n === 3, { timeoutMs: 30_000, what: 'the third user delivered' });
     expect(at('/people-sealed')).toHaveLength(2);
     // The ledger holds every attempt as an event: one per request received, and the three the closed port refused.
-    const attempts = await db.query(`SELECT count(*)::int AS n FROM audit.ledger WHERE type = 'billing.webhook_delivery.attempted' AND tenant_id = $1`, [tenantId]);
-    expect(attempts.rows[0].n).toBe(received.length + 3);
+    const attempts = async () => (await db.query(`SELECT count(*)::int AS n FROM audit.ledger WHERE type = 'billing.webhook_delivery.attempted' AND tenant_id = $1`, [tenantId])).rows[0].n as number;
+    await eventually(attempts, (n) => n >= received.length + 3, { timeoutMs: 20_000, what: 'every attempt in the ledger' });
+    expect(await attempts()).toBe(received.length + 3);
     // And no billing read model refused any of these events.
     expect((await db.query(`SELECT consumer, reason FROM billing.dead_letters`)).rows).toEqual([]);
   });

@@ -13,6 +13,8 @@ function configError(env: Record<string, string | undefined>): ConfigError {
 describe('parseConfig', () => {
   it('fills every default from an empty environment', () => {
     expect(parseConfig({})).toEqual({
+      KEEL_INVOICE_GRACE_SECONDS: 259_200,
+      KEEL_INVOICE_CLOSE_INTERVAL_MS: 60_000,
       KEEL_WEBHOOK_ALLOW_HTTP_LOOPBACK: false,
       KEEL_WEBHOOK_DISABLE_AFTER: 30,
       KEEL_WEBHOOK_MAX_ATTEMPTS: 10,

@@ -85,6 +85,12 @@ export const configSchema = z.object({
   KEEL_WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(100).max(60_000).default(10_000),
   /** Development only: a webhook may be plain `http://` to a loopback address (as KEEL_SSO_ALLOW_HTTP_LOOPBACK for identity providers). */
   KEEL_WEBHOOK_ALLOW_HTTP_LOOPBACK: z.enum(['true', 'false'], { message: 'must be true or false' }).default('false').transform((v) => v === 'true'),
+  /**
+   * Invoices (the billing service): how long a closed month's draft waits for late usage before it
+   * is finalized, and how often each billing process looks for months to close and drafts to finalize.
+   */
+  KEEL_INVOICE_GRACE_SECONDS: z.coerce.number().int().min(0).default(259_200),
+  KEEL_INVOICE_CLOSE_INTERVAL_MS: z.coerce.number().int().min(100).default(60_000),
   KEEL_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   KEEL_INSTANCE_ID: z.string().optional(),
   /**

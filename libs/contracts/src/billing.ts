@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { command, commandRequest, consistentWithParam, isoTime, listOf, positionSchema, query, route, routeGroup, serviceContract } from './contract';
 import { permissions as P } from './permissions';
 import { recordKeyError, text } from './text';
+import { invoiceEventSchemas, invoiceRoutes, invoiceRpc } from './invoices';
 import { webhookEventSchemas, webhookRoutes, webhookRpc } from './webhooks';
 
 /**
@@ -679,8 +680,8 @@ export const priceRoutes = routeGroup({
 /** The billing service's contract (listed from services.manifest.json in services.generated.ts). */
 export const billingContract = serviceContract({
   service: 'billing',
-  routes: { usage: usageRoutes, prices: priceRoutes, budgets: budgetRoutes, reservations: reservationRoutes, webhooks: webhookRoutes },
-  rpcs: { ...billingRpc, ...webhookRpc },
-  events: { ...billingEventSchemas, ...webhookEventSchemas },
+  routes: { usage: usageRoutes, prices: priceRoutes, budgets: budgetRoutes, reservations: reservationRoutes, webhooks: webhookRoutes, invoices: invoiceRoutes },
+  rpcs: { ...billingRpc, ...webhookRpc, ...invoiceRpc },
+  events: { ...billingEventSchemas, ...webhookEventSchemas, ...invoiceEventSchemas },
   projections: 'dead-letters',
 });

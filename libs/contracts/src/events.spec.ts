@@ -5,6 +5,7 @@ import { opsEventTypes } from './projections';
 import { securityEventTypes } from './security';
 import { billingEventTypes } from './billing';
 import { webhookEventTypes } from './webhooks';
+import { invoiceEventTypes } from './invoices';
 import { EventBodyError, eventContexts, eventSchemas, validateEventBody } from './events';
 
 const refusal = (envelope: { type: string; data: Record<string, unknown> }) => {
@@ -18,7 +19,7 @@ const refusal = (envelope: { type: string; data: Record<string, unknown> }) => {
 
 describe('event body schemas', () => {
   it('declare every event type of tenant, auth (sso included), billing (webhooks included), ops and security', () => {
-    const declared = [tenantEventTypes, authEventTypes, ssoEventTypes, billingEventTypes, webhookEventTypes, opsEventTypes, securityEventTypes].flatMap((types) => Object.values(types)).sort();
+    const declared = [tenantEventTypes, authEventTypes, ssoEventTypes, billingEventTypes, webhookEventTypes, invoiceEventTypes, opsEventTypes, securityEventTypes].flatMap((types) => Object.values(types)).sort();
     expect(Object.keys(eventSchemas).sort()).toEqual(declared);
     expect([...eventContexts].sort()).toEqual(['auth', 'billing', 'ops', 'security', 'tenant']);
   });

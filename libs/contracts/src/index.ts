@@ -10,6 +10,7 @@ export * from './permissions';
 export * from './auth';
 export * from './billing';
 export * from './webhooks';
+export * from './invoices';
 export * from './sso';
 export * from './text';
 export * from './personal';

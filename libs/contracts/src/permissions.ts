@@ -39,6 +39,10 @@ export const permissions = {
   /** Webhook subscriptions and their deliveries. */
   webhooksRead: 'webhooks:read',
   webhooksWrite: 'webhooks:write',
+  /** A tenant's invoices and seats. */
+  invoicesRead: 'invoices:read',
+  /** Closing periods, finalizing and voiding invoices: platform administrators (who issue them). */
+  invoicesWrite: 'invoices:write',
   gpuAllocate: 'gpu:allocate',
   platformOperate: 'platform:operate',
   /** Acting in any tenant, not only one's own: platform administrators only. */
@@ -56,10 +60,10 @@ export const systemRoles = {
   tenant_admin: [
     P.tenantsRead, P.tenantsUpdate, P.usersRead, P.usersWrite, P.usersResetMfa, P.usersExportPersonalData, P.usersErase, P.rolesRead, P.rolesWrite, P.sessionsRead,
     P.sessionsRevoke, P.apiKeysRead, P.apiKeysWrite, P.auditRead, P.budgetsRead, P.budgetsWrite, P.gpuAllocate,
-    P.usageWrite, P.usageRead, P.pricesRead, P.webhooksRead, P.webhooksWrite,
+    P.usageWrite, P.usageRead, P.pricesRead, P.webhooksRead, P.webhooksWrite, P.invoicesRead,
   ],
   security_auditor: [P.tenantsRead, P.usersRead, P.rolesRead, P.sessionsRead, P.apiKeysRead, P.auditRead, P.auditVerify],
-  billing_manager: [P.tenantsRead, P.budgetsRead, P.budgetsWrite, P.usageRead, P.pricesRead, P.webhooksRead, P.webhooksWrite],
+  billing_manager: [P.tenantsRead, P.budgetsRead, P.budgetsWrite, P.usageRead, P.pricesRead, P.webhooksRead, P.webhooksWrite, P.invoicesRead],
   team_lead: [P.tenantsRead, P.usersRead, P.rolesRead, P.apiKeysRead, P.apiKeysWrite, P.gpuAllocate],
   developer: [P.tenantsRead, P.apiKeysRead, P.apiKeysWrite, P.gpuAllocate],
   viewer: [P.tenantsRead, P.usersRead, P.rolesRead],

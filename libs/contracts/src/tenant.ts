@@ -69,8 +69,26 @@ export const tenantSettingsSchema = z
      * gets this). Optional: tenants created before it existed have the default (365).
      */
     apiKeyMaxLifetimeDays: z.number().int().min(1).max(3_650).optional(),
+    /**
+     * The tenant's IANA time zone (`Europe/Berlin`): where its invoice months begin and end.
+     * Optional: a tenant without one is invoiced in UTC.
+     */
+    timeZone: text()
+      .min(1)
+      .max(64)
+      .refine((z) => !/^(system|local)$/i.test(z) && isTimeZone(z), 'must be an IANA time zone such as Europe/Berlin, America/Los_Angeles or UTC')
+      .optional(),
   })
   .strict();
+
+function isTimeZone(zone: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: zone });
+    return true;
+  } catch {
+    return false;
+  }
+}
 export type TenantSettings = z.infer<typeof tenantSettingsSchema>;
 
 /** Failed sign-ins per minute that raise an alert when a tenant's settings do not say (the seeds use 10 for a team, 100 for an enterprise). */

@@ -15,6 +15,7 @@ type CounterCommand =
   | { type: 'add'; by: number }
   | { type: 'add_twice'; by: number }
   | { type: 'touch' }
+  | { type: 'bump' }
   | { type: 'fail' };
 
 type CounterEvent =
@@ -45,6 +46,9 @@ const counterDecider: Decider<CounterState, CounterCommand, CounterEvent> = {
         ];
       case 'touch':
         return [];
+      case 'bump':
+        if (!state.started) throw new KeelError('invalid_transition', 'Start the counter first.');
+        return [{ type: 'counter.counter.added', data: { by: 1 } }];
       case 'fail':
         throw new KeelError('invalid_transition', 'Counters cannot do that.');
     }
@@ -215,6 +219,41 @@ describe('CommandHandler', () => {
       expect(error.code).toBe('conflict');
       expect(store.conflicts).toBe(1);
       expect(store.log).toHaveLength(1);
+    });
+  });
+
+  describe('a cached aggregate another replica moved', () => {
+    it('judges a refusal again on the log before answering it', async () => {
+      const store = new FakeEventStore();
+      const handler = handlerOn(store);
+      await handler.handle(target, { type: 'add', by: 1 }, meta);
+      // Started behind this handler's back: its cache still says not started.
+      store.log.push({ position: store.log.length + 1, event: envelopeFor('t1', 'c1', 2, {}, 'counter.counter.started') });
+
+      const result = await handler.handle(target, { type: 'bump' }, meta);
+
+      expect(result).toMatchObject({ version: 3, state: { started: true, count: 2 } });
+      expect(store.eventsOf('c1').map((e) => e.aggregateVersion)).toEqual([1, 2, 3]);
+    });
+
+    it('answers a decision with nothing to do from the log, not from its stale copy', async () => {
+      const store = new FakeEventStore();
+      const handler = handlerOn(store);
+      await handler.handle(target, { type: 'add', by: 1 }, meta);
+      anotherReplicaAdds(store, 10);
+
+      const result = await handler.handle(target, { type: 'touch' }, meta);
+
+      expect(result).toMatchObject({ version: 2, state: { count: 11 }, events: [] });
+      expect(store.appendCalls).toHaveLength(1);
+    });
+
+    it('still refuses what the log refuses too', async () => {
+      const store = new FakeEventStore();
+      const handler = handlerOn(store);
+      await handler.handle(target, { type: 'add', by: 1 }, meta);
+
+      expect((await rejection(handler.handle(target, { type: 'bump' }, meta))).code).toBe('invalid_transition');
     });
   });
 

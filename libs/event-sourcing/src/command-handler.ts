@@ -184,11 +184,18 @@ export class CommandHandler<State, Command, Event extends DomainEvent> {
         }
         continue;
       }
-      const domainEvents = this.spec.decider.decide(command, current.state);
+      // Nothing to do, or refused, judged on the state in memory: another process (or handler) may
+      // have moved the aggregate since, and no append will check it. Judged again on the log's newest state.
+      const stale = async () => !!cached && cached.position > 0 && (await this.loadEntry(key)).position !== current.position;
+      let domainEvents: Event[];
+      try {
+        domainEvents = this.spec.decider.decide(command, current.state);
+      } catch (error) {
+        if (await stale()) continue;
+        throw error;
+      }
       if (domainEvents.length === 0) {
-        // Nothing to do, judged on the state in memory: another process (or handler) may have moved
-        // the aggregate since, and no append will check it. Judged again on the log's newest state.
-        if (cached && cached.position > 0 && (await this.loadEntry(key)).position !== current.position) continue;
+        if (await stale()) continue;
         return { state: current.state, version: current.version, position: current.position, events: [] };
       }
       const envelopes = domainEvents.map((e, i) => this.envelope(key, target, e, i, current.version + i + 1, meta));

@@ -9,6 +9,9 @@ import { serviceModule } from '@keel/service-kit';
 import { BudgetLedger } from './budgets/budget-ledger';
 import { BudgetHandlers } from './budgets/budget.handlers';
 import { PLANS_RUNNER, PlansProjection } from './budgets/plans.projection';
+import { InvoiceHandlers } from './invoices/invoice.handlers';
+import { INVOICES_RUNNER, InvoicesProjection } from './invoices/invoices.projection';
+import { SEATS_RUNNER, SeatsProjection } from './invoices/seats.projection';
 import { PriceHandlers } from './prices/prices.handlers';
 import { UsageHandlers } from './usage/usage.handlers';
 import { UsageProjection } from './usage/usage.projection';
@@ -48,7 +51,9 @@ export function billingModule(config: KeelConfig, logger: Logger) {
       { projection: { useFactory: (ledger: BudgetLedger, store: EventStore) => new UsageProjection(ledger, store), inject: [BudgetLedger, EventStore] } },
       { projection: { useFactory: () => new PlansProjection() }, provide: PLANS_RUNNER },
       { projection: { useFactory: () => new WebhooksProjection() }, provide: WEBHOOKS_RUNNER },
+      { projection: { useFactory: () => new SeatsProjection() }, provide: SEATS_RUNNER },
+      { projection: { useFactory: () => new InvoicesProjection() }, provide: INVOICES_RUNNER },
     ],
-    controllers: [UsageHandlers, PriceHandlers, BudgetHandlers, WebhookHandlers],
+    controllers: [UsageHandlers, PriceHandlers, BudgetHandlers, WebhookHandlers, InvoiceHandlers],
   });
 }

@@ -2,6 +2,7 @@ import { EntityManager } from 'typeorm';
 import { nameBasedUuid, PositionedEvent, tenantEventTypes as T } from '@keel/contracts';
 import { Projection } from '@keel/projections';
 import { PLAN_TABLES } from '../database/migrations/1700000000004-plan-quotas';
+import { ACCOUNT_TABLES } from '../database/migrations/1700000000006-invoices';
 
 /** The id of a tenant's plan quota budget (one per tenant, made from its tenant events). */
 export const planBudgetId = (tenantId: string) => nameBasedUuid(`keel.billing.plan-budget\n${tenantId.toLowerCase()}`);
@@ -19,10 +20,11 @@ export class PlansProjection implements Projection {
   readonly name = 'plans';
   readonly contexts = ['tenant'];
   readonly aggregateType = 'tenant';
-  readonly tables = PLAN_TABLES.map((t) => t.name);
+  readonly tables = [...PLAN_TABLES, ...ACCOUNT_TABLES].map((t) => t.name);
 
   async apply(m: EntityManager, events: PositionedEvent[]): Promise<void> {
     for (const { position, event } of events) {
+      await this.applyAccount(m, position, event);
       if (event.type !== T.created && event.type !== T.planChanged) continue;
       const quota = (event.data as { quotas?: { monthlyTokenQuota?: number } }).quotas?.monthlyTokenQuota;
       if (typeof quota !== 'number') continue;
@@ -38,6 +40,22 @@ export class PlansProjection implements Projection {
          ON CONFLICT (tenant_id, id) DO UPDATE SET "limit" = EXCLUDED."limit", version = EXCLUDED.version, position = EXCLUDED.position, updated_at = EXCLUDED.updated_at`,
         [tenantId, id, String(quota), JSON.stringify([{ percent: 80, mode: 'warn' }, { percent: 100, mode: 'hard' }]), event.aggregateVersion, position, event.occurredAt],
       );
+    }
+  }
+
+  /** The tenant as its invoices need it: plan, seats allowed, time zone (UTC unless set) and since when it exists. */
+  private async applyAccount(m: EntityManager, position: number, event: PositionedEvent['event']): Promise<void> {
+    const d = event.data as { slug?: string; plan?: string; quotas?: { maxUsers?: number }; settings?: { timeZone?: string } };
+    const tenantId = event.tenantId.toLowerCase();
+    if (event.type === T.created) {
+      await m.query(
+        `INSERT INTO billing_accounts (tenant_id, slug, plan, max_users, time_zone, created_at, position) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id) DO NOTHING`,
+        [tenantId, d.slug ?? '', d.plan ?? 'custom', d.quotas?.maxUsers ?? 0, d.settings?.timeZone ?? 'UTC', event.occurredAt, position],
+      );
+    } else if (event.type === T.planChanged) {
+      await m.query(`UPDATE billing_accounts SET plan = $2, max_users = $3, position = $4 WHERE tenant_id = $1`, [tenantId, d.plan, d.quotas?.maxUsers ?? 0, position]);
+    } else if (event.type === T.settingsUpdated) {
+      await m.query(`UPDATE billing_accounts SET time_zone = $2, position = $3 WHERE tenant_id = $1`, [tenantId, d.settings?.timeZone ?? 'UTC', position]);
     }
   }
 }

@@ -1,6 +1,6 @@
 import { EntityManager } from 'typeorm';
 import { Counter } from 'prom-client';
-import { BUDGET_ALERT_AGGREGATE, billingEventTypes as B, EventEnvelope, nameBasedUuid, PositionedEvent, Quantities, WEBHOOK_AGGREGATE, WEBHOOK_DELIVERY_AGGREGATE } from '@keel/contracts';
+import { BUDGET_ALERT_AGGREGATE, billingEventTypes as B, EventEnvelope, nameBasedUuid, PositionedEvent, INVOICE_BOOK_AGGREGATE, invoiceEventTypes as I, Quantities, WEBHOOK_AGGREGATE, WEBHOOK_DELIVERY_AGGREGATE } from '@keel/contracts';
 import { EventStore, PermanentEventError } from '@keel/messaging';
 import { metricsRegistry } from '@keel/observability';
 import { Projection } from '@keel/projections';
@@ -8,6 +8,7 @@ import { BILLING_TABLES } from '../database/migrations/1700000000001-create-bill
 import { BILLING_SCHEMA } from '../database/schema';
 import { BUDGET_TABLES } from '../database/migrations/1700000000002-budgets';
 import { ALERT_TABLES } from '../database/migrations/1700000000003-budget-alerts';
+import { PLAN_PRICE_TABLES } from '../database/migrations/1700000000006-invoices';
 import { BudgetLedger, BudgetRow, spendQuery, tokensOf } from '../budgets/budget-ledger';
 import { periodOf } from './periods';
 import { bucketOf } from './periods';
@@ -157,7 +158,7 @@ const RECORD_COLUMNS = [
 export class UsageProjection implements Projection {
   readonly name = 'usage';
   readonly contexts = ['billing'];
-  readonly tables = [...BILLING_TABLES, ...BUDGET_TABLES, ...ALERT_TABLES].map((t) => t.name);
+  readonly tables = [...BILLING_TABLES, ...BUDGET_TABLES, ...ALERT_TABLES, ...PLAN_PRICE_TABLES].map((t) => t.name);
 
   constructor(
     private readonly ledger?: BudgetLedger,
@@ -174,7 +175,12 @@ export class UsageProjection implements Projection {
         continue;
       }
       // Webhook subscriptions and deliveries are the webhooks projection's (they change no usage).
-      if (pe.event.aggregateType === WEBHOOK_AGGREGATE || pe.event.aggregateType === WEBHOOK_DELIVERY_AGGREGATE) continue;
+      // (And invoices the invoices projection's.)
+      if (pe.event.aggregateType === WEBHOOK_AGGREGATE || pe.event.aggregateType === WEBHOOK_DELIVERY_AGGREGATE || pe.event.aggregateType === INVOICE_BOOK_AGGREGATE) continue;
+      if (pe.event.type === I.planPricePublished) {
+        await this.applyPlanPrice(m, pe);
+        continue;
+      }
       await this.applyUsage(m, facts, applied);
       // What the records before it spent (and the alerts that makes) comes before the event: a budget change, or an alert's own event.
       await this.applyBudgetSpend(m, applied);
@@ -296,6 +302,16 @@ export class UsageProjection implements Projection {
     };
     applied.counted.push(c);
     if (redis) applied.spent.push(c);
+  }
+
+  /** A plan price version (the platform's, or a tenant's own), as the invoices read it. */
+  private async applyPlanPrice(m: EntityManager, { position, event }: PositionedEvent): Promise<void> {
+    const d = event.data as { scope: string; plan: string; currency: string; seat: string; fixedFee: string; includedUsage: string; usageCap: string | null; minimum: string | null; effectiveFrom: string };
+    await m.query(
+      `INSERT INTO plan_prices (scope, plan, version, currency, seat, fixed_fee, included_usage, usage_cap, minimum, effective_from, published_at, position)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING`,
+      [d.scope, d.plan, event.aggregateVersion, d.currency, d.seat, d.fixedFee, d.includedUsage, d.usageCap, d.minimum, d.effectiveFrom, event.occurredAt, position],
+    );
   }
 
   private async applyPrice(m: EntityManager, { position, event }: PositionedEvent): Promise<void> {

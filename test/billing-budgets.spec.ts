@@ -18,7 +18,8 @@ const meta = { actor: { kind: 'system' as const, id: 'budget-test' }, correlatio
  */
 describe('billing: budgets and reservations', () => {
   const env = isolatedEnv('budgets');
-  const stack = new Stack(env);
+  // Forecasts every half second (the second process keeps the default: one evaluator is enough).
+  const stack = new Stack(env, { KEEL_FORECAST_INTERVAL_MS: '500' });
   let operator: Http;
   let admin: Http;
   let developer: Http;
@@ -271,6 +272,60 @@ describe('billing: budgets and reservations', () => {
       expect((await operator('POST', '/api/v1/admin/projections/billing.usage/rebuild')).status).toBe(200);
       expect(await snapshot()).toEqual(live);
       expect(await alerts()).toHaveLength(4);
+    } finally {
+      await db.end();
+    }
+  });
+
+  it('forecasts the month at its trailing run-rate, and raises projected_to_exceed once for a budget it will pass', async () => {
+    const db = new Client({ connectionString: env.DATABASE_URL });
+    await db.connect();
+    try {
+      // What this month's budgets see now: the period so far (the run-rate window: at most 7 days, at least an hour) and what remains.
+      const now = Date.now();
+      const monthStart = Date.UTC(new Date(now).getUTCFullYear(), new Date(now).getUTCMonth(), 1);
+      const monthEnd = Date.UTC(new Date(now).getUTCFullYear(), new Date(now).getUTCMonth() + 1, 1);
+      const windowDays = Math.max(1 / 24, Math.min(7, (now - monthStart) / 86_400_000));
+      const remainingDays = (monthEnd - now) / 86_400_000;
+      // 1 USD spent now runs at 1/windowDays a day: one limit it reaches halfway to the month's end, one it never does.
+      const soon = (1 + remainingDays / 2 / windowDays).toFixed(6);
+      const never = (1 + (2 * remainingDays) / windowDays).toFixed(6);
+      const made: Record<string, string> = {};
+      for (const [name, limit] of [['soon', soon], ['never', never]] as const) {
+        const res = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, { body: { name: `Forecast ${name}`, scope: { kind: 'project', id: 'fc' }, unit: 'USD', limit, period: { unit: 'month' }, thresholds: [{ percent: 100, mode: 'warn' }] } });
+        expect(res.status).toBe(201);
+        made[name] = res.body.budget.id;
+      }
+      const used = await admin('POST', `/api/v1/tenants/${tenantId}/usage`, { body: { records: [{ id: 'fc-1', occurredAt: new Date(now).toISOString(), model: 'm-1', attribution: { projectId: 'fc' }, quantities: { inputTokens: '1000000' } }] } });
+      expect(used.status).toBe(202);
+      await admin('GET', `/api/v1/tenants/${tenantId}/usage/records/fc-1?consistentWith=${used.body.results[0].position}`);
+
+      const forecast = await admin('GET', `/api/v1/tenants/${tenantId}/usage/forecast`);
+      expect(forecast.status).toBe(200);
+      expect(forecast.body).toMatchObject({ tenantId, timeZone: 'UTC', currency: 'USD' });
+      const of = (id: string) => forecast.body.budgets.find((b: { budgetId: string }) => b.budgetId === id);
+      expect(of(made.soon!)).toMatchObject({ spent: '1', exceeds: true });
+      expect(of(made.never!)).toMatchObject({ spent: '1', exceeds: false, projectedToReachAt: null });
+      // Reached about halfway through what remains (the rate is measured on whole minutes).
+      const reach = Date.parse(of(made.soon!).projectedToReachAt);
+      expect(Math.abs(reach - (now + (remainingDays / 2) * 86_400_000))).toBeLessThan(Math.max(1, windowDays) * 5 * 60_000);
+      expect(Number(of(made.never!).projected)).toBeLessThan(Number(never));
+      expect((await developer('GET', `/api/v1/tenants/${tenantId}/usage/forecast`)).status).toBe(403);
+      expect((await admin('GET', `/api/v1/tenants/${tenantId}/usage/forecast?timeZone=Mars/Olympus`)).status).toBe(400);
+
+      const raised = async () =>
+        (await db.query(`SELECT envelope->'data' AS d FROM audit.ledger WHERE type = 'billing.budget_alert.projected_to_exceed' AND tenant_id = $1`, [tenantId])).rows.map((r) => r.d as { budgetId: string });
+      await eventually(raised, (r) => r.some((x) => x.budgetId === made.soon), { timeoutMs: 20_000, what: 'projected_to_exceed on the log' });
+      // Evaluated every half second by one process and every five minutes by the other, across a restart: still once.
+      await stack.kill('billing');
+      await stack.startOne('billing');
+      const more = await admin('POST', `/api/v1/tenants/${tenantId}/usage`, { body: { records: [{ id: 'fc-2', occurredAt: new Date().toISOString(), model: 'm-1', attribution: { projectId: 'fc' }, quantities: { inputTokens: '1' } }] } });
+      await admin('GET', `/api/v1/tenants/${tenantId}/usage/records/fc-2?consistentWith=${more.body.results[0].position}`);
+      await eventually(async () => (await db.query(`SELECT count(*)::int AS n FROM audit.ledger WHERE type = 'billing.usage.recorded' AND envelope->'data'->>'recordId' = 'fc-2'`)).rows[0].n, (n) => n === 1, { timeoutMs: 20_000, what: 'the second record in the ledger' });
+      // Once each (the earlier tests' Alpha budget is projected past its limit too), never for the one it will not reach.
+      const ids = (await raised()).map((r) => r.budgetId);
+      expect(ids.filter((id) => id === made.soon || id === made.never)).toEqual([made.soon]);
+      expect(new Set(ids).size).toBe(ids.length);
     } finally {
       await db.end();
     }

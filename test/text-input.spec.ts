@@ -54,7 +54,7 @@ function sampleString(s: Json, name: string): string {
   if (/email/i.test(name)) return 'someone@example.com';
   if (/issuer|uri|url/i.test(name)) return 'https://idp.example.com';
   const min = s.minLength ?? 1;
-  const candidates = ['valid', 'abc-def', 'abc.def', '1', '123456', 'abcdefghijklmnop', `valid${'x'.repeat(Math.max(0, min - 5))}`];
+  const candidates = ['valid', 'abc-def', 'abc.def', '1', '123456', 'abcdefghijklmnop', '2026-01', `valid${'x'.repeat(Math.max(0, min - 5))}`];
   const fits = (c: string) => c.length >= min && c.length <= (s.maxLength ?? Infinity) && (!s.pattern || new RegExp(s.pattern).test(c));
   const found = candidates.find(fits);
   if (!found) throw new Error(`no sample for ${name}: ${JSON.stringify(s)}`);

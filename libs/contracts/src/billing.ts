@@ -395,6 +395,44 @@ export const reservationSchema = z
   })
   .meta({ id: 'Reservation' });
 
+// ---- forecast ----
+
+export const budgetForecastSchema = z.object({
+  budgetId: z.uuid(),
+  name: text(),
+  unit: z.enum(['USD', 'tokens']),
+  limit: text(),
+  periodStart: isoTime,
+  periodEnd: isoTime,
+  spent: text(),
+  /** Per day, over the trailing window. */
+  runRatePerDay: text(),
+  /** `spent` and the run-rate to the period's end. */
+  projected: text(),
+  /** When the run-rate reaches the limit in this period (null: not before it ends, or reached already). */
+  projectedToReachAt: isoTime.nullable(),
+  /** The limit is projected to be reached in this period (or is already). */
+  exceeds: z.boolean(),
+});
+export const usageForecastSchema = z
+  .object({
+    tenantId: z.uuid(),
+    asOf: isoTime,
+    /** The calendar month of `timeZone` the forecast covers. */
+    from: isoTime,
+    to: isoTime,
+    timeZone: text(),
+    currency: text(),
+    /** The trailing window the run-rate is measured over: the last 7 days, or since the month began. */
+    windowHours: z.number(),
+    spent: text(),
+    runRatePerDay: text(),
+    projected: text(),
+    budgets: z.array(budgetForecastSchema),
+  })
+  .meta({ id: 'UsageForecast' });
+export type UsageForecast = z.infer<typeof usageForecastSchema>;
+
 // ---- events ----
 
 export const billingEventTypes = {
@@ -405,6 +443,7 @@ export const billingEventTypes = {
   budgetUpdated: 'billing.budget.updated',
   budgetDeleted: 'billing.budget.deleted',
   thresholdCrossed: 'billing.budget_alert.threshold_crossed',
+  projectedToExceed: 'billing.budget_alert.projected_to_exceed',
 } as const;
 export const BUDGET_ALERT_AGGREGATE = 'budget_alert';
 
@@ -448,6 +487,18 @@ export const billingEventSchemas = {
     percent: z.number(),
     mode: text(),
     spent: text(),
+  }),
+  /** Once per budget and period: at the trailing run-rate, the period's spend reaches the limit before the period ends. */
+  [billingEventTypes.projectedToExceed]: z.object({
+    budgetId: z.uuid(),
+    name: text(),
+    unit: text(),
+    limit: text(),
+    periodStart: isoTime,
+    periodEnd: isoTime,
+    spent: text(),
+    projected: text(),
+    projectedToReachAt: isoTime,
   }),
 } satisfies Record<(typeof billingEventTypes)[keyof typeof billingEventTypes], z.ZodType>;
 
@@ -533,6 +584,11 @@ export const billingRpc = {
     request: commandRequest(z.object({ tenantId: tenantScope, requestId: text().min(1).max(200) }).strict()),
     response: reservationSchema,
   }),
+  usageForecast: query(BILLING_CONTEXT, 'usage_forecast', {
+    summary: "The month's spend so far, its trailing run-rate to the month's end (priced at the rated costs), and when each budget is projected to be reached",
+    request: z.object({ tenantId: tenantScope, timeZone: text().min(1).max(64).optional() }).strict(),
+    response: usageForecastSchema,
+  }),
   usageRecord: query(BILLING_CONTEXT, 'usage_record', {
     summary: 'One usage record as counted and rated',
     request: z.object({ tenantId: tenantScope, recordId: text().min(1).max(200), source: text().min(1).max(100).default('default'), consistentWith: z.number().int().min(0).optional() }).strict(),
@@ -578,6 +634,13 @@ export const usageRoutes = routeGroup({
       request: ({ params, query: { format: _format, ...q } }) => ({ ...q, ...params }),
       csv: (answer) => ({ filename: 'usage-report.csv', text: usageReportCsv(answer) }),
     },
+  }),
+  forecast: route({
+    ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/usage/forecast', permission: P.usageRead, tag: 'usage',
+    summary: "Run-rate to the month's end, and the date each budget is projected to be reached",
+    params: tenantParams, query: z.object({ timeZone: text().min(1).max(64).optional() }).strict(),
+    response: { status: 200, schema: usageForecastSchema },
+    forward: { rpc: billingRpc.usageForecast },
   }),
   getRecord: route({
     ...inTenant, method: 'GET', path: '/api/v1/tenants/{tenantId}/usage/records/{recordId}', permission: P.usageRead, tag: 'usage',

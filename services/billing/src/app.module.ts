@@ -8,6 +8,7 @@ import { ProjectionRunner } from '@keel/projections';
 import { serviceModule } from '@keel/service-kit';
 import { BudgetLedger } from './budgets/budget-ledger';
 import { BudgetHandlers } from './budgets/budget.handlers';
+import { ForecastHandlers } from './budgets/forecast';
 import { PLANS_RUNNER, PlansProjection } from './budgets/plans.projection';
 import { InvoiceHandlers } from './invoices/invoice.handlers';
 import { INVOICES_RUNNER, InvoicesProjection } from './invoices/invoices.projection';
@@ -54,6 +55,6 @@ export function billingModule(config: KeelConfig, logger: Logger) {
       { projection: { useFactory: () => new SeatsProjection() }, provide: SEATS_RUNNER },
       { projection: { useFactory: () => new InvoicesProjection() }, provide: INVOICES_RUNNER },
     ],
-    controllers: [UsageHandlers, PriceHandlers, BudgetHandlers, WebhookHandlers, InvoiceHandlers],
+    controllers: [UsageHandlers, PriceHandlers, BudgetHandlers, ForecastHandlers, WebhookHandlers, InvoiceHandlers],
   });
 }

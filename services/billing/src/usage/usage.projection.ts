@@ -177,6 +177,8 @@ export class UsageProjection implements Projection {
       // Webhook subscriptions and deliveries are the webhooks projection's (they change no usage).
       // (And invoices the invoices projection's.)
       if (pe.event.aggregateType === WEBHOOK_AGGREGATE || pe.event.aggregateType === WEBHOOK_DELIVERY_AGGREGATE || pe.event.aggregateType === INVOICE_BOOK_AGGREGATE) continue;
+      // A forecast's alert changes nothing here (it is raised from what is here).
+      if (pe.event.type === B.projectedToExceed) continue;
       if (pe.event.type === I.planPricePublished) {
         await this.applyPlanPrice(m, pe);
         continue;

@@ -330,4 +330,40 @@ describe('billing: budgets and reservations', () => {
       await db.end();
     }
   });
+
+  it("counts a team's sub-teams against its budget, following auth's team tree as it changes", async () => {
+    const team = async (name: string, parentId: string | null = null) => {
+      const r = await admin('POST', `/api/v1/tenants/${tenantId}/teams`, { body: { name, parentId } });
+      expect(r.status).toBe(201);
+      return r.body as { id: string; position: number };
+    };
+    const org = await team('Engineering');
+    const platform = await team('Platform', org.id);
+    const infra = await team('Infra', platform.id);
+    const other = await team('Sales');
+    const made = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, {
+      body: { name: 'Engineering', scope: { kind: 'team', id: org.id }, unit: 'tokens', limit: '10000', period: { unit: 'month' }, thresholds: [{ percent: 100, mode: 'hard' }] },
+    });
+    expect(made.status).toBe(201);
+    await admin('GET', `/api/v1/tenants/${tenantId}/budgets?consistentWith=${made.body.position}`);
+    const holds = async (requestId: string, teamId: string) => {
+      const r = await reserve(requestId, { attribution: { teamId }, estimate: { inputTokens: '100' } });
+      if (!r.ok) throw new Error(`refused: ${r.code}`);
+      return r.r.holds.map((h) => h.budgetId);
+    };
+    // The billing teams projection has the tree once it applied the last team (read here until then).
+    await eventually(() => holds(`tree-${Date.now()}`, infra.id), (ids) => ids.includes(made.body.budget.id), { timeoutMs: 20_000, what: 'the grandchild team under the budget' });
+    expect(await holds('tree-platform', platform.id)).toContain(made.body.budget.id);
+    expect(await holds('tree-sales', other.id)).not.toContain(made.body.budget.id);
+    // Usage reported for the grandchild is the budget's spend.
+    const used = await admin('POST', `/api/v1/tenants/${tenantId}/usage`, { body: { records: [{ id: 'tree-usage', occurredAt: new Date().toISOString(), model: 'm-1', attribution: { teamId: infra.id }, quantities: { inputTokens: '2500' } }] } });
+    expect(used.status).toBe(202);
+    await admin('GET', `/api/v1/tenants/${tenantId}/usage/records/tree-usage?consistentWith=${used.body.results[0].position}`);
+    // (The counter gets it after the projection's commit.)
+    await eventually(() => budget(made.body.budget.id), (b) => b.current.spent === '2500', { timeoutMs: 20_000, what: "the grandchild's usage on the budget" });
+    // Moved out from under it: no longer counted.
+    const moved = await admin('PATCH', `/api/v1/tenants/${tenantId}/teams/${platform.id}`, { body: { parentId: other.id } });
+    expect(moved.status).toBe(200);
+    await eventually(() => holds(`tree-moved-${Date.now()}`, infra.id), (ids) => !ids.includes(made.body.budget.id), { timeoutMs: 20_000, what: 'the moved team out of the budget' });
+  });
 });

@@ -33,7 +33,7 @@ describe('operations through the gateway', () => {
       timeoutMs: 30_000,
       what: 'the tenant read model to apply the create',
     });
-    expect(items.map((p) => p.name).sort()).toEqual(['audit.ledger', 'auth.erasures', 'auth.users', 'billing.invoices', 'billing.plans', 'billing.seats', 'billing.usage', 'billing.webhooks', 'tenant.tenants']);
+    expect(items.map((p) => p.name).sort()).toEqual(['audit.ledger', 'auth.erasures', 'auth.users', 'billing.invoices', 'billing.plans', 'billing.seats', 'billing.teams', 'billing.usage', 'billing.webhooks', 'tenant.tenants']);
     for (const p of items) expect(p).toMatchObject({ healthy: true, deadLetters: 0, lag: expect.any(Number), checkpoint: expect.any(Number) });
     expect(items.find((p) => p.name === 'audit.ledger')).toMatchObject({ incidents: 0 });
   });

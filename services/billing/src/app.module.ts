@@ -9,6 +9,7 @@ import { serviceModule } from '@keel/service-kit';
 import { BudgetLedger } from './budgets/budget-ledger';
 import { BudgetHandlers } from './budgets/budget.handlers';
 import { ForecastHandlers } from './budgets/forecast';
+import { TEAMS_RUNNER, TeamsProjection } from './budgets/teams.projection';
 import { PLANS_RUNNER, PlansProjection } from './budgets/plans.projection';
 import { InvoiceHandlers } from './invoices/invoice.handlers';
 import { INVOICES_RUNNER, InvoicesProjection } from './invoices/invoices.projection';
@@ -54,6 +55,7 @@ export function billingModule(config: KeelConfig, logger: Logger) {
       { projection: { useFactory: () => new WebhooksProjection() }, provide: WEBHOOKS_RUNNER },
       { projection: { useFactory: () => new SeatsProjection() }, provide: SEATS_RUNNER },
       { projection: { useFactory: () => new InvoicesProjection() }, provide: INVOICES_RUNNER },
+      { projection: { useFactory: () => new TeamsProjection() }, provide: TEAMS_RUNNER },
     ],
     controllers: [UsageHandlers, PriceHandlers, BudgetHandlers, ForecastHandlers, WebhookHandlers, InvoiceHandlers],
   });

@@ -4,6 +4,7 @@ import { Counter } from 'prom-client';
 import { Attribution, BudgetScopeKind, KeelError, Quantities } from '@keel/contracts';
 import { inTenant } from '@keel/database';
 import { metricsRegistry, withTimeout } from '@keel/observability';
+import { BILLING_SCHEMA } from '../database/schema';
 import { bucketCondition, PeriodUnit, periodOf } from '../usage/periods';
 import { D, Dec } from '../usage/rating';
 
@@ -30,7 +31,13 @@ export function spendQuery(b: Pick<BudgetRow, 'tenant_id' | 'scope_kind' | 'scop
   const params: unknown[] = [b.tenant_id];
   const buckets = bucketCondition(start, end, params);
   let scope = '';
-  if (b.scope_kind !== 'tenant') {
+  if (b.scope_kind === 'team') {
+    // The team and every team below it in auth's tree (the teams projection's live table).
+    params.push(b.scope_id, b.scope_id.toLowerCase());
+    const n = params.length;
+    scope = ` AND (team_id = $${n - 1} OR lower(team_id) IN (WITH RECURSIVE sub(id) AS (SELECT $${n}::text
+      UNION SELECT t.id FROM "${BILLING_SCHEMA}".teams t JOIN sub ON t.parent_id = sub.id WHERE t.tenant_id = $1) SELECT id FROM sub))`;
+  } else if (b.scope_kind !== 'tenant') {
     params.push(b.scope_id);
     scope = ` AND ${SCOPE_COLUMN[b.scope_kind]} = $${params.length}`;
   }
@@ -193,13 +200,44 @@ export class BudgetLedger {
     return inTenant(this.ds, tenantId, (m) => m.query(`SELECT * FROM budgets WHERE tenant_id = $1 UNION ALL SELECT * FROM plan_quotas WHERE tenant_id = $1 ORDER BY id`, [tenantId]));
   }
 
-  /** The budgets a call with this attribution and model counts against: the tenant's, and each scope it names. */
-  static applicable(budgets: BudgetRow[], attribution: Attribution, model: string): BudgetRow[] {
+  /**
+   * The budgets a call with this attribution and model counts against: the tenant's, and each scope
+   * it names; a team's also when the call's team is below it (`ancestors`: of each team id, the
+   * teams above it, lower-cased, see `teamAncestors`).
+   */
+  static applicable(budgets: BudgetRow[], attribution: Attribution, model: string, ancestors?: Map<string, Set<string>>): BudgetRow[] {
     return budgets.filter((b) => {
       if (b.scope_kind === 'tenant') return true;
       if (b.scope_kind === 'model') return b.scope_id === model;
+      if (b.scope_kind === 'team' && attribution.teamId !== undefined && attribution.teamId !== b.scope_id) {
+        return ancestors?.get(attribution.teamId.toLowerCase())?.has(b.scope_id.toLowerCase()) ?? false;
+      }
       return attribution[ATTRIBUTION[b.scope_kind]] === b.scope_id;
     });
+  }
+
+  /**
+   * Of each team id (lower-cased), the teams above it in the tenant's tree (the teams projection's
+   * live table); only asked when a team budget could apply. `q` runs the query (a manager inside a
+   * transaction, or the data source).
+   */
+  static async teamAncestors(q: { query(sql: string, params: unknown[]): Promise<unknown> }, tenantId: string, budgets: BudgetRow[], teamIds: (string | undefined)[]): Promise<Map<string, Set<string>>> {
+    const out = new Map<string, Set<string>>();
+    const ids = [...new Set(teamIds.filter((t): t is string => !!t).map((t) => t.toLowerCase()))];
+    if (!ids.length || !budgets.some((b) => b.scope_kind === 'team' && b.tenant_id === tenantId)) return out;
+    const rows = (await q.query(
+      `WITH RECURSIVE up(start, id) AS (
+         SELECT t.id, t.parent_id FROM "${BILLING_SCHEMA}".teams t WHERE t.tenant_id = $1 AND t.id = ANY($2) AND t.parent_id IS NOT NULL
+         UNION SELECT up.start, t.parent_id FROM up JOIN "${BILLING_SCHEMA}".teams t ON t.tenant_id = $1 AND t.id = up.id WHERE t.parent_id IS NOT NULL)
+       SELECT start, id FROM up`,
+      [tenantId, ids],
+    )) as { start: string; id: string }[];
+    for (const r of rows) {
+      const set = out.get(r.start) ?? new Set<string>();
+      set.add(r.id);
+      out.set(r.start, set);
+    }
+    return out;
   }
 
   /** What `amount` (cost in USD, quantities for tokens) is in a budget's units. */
@@ -311,10 +349,15 @@ export class BudgetLedger {
   async addSpent(records: { tenantId: string; occurredAt: number; model: string; attribution: Attribution; cost: Dec; quantities: Quantities; sign: 1 | -1 }[]): Promise<void> {
     const byKey = new Map<string, number>();
     // Each tenant's budgets read once per call, not once per record.
-    const budgets = new Map<string, Promise<BudgetRow[]>>();
+    const budgets = new Map<string, Promise<{ bs: BudgetRow[]; up: Map<string, Set<string>> }>>();
     for (const r of records) {
-      if (!budgets.has(r.tenantId)) budgets.set(r.tenantId, this.budgets(r.tenantId));
-      for (const b of BudgetLedger.applicable(await budgets.get(r.tenantId)!, r.attribution, r.model)) {
+      if (!budgets.has(r.tenantId)) {
+        const rows = this.budgets(r.tenantId);
+        const teams = records.filter((x) => x.tenantId === r.tenantId).map((x) => x.attribution.teamId);
+        budgets.set(r.tenantId, rows.then(async (bs) => ({ bs, up: await inTenant(this.ds, r.tenantId, (m) => BudgetLedger.teamAncestors(m, r.tenantId, bs, teams)) })));
+      }
+      const { bs, up } = await budgets.get(r.tenantId)!;
+      for (const b of BudgetLedger.applicable(bs, r.attribution, r.model, up)) {
         const key = this.counterKey(b, periodOf(b.period_unit, b.time_zone, r.occurredAt).start);
         byKey.set(key, (byKey.get(key) ?? 0) + r.sign * BudgetLedger.amountFor(b, r.cost, r.quantities));
       }

@@ -185,7 +185,8 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
     const reason = unratedReason(prices, tenantId, model, now, r.estimate, r.gpuType);
     if (reason) throw new KeelError('validation_failed', `The estimate cannot be priced: ${reason}.`, [{ field: 'model', message: reason }]);
     const cost = rate(r.estimate, r.gpuType, choosePrice(prices, tenantId, model, now)!.rates).cost!;
-    const budgets = BudgetLedger.applicable(await this.ledger.budgets(tenantId), r.attribution, model);
+    const all = await this.ledger.budgets(tenantId);
+    const budgets = BudgetLedger.applicable(all, r.attribution, model, await inTenant(this.ds, tenantId, (m) => BudgetLedger.teamAncestors(m, tenantId, all, [r.attribution.teamId])));
     // With no budget applying the reservation is still kept (holding nothing): its settle records the call.
     const amounts = budgets.map((b) => BudgetLedger.amountFor(b, cost, r.estimate));
     let answer;

@@ -214,9 +214,13 @@ export class UsageProjection implements Projection {
     ]);
     if (!budgets.length) return;
     const touched = new Map<string, { b: BudgetRow; start: number; end: number; delta: Dec; at: string; position: number }>();
+    const ancestors = new Map<string, Map<string, Set<string>>>();
+    for (const t of new Set(counted.map((c) => c.tenantId))) {
+      ancestors.set(t, await BudgetLedger.teamAncestors(m, t, budgets, counted.filter((c) => c.tenantId === t).map((c) => c.attribution.teamId)));
+    }
     for (const c of counted) {
       const forTenant = budgets.filter((b) => b.tenant_id === c.tenantId);
-      for (const b of BudgetLedger.applicable(forTenant, c.attribution, c.model)) {
+      for (const b of BudgetLedger.applicable(forTenant, c.attribution, c.model, ancestors.get(c.tenantId))) {
         const { start, end } = periodOf(b.period_unit, b.time_zone, c.occurredAt);
         const key = `${b.id}\n${start}`;
         const amount = (b.unit === 'USD' ? c.cost : tokensOf(c.quantities)).times(c.sign);

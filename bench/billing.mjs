@@ -63,7 +63,59 @@ return 1`;
   }
 }
 
-export async function billingBenchmarks({ pairs = Number(process.env.BENCH_ADMITS ?? 10_000), records = Number(process.env.BENCH_RECORDS ?? 20_000) } = {}) {
+/**
+ * billing.report: a month's report (qry.billing.usage_report) over the rollups of `n` usage
+ * records, one request at a time, grouped three ways (none; team and model; user). The records'
+ * rollups are written straight into the usage projection's table, as the projection would make
+ * them (a minute, hour and day row per time bucket and attribution): ingesting a million records
+ * through the log would take minutes of this run and measure ingest, not the report. The records:
+ * spread evenly over last month (UTC), 1,000 users in 50 teams, 10 models, 100 projects.
+ */
+async function reportBench(rpc, db, tenantId, n) {
+  const now = new Date();
+  const start = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 1, 1));
+  const end = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
+  const period = start.toISOString().slice(0, 7);
+  log(`billing.report: ${n} usage records' rollups for ${period}, then month reports one at a time…`);
+  const step = (end - start) / 1000 / n;
+  const t0 = performance.now();
+  await db.query(`SET maintenance_work_mem = '256MB'`);
+  await db.query(
+    `INSERT INTO billing.usage_rollups (tenant_id, grain, bucket, model, user_id, team_id, project_id, cost_center, environment, api_key_id,
+                                        input_tokens, cached_input_tokens, output_tokens, requests, gpu_seconds, cost, records, unpriced)
+     SELECT $1, g.grain, date_trunc(g.grain, r.at, 'UTC'), r.model, r.user_id, r.team_id, r.project_id, r.cost_center, '', '',
+            sum(1200), 0, sum(300), sum(1), 0, sum(0.0024), count(*), 0
+       FROM (SELECT $2::timestamptz + (i * $3::float8) * interval '1 second' AS at, 'bench-model-' || (i % 10) AS model, 'u' || (i % 1000) AS user_id,
+                    't' || (i % 50) AS team_id, 'p' || (i % 100) AS project_id, 'cc' || (i % 5) AS cost_center
+               FROM generate_series(0, $4::int - 1) AS i) r,
+            (VALUES ('minute'), ('hour'), ('day')) AS g(grain)
+      GROUP BY g.grain, date_trunc(g.grain, r.at, 'UTC'), r.model, r.user_id, r.team_id, r.project_id, r.cost_center`,
+    [tenantId, start.toISOString(), step, n],
+  );
+  await db.query(`ANALYZE billing.usage_rollups`);
+  const rows = Number((await db.query(`SELECT count(*)::int AS n FROM billing.usage_rollups WHERE tenant_id = $1`, [tenantId])).rows[0].n);
+  log(`  seeded ${rows} rollup rows in ${Math.round(performance.now() - t0)} ms`);
+  const groupings = [[], ['team', 'model'], ['user']];
+  const latencies = [];
+  let total;
+  for (let round = 0; round < 21; round++) {
+    for (const groupBy of groupings) {
+      const t = performance.now();
+      const r = await rpc.request('qry.billing.usage_report', { tenantId, period, timeZone: 'UTC', groupBy }, 30_000);
+      if (round > 0) latencies.push(performance.now() - t);
+      total = r.total.records;
+    }
+  }
+  if (total !== n) throw new Error(`the report counted ${total} records, not ${n}`);
+  latencies.sort((a, b) => a - b);
+  return { records: n, rollupRows: rows, requests: latencies.length, p50: latencies[Math.floor(latencies.length / 2)], p99: latencies[Math.floor(latencies.length * 0.99)] };
+}
+
+export async function billingBenchmarks({
+  pairs = Number(process.env.BENCH_ADMITS ?? 10_000),
+  records = Number(process.env.BENCH_RECORDS ?? 20_000),
+  reportRecords = Number(process.env.BENCH_REPORT_RECORDS ?? 1_000_000),
+} = {}) {
   const testing = dist('testing');
   const { parseConfig } = dist('config');
   const messaging = dist('messaging');
@@ -162,6 +214,9 @@ export async function billingBenchmarks({ pairs = Number(process.env.BENCH_ADMIT
       const raw = await rawPublishBaseline(env.NATS_URL, Array.from({ length: batches * 1000 }, (_, i) => ({ id: `raw-${i}`, data })));
       results.ingest = { perSecond: ingestRate, answeredPerSecond: (batches * 1000) / ((answered - start) / 1000), records: batches * 1000, baseline: raw };
       log(`  ${JSON.stringify(results.ingest)}`);
+
+      results.report = await reportBench(rpc, db, tenantId, reportRecords);
+      log(`  ${JSON.stringify(results.report)}`);
     } finally {
       await db.end();
       await m.nc.close();

@@ -76,25 +76,30 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
  * ratio is the median of the rounds' ratios.
  */
 async function pairedGet(hello, url, headers, rounds = 3) {
+  return paired(hello, { url, headers }, rounds);
+}
+
+/** `pairedGet` for any request autocannon can make (`target`: its options). */
+async function paired(hello, target, rounds = 3) {
   const each = Math.max(3, Math.round(seconds / rounds));
   await cannon({ url: hello.url, duration: 2 });
-  await cannon({ url, headers, duration: 2 });
+  await cannon({ ...target, duration: 2 });
   const base = [];
-  const target = [];
+  const measured = [];
   for (let i = 0; i < rounds; i++) {
     const b = await cannon({ url: hello.url, duration: each });
-    const r = await cannon({ url, headers, duration: each });
-    if (r.non2xx || r.errors) throw new Error(`${url}: ${r.non2xx} non-2xx answers, ${r.errors} errors`);
+    const r = await cannon({ ...target, duration: each });
+    if (r.non2xx || r.errors) throw new Error(`${target.url}: ${r.non2xx} non-2xx answers, ${r.errors} errors`);
     base.push(b);
-    target.push(r);
+    measured.push(r);
   }
   const mean = (rs) => rs.reduce((sum, r) => sum + r.requests.average, 0) / rs.length;
   return {
-    rps: mean(target),
-    p99: median(target.map((r) => r.latency.p99)),
+    rps: mean(measured),
+    p99: median(measured.map((r) => r.latency.p99)),
     baseline: mean(base),
     baselineP99: median(base.map((r) => r.latency.p99)),
-    ratio: median(target.map((r, i) => r.requests.average / base[i].requests.average)),
+    ratio: median(measured.map((r, i) => r.requests.average / base[i].requests.average)),
   };
 }
 
@@ -285,6 +290,29 @@ async function json(t, method, path, body, token = t.token) {
   return parsed;
 }
 
+/**
+ * billing.admit_http: reservations over HTTP (POST /api/v1/tenants/{id}/usage/reservations, a new
+ * request id each, against a budget with room for all), alternating with the hello-world as the
+ * GET figures are.
+ */
+async function admitHttp(t, hello) {
+  const quotas = { maxUsers: 10, maxGpus: 0, maxGpuMemoryGb: 0, monthlyTokenQuota: 0, requestsPerMinute: 10_000_000 };
+  const created = await json(t, 'POST', '/api/v1/tenants', { slug: `bench-admit-${randomBytes(3).toString('hex')}`, name: 'Bench', plan: 'custom', quotas });
+  const tenantId = created.tenant.id;
+  const model = `bench-http-${randomBytes(3).toString('hex')}`;
+  const price = await json(t, 'POST', '/api/v1/billing/prices', { model, rates: { inputPerMTok: '1' }, effectiveFrom: '2026-01-01T00:00:00Z' });
+  await json(t, 'GET', `/api/v1/billing/prices?consistentWith=${price.position}`);
+  const budget = await json(t, 'POST', `/api/v1/tenants/${tenantId}/budgets`, { name: 'bench', scope: { kind: 'tenant' }, unit: 'USD', limit: '1000000', period: { unit: 'month' } });
+  await json(t, 'GET', `/api/v1/tenants/${tenantId}/budgets?consistentWith=${budget.position}`);
+  let n = 0;
+  return paired(hello, {
+    url: `${t.url}/api/v1/tenants/${tenantId}/usage/reservations`,
+    method: 'POST',
+    headers: { authorization: `Bearer ${t.token}`, 'content-type': 'application/json' },
+    requests: [{ setupRequest: (req) => ({ ...req, body: JSON.stringify({ requestId: `h-${n++}`, model, estimate: { inputTokens: '100' }, ttlSeconds: 60 }) }) }],
+  });
+}
+
 /** A tenant whose rate limit does not cap the benchmark, and users in it (one per connection). */
 async function benchUser(t) {
   const slug = `bench-user-${randomBytes(3).toString('hex')}`;
@@ -395,6 +423,8 @@ try {
   const access = (await json(t, 'POST', '/api/v1/auth/login', user.login)).accessToken;
   log('gateway.authed_get: GET /api/v1/tenants/{id} with a user access token, alternating with the hello-world…');
   const authed = await pairedGet(hello, `${t.url}/api/v1/tenants/${user.tenantId}`, { authorization: `Bearer ${access}` });
+  log('billing.admit_http: reservations over HTTP, alternating with the hello-world…');
+  const admit = await admitHttp(t, hello);
   log('auth.login: baseline (raw Argon2id verifications)…');
   const argon = await argon2Baseline();
   log('auth.login: sign-ins…');
@@ -518,6 +548,25 @@ try {
         baseline: { name: 'raw pipelined JetStream publishes of as many messages', value: round(billing.ingest.baseline) },
         ratio: round(billing.ingest.perSecond / billing.ingest.baseline, 3),
         goal: '>= 10000/s',
+      },
+      {
+        name: 'billing.admit_http',
+        unit: 'reservations/s (POST /api/v1/tenants/{id}/usage/reservations, operator token)',
+        value: round(admit.rps),
+        p99Ms: admit.p99,
+        connections: 50,
+        baseline: { name: 'fastify hello-world (alternating rounds)', value: round(admit.baseline), p99Ms: admit.baselineP99 },
+        ratio: round(admit.ratio, 3),
+        goal: 'ratio >= 0.4',
+      },
+      {
+        name: 'billing.report',
+        unit: `ms per month report (qry.billing.usage_report, one at a time; no grouping, team and model, user) over ${billing.report.records} records (${billing.report.rollupRows} rollup rows)`,
+        value: round(billing.report.p99),
+        p50Ms: round(billing.report.p50),
+        p99Ms: round(billing.report.p99),
+        requests: billing.report.requests,
+        goal: 'p99 < 200 ms',
       },
       {
         name: 'billing.admit',

@@ -448,6 +448,8 @@ export const billingEventTypes = {
 export const BUDGET_ALERT_AGGREGATE = 'budget_alert';
 
 const attributionView = z.object({ userId: text(), teamId: text(), projectId: text(), costCenter: text(), environment: text(), apiKeyId: text() }).partial();
+/** What every budget alert says: the budget, its period and what it has spent. */
+const alertBody = z.object({ budgetId: z.uuid(), name: text(), unit: text(), limit: text(), periodStart: isoTime, periodEnd: isoTime, spent: text() });
 export const billingEventSchemas = {
   [billingEventTypes.usageRecorded]: z.object({
     source: text(),
@@ -477,29 +479,9 @@ export const billingEventSchemas = {
   [billingEventTypes.budgetUpdated]: z.object({ changes: z.record(text(), z.unknown()) }),
   [billingEventTypes.budgetDeleted]: z.object({}),
   /** Once per budget, period and threshold: the spend of the period passed `percent` of the limit. */
-  [billingEventTypes.thresholdCrossed]: z.object({
-    budgetId: z.uuid(),
-    name: text(),
-    unit: text(),
-    limit: text(),
-    periodStart: isoTime,
-    periodEnd: isoTime,
-    percent: z.number(),
-    mode: text(),
-    spent: text(),
-  }),
+  [billingEventTypes.thresholdCrossed]: alertBody.extend({ percent: z.number(), mode: text() }),
   /** Once per budget and period: at the trailing run-rate, the period's spend reaches the limit before the period ends. */
-  [billingEventTypes.projectedToExceed]: z.object({
-    budgetId: z.uuid(),
-    name: text(),
-    unit: text(),
-    limit: text(),
-    periodStart: isoTime,
-    periodEnd: isoTime,
-    spent: text(),
-    projected: text(),
-    projectedToReachAt: isoTime,
-  }),
+  [billingEventTypes.projectedToExceed]: alertBody.extend({ projected: text(), projectedToReachAt: isoTime }),
 } satisfies Record<(typeof billingEventTypes)[keyof typeof billingEventTypes], z.ZodType>;
 
 // ---- commands and queries ----

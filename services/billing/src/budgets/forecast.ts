@@ -7,6 +7,7 @@ import { ALL_TENANTS, inTenant } from '@keel/database';
 import { CommandHandler, Decider } from '@keel/event-sourcing';
 import { EventStore, InjectConfig, KEEL_LOGGER, MessagePattern } from '@keel/messaging';
 import { Logger } from '@keel/observability';
+import { repeating } from '../periodic';
 import { periodOf, timeZoneOf } from '../usage/periods';
 import { D } from '../usage/rating';
 import { BudgetRow, spendQuery } from './budget-ledger';
@@ -39,7 +40,7 @@ const raiseDecider: Decider<RaiseState, RaiseCommand, { type: string; data: Reco
 export class ForecastHandlers implements OnModuleInit, OnModuleDestroy {
   private readonly raises: CommandHandler<RaiseState, RaiseCommand, { type: string; data: Record<string, unknown> }>;
   private readonly raised = new Set<string>();
-  private timer?: NodeJS.Timeout;
+  private loop?: { stop(): void };
 
   constructor(
     store: EventStore,
@@ -51,19 +52,11 @@ export class ForecastHandlers implements OnModuleInit, OnModuleDestroy {
   }
 
   onModuleInit(): void {
-    const loop = () =>
-      this.evaluate()
-        .catch((error) => this.logger.warn({ err: error }, 'budget forecasts failed; retrying'))
-        .finally(() => {
-          if (this.timer) this.timer = setTimeout(loop, this.config.KEEL_FORECAST_INTERVAL_MS).unref();
-        });
-    this.timer = setTimeout(loop, this.config.KEEL_FORECAST_INTERVAL_MS).unref();
+    this.loop = repeating('budget forecasts', this.config.KEEL_FORECAST_INTERVAL_MS, () => this.evaluate(), this.logger);
   }
 
   onModuleDestroy(): void {
-    const t = this.timer;
-    this.timer = undefined;
-    if (t) clearTimeout(t);
+    this.loop?.stop();
   }
 
   private async sum(tenantId: string, b: Pick<BudgetRow, 'scope_kind' | 'scope_id' | 'unit'>, from: number, to: number): Promise<Dec> {

@@ -21,6 +21,7 @@ import { CommandHandler, Decider } from '@keel/event-sourcing';
 import { EventStore, InjectConfig, KEEL_LOGGER, MessagePattern } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { ProjectionRunner } from '@keel/projections';
+import { repeating } from '../periodic';
 import { D } from '../usage/rating';
 import { UsageHandlers } from '../usage/usage.handlers';
 import { INVOICES_RUNNER } from './invoices.projection';
@@ -188,7 +189,7 @@ export function monthOf(period: string, zone: string): { start: DateTime; end: D
 export class InvoiceHandlers implements OnModuleInit, OnModuleDestroy {
   private readonly planPrices: CommandHandler<{ versions: number }, PlanPriceCommand, PlanPriceEvent>;
   private readonly books = new Map<string, CommandHandler<BookState, BookCommand, BookEvent>>();
-  private timer?: NodeJS.Timeout;
+  private loop?: { stop(): void };
 
   constructor(
     private readonly store: EventStore,
@@ -217,19 +218,11 @@ export class InvoiceHandlers implements OnModuleInit, OnModuleDestroy {
   }
 
   onModuleInit(): void {
-    const loop = () =>
-      this.close()
-        .catch((error) => this.logger.warn({ err: error }, 'closing invoice periods failed; retrying'))
-        .finally(() => {
-          if (this.timer) this.timer = setTimeout(loop, this.config.KEEL_INVOICE_CLOSE_INTERVAL_MS).unref();
-        });
-    this.timer = setTimeout(loop, this.config.KEEL_INVOICE_CLOSE_INTERVAL_MS).unref();
+    this.loop = repeating('closing invoice periods', this.config.KEEL_INVOICE_CLOSE_INTERVAL_MS, () => this.close(), this.logger);
   }
 
   onModuleDestroy(): void {
-    const t = this.timer;
-    this.timer = undefined;
-    if (t) clearTimeout(t);
+    this.loop?.stop();
   }
 
   /** The closer: every month that ended since a tenant began gets its draft (once ever), and every draft past its grace window is finalized. */

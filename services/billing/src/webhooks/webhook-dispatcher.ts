@@ -9,6 +9,7 @@ import { ALL_TENANTS, inTenant } from '@keel/database';
 import { callRpc, decodeJson, eventsOf, EventStore, InjectConfig, InjectMessaging, KEEL_LOGGER, Messaging, RpcClient } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { OutboundError, SafeFetch } from '@keel/outbound';
+import { repeating } from '../periodic';
 import { WebhookHandlers, webhookSecret } from './webhook.handlers';
 
 const POLL_MS = 250;
@@ -57,8 +58,7 @@ export function retryDelay(baseMs: number, failed: number): number {
  */
 @Injectable()
 export class WebhookDispatcher implements OnModuleInit, OnModuleDestroy {
-  private timer?: NodeJS.Timeout;
-  private running = false;
+  private loop?: { stop(): void };
   private readonly inflight = new Set<string>();
   private readonly http: SafeFetch;
 
@@ -82,19 +82,11 @@ export class WebhookDispatcher implements OnModuleInit, OnModuleDestroy {
   }
 
   onModuleInit(): void {
-    this.running = true;
-    const loop = () =>
-      this.tick()
-        .catch((error) => this.logger.warn({ err: error }, 'webhook dispatch failed; retrying'))
-        .finally(() => {
-          if (this.running) this.timer = setTimeout(loop, POLL_MS).unref();
-        });
-    this.timer = setTimeout(loop, POLL_MS).unref();
+    this.loop = repeating('webhook dispatch', POLL_MS, () => this.tick(), this.logger);
   }
 
   async onModuleDestroy(): Promise<void> {
-    this.running = false;
-    if (this.timer) clearTimeout(this.timer);
+    this.loop?.stop();
     await this.http.close();
   }
 

@@ -19,7 +19,7 @@ const meta = { actor: { kind: 'system' as const, id: 'budget-test' }, correlatio
 describe('billing: budgets and reservations', () => {
   const env = isolatedEnv('budgets');
   // Forecasts every half second (the second process keeps the default: one evaluator is enough).
-  const stack = new Stack(env, { KEEL_FORECAST_INTERVAL_MS: '500' });
+  const stack = new Stack(env, { KEEL_FORECAST_INTERVAL_MS: '500', KEEL_BUDGET_DRIFT_INTERVAL_MS: '300' });
   let operator: Http;
   let admin: Http;
   let developer: Http;
@@ -285,7 +285,7 @@ describe('billing: budgets and reservations', () => {
       const now = Date.now();
       const monthStart = Date.UTC(new Date(now).getUTCFullYear(), new Date(now).getUTCMonth(), 1);
       const monthEnd = Date.UTC(new Date(now).getUTCFullYear(), new Date(now).getUTCMonth() + 1, 1);
-      const windowDays = Math.max(1 / 24, Math.min(7, (now - monthStart) / 86_400_000));
+      const windowDays = Math.max(1 / 1440, Math.min(7, (now - monthStart) / 86_400_000));
       const remainingDays = (monthEnd - now) / 86_400_000;
       // 1 USD spent now runs at 1/windowDays a day: one limit it reaches halfway to the month's end, one it never does.
       const soon = (1 + remainingDays / 2 / windowDays).toFixed(6);
@@ -319,9 +319,10 @@ describe('billing: budgets and reservations', () => {
       // Evaluated every half second by one process and every five minutes by the other, across a restart: still once.
       await stack.kill('billing');
       await stack.startOne('billing');
-      const more = await admin('POST', `/api/v1/tenants/${tenantId}/usage`, { body: { records: [{ id: 'fc-2', occurredAt: new Date().toISOString(), model: 'm-1', attribution: { projectId: 'fc' }, quantities: { inputTokens: '1' } }] } });
-      await admin('GET', `/api/v1/tenants/${tenantId}/usage/records/fc-2?consistentWith=${more.body.results[0].position}`);
-      await eventually(async () => (await db.query(`SELECT count(*)::int AS n FROM audit.ledger WHERE type = 'billing.usage.recorded' AND envelope->'data'->>'recordId' = 'fc-2'`)).rows[0].n, (n) => n === 1, { timeoutMs: 20_000, what: 'the second record in the ledger' });
+      // The restarted evaluator has run (and found the first budget raised) once a budget made now is raised too.
+      const after = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, { body: { name: 'Forecast after', scope: { kind: 'project', id: 'fc' }, unit: 'USD', limit: soon, period: { unit: 'month' }, thresholds: [{ percent: 100, mode: 'warn' }] } });
+      expect(after.status).toBe(201);
+      await eventually(raised, (r) => r.some((x) => x.budgetId === after.body.budget.id), { timeoutMs: 20_000, what: 'the new budget raised after the restart' });
       // Once each (the earlier tests' Alpha budget is projected past its limit too), never for the one it will not reach.
       const ids = (await raised()).map((r) => r.budgetId);
       expect(ids.filter((id) => id === made.soon || id === made.never)).toEqual([made.soon]);
@@ -365,5 +366,28 @@ describe('billing: budgets and reservations', () => {
     const moved = await admin('PATCH', `/api/v1/tenants/${tenantId}/teams/${platform.id}`, { body: { parentId: other.id } });
     expect(moved.status).toBe(200);
     await eventually(() => holds(`tree-moved-${Date.now()}`, infra.id), (ids) => !ids.includes(made.body.budget.id), { timeoutMs: 20_000, what: 'the moved team out of the budget' });
+  });
+
+  it('measures drift between a budget counter and the usage records in Postgres', async () => {
+    const made = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, { body: { name: 'Drift', scope: { kind: 'project', id: 'drift' }, unit: 'tokens', limit: '100000', period: { unit: 'day' } } });
+    expect(made.status).toBe(201);
+    await admin('GET', `/api/v1/tenants/${tenantId}/budgets?consistentWith=${made.body.position}`);
+    const r = await reserve('drift-1', { attribution: { projectId: 'drift' } });
+    expect(r.ok).toBe(true);
+    await settle('drift-1', { quantities: { inputTokens: '1000' } });
+    // Each check compares every budget; a drifting one is listed by id (the earlier test's team
+    // budget is, for good: its team moved, see the README).
+    const drift = async () => {
+      const text = await (await fetch(`${stack.opsUrl('billing')}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith('keel_billing_budget_drift{') && l.includes(`budget_id="${made.body.budget.id}"`));
+      return line ? Number(line.split(' ').at(-1)) : 0;
+    };
+    const current = (await budget(made.body.budget.id)).current;
+    const key = `${env.KEEL_REDIS_PREFIX}billing:budget:${tenantId}:${made.body.budget.id}:${Date.parse(current.periodStart)}`;
+    expect(await redis.hget(key, 'spent')).toBe('1000');
+    await redis.hincrby(key, 'spent', 5_000);
+    await eventually(drift, (n) => n === 5_000, { timeoutMs: 20_000, what: 'the drift measured' });
+    await redis.hincrby(key, 'spent', -5_000);
+    await eventually(drift, (n) => n === 0, { timeoutMs: 20_000, what: 'the drift gone' });
   });
 });

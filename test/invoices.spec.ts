@@ -114,6 +114,10 @@ describe('billing: seats, plans and invoices', () => {
     expect(future.status).toBe(409);
     expect(future.body.detail).toMatch(/has not ended in Europe\/Berlin/);
     expect((await operator('POST', `/api/v1/tenants/${tenantId}/invoices`, { body: { period: '2026-13' } })).status).toBe(400);
+    // Long before the tenant existed: nothing to invoice (and no number used up).
+    const early = await operator('POST', `/api/v1/tenants/${tenantId}/invoices`, { body: { period: '2020-01' } });
+    expect(early.status).toBe(400);
+    expect(early.body.errors.map((e: { field: string }) => e.field)).toEqual(['period']);
   });
 
   it('counts seats as active users, prorated by the days they were active, in the upcoming invoice', async () => {
@@ -149,8 +153,10 @@ describe('billing: seats, plans and invoices', () => {
     const again = await operator('POST', `/api/v1/tenants/${tenantId}/invoices`, { body: { period: previous } });
     expect(again.status).toBe(201);
     expect(again.body).toMatchObject({ created: false, invoice: { id: closes[0]!.invoice.id, status: 'draft', number: null, period: previous, timeZone: ZONE } });
-    const drafted = await db.query(`SELECT count(*)::int AS n FROM audit.ledger WHERE type = 'billing.invoice_book.invoice_drafted' AND tenant_id = $1`, [tenantId]);
-    expect(drafted.rows[0].n).toBe(1);
+    // The ledger holds one draft (read once it holds the close's position).
+    const drafted = async () => (await db.query(`SELECT count(*)::int AS n, coalesce(max(seq), 0)::bigint AS last FROM audit.ledger WHERE tenant_id = $1`, [tenantId])).rows[0];
+    await eventually(drafted, (d) => Number(d.last) >= again.body.position, { timeoutMs: 20_000, what: 'the ledger at the close' });
+    expect((await db.query(`SELECT count(*)::int AS n FROM audit.ledger WHERE type = 'billing.invoice_book.invoice_drafted' AND tenant_id = $1`, [tenantId])).rows[0].n).toBe(1);
     const id = closes[0]!.invoice.id;
     // The tenant did not exist in that month: no fee, no seats, no minimum; its usage less the included part.
     expect(amounts(again.body.invoice.lines)).toEqual({ fixed_fee: '0.00', seats: '0.00', usage: '3.00', included_usage: '-1.00' });
@@ -190,7 +196,7 @@ describe('billing: seats, plans and invoices', () => {
 
     const list = (await manager('GET', `/api/v1/tenants/${tenantId}/invoices`)).body.items as { number: string; status: string }[];
     expect(list.map((i) => [i.number, i.status])).toEqual([['INV-000002', 'finalized'], ['INV-000001', 'void']]);
-    // A restart of both processes and a rebuild from the ledger keep exactly this.
+    // A rebuild from the ledger keeps exactly this.
     const snapshot = async () => (await db.query(`SELECT id, status, number, total, lines, credit_note FROM billing.invoices ORDER BY id`)).rows;
     const live = await snapshot();
     expect((await operator('POST', '/api/v1/admin/projections/billing.invoices/rebuild')).status).toBe(200);

@@ -121,6 +121,9 @@ describe('webhooks: signed deliveries through an outbox', () => {
     // Personal data opened needs the right to read it: a billing manager does not hold it.
     const sealedOnly = await bad({ includePersonalData: true }, '', manager, 403);
     expect(sealedOnly.body.detail).toMatch(/users:export-personal-data/);
+    // A subscription reads no more than its maker: a billing manager gets billing's events, not the audit trail's.
+    expect((await bad({ eventTypes: ['*'] }, '', manager, 403)).body.detail).toMatch(/audit:read/);
+    await bad({ eventTypes: ['auth.user.*'] }, '', manager, 403);
     expect((await admin('GET', `/api/v1/tenants/${tenantId}/webhooks`)).body.items).toEqual([]);
   });
 
@@ -222,6 +225,10 @@ describe('webhooks: signed deliveries through an outbox', () => {
     const open = await subscribe('/people-open', ['auth.user.*'], { includePersonalData: true });
     const sealed = await subscribe('/people-sealed', ['auth.user.*']);
     await admin('GET', `/api/v1/tenants/${tenantId}/webhooks?consistentWith=${sealed.position}`);
+    // Where personal data goes opened, only who may read it changes where: a billing manager may not.
+    const redirect = await manager('PATCH', `/api/v1/tenants/${tenantId}/webhooks/${open.webhook.id}`, { body: { url: 'https://elsewhere.example.com/x' } });
+    expect(redirect.status).toBe(403);
+    expect((await manager('PATCH', `/api/v1/tenants/${tenantId}/webhooks/${open.webhook.id}`, { body: { description: 'people' } })).status).toBe(200);
     // Billing is down while the user is made: the event waits in the log, the delivery is made when it is back.
     await stack.kill('billing');
     const user = await admin('POST', `/api/v1/tenants/${tenantId}/users`, { body: { email: 'ada@hooked.test', name: 'Ada Lovelace', password: PASSWORD, roles: ['viewer'] } });

@@ -13,6 +13,7 @@ function configError(env: Record<string, string | undefined>): ConfigError {
 describe('parseConfig', () => {
   it('fills every default from an empty environment', () => {
     expect(parseConfig({})).toEqual({
+      KEEL_BUDGET_DRIFT_INTERVAL_MS: 60_000,
       KEEL_FORECAST_INTERVAL_MS: 300_000,
       KEEL_INVOICE_GRACE_SECONDS: 259_200,
       KEEL_INVOICE_CLOSE_INTERVAL_MS: 60_000,

@@ -91,6 +91,8 @@ export const configSchema = z.object({
    */
   KEEL_INVOICE_GRACE_SECONDS: z.coerce.number().int().min(0).default(259_200),
   KEEL_INVOICE_CLOSE_INTERVAL_MS: z.coerce.number().int().min(100).default(60_000),
+  /** How often each billing process compares every budget's Redis counter with Postgres (drift). */
+  KEEL_BUDGET_DRIFT_INTERVAL_MS: z.coerce.number().int().min(100).default(60_000),
   /** How often each billing process projects budgets to their period's end (raising `projected_to_exceed`). */
   KEEL_FORECAST_INTERVAL_MS: z.coerce.number().int().min(100).default(300_000),
   KEEL_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),

@@ -140,7 +140,8 @@ export const invoiceEventSchemas = {
   [invoiceEventTypes.planPricePublished]: z.object({
     scope: text(), plan: text(), currency: text(), seat: text(), fixedFee: text(), includedUsage: text(), usageCap: text().nullable(), minimum: text().nullable(), effectiveFrom: isoTime,
   }),
-  [invoiceEventTypes.drafted]: z.object({ invoiceId: z.uuid(), period: text(), periodStart: isoTime, periodEnd: isoTime, timeZone: text(), finalizesAt: isoTime }),
+  /** `plan`: the tenant's plan when the month was closed, which it is invoiced on. */
+  [invoiceEventTypes.drafted]: z.object({ invoiceId: z.uuid(), period: text(), periodStart: isoTime, periodEnd: isoTime, timeZone: text(), plan: text().optional(), finalizesAt: isoTime }),
   /** What the invoice says, for good: its lines were computed when it was finalized. */
   [invoiceEventTypes.finalized]: z.object({
     invoiceId: z.uuid(),

@@ -94,6 +94,8 @@ export interface SafeRequest {
   method?: 'GET' | 'HEAD' | 'POST';
   headers?: Record<string, string>;
   body?: string;
+  /** Only the status matters (a webhook's answer): the body is not read, whatever its size. */
+  ignoreBody?: boolean;
 }
 
 export interface SafeResponse {
@@ -242,7 +244,8 @@ export class SafeFetch {
         current = next;
         continue;
       }
-      const body = await this.read(origin, current, res);
+      if (init.ignoreBody) discard(res);
+      const body = init.ignoreBody ? Buffer.alloc(0) : await this.read(origin, current, res);
       return { status: res.statusCode, ok: res.statusCode >= 200 && res.statusCode < 300, url: current.href, headers: res.headers, body };
     }
   }

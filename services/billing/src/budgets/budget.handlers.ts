@@ -18,6 +18,7 @@ import { aggregateIdFor, CommandHandler } from '@keel/event-sourcing';
 import { EventStore, InjectConfig, KEEL_LOGGER, MessagePattern } from '@keel/messaging';
 import { Logger } from '@keel/observability';
 import { ProjectionRunner } from '@keel/projections';
+import { repeating } from '../periodic';
 import { choosePrice, D, rate, unratedReason } from '../usage/rating';
 import { ownKey, UsageHandlers } from '../usage/usage.handlers';
 import { planBudgetId } from './plans.projection';
@@ -43,6 +44,7 @@ const holdsView = (holds: Hold[]) => holds.map(([, amount, unit, budgetId]) => (
 export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
   private readonly handler: CommandHandler<BudgetState, BudgetCommand, never>;
   private sweeper?: NodeJS.Timeout;
+  private drift?: { stop(): void };
 
   constructor(
     private readonly store: EventStore,
@@ -67,6 +69,14 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
           if (this.sweeper) this.sweeper = setTimeout(sweep, SWEEP_MS).unref();
         });
     this.sweeper = setTimeout(sweep, SWEEP_MS).unref();
+    this.drift = repeating(
+      'measuring budget drift',
+      this.config.KEEL_BUDGET_DRIFT_INTERVAL_MS,
+      async () => {
+        for (const d of await this.ledger.measureDrift()) this.logger.warn(d, 'a budget counter drifts from its usage records in Postgres');
+      },
+      this.logger,
+    );
   }
 
   /**
@@ -83,6 +93,7 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
   }
 
   onModuleDestroy(): void {
+    this.drift?.stop();
     const t = this.sweeper;
     this.sweeper = undefined;
     if (t) clearTimeout(t);

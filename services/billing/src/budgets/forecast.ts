@@ -15,7 +15,7 @@ import { BudgetRow, spendQuery } from './budget-ledger';
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
 const DAY = 24 * HOUR;
-/** The run-rate is measured over the last 7 days, or since the period began when that is shorter (at least an hour). */
+/** The run-rate is measured over the last 7 days, or since the period began when that is shorter. */
 const WINDOW = 7 * DAY;
 
 type Dec = InstanceType<typeof D>;
@@ -72,7 +72,8 @@ export class ForecastHandlers implements OnModuleInit, OnModuleDestroy {
     // Through the end of the current minute (the rollups' grain): what was just reported counts.
     const at = Math.floor(now / MINUTE) * MINUTE + MINUTE;
     const spent = await this.sum(b.tenant_id, b, start, at);
-    const window = Math.max(HOUR, Math.min(WINDOW, at - start));
+    // Within the period only (its first minutes have a short window: the evaluator waits an hour before raising).
+    const window = Math.max(MINUTE, Math.min(WINDOW, at - start));
     const recent = await this.sum(b.tenant_id, b, at - window, at);
     const perDay = recent.mul(DAY).div(window);
     const projected = spent.add(perDay.mul(end - at).div(DAY));
@@ -110,7 +111,7 @@ export class ForecastHandlers implements OnModuleInit, OnModuleDestroy {
     const end = start.plus({ months: 1 }).toMillis();
     const at = Math.floor(now / MINUTE) * MINUTE + MINUTE;
     const spent = await this.sum(tenantId, month, start.toMillis(), at);
-    const window = Math.max(HOUR, Math.min(WINDOW, at - start.toMillis()));
+    const window = Math.max(MINUTE, Math.min(WINDOW, at - start.toMillis()));
     const perDay = (await this.sum(tenantId, month, at - window, at)).mul(DAY).div(window);
     const budgets = await Promise.all((await this.budgets(tenantId)).map((b) => this.project(b, now)));
     return {
@@ -125,9 +126,16 @@ export class ForecastHandlers implements OnModuleInit, OnModuleDestroy {
     for (const b of await this.budgets(null)) {
       const { start } = periodOf(b.period_unit, b.time_zone, now);
       const key = `${b.tenant_id}:${b.id}:${start}`;
-      if (this.raised.has(key)) continue;
+      // Not on a period's first hour (too little to extrapolate from), and once per budget and period.
+      if (this.raised.has(key) || now - start < HOUR) continue;
+      await this.raise(b, key, now).catch((error) => this.logger.warn({ err: error, tenantId: b.tenant_id, budgetId: b.id }, 'could not forecast a budget'));
+    }
+  }
+
+  private async raise(b: BudgetRow, key: string, now: number): Promise<void> {
+    {
       const p = await this.project(b, now);
-      if (p.projectedToReachAt === null) continue;
+      if (p.projectedToReachAt === null) return;
       const aggregateId = nameBasedUuid(`keel.billing.projected\n${b.tenant_id}\n${b.id}\n${p.periodStart}`);
       await this.raises.handle(
         { tenantId: b.tenant_id, aggregateId },

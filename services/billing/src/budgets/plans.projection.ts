@@ -54,6 +54,8 @@ export class PlansProjection implements Projection {
       );
     } else if (event.type === T.planChanged) {
       await m.query(`UPDATE billing_accounts SET plan = $2, max_users = $3, position = $4 WHERE tenant_id = $1`, [tenantId, d.plan, d.quotas?.maxUsers ?? 0, position]);
+    } else if (event.type === T.closed) {
+      await m.query(`UPDATE billing_accounts SET closed_at = $2, position = $3 WHERE tenant_id = $1`, [tenantId, event.occurredAt, position]);
     } else if (event.type === T.settingsUpdated) {
       await m.query(`UPDATE billing_accounts SET time_zone = $2, position = $3 WHERE tenant_id = $1`, [tenantId, d.settings?.timeZone ?? 'UTC', position]);
     }

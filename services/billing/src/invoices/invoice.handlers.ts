@@ -4,6 +4,7 @@ import { DataSource } from 'typeorm';
 import {
   BILLING_CONTEXT,
   Invoice,
+  USAGE_MAX_AGE_DAYS,
   INVOICE_BOOK_AGGREGATE,
   invoiceEventTypes as I,
   InvoiceLine,
@@ -64,7 +65,7 @@ export interface BookState {
 }
 export type Computed = Pick<Invoice, 'currency' | 'plan' | 'planPrice' | 'lines' | 'total'>;
 export type BookCommand =
-  | { type: 'draft'; period: string; periodStart: string; periodEnd: string; timeZone: string; finalizesAt: string }
+  | { type: 'draft'; period: string; periodStart: string; periodEnd: string; timeZone: string; plan: string; finalizesAt: string }
   | { type: 'finalize'; invoiceId: string; computed: Computed }
   | { type: 'void'; invoiceId: string; reason: string };
 type BookEvent = { type: string; data: Record<string, unknown> };
@@ -102,7 +103,7 @@ export const bookDecider = (tenantId: string): Decider<BookState, BookCommand, B
       // A period has at most one invoice that is not void: closing it again changes nothing.
       if (s.open[c.period]) return [];
       const invoiceId = invoiceIdOf(tenantId, c.period, (s.drafted[c.period] ?? 0) + 1);
-      return [{ type: I.drafted, data: { invoiceId, period: c.period, periodStart: c.periodStart, periodEnd: c.periodEnd, timeZone: c.timeZone, finalizesAt: c.finalizesAt } }];
+      return [{ type: I.drafted, data: { invoiceId, period: c.period, periodStart: c.periodStart, periodEnd: c.periodEnd, timeZone: c.timeZone, plan: c.plan, finalizesAt: c.finalizesAt } }];
     }
     const inv = s.invoices[c.invoiceId];
     if (!inv) throw new KeelError('not_found', 'No such invoice in this tenant.');
@@ -125,6 +126,7 @@ interface Account {
   max_users: number;
   time_zone: string;
   created_at: Date;
+  closed_at: Date | null;
 }
 interface PlanPriceRow {
   scope: string;
@@ -170,6 +172,22 @@ const toPlanPrice = (r: PlanPriceRow): PlanPrice => ({
 });
 
 const cents = (v: InstanceType<typeof D>) => v.toDecimalPlaces(2, D.ROUND_HALF_UP);
+
+const DAY = 86_400_000;
+const validZone = (zone: string) => (DateTime.now().setZone(zone).isValid ? zone : 'UTC');
+
+/** What an invoice covers: from its start to its end (a month of its zone), the month's days. */
+export interface Range {
+  start: DateTime;
+  end: DateTime;
+  days: number;
+  zone: string;
+}
+const rangeOf = (row: { period: string; period_start: Date; period_end: Date; time_zone: string }): Range => {
+  const zone = validZone(row.time_zone);
+  return { start: DateTime.fromJSDate(row.period_start, { zone }), end: DateTime.fromJSDate(row.period_end, { zone }), days: monthOf(row.period, zone).days, zone };
+};
+const withoutUnpriced = ({ unpriced: _u, ...c }: Computed & { unpriced: number }): Computed => c;
 
 /** A month of `zone`: its local midnights as instants, and its days. */
 export function monthOf(period: string, zone: string): { start: DateTime; end: DateTime; days: number } {
@@ -225,26 +243,39 @@ export class InvoiceHandlers implements OnModuleInit, OnModuleDestroy {
     this.loop?.stop();
   }
 
-  /** The closer: every month that ended since a tenant began gets its draft (once ever), and every draft past its grace window is finalized. */
+  /**
+   * The closer: the last two months that ended get their draft if they never had an invoice (a
+   * closer down longer leaves older months to an operator), for a tenant that existed in them; and
+   * every draft past its grace window is finalized. One failing tenant or invoice is logged and
+   * skipped, never blocking the rest.
+   */
   async close(now = Date.now()): Promise<void> {
     const due: { tenant_id: string; id: string }[] = await inTenant(this.ds, ALL_TENANTS, (m) =>
       m.query(`SELECT tenant_id, id FROM invoices WHERE status = 'draft' AND finalizes_at <= $1 ORDER BY finalizes_at LIMIT 100`, [new Date(now)]),
     );
-    for (const d of due) await this.finalizeNow(d.tenant_id, d.id, SYSTEM);
+    if (due.length) await this.usageCaughtUp();
+    for (const d of due) {
+      await this.finalizeNow(d.tenant_id, d.id, SYSTEM, false).catch((error) => this.logger.warn({ err: error, tenantId: d.tenant_id, invoiceId: d.id }, 'could not finalize an invoice'));
+    }
     const accounts: (Account & { periods: string[] | null })[] = await inTenant(this.ds, ALL_TENANTS, (m) =>
       m.query(`SELECT a.*, (SELECT array_agg(DISTINCT period) FROM invoices i WHERE i.tenant_id = a.tenant_id) AS periods FROM billing_accounts a`),
     );
     for (const a of accounts) {
-      const zone = DateTime.now().setZone(a.time_zone).isValid ? a.time_zone : 'UTC';
+      const zone = validZone(a.time_zone);
       const had = new Set(a.periods ?? []);
       const thisMonth = DateTime.fromMillis(now, { zone }).startOf('month');
-      // The months since the tenant's first (at most the last 24), each once.
-      for (let p = DateTime.fromJSDate(a.created_at, { zone }).startOf('month'), n = 0; p < thisMonth && n < 24; p = p.plus({ months: 1 }), n++) {
-        if (p < thisMonth.minus({ months: 24 })) continue;
+      for (const p of [thisMonth.minus({ months: 2 }), thisMonth.minus({ months: 1 })]) {
         const period = p.toFormat('yyyy-MM');
-        if (!had.has(period)) await this.draft(a.tenant_id, period, SYSTEM, now).catch((error) => this.logger.warn({ err: error, tenantId: a.tenant_id, period }, 'could not close a period'));
+        // Only months the tenant existed in (from the month it was made to the month it was closed).
+        if (had.has(period) || p.plus({ months: 1 }).toJSDate() <= a.created_at || (a.closed_at && p.toJSDate() > a.closed_at)) continue;
+        await this.draft(a.tenant_id, period, SYSTEM, now).catch((error) => this.logger.warn({ err: error, tenantId: a.tenant_id, period }, 'could not close a period'));
       }
     }
+  }
+
+  /** Until the usage projection has applied what it was sent (at most 2 s): usage reported until now counts. */
+  private async usageCaughtUp(): Promise<void> {
+    for (const until = Date.now() + 2_000; Date.now() < until && (await this.usageRunner.lag().catch(() => 0)) > 0; ) await new Promise((r) => setTimeout(r, 20));
   }
 
   private async account(tenantId: string): Promise<Account> {
@@ -253,45 +284,67 @@ export class InvoiceHandlers implements OnModuleInit, OnModuleDestroy {
     return a;
   }
 
+  /**
+   * Closes a month into its draft. The month is the tenant's time zone's, except that it begins
+   * where the previous month's invoice ended: a time zone changed in between moves no usage out of
+   * every invoice or into two. A month before the tenant existed (less the 35 days usage may be
+   * late) or after it was closed is refused.
+   */
   private async draft(tenantId: string, period: string, meta: Meta, now = Date.now()) {
     const account = await this.account(tenantId);
-    const { start, end } = monthOf(period, account.time_zone);
-    if (end.toMillis() > now) throw new KeelError('invalid_transition', `${period} has not ended in ${account.time_zone} (it ends ${end.toUTC().toISO()}); a period is closed once it has.`);
+    const zone = validZone(account.time_zone);
+    const natural = monthOf(period, zone);
+    const invalid = (message: string) => new KeelError('validation_failed', `period: ${message}`, [{ field: 'period', message }]);
+    if (natural.end.toMillis() <= account.created_at.getTime() - USAGE_MAX_AGE_DAYS * DAY) throw invalid(`${period} ended before this tenant existed`);
+    if (account.closed_at && natural.start.toMillis() > account.closed_at.getTime()) throw invalid(`${period} began after this tenant was closed`);
+    if (natural.end.toMillis() > now) throw new KeelError('invalid_transition', `${period} has not ended in ${zone} (it ends ${natural.end.toUTC().toISO()}); a period is closed once it has.`);
+    const previous = natural.start.minus({ months: 1 }).toFormat('yyyy-MM');
+    const [before]: { period_end: Date }[] = await inTenant(this.ds, tenantId, (m) =>
+      m.query(`SELECT period_end FROM invoices WHERE tenant_id = $1 AND period = $2 AND status <> 'void'`, [tenantId, previous]),
+    );
+    const startAt = before ? before.period_end.getTime() : natural.start.toMillis();
     return this.decideBook(tenantId, {
-      type: 'draft', period, periodStart: start.toUTC().toISO()!, periodEnd: end.toUTC().toISO()!, timeZone: account.time_zone,
-      finalizesAt: new Date(Math.max(now, end.toMillis()) + this.config.KEEL_INVOICE_GRACE_SECONDS * 1_000).toISOString(),
+      type: 'draft', period, periodStart: new Date(startAt).toISOString(), periodEnd: natural.end.toUTC().toISO()!, timeZone: zone, plan: account.plan,
+      finalizesAt: new Date(Math.max(now, natural.end.toMillis()) + this.config.KEEL_INVOICE_GRACE_SECONDS * 1_000).toISOString(),
     }, meta);
   }
 
-  private async finalizeNow(tenantId: string, invoiceId: string, meta: Meta) {
+  private async finalizeNow(tenantId: string, invoiceId: string, meta: Meta, catchUp = true) {
     const row = await this.row(tenantId, invoiceId);
-    // Usage reported until now counts: the usage projection catches up first (for at most 2 s).
-    for (const until = Date.now() + 2_000; Date.now() < until && (await this.usageRunner.lag().catch(() => 0)) > 0; ) await new Promise((r) => setTimeout(r, 20));
-    const computed = await this.compute(tenantId, row.period, row.time_zone, row.period_end.getTime());
-    return this.decideBook(tenantId, { type: 'finalize', invoiceId, computed }, meta);
+    if (catchUp) await this.usageCaughtUp();
+    const computed = await this.compute(tenantId, rangeOf(row), row.plan, row.period_end.getTime());
+    const unpriced = computed.unpriced;
+    if (unpriced > 0) {
+      throw new KeelError('invalid_transition', `${unpriced} usage records of ${row.period} have no price: publish their prices and re-rate the month, then finalize.`);
+    }
+    return this.decideBook(tenantId, { type: 'finalize', invoiceId, computed: withoutUnpriced(computed) }, meta);
   }
 
   /**
    * The lines of a tenant's month as they are now: the plan's fixed fee (prorated by the days the
-   * tenant existed in it), its seats (seat-days × the seat price ÷ the month's days), the usage of
-   * each model at its rated cost, the included usage and the usage cap, and the minimum. Each line
-   * in cents (half up); the total is their sum.
+   * tenant existed in it, from the day it was made to the day it was closed), its seats (seat-days
+   * × the seat price ÷ the month's days), the usage of each model at its rated cost, the included
+   * usage and the usage cap, and the minimum (prorated like the fee). Each line in cents (half up),
+   * the included usage and the cap taken from the usage lines as billed; the total is their sum.
    */
-  async compute(tenantId: string, period: string, zone: string, until: number): Promise<Computed> {
+  async compute(tenantId: string, range: Range, plan: string | null, until: number): Promise<Computed & { unpriced: number }> {
     const account = await this.account(tenantId);
-    const { start, end, days } = monthOf(period, zone);
+    const { start, end, days, zone } = range;
+    const planName = plan ?? account.plan;
     const [price]: PlanPriceRow[] = await inTenant(this.ds, ALL_TENANTS, (m) =>
-      m.query(`SELECT * FROM plan_prices WHERE scope = ANY($1) AND plan = $2 AND effective_from < $3 ORDER BY scope = 'platform', version DESC LIMIT 1`, [
-        [tenantId, 'platform'], account.plan, end.toJSDate(),
+      m.query(`SELECT * FROM plan_prices WHERE scope = ANY($1) AND plan = $2 AND effective_from < $3 ORDER BY scope = 'platform', effective_from DESC, version DESC LIMIT 1`, [
+        [tenantId, 'platform'], planName, end.toJSDate(),
       ]),
     );
     const lines: InvoiceLine[] = [];
     const add = (l: Omit<InvoiceLine, 'amount'>, exact: InstanceType<typeof D>) => lines.push({ ...l, amount: cents(exact).toFixed(2) });
-    const created = DateTime.fromJSDate(account.created_at, { zone }).startOf('day');
-    const existed = created <= start ? days : Math.max(0, Math.round(end.diff(created, 'days').days));
+    const dayOf = (d: Date) => DateTime.fromJSDate(d, { zone }).startOf('day');
+    const from = DateTime.max(start, dayOf(account.created_at));
+    const to = account.closed_at ? DateTime.min(end, dayOf(account.closed_at).plus({ days: 1 })) : end;
+    const existed = Math.max(0, Math.min(days, Math.round(to.diff(from, 'days').days)));
     if (price) {
       const fee = new D(price.fixed_fee);
-      if (!fee.isZero()) add({ kind: 'fixed_fee', description: `${account.plan} plan, ${existed} of ${days} days`, quantity: String(existed), unitAmount: fee.div(days).toFixed(12) }, fee.mul(existed).div(days));
+      if (!fee.isZero()) add({ kind: 'fixed_fee', description: `${planName} plan, ${existed} of ${days} days`, quantity: String(existed), unitAmount: fee.div(days).toFixed(12) }, fee.mul(existed).div(days));
       const seat = new D(price.seat);
       if (!seat.isZero()) {
         const seatDays = await this.seatDays(tenantId, start.toJSDate(), new Date(Math.min(end.toMillis(), until)), zone);
@@ -302,19 +355,18 @@ export class InvoiceHandlers implements OnModuleInit, OnModuleDestroy {
     let usage = new D(0);
     for (const r of report.rows) {
       const cost = new D(r.cost);
-      usage = usage.add(cost);
       add({ kind: 'usage', model: r.key.model ?? undefined, description: `Usage: ${r.key.model} (${r.records} records)`, quantity: '1', unitAmount: cost.toFixed() }, cost);
+      usage = usage.add(lines[lines.length - 1]!.amount);
     }
     if (price) {
-      const included = D.min(usage, new D(price.included_usage));
-      if (!included.isZero()) add({ kind: 'included_usage', description: 'Usage included in the plan', quantity: '1', unitAmount: included.neg().toFixed() }, included.neg());
+      const included = D.min(usage, cents(new D(price.included_usage)));
+      if (!included.isZero()) add({ kind: 'included_usage', description: 'Usage included in the plan', quantity: '1', unitAmount: included.neg().toFixed(2) }, included.neg());
       const charged = usage.sub(included);
       if (price.usage_cap !== null && charged.gt(price.usage_cap)) {
-        const over = charged.sub(price.usage_cap);
-        add({ kind: 'usage_cap', description: `Usage above the cap of ${new D(price.usage_cap).toFixed()} USD`, quantity: '1', unitAmount: over.neg().toFixed() }, over.neg());
+        const over = charged.sub(cents(new D(price.usage_cap)));
+        add({ kind: 'usage_cap', description: `Usage above the cap of ${new D(price.usage_cap).toFixed()} USD`, quantity: '1', unitAmount: over.neg().toFixed(2) }, over.neg());
       }
     }
-    // The minimum, prorated like the fixed fee by the days the tenant existed in the month.
     const subtotal = lines.reduce((s, l) => s.add(l.amount), new D(0));
     if (price && price.minimum !== null && existed > 0) {
       const minimum = cents(new D(price.minimum).mul(existed).div(days));
@@ -324,7 +376,7 @@ export class InvoiceHandlers implements OnModuleInit, OnModuleDestroy {
       }
     }
     const total = lines.reduce((s, l) => s.add(l.amount), new D(0));
-    return { currency: 'USD', plan: account.plan, planPrice: price ? { scope: price.scope, version: price.version } : null, lines, total: total.toFixed(2) };
+    return { currency: 'USD', plan: planName, planPrice: price ? { scope: price.scope, version: price.version } : null, lines, total: total.toFixed(2), unpriced: report.total.unpricedRecords };
   }
 
   /** The days of [from, to) in `zone` on which each user was active, added up. */
@@ -354,7 +406,7 @@ export class InvoiceHandlers implements OnModuleInit, OnModuleDestroy {
   private async view(row: InvoiceRow): Promise<Invoice> {
     const computed: Computed =
       row.status === 'draft'
-        ? await this.compute(row.tenant_id, row.period, row.time_zone, row.period_end.getTime())
+        ? withoutUnpriced(await this.compute(row.tenant_id, rangeOf(row), row.plan, row.period_end.getTime()))
         : { currency: row.currency ?? 'USD', plan: row.plan, planPrice: row.plan_price, lines: row.lines ?? [], total: row.total ?? '0.00' };
     return {
       id: row.id, tenantId: row.tenant_id, number: row.number, period: row.period, periodStart: row.period_start.toISOString(), periodEnd: row.period_end.toISOString(),
@@ -454,8 +506,9 @@ export class InvoiceHandlers implements OnModuleInit, OnModuleDestroy {
     const tenantId = q.tenantId.toLowerCase();
     const a = await this.account(tenantId);
     const period = DateTime.now().setZone(a.time_zone).toFormat('yyyy-MM');
-    const { start, end } = monthOf(period, a.time_zone);
-    const computed = await this.compute(tenantId, period, a.time_zone, Date.now());
+    const zone = validZone(a.time_zone);
+    const { start, end, days } = monthOf(period, zone);
+    const computed = withoutUnpriced(await this.compute(tenantId, { start, end, days, zone }, null, Date.now()));
     return {
       id: null, tenantId, number: null, period, periodStart: start.toUTC().toISO()!, periodEnd: end.toUTC().toISO()!, timeZone: a.time_zone, status: 'draft' as const, ...computed,
       finalizesAt: new Date(end.toMillis() + this.config.KEEL_INVOICE_GRACE_SECONDS * 1_000).toISOString(), finalizedAt: null, voidedAt: null, voidReason: null, creditNote: null,

@@ -19,9 +19,9 @@ export class InvoicesProjection implements Projection {
       const d = event.data as Record<string, unknown>;
       if (event.type === I.drafted) {
         await m.query(
-          `INSERT INTO invoices (tenant_id, id, period, period_start, period_end, time_zone, status, finalizes_at, created_at, position)
-           VALUES ($1, $2, $3, $4, $5, $6, 'draft', $7, $8, $9) ON CONFLICT DO NOTHING`,
-          [tenantId, d.invoiceId, d.period, d.periodStart, d.periodEnd, d.timeZone, d.finalizesAt, event.occurredAt, position],
+          `INSERT INTO invoices (tenant_id, id, period, period_start, period_end, time_zone, status, plan, finalizes_at, created_at, position)
+           VALUES ($1, $2, $3, $4, $5, $6, 'draft', $7, $8, $9, $10) ON CONFLICT DO NOTHING`,
+          [tenantId, d.invoiceId, d.period, d.periodStart, d.periodEnd, d.timeZone, typeof d.plan === 'string' ? d.plan : null, d.finalizesAt, event.occurredAt, position],
         );
       } else if (event.type === I.finalized) {
         await m.query(

@@ -7,19 +7,21 @@ import { auditRpc, EventEnvelope, nameBasedUuid, ReplayPage, WEBHOOK_DELIVERY_AG
 import { KeelConfig } from '@keel/config';
 import { ALL_TENANTS, inTenant } from '@keel/database';
 import { callRpc, decodeJson, eventsOf, EventStore, InjectConfig, InjectMessaging, KEEL_LOGGER, Messaging, RpcClient } from '@keel/messaging';
-import { Logger } from '@keel/observability';
+import { Logger, metricsRegistry } from '@keel/observability';
 import { OutboundError, SafeFetch } from '@keel/outbound';
 import { repeating } from '../periodic';
 import { WebhookHandlers, webhookSecret } from './webhook.handlers';
 
 const POLL_MS = 250;
-const BATCH = 64;
-const CONCURRENCY = 16;
+const BATCH = 200;
+/** Attempts in flight in one process, and for one subscription (a slow receiver holds at most that many). */
+const CONCURRENCY = 32;
+const PER_SUBSCRIPTION = 4;
 /** How long an attempt that finished stays claimed: until the webhooks projection has applied its outcome. */
-const DONE_CLAIM_MS = 10 * 60_000;
+const DONE_CLAIM_MS = 24 * 3_600_000;
 const MAX_DELAY_MS = 6 * 3_600_000;
 
-const deliveriesTotal = new Counter({ name: 'keel_webhook_attempts_total', help: 'Webhook delivery attempts, by outcome', labelNames: ['outcome'] });
+const deliveriesTotal = new Counter({ name: 'keel_webhook_attempts_total', help: 'Webhook delivery attempts, by outcome', labelNames: ['outcome'], registers: [metricsRegistry] });
 
 interface Due {
   tenant_id: string;
@@ -59,7 +61,8 @@ export function retryDelay(baseMs: number, failed: number): number {
 @Injectable()
 export class WebhookDispatcher implements OnModuleInit, OnModuleDestroy {
   private loop?: { stop(): void };
-  private readonly inflight = new Set<string>();
+  /** Attempts in flight here, by delivery. */
+  private readonly running = new Map<string, { webhook: string; done: Promise<void> }>();
   private readonly http: SafeFetch;
 
   constructor(
@@ -87,6 +90,8 @@ export class WebhookDispatcher implements OnModuleInit, OnModuleDestroy {
 
   async onModuleDestroy(): Promise<void> {
     this.loop?.stop();
+    // Attempts under way finish and record their outcome (an attempt cut off would be made again).
+    await Promise.allSettled([...this.running.values()].map((a) => a.done));
     await this.http.close();
   }
 
@@ -102,16 +107,24 @@ export class WebhookDispatcher implements OnModuleInit, OnModuleDestroy {
         [BATCH],
       ),
     );
-    const work = due.filter((d) => !this.inflight.has(`${d.tenant_id}:${d.id}`));
-    for (let i = 0; i < work.length; i += CONCURRENCY) await Promise.all(work.slice(i, i + CONCURRENCY).map((d) => this.attempt(d)));
+    // Started, not awaited: a receiver slow to answer holds its own slots, not the next tick.
+    const perSubscription = new Map<string, number>();
+    for (const a of this.running.values()) perSubscription.set(a.webhook, (perSubscription.get(a.webhook) ?? 0) + 1);
+    for (const d of due) {
+      if (this.running.size >= CONCURRENCY) break;
+      const local = `${d.tenant_id}:${d.id}`;
+      const n = perSubscription.get(d.webhook_id) ?? 0;
+      if (this.running.has(local) || n >= PER_SUBSCRIPTION) continue;
+      perSubscription.set(d.webhook_id, n + 1);
+      const done = this.attempt(d).finally(() => this.running.delete(local));
+      this.running.set(local, { webhook: d.webhook_id, done });
+    }
   }
 
   private async attempt(d: Due): Promise<void> {
     const n = d.attempts + 1;
     const key = `${this.config.KEEL_REDIS_PREFIX}webhook:attempt:${d.tenant_id}:${d.id}:${n}`;
-    const local = `${d.tenant_id}:${d.id}`;
-    if ((await this.redis.set(key, 'sending', 'PX', this.config.KEEL_WEBHOOK_TIMEOUT_MS + 30_000, 'NX')) !== 'OK') return;
-    this.inflight.add(local);
+    if ((await this.redis.set(key, 'sending', 'PX', this.config.KEEL_WEBHOOK_TIMEOUT_MS + 30_000, 'NX').catch(() => null)) !== 'OK') return;
     try {
       const event = await this.event(Number(d.event_position), d.event_id);
       const started = Date.now();
@@ -163,8 +176,6 @@ export class WebhookDispatcher implements OnModuleInit, OnModuleDestroy {
     } catch (error) {
       // The claim lapses: the attempt is made again (by any replica) once it has.
       this.logger.warn({ err: error, deliveryId: d.id }, 'webhook attempt not recorded; it will be made again');
-    } finally {
-      this.inflight.delete(local);
     }
   }
 
@@ -179,6 +190,7 @@ export class WebhookDispatcher implements OnModuleInit, OnModuleDestroy {
     try {
       const res = await this.http.fetch(d.url, {
         method: 'POST',
+        ignoreBody: true,
         headers: {
           'content-type': 'application/json',
           'user-agent': 'Keel-Webhooks/1',

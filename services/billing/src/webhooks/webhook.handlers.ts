@@ -33,7 +33,7 @@ export type WebhookState =
   | { status: 'active' | 'disabled' | 'deleted'; data: Settings; disabledReason: string | null; secretVersion: number; createdAt: string; updatedAt: string };
 export type WebhookCommand =
   | { type: 'create'; data: Settings }
-  | { type: 'update'; data: Partial<Settings> & { enabled?: boolean } }
+  | { type: 'update'; data: Partial<Settings> & { enabled?: boolean }; mayReadPersonal: boolean }
   | { type: 'disable'; reason: string; consecutiveFailures?: number }
   | { type: 'rotate'; now: number }
   | { type: 'delete' };
@@ -81,6 +81,11 @@ export const webhookDecider: Decider<WebhookState, WebhookCommand, WebhookEvent>
       case 'update': {
         const { enabled, ...settings } = c.data;
         const changes = Object.fromEntries(Object.entries(settings).filter(([k, v]) => JSON.stringify(v) !== JSON.stringify((s.data as Record<string, unknown>)[k])));
+        // Where personal data goes opened (before or after), only who may read it changes where, what or whether.
+        const personal = s.data.includePersonalData || changes.includePersonalData === true;
+        if (personal && !c.mayReadPersonal && ['url', 'eventTypes', 'includePersonalData'].some((k) => k in changes)) {
+          throw new KeelError('forbidden', `This subscription delivers personal data opened: changing its url, event types or that needs ${P.usersExportPersonalData}, which you do not hold.`);
+        }
         const out: WebhookEvent[] = Object.keys(changes).length ? [{ type: W.updated, data: { changes } }] : [];
         if (enabled === true && s.status === 'disabled') out.push({ type: W.enabled, data: {} });
         if (enabled === false && s.status === 'active') out.push({ type: W.disabled, data: { reason: 'paused by a person' } });
@@ -183,13 +188,24 @@ export class WebhookHandlers {
     return this.config.KEEL_KEK;
   }
 
-  /** The URL is checked when set (scheme, credentials, address literals); where its name points is checked at each delivery. */
+  /**
+   * The URL is checked when set (scheme, credentials, address literals); where its name points is
+   * checked at each delivery. A subscription reads no more than its maker may: each event type's
+   * context needs its read permission (`billing.*` usage or budgets, `tenant.*` the tenant, anything
+   * else, or `*`, the audit trail's), and personal data opened needs the right to export it.
+   */
   private checkSettings(data: Partial<Settings>, permissions: '*' | string[]): void {
     if (data.url !== undefined) {
       const problem = this.urls.urlProblem(data.url);
       if (problem) throw new KeelError('validation_failed', `url ${problem}`, [{ field: 'url', message: problem }]);
     }
-    if (data.includePersonalData && permissions !== '*' && !permissions.includes(P.usersExportPersonalData)) {
+    const holds = (p: string) => permissions === '*' || permissions.includes(p);
+    for (const pattern of data.eventTypes ?? []) {
+      const context = pattern === '*' ? '*' : pattern.split('.')[0]!;
+      const needed = context === 'billing' ? [P.usageRead, P.budgetsRead] : context === 'tenant' ? [P.tenantsRead] : [P.auditRead];
+      if (!needed.some(holds)) throw new KeelError('forbidden', `Subscribing to ${pattern} needs ${needed.join(' or ')}, which you do not hold.`);
+    }
+    if (data.includePersonalData && !holds(P.usersExportPersonalData)) {
       throw new KeelError('forbidden', `Delivering personal data opened needs ${P.usersExportPersonalData}, which you do not hold; leave includePersonalData false and it stays sealed.`);
     }
   }
@@ -227,7 +243,8 @@ export class WebhookHandlers {
     const tenantId = payload.tenantId.toLowerCase();
     this.checkSettings(payload.data, meta.permissions);
     const { permissions: _p, ...cmdMeta } = meta;
-    const r = await this.handler.handle({ tenantId, aggregateId: payload.webhookId }, { type: 'update', data: payload.data }, cmdMeta);
+    const mayReadPersonal = meta.permissions === '*' || meta.permissions.includes(P.usersExportPersonalData);
+    const r = await this.handler.handle({ tenantId, aggregateId: payload.webhookId }, { type: 'update', data: payload.data, mayReadPersonal }, cmdMeta);
     const failures = payload.data.enabled === true ? 0 : await this.failures(tenantId, payload.webhookId);
     return { webhook: this.view(tenantId, payload.webhookId, r.state, r.version, failures), version: r.version, position: r.position };
   }

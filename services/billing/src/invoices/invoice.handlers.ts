@@ -425,8 +425,10 @@ export class InvoiceHandlers implements OnModuleInit, OnModuleDestroy {
 
   @MessagePattern('cmd.billing.publish_plan_price')
   async publishPlanPrice(body: unknown): Promise<PlanPrice> {
-    const { meta, payload } = parseOrThrow(invoiceRpc.publishPlanPrice.request, body, 'plan price');
-    const tenantId = payload.scope === 'platform' ? 'platform' : payload.scope.toLowerCase();
+    const { meta, payload: sent } = parseOrThrow(invoiceRpc.publishPlanPrice.request, body, 'plan price');
+    // A tenant's id in any case names the same scope.
+    const payload = { ...sent, scope: sent.scope.toLowerCase() };
+    const tenantId = payload.scope;
     const r = await this.planPrices.handle({ tenantId, aggregateId: nameBasedUuid(`keel.billing.plan-price\n${payload.scope}\n${payload.data.plan}`) }, { type: 'publish', scope: payload.scope, data: payload.data }, meta);
     const d = planPriceDecider.decide({ type: 'publish', scope: payload.scope, data: payload.data }, { versions: 0 })[0]!.data as Record<string, string | null>;
     return {

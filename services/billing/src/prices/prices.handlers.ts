@@ -87,7 +87,9 @@ export class PriceHandlers {
   @MessagePattern('cmd.billing.publish_price')
   async publish(body: unknown): Promise<Price> {
     const { meta, payload } = parseOrThrow(billingRpc.publishPrice.request, body, 'price');
-    const { scope, data } = payload;
+    // A tenant's id in any case names the same scope.
+    const scope = payload.scope.toLowerCase();
+    const { data } = payload;
     await this.refuseAliasClash(scope, data);
     const tenantId = scope === PLATFORM_PRICES ? 'platform' : scope;
     const result = await this.handler.handle({ tenantId, aggregateId: deterministicUuid('keel.price', scope, data.model) }, { type: 'publish', scope, data }, meta);
@@ -133,7 +135,7 @@ export class PriceHandlers {
   async list(body: unknown): Promise<{ items: Price[] }> {
     const q = parseOrThrow(billingRpc.prices.request, body, 'price list');
     if (q.consistentWith !== undefined) await this.runner.waitFor(q.consistentWith, this.config.KEEL_CONSISTENCY_WAIT_MS);
-    const scopes = q.scope === PLATFORM_PRICES ? [PLATFORM_PRICES] : [q.scope, PLATFORM_PRICES];
+    const scopes = q.scope === PLATFORM_PRICES ? [PLATFORM_PRICES] : [q.scope.toLowerCase(), PLATFORM_PRICES];
     const rows: PriceDbRow[] = await inTenant(this.ds, ALL_TENANTS, (m) =>
       m.query(`SELECT * FROM prices WHERE scope = ANY($1) ORDER BY scope = 'platform', model, version`, [scopes]),
     );

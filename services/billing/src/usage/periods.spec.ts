@@ -1,4 +1,4 @@
-import { bucketRanges, reportRange, timeZoneOf } from './periods';
+import { bucketRanges, periodOf, reportRange, timeZoneOf } from './periods';
 import { usageReportCsv } from '@keel/contracts';
 import { choosePrice, rate } from './rating';
 
@@ -15,6 +15,18 @@ describe('report periods', () => {
     const day = reportRange({ period: '2026-11-01' }, 'America/Los_Angeles');
     expect(day.to - day.from).toBe(25 * 3_600_000);
     expect(reportRange({ period: '2026-12' }, 'UTC')).toEqual({ from: t('2026-12-01T00:00:00Z'), to: t('2027-01-01T00:00:00Z') });
+  });
+
+  it("resets a budget's month at local midnight, across a DST change in the month", () => {
+    // The last instant of March in Berlin (+02:00 since the 29th) is still March's period; the next is April's.
+    expect(periodOf('month', 'Europe/Berlin', t('2026-03-31T21:59:59.999Z'))).toEqual({ start: t('2026-02-28T23:00:00Z'), end: t('2026-03-31T22:00:00Z') });
+    expect(periodOf('month', 'Europe/Berlin', t('2026-03-31T22:00:00Z')).start).toBe(t('2026-03-31T22:00:00Z'));
+    // Los Angeles: November (-08:00 since the 1st) ends at 08:00 UTC on December 1st, not 07:00.
+    expect(periodOf('month', 'America/Los_Angeles', t('2026-12-01T07:30:00Z'))).toEqual({ start: t('2026-11-01T07:00:00Z'), end: t('2026-12-01T08:00:00Z') });
+    expect(periodOf('month', 'America/Los_Angeles', t('2026-12-01T08:00:00Z')).start).toBe(t('2026-12-01T08:00:00Z'));
+    // A day and a week of the zone too (a week from Monday).
+    expect(periodOf('day', 'America/Los_Angeles', t('2026-11-01T12:00:00Z'))).toEqual({ start: t('2026-11-01T07:00:00Z'), end: t('2026-11-02T08:00:00Z') });
+    expect(periodOf('week', 'Europe/Berlin', t('2026-03-29T12:00:00Z'))).toEqual({ start: t('2026-03-22T23:00:00Z'), end: t('2026-03-29T22:00:00Z') });
   });
 
   it('refuses what is not a period, a zone or a whole-minute range', () => {

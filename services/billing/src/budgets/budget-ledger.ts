@@ -212,6 +212,14 @@ export class BudgetLedger {
     return inTenant(this.ds, tenantId, (m) => m.query(`SELECT * FROM budgets WHERE tenant_id = $1 UNION ALL SELECT * FROM plan_quotas WHERE tenant_id = $1 ORDER BY id`, [tenantId]));
   }
 
+  /** The budgets a call counts against (see `applicable`), read in one transaction with the team tree when a team budget could apply. */
+  applicableTo(tenantId: string, attribution: Attribution, model: string): Promise<BudgetRow[]> {
+    return inTenant(this.ds, tenantId, async (m) => {
+      const all: BudgetRow[] = await m.query(`SELECT * FROM budgets WHERE tenant_id = $1 UNION ALL SELECT * FROM plan_quotas WHERE tenant_id = $1 ORDER BY id`, [tenantId]);
+      return BudgetLedger.applicable(all, attribution, model, await BudgetLedger.teamAncestors(m, tenantId, all, [attribution.teamId]));
+    });
+  }
+
   /**
    * The budgets a call with this attribution and model counts against: the tenant's, and each scope
    * it names; a team's also when the call's team is below it (`ancestors`: of each team id, the

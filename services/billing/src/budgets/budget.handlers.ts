@@ -196,8 +196,7 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
     const reason = unratedReason(prices, tenantId, model, now, r.estimate, r.gpuType);
     if (reason) throw new KeelError('validation_failed', `The estimate cannot be priced: ${reason}.`, [{ field: 'model', message: reason }]);
     const cost = rate(r.estimate, r.gpuType, choosePrice(prices, tenantId, model, now)!.rates).cost!;
-    const all = await this.ledger.budgets(tenantId);
-    const budgets = BudgetLedger.applicable(all, r.attribution, model, await inTenant(this.ds, tenantId, (m) => BudgetLedger.teamAncestors(m, tenantId, all, [r.attribution.teamId])));
+    const budgets = await this.ledger.applicableTo(tenantId, r.attribution, model);
     // With no budget applying the reservation is still kept (holding nothing): its settle records the call.
     const amounts = budgets.map((b) => BudgetLedger.amountFor(b, cost, r.estimate));
     let answer;

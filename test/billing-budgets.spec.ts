@@ -390,4 +390,24 @@ describe('billing: budgets and reservations', () => {
     await redis.hincrby(key, 'spent', -5_000);
     await eventually(drift, (n) => n === 0, { timeoutMs: 20_000, what: 'the drift gone' });
   });
+
+  it('applies a budget made after the processes kept the tenant\'s budgets, from the first call that can see it', async () => {
+    // Both processes have read this tenant's budgets for project "kept" (the queue group spreads the calls).
+    for (let i = 0; i < 10; i++) expect((await reserve(`kept-warm-${i}`, { attribution: { projectId: 'kept' } })).ok).toBe(true);
+    const made = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, {
+      body: { name: 'Kept', scope: { kind: 'project', id: 'kept' }, unit: 'USD', limit: '0.0005', period: { unit: 'month' }, thresholds: [{ percent: 100, mode: 'hard' }] },
+    });
+    expect(made.status).toBe(201);
+    await admin('GET', `/api/v1/tenants/${tenantId}/budgets?consistentWith=${made.body.position}`);
+    // Every call after that, in either process, counts against it (0.001 USD each: none fits).
+    const after = await Promise.all(Array.from({ length: 20 }, (_, i) => reserve(`kept-after-${i}`, { attribution: { projectId: 'kept' } })));
+    expect(after.map((r) => (r.ok ? 'granted' : r.code))).toEqual(Array(20).fill('budget_exceeded'));
+    expect(after.every((r) => !r.ok && (r.details as { budget: { id: string } }).budget.id === made.body.budget.id)).toBe(true);
+    // And its change too: a higher limit lets them through at once.
+    const raised = await admin('PATCH', `/api/v1/tenants/${tenantId}/budgets/${made.body.budget.id}`, { body: { limit: '100' } });
+    expect(raised.status).toBe(200);
+    await admin('GET', `/api/v1/tenants/${tenantId}/budgets?consistentWith=${raised.body.position}`);
+    const then = await Promise.all(Array.from({ length: 10 }, (_, i) => reserve(`kept-raised-${i}`, { attribution: { projectId: 'kept' } })));
+    expect(then.every((r) => r.ok)).toBe(true);
+  });
 });

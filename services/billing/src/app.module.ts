@@ -7,6 +7,7 @@ import { Logger } from '@keel/observability';
 import { ProjectionRunner } from '@keel/projections';
 import { serviceModule } from '@keel/service-kit';
 import { BudgetLedger } from './budgets/budget-ledger';
+import { CatalogueCache } from './catalogue-cache';
 import { BudgetHandlers } from './budgets/budget.handlers';
 import { ForecastHandlers } from './budgets/forecast';
 import { TEAMS_RUNNER, TeamsProjection } from './budgets/teams.projection';
@@ -35,13 +36,15 @@ export function billingModule(config: KeelConfig, logger: Logger) {
     // Budget counters and reservations (the hot path); Postgres stays the source of truth.
     redis: true,
     providers: [
+      // The hot path's copies of budgets and prices, valid while their scopes' generations hold.
+      { provide: CatalogueCache, useFactory: (ds: DataSource) => new CatalogueCache(ds), inject: [DataSource] },
       {
         provide: BudgetLedger,
         // A counter is seeded once the usage projection has no events left to apply (at most 2 s).
         // (The runner is looked up when needed: it is made from the projection, which is given this ledger.)
-        useFactory: (r: Redis, ds: DataSource, refs: ModuleRef) =>
-          new BudgetLedger(r, ds, config.KEEL_REDIS_PREFIX, () => caughtUp(refs.get(ProjectionRunner, { strict: false }), 2_000)),
-        inject: [Redis, DataSource, ModuleRef],
+        useFactory: (r: Redis, ds: DataSource, refs: ModuleRef, cache: CatalogueCache) =>
+          new BudgetLedger(r, ds, config.KEEL_REDIS_PREFIX, () => caughtUp(refs.get(ProjectionRunner, { strict: false }), 2_000), cache),
+        inject: [Redis, DataSource, ModuleRef, CatalogueCache],
       },
       // Also a provider: settling a reservation records its usage through the same checks.
       UsageHandlers,
@@ -50,12 +53,17 @@ export function billingModule(config: KeelConfig, logger: Logger) {
       WebhookDispatcher,
     ],
     projections: [
-      { projection: { useFactory: (ledger: BudgetLedger, store: EventStore) => new UsageProjection(ledger, store), inject: [BudgetLedger, EventStore] } },
-      { projection: { useFactory: () => new PlansProjection() }, provide: PLANS_RUNNER },
+      {
+        projection: {
+          useFactory: (ledger: BudgetLedger, store: EventStore, cache: CatalogueCache) => new UsageProjection(ledger, store, cache),
+          inject: [BudgetLedger, EventStore, CatalogueCache],
+        },
+      },
+      { projection: { useFactory: (cache: CatalogueCache) => new PlansProjection(cache), inject: [CatalogueCache] }, provide: PLANS_RUNNER },
       { projection: { useFactory: () => new WebhooksProjection() }, provide: WEBHOOKS_RUNNER },
       { projection: { useFactory: () => new SeatsProjection() }, provide: SEATS_RUNNER },
       { projection: { useFactory: () => new InvoicesProjection() }, provide: INVOICES_RUNNER },
-      { projection: { useFactory: () => new TeamsProjection() }, provide: TEAMS_RUNNER },
+      { projection: { useFactory: (cache: CatalogueCache) => new TeamsProjection(cache), inject: [CatalogueCache] }, provide: TEAMS_RUNNER },
     ],
     controllers: [UsageHandlers, PriceHandlers, BudgetHandlers, ForecastHandlers, WebhookHandlers, InvoiceHandlers],
   });

@@ -4,6 +4,7 @@ import { Counter, Gauge } from 'prom-client';
 import { Attribution, BudgetScopeKind, KeelError, Quantities } from '@keel/contracts';
 import { ALL_TENANTS, inTenant } from '@keel/database';
 import { metricsRegistry, withTimeout } from '@keel/observability';
+import { CatalogueCache } from '../catalogue-cache';
 import { BILLING_SCHEMA } from '../database/schema';
 import { bucketCondition, PeriodUnit, periodOf } from '../usage/periods';
 import { D, Dec } from '../usage/rating';
@@ -182,6 +183,8 @@ export class BudgetLedger {
     private readonly prefix: string,
     /** Resolves once the usage projection has applied what is on the log (before a counter is seeded from it). */
     private readonly caughtUp: () => Promise<void> = async () => undefined,
+    /** Keeps each tenant's budgets and team tree between calls (see CatalogueCache). */
+    private readonly cache?: CatalogueCache,
   ) {
     this.redis = redis as Scripts;
     if (!this.redis.keelBudgetReserve) {
@@ -212,12 +215,29 @@ export class BudgetLedger {
     return inTenant(this.ds, tenantId, (m) => m.query(`SELECT * FROM budgets WHERE tenant_id = $1 UNION ALL SELECT * FROM plan_quotas WHERE tenant_id = $1 ORDER BY id`, [tenantId]));
   }
 
-  /** The budgets a call counts against (see `applicable`), read in one transaction with the team tree when a team budget could apply. */
-  applicableTo(tenantId: string, attribution: Attribution, model: string): Promise<BudgetRow[]> {
-    return inTenant(this.ds, tenantId, async (m) => {
-      const all: BudgetRow[] = await m.query(`SELECT * FROM budgets WHERE tenant_id = $1 UNION ALL SELECT * FROM plan_quotas WHERE tenant_id = $1 ORDER BY id`, [tenantId]);
-      return BudgetLedger.applicable(all, attribution, model, await BudgetLedger.teamAncestors(m, tenantId, all, [attribution.teamId]));
-    });
+  /**
+   * The budgets a call counts against (see `applicable`): the tenant's budgets and team tree, read
+   * in one transaction and kept in the process while the tenant's generation is unchanged.
+   */
+  async applicableTo(tenantId: string, attribution: Attribution, model: string): Promise<BudgetRow[]> {
+    const load = () =>
+      inTenant(this.ds, tenantId, async (m) => {
+        const all: BudgetRow[] = await m.query(`SELECT * FROM budgets WHERE tenant_id = $1 UNION ALL SELECT * FROM plan_quotas WHERE tenant_id = $1 ORDER BY id`, [tenantId]);
+        const parents: { id: string; parent_id: string }[] = all.some((b) => b.scope_kind === 'team')
+          ? await m.query(`SELECT id, parent_id FROM "${BILLING_SCHEMA}".teams WHERE tenant_id = $1 AND parent_id IS NOT NULL`, [tenantId])
+          : [];
+        return { all, parents: new Map(parents.map((p) => [p.id, p.parent_id])) };
+      });
+    const gens = this.cache ? await this.cache.generations([tenantId]) : null;
+    const { all, parents } = gens === null ? await load() : await this.cache!.get(`budgets:${tenantId}`, gens, load);
+    const up = new Map<string, Set<string>>();
+    const team = attribution.teamId?.toLowerCase();
+    if (team) {
+      const above = new Set<string>();
+      for (let t = parents.get(team); t !== undefined && !above.has(t); t = parents.get(t)) above.add(t);
+      up.set(team, above);
+    }
+    return BudgetLedger.applicable(all, attribution, model, up);
   }
 
   /**

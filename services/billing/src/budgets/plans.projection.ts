@@ -1,6 +1,7 @@
 import { EntityManager } from 'typeorm';
 import { nameBasedUuid, PositionedEvent, tenantEventTypes as T } from '@keel/contracts';
 import { Projection } from '@keel/projections';
+import { CatalogueCache } from '../catalogue-cache';
 import { PLAN_TABLES } from '../database/migrations/1700000000004-plan-quotas';
 import { ACCOUNT_TABLES } from '../database/migrations/1700000000006-invoices';
 
@@ -22,10 +23,18 @@ export class PlansProjection implements Projection {
   readonly aggregateType = 'tenant';
   readonly tables = [...PLAN_TABLES, ...ACCOUNT_TABLES].map((t) => t.name);
 
-  async apply(m: EntityManager, events: PositionedEvent[]): Promise<void> {
+  constructor(private readonly cache?: CatalogueCache) {}
+
+  async afterRebuild(): Promise<void> {
+    await this.cache?.bumpAll();
+  }
+
+  async apply(m: EntityManager, events: PositionedEvent[]): Promise<Set<string>> {
+    const tenants = new Set<string>();
     for (const { position, event } of events) {
       await this.applyAccount(m, position, event);
       if (event.type !== T.created && event.type !== T.planChanged) continue;
+      tenants.add(event.tenantId.toLowerCase());
       const quota = (event.data as { quotas?: { monthlyTokenQuota?: number } }).quotas?.monthlyTokenQuota;
       if (typeof quota !== 'number') continue;
       const tenantId = event.tenantId.toLowerCase();
@@ -41,6 +50,9 @@ export class PlansProjection implements Projection {
         [tenantId, id, String(quota), JSON.stringify([{ percent: 80, mode: 'warn' }, { percent: 100, mode: 'hard' }]), event.aggregateVersion, position, event.occurredAt],
       );
     }
+    // The tenants whose quota or tree changed: their cached budgets are read again once this commits.
+    await CatalogueCache.bump(m, tenants);
+    return tenants;
   }
 
   /** The tenant as its invoices need it: plan, seats allowed, time zone (UTC unless set) and since when it exists. */

@@ -1,6 +1,7 @@
 import { EntityManager } from 'typeorm';
 import { authEventTypes as A, PositionedEvent } from '@keel/contracts';
 import { Projection } from '@keel/projections';
+import { CatalogueCache } from '../catalogue-cache';
 import { TEAM_TABLES } from '../database/migrations/1700000000007-teams';
 
 /** The runner token of the teams projection. */
@@ -15,10 +16,18 @@ export class TeamsProjection implements Projection {
   readonly aggregateType = 'team';
   readonly tables = TEAM_TABLES.map((t) => t.name);
 
-  async apply(m: EntityManager, events: PositionedEvent[]): Promise<void> {
+  constructor(private readonly cache?: CatalogueCache) {}
+
+  async afterRebuild(): Promise<void> {
+    await this.cache?.bumpAll();
+  }
+
+  async apply(m: EntityManager, events: PositionedEvent[]): Promise<Set<string>> {
+    const tenants = new Set<string>();
     for (const { event } of events) {
       const tenantId = event.tenantId.toLowerCase();
       if (!UUID.test(tenantId)) continue;
+      tenants.add(tenantId);
       const id = event.aggregateId.toLowerCase();
       const d = event.data as { name?: unknown; parentId?: unknown };
       const parent = typeof d.parentId === 'string' ? d.parentId.toLowerCase() : null;
@@ -33,5 +42,8 @@ export class TeamsProjection implements Projection {
         await m.query(`DELETE FROM teams WHERE tenant_id = $1 AND id = $2`, [tenantId, id]);
       }
     }
+    // The tenants whose quota or tree changed: their cached budgets are read again once this commits.
+    await CatalogueCache.bump(m, tenants);
+    return tenants;
   }
 }

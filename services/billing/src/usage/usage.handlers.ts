@@ -26,6 +26,7 @@ import {
 import { KeelConfig } from '@keel/config';
 import { ALL_TENANTS, inTenant } from '@keel/database';
 import { EventStore, InjectConfig, MessagePattern } from '@keel/messaging';
+import { CatalogueCache } from '../catalogue-cache';
 import { ProjectionRunner } from '@keel/projections';
 import { bucketCondition, reportRange, timeZoneOf } from './periods';
 import { D, PriceRow, unratedReason } from './rating';
@@ -68,6 +69,7 @@ export class UsageHandlers {
     @Inject(DataSource) private readonly ds: DataSource,
     private readonly runner: ProjectionRunner,
     @InjectConfig() private readonly config: KeelConfig,
+    private readonly cache: CatalogueCache,
   ) {}
 
   @MessagePattern('cmd.billing.record_usage')
@@ -158,10 +160,39 @@ export class UsageHandlers {
     }).then(async (found) => ({ ...found, ...(await this.catalogue(tenantId, records)) }));
   }
 
-  /** The aliases and prices the records' models need: the tenant's and the platform's (read across scopes: the platform list is no tenant's). */
+  /**
+   * The aliases and prices the records' models need: the tenant's and the platform's (read across
+   * scopes: the platform list is no tenant's). Each model's are kept in the process while the
+   * tenant's and the platform's generations are unchanged (see CatalogueCache).
+   */
   async catalogue(tenantId: string, records: Flat[]) {
+    const named = [...new Set(records.map((r) => r.model).filter((x): x is string => !!x))];
+    const gens = await this.cache.generations([tenantId, PLATFORM_PRICES]);
+    const found = new Map<string, { model: string; prices: PriceRow[] }>();
+    const load = (models: string[]) => this.readCatalogue(tenantId, models);
+    {
+      let batch: Promise<Map<string, { model: string; prices: PriceRow[] }>> | undefined;
+      // The models not kept are read in one go; each is kept on its own.
+      const missing = named.filter((n) => !this.cache.has(`catalogue:${tenantId}:${n}`, gens));
+      for (const n of named) {
+        found.set(n, await this.cache.get(`catalogue:${tenantId}:${n}`, gens, async () => (await (batch ??= load(missing))).get(n) ?? { model: n, prices: [] }));
+      }
+    }
+    const aliases = new Map<string, string>();
+    const prices: PriceRow[] = [];
+    const seen = new Set<string>();
+    for (const [n, v] of found) {
+      if (v.model !== n) aliases.set(n, v.model);
+      for (const p of v.prices) {
+        const k = `${p.scope}\n${p.model}\n${p.version}`;
+        if (!seen.has(k)) (seen.add(k), prices.push(p));
+      }
+    }
+    return { aliases, prices };
+  }
+
+  private async readCatalogue(tenantId: string, named: string[]): Promise<Map<string, { model: string; prices: PriceRow[] }>> {
     return inTenant(this.ds, ALL_TENANTS, async (m) => {
-      const named = [...new Set(records.map((r) => r.model).filter((x): x is string => !!x))];
       const aliases = new Map<string, string>();
       // The tenant's aliases win over the platform's.
       for (const r of (await m.query(`SELECT scope, alias, model FROM model_aliases WHERE scope = ANY($1) AND alias = ANY($2) ORDER BY scope = 'platform' DESC`, [[tenantId, PLATFORM_PRICES], named])) as {
@@ -174,7 +205,10 @@ export class UsageHandlers {
       const prices: PriceRow[] = models.length
         ? await m.query(`SELECT scope, model, version, rates, effective_from, effective_to FROM prices WHERE model = ANY($1) AND scope = ANY($2)`, [models, [tenantId, PLATFORM_PRICES]])
         : [];
-      return { aliases, prices };
+      return new Map(named.map((n) => {
+        const model = aliases.get(n) ?? n;
+        return [n, { model, prices: prices.filter((p) => p.model === model) }];
+      }));
     });
   }
 

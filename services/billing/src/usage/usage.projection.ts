@@ -10,6 +10,7 @@ import { BUDGET_TABLES } from '../database/migrations/1700000000002-budgets';
 import { ALERT_TABLES } from '../database/migrations/1700000000003-budget-alerts';
 import { PLAN_PRICE_TABLES } from '../database/migrations/1700000000006-invoices';
 import { BudgetLedger, BudgetRow, spendQuery, tokensOf } from '../budgets/budget-ledger';
+import { CatalogueCache } from '../catalogue-cache';
 import { periodOf } from './periods';
 import { bucketOf } from './periods';
 import { choosePrice, D, Dec, PriceRow, rate } from './rating';
@@ -57,6 +58,8 @@ export interface AppliedUsage {
   counted: Counted[];
   /** Alerts made in this batch, to publish after the commit. */
   alerts: EventEnvelope[];
+  /** The scopes whose budgets or prices changed (their cached copies are read again after the commit). */
+  scopes: Set<string>;
 }
 type Counted = { tenantId: string; occurredAt: number; model: string; attribution: Record<string, string>; cost: Dec; quantities: Quantities; sign: 1 | -1; at: string; position: number };
 
@@ -163,11 +166,12 @@ export class UsageProjection implements Projection {
   constructor(
     private readonly ledger?: BudgetLedger,
     private readonly store?: EventStore,
+    private readonly cache?: CatalogueCache,
   ) {}
 
   async apply(m: EntityManager, events: PositionedEvent[]): Promise<AppliedUsage> {
     // Per call (a rebuild or a dead letter's retry may apply beside the live batches).
-    const applied: AppliedUsage = { spent: [], counted: [], alerts: [] };
+    const applied: AppliedUsage = { spent: [], counted: [], alerts: [], scopes: new Set() };
     let facts: PositionedEvent[] = [];
     for (const pe of events) {
       if (pe.event.type === B.usageRecorded) {
@@ -187,6 +191,9 @@ export class UsageProjection implements Projection {
       // What the records before it spent (and the alerts that makes) comes before the event: a budget change, or an alert's own event.
       await this.applyBudgetSpend(m, applied);
       facts = [];
+      if (pe.event.type === B.pricePublished || pe.event.type.startsWith('billing.budget.')) {
+        applied.scopes.add(pe.event.type === B.pricePublished ? String((pe.event.data as { scope?: unknown }).scope ?? '').toLowerCase() : pe.event.tenantId.toLowerCase());
+      }
       if (pe.event.type === B.pricePublished) await this.applyPrice(m, pe);
       else if (pe.event.type === B.usageRerated) await this.applyRerate(m, pe, applied);
       else if (pe.event.type === B.thresholdCrossed) await m.query(`UPDATE budget_alerts SET published = true WHERE event_id = $1`, [pe.event.id]);
@@ -197,6 +204,7 @@ export class UsageProjection implements Projection {
     }
     await this.applyUsage(m, facts, applied);
     await this.applyBudgetSpend(m, applied);
+    await CatalogueCache.bump(m, applied.scopes);
     return applied;
   }
 
@@ -265,9 +273,17 @@ export class UsageProjection implements Projection {
    */
   async afterCommit(applied: AppliedUsage): Promise<void> {
     // Failures are logged by the runner; a lost alert publish is made by the relay, a lost counter change by the next seed.
-    const results = await Promise.allSettled([this.store?.appendFacts(applied.alerts.length ? applied.alerts : []), this.ledger?.addSpent(applied.spent)]);
+    const results = await Promise.allSettled([
+      this.store?.appendFacts(applied.alerts.length ? applied.alerts : []),
+      this.ledger?.addSpent(applied.spent),
+    ]);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
+  }
+
+  /** A rebuild swapped the tables: every cached copy is read again. */
+  async afterRebuild(): Promise<void> {
+    await this.cache?.bumpAll();
   }
 
   private async applyBudget(m: EntityManager, { position, event }: PositionedEvent): Promise<void> {

@@ -281,18 +281,19 @@ describe('billing: budgets and reservations', () => {
     const db = new Client({ connectionString: env.DATABASE_URL });
     await db.connect();
     try {
-      // What this month's budgets see now: the period so far (the run-rate window: at most 7 days, at least an hour) and what remains.
+      // What this year's budgets see now: the period so far (the run-rate window: at most 7 days) and what remains.
+      // (A year, not a month: its first hour, when nothing is raised yet, is one hour a year.)
       const now = Date.now();
-      const monthStart = Date.UTC(new Date(now).getUTCFullYear(), new Date(now).getUTCMonth(), 1);
-      const monthEnd = Date.UTC(new Date(now).getUTCFullYear(), new Date(now).getUTCMonth() + 1, 1);
-      const windowDays = Math.max(1 / 1440, Math.min(7, (now - monthStart) / 86_400_000));
-      const remainingDays = (monthEnd - now) / 86_400_000;
+      const yearStart = Date.UTC(new Date(now).getUTCFullYear(), 0, 1);
+      const yearEnd = Date.UTC(new Date(now).getUTCFullYear() + 1, 0, 1);
+      const windowDays = Math.max(1 / 1440, Math.min(7, (now - yearStart) / 86_400_000));
+      const remainingDays = (yearEnd - now) / 86_400_000;
       // 1 USD spent now runs at 1/windowDays a day: one limit it reaches halfway to the month's end, one it never does.
       const soon = (1 + remainingDays / 2 / windowDays).toFixed(6);
       const never = (1 + (2 * remainingDays) / windowDays).toFixed(6);
       const made: Record<string, string> = {};
       for (const [name, limit] of [['soon', soon], ['never', never]] as const) {
-        const res = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, { body: { name: `Forecast ${name}`, scope: { kind: 'project', id: 'fc' }, unit: 'USD', limit, period: { unit: 'month' }, thresholds: [{ percent: 100, mode: 'warn' }] } });
+        const res = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, { body: { name: `Forecast ${name}`, scope: { kind: 'project', id: 'fc' }, unit: 'USD', limit, period: { unit: 'year' }, thresholds: [{ percent: 100, mode: 'warn' }] } });
         expect(res.status).toBe(201);
         made[name] = res.body.budget.id;
       }
@@ -320,7 +321,7 @@ describe('billing: budgets and reservations', () => {
       await stack.kill('billing');
       await stack.startOne('billing');
       // The restarted evaluator has run (and found the first budget raised) once a budget made now is raised too.
-      const after = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, { body: { name: 'Forecast after', scope: { kind: 'project', id: 'fc' }, unit: 'USD', limit: soon, period: { unit: 'month' }, thresholds: [{ percent: 100, mode: 'warn' }] } });
+      const after = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, { body: { name: 'Forecast after', scope: { kind: 'project', id: 'fc' }, unit: 'USD', limit: soon, period: { unit: 'year' }, thresholds: [{ percent: 100, mode: 'warn' }] } });
       expect(after.status).toBe(201);
       await eventually(raised, (r) => r.some((x) => x.budgetId === after.body.budget.id), { timeoutMs: 20_000, what: 'the new budget raised after the restart' });
       // Once each (the earlier tests' Alpha budget is projected past its limit too), never for the one it will not reach.

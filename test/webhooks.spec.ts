@@ -229,6 +229,10 @@ describe('webhooks: signed deliveries through an outbox', () => {
     const redirect = await manager('PATCH', `/api/v1/tenants/${tenantId}/webhooks/${open.webhook.id}`, { body: { url: 'https://elsewhere.example.com/x' } });
     expect(redirect.status).toBe(403);
     expect((await manager('PATCH', `/api/v1/tenants/${tenantId}/webhooks/${open.webhook.id}`, { body: { description: 'people' } })).status).toBe(200);
+    // Nor a subscription to what the manager may not read (auth's events), though it delivers no personal data.
+    const elsewhere = await manager('PATCH', `/api/v1/tenants/${tenantId}/webhooks/${sealed.webhook.id}`, { body: { url: 'https://elsewhere.example.com/x' } });
+    expect(elsewhere.status).toBe(403);
+    expect(elsewhere.body.detail).toMatch(/audit:read/);
     // Billing is down while the user is made: the event waits in the log, the delivery is made when it is back.
     await stack.kill('billing');
     const user = await admin('POST', `/api/v1/tenants/${tenantId}/users`, { body: { email: 'ada@hooked.test', name: 'Ada Lovelace', password: PASSWORD, roles: ['viewer'] } });

@@ -244,7 +244,8 @@ export class SafeFetch {
         current = next;
         continue;
       }
-      if (init.ignoreBody) discard(res);
+      // An ignored body is read and dropped (up to maxBytes, then the connection is cut): the connection is kept for the next request.
+      if (init.ignoreBody) await res.body.dump({ limit: this.maxBytes }).catch(() => undefined);
       const body = init.ignoreBody ? Buffer.alloc(0) : await this.read(origin, current, res);
       return { status: res.statusCode, ok: res.statusCode >= 200 && res.statusCode < 300, url: current.href, headers: res.headers, body };
     }

@@ -34,9 +34,9 @@ export function spendQuery(b: Pick<BudgetRow, 'tenant_id' | 'scope_kind' | 'scop
   let scope = '';
   if (b.scope_kind === 'team') {
     // The team and every team below it in auth's tree (the teams projection's live table).
-    params.push(b.scope_id, b.scope_id.toLowerCase());
+    params.push(b.scope_id.toLowerCase());
     const n = params.length;
-    scope = ` AND (team_id = $${n - 1} OR lower(team_id) IN (WITH RECURSIVE sub(id) AS (SELECT $${n}::text
+    scope = ` AND (lower(team_id) IN (WITH RECURSIVE sub(id) AS (SELECT $${n}::text
       UNION SELECT t.id FROM "${BILLING_SCHEMA}".teams t JOIN sub ON t.parent_id = sub.id WHERE t.tenant_id = $1) SELECT id FROM sub))`;
   } else if (b.scope_kind !== 'tenant') {
     params.push(b.scope_id);
@@ -249,8 +249,11 @@ export class BudgetLedger {
     return budgets.filter((b) => {
       if (b.scope_kind === 'tenant') return true;
       if (b.scope_kind === 'model') return b.scope_id === model;
-      if (b.scope_kind === 'team' && attribution.teamId !== undefined && attribution.teamId !== b.scope_id) {
-        return ancestors?.get(attribution.teamId.toLowerCase())?.has(b.scope_id.toLowerCase()) ?? false;
+      // A team by its id in any case (auth's ids are UUIDs), or a team below it.
+      if (b.scope_kind === 'team') {
+        const team = attribution.teamId?.toLowerCase();
+        const scope = b.scope_id.toLowerCase();
+        return team !== undefined && (team === scope || (ancestors?.get(team)?.has(scope) ?? false));
       }
       return attribution[ATTRIBUTION[b.scope_kind]] === b.scope_id;
     });
@@ -306,11 +309,17 @@ export class BudgetLedger {
     const out: { tenantId: string; budgetId: string; counter: number; postgres: number }[] = [];
     let max = 0;
     const seen = new Set<string>();
+    // Every counter first, then Postgres once the usage projection has applied what was on the log:
+    // what a counter had counted is in Postgres by then (a busy budget's lag is no drift).
+    const counters: { b: BudgetRow; start: number; end: number; key: string; spent: string }[] = [];
     for (const b of budgets) {
       const { start, end } = periodOf(b.period_unit, b.time_zone, now);
       const key = this.counterKey(b, start);
       const spent = await this.redisCall(this.redis.hget(key, 'spent'), 'read a budget counter');
-      if (spent === null) continue;
+      if (spent !== null) counters.push({ b, start, end, key, spent });
+    }
+    if (counters.length) await this.caughtUp();
+    for (const { b, start, end, key, spent } of counters) {
       const postgres = await this.spentInPostgres(b, start, end);
       const limit = toUnits(b.unit, new D(b.limit));
       const diff = Math.abs(Number(spent) - postgres);

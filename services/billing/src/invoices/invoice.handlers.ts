@@ -52,6 +52,7 @@ export const planPriceDecider: Decider<{ versions: number }, PlanPriceCommand, P
 interface BookInvoice {
   period: string;
   status: 'draft' | 'finalized' | 'void';
+  periodEnd: string;
   total?: string;
 }
 export interface BookState {
@@ -65,7 +66,7 @@ export interface BookState {
 }
 export type Computed = Pick<Invoice, 'currency' | 'plan' | 'planPrice' | 'lines' | 'total'>;
 export type BookCommand =
-  | { type: 'draft'; period: string; periodStart: string; periodEnd: string; timeZone: string; plan: string; finalizesAt: string }
+  | { type: 'draft'; period: string; previous: string; periodStart: string; periodEnd: string; timeZone: string; plan: string; finalizesAt: string }
   | { type: 'finalize'; invoiceId: string; computed: Computed }
   | { type: 'void'; invoiceId: string; reason: string };
 type BookEvent = { type: string; data: Record<string, unknown> };
@@ -81,7 +82,7 @@ export const bookDecider = (tenantId: string): Decider<BookState, BookCommand, B
     const d = e.data as Record<string, string>;
     const invoices = { ...s.invoices };
     if (e.type === I.drafted) {
-      invoices[d.invoiceId!] = { period: d.period!, status: 'draft' };
+      invoices[d.invoiceId!] = { period: d.period!, status: 'draft', periodEnd: d.periodEnd! };
       return { ...s, invoices, open: { ...s.open, [d.period!]: d.invoiceId! }, drafted: { ...s.drafted, [d.period!]: (s.drafted[d.period!] ?? 0) + 1 } };
     }
     const inv = invoices[d.invoiceId!];
@@ -103,7 +104,10 @@ export const bookDecider = (tenantId: string): Decider<BookState, BookCommand, B
       // A period has at most one invoice that is not void: closing it again changes nothing.
       if (s.open[c.period]) return [];
       const invoiceId = invoiceIdOf(tenantId, c.period, (s.drafted[c.period] ?? 0) + 1);
-      return [{ type: I.drafted, data: { invoiceId, period: c.period, periodStart: c.periodStart, periodEnd: c.periodEnd, timeZone: c.timeZone, plan: c.plan, finalizesAt: c.finalizesAt } }];
+      // A month begins where the previous month's invoice ended (a time zone changed in between moves no usage out of every invoice or into two).
+      const before = s.open[c.previous] ? s.invoices[s.open[c.previous]!]?.periodEnd : undefined;
+      const periodStart = before ?? c.periodStart;
+      return [{ type: I.drafted, data: { invoiceId, period: c.period, periodStart, periodEnd: c.periodEnd, timeZone: c.timeZone, plan: c.plan, finalizesAt: c.finalizesAt } }];
     }
     const inv = s.invoices[c.invoiceId];
     if (!inv) throw new KeelError('not_found', 'No such invoice in this tenant.');
@@ -208,6 +212,8 @@ export class InvoiceHandlers implements OnModuleInit, OnModuleDestroy {
   private readonly planPrices: CommandHandler<{ versions: number }, PlanPriceCommand, PlanPriceEvent>;
   private readonly books = new Map<string, CommandHandler<BookState, BookCommand, BookEvent>>();
   private loop?: { stop(): void };
+  /** Drafts that could not be finalized, and when to try again. */
+  private readonly failed = new Map<string, number>();
 
   constructor(
     private readonly store: EventStore,
@@ -251,11 +257,22 @@ export class InvoiceHandlers implements OnModuleInit, OnModuleDestroy {
    */
   async close(now = Date.now()): Promise<void> {
     const due: { tenant_id: string; id: string }[] = await inTenant(this.ds, ALL_TENANTS, (m) =>
-      m.query(`SELECT tenant_id, id FROM invoices WHERE status = 'draft' AND finalizes_at <= $1 ORDER BY finalizes_at LIMIT 100`, [new Date(now)]),
+      m.query(`SELECT tenant_id, id FROM invoices WHERE status = 'draft' AND finalizes_at <= $1 AND NOT (id = ANY($2)) ORDER BY finalizes_at LIMIT 100`, [
+        new Date(now),
+        [...this.failed].filter(([, until]) => until > now).map(([id]) => id),
+      ]),
     );
-    if (due.length) await this.usageCaughtUp();
-    for (const d of due) {
-      await this.finalizeNow(d.tenant_id, d.id, SYSTEM, false).catch((error) => this.logger.warn({ err: error, tenantId: d.tenant_id, invoiceId: d.id }, 'could not finalize an invoice'));
+    // One that could not be finalized (its usage unpriced, say) is tried again an hour later, not first at every tick.
+    const ready = due.filter((d) => (this.failed.get(d.id) ?? 0) <= now);
+    if (ready.length) await this.usageCaughtUp();
+    for (const d of ready) {
+      await this.finalizeNow(d.tenant_id, d.id, SYSTEM, false).then(
+        () => this.failed.delete(d.id),
+        (error) => {
+          this.failed.set(d.id, now + 3_600_000);
+          this.logger.warn({ err: error, tenantId: d.tenant_id, invoiceId: d.id }, 'could not finalize an invoice; trying again in an hour');
+        },
+      );
     }
     const accounts: (Account & { periods: string[] | null })[] = await inTenant(this.ds, ALL_TENANTS, (m) =>
       m.query(`SELECT a.*, (SELECT array_agg(DISTINCT period) FROM invoices i WHERE i.tenant_id = a.tenant_id) AS periods FROM billing_accounts a`),
@@ -299,12 +316,8 @@ export class InvoiceHandlers implements OnModuleInit, OnModuleDestroy {
     if (account.closed_at && natural.start.toMillis() > account.closed_at.getTime()) throw invalid(`${period} began after this tenant was closed`);
     if (natural.end.toMillis() > now) throw new KeelError('invalid_transition', `${period} has not ended in ${zone} (it ends ${natural.end.toUTC().toISO()}); a period is closed once it has.`);
     const previous = natural.start.minus({ months: 1 }).toFormat('yyyy-MM');
-    const [before]: { period_end: Date }[] = await inTenant(this.ds, tenantId, (m) =>
-      m.query(`SELECT period_end FROM invoices WHERE tenant_id = $1 AND period = $2 AND status <> 'void'`, [tenantId, previous]),
-    );
-    const startAt = before ? before.period_end.getTime() : natural.start.toMillis();
     return this.decideBook(tenantId, {
-      type: 'draft', period, periodStart: new Date(startAt).toISOString(), periodEnd: natural.end.toUTC().toISO()!, timeZone: zone, plan: account.plan,
+      type: 'draft', period, previous, periodStart: natural.start.toUTC().toISO()!, periodEnd: natural.end.toUTC().toISO()!, timeZone: zone, plan: account.plan,
       finalizesAt: new Date(Math.max(now, natural.end.toMillis()) + this.config.KEEL_INVOICE_GRACE_SECONDS * 1_000).toISOString(),
     }, meta);
   }
@@ -364,7 +377,7 @@ export class InvoiceHandlers implements OnModuleInit, OnModuleDestroy {
       const charged = usage.sub(included);
       if (price.usage_cap !== null && charged.gt(price.usage_cap)) {
         const over = charged.sub(cents(new D(price.usage_cap)));
-        add({ kind: 'usage_cap', description: `Usage above the cap of ${new D(price.usage_cap).toFixed()} USD`, quantity: '1', unitAmount: over.neg().toFixed(2) }, over.neg());
+        if (!over.isZero()) add({ kind: 'usage_cap', description: `Usage above the cap of ${new D(price.usage_cap).toFixed()} USD`, quantity: '1', unitAmount: over.neg().toFixed(2) }, over.neg());
       }
     }
     const subtotal = lines.reduce((s, l) => s.add(l.amount), new D(0));

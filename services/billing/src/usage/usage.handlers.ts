@@ -170,13 +170,11 @@ export class UsageHandlers {
     const gens = await this.cache.generations([tenantId, PLATFORM_PRICES]);
     const found = new Map<string, { model: string; prices: PriceRow[] }>();
     const load = (models: string[]) => this.readCatalogue(tenantId, models);
-    {
-      let batch: Promise<Map<string, { model: string; prices: PriceRow[] }>> | undefined;
-      // The models not kept are read in one go; each is kept on its own.
-      const missing = named.filter((n) => !this.cache.has(`catalogue:${tenantId}:${n}`, gens));
-      for (const n of named) {
-        found.set(n, await this.cache.get(`catalogue:${tenantId}:${n}`, gens, async () => (await (batch ??= load(missing))).get(n) ?? { model: n, prices: [] }));
-      }
+    // The models not kept are read in one go; each is kept on its own (one that lapsed meanwhile is read by itself).
+    const missing = named.filter((n) => !this.cache.has(`catalogue:${tenantId}:${n}`, gens));
+    const loaded = missing.length ? await load(missing) : new Map<string, { model: string; prices: PriceRow[] }>();
+    for (const n of named) {
+      found.set(n, await this.cache.get(`catalogue:${tenantId}:${n}`, gens, async () => loaded.get(n) ?? (await load([n])).get(n)!));
     }
     const aliases = new Map<string, string>();
     const prices: PriceRow[] = [];

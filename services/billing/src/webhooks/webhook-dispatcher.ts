@@ -61,6 +61,7 @@ export function retryDelay(baseMs: number, failed: number): number {
 @Injectable()
 export class WebhookDispatcher implements OnModuleInit, OnModuleDestroy {
   private loop?: { stop(): void };
+  private stopping = false;
   /** Attempts in flight here, by delivery. */
   private readonly running = new Map<string, { webhook: string; done: Promise<void> }>();
   private readonly http: SafeFetch;
@@ -89,6 +90,7 @@ export class WebhookDispatcher implements OnModuleInit, OnModuleDestroy {
   }
 
   async onModuleDestroy(): Promise<void> {
+    this.stopping = true;
     this.loop?.stop();
     // Attempts under way finish and record their outcome (an attempt cut off would be made again).
     await Promise.allSettled([...this.running.values()].map((a) => a.done));
@@ -96,22 +98,25 @@ export class WebhookDispatcher implements OnModuleInit, OnModuleDestroy {
   }
 
   private async tick(): Promise<void> {
-    if (!this.config.KEEL_KEK) return;
+    if (!this.config.KEEL_KEK || this.stopping) return;
     const due: Due[] = await inTenant(this.ds, ALL_TENANTS, (q) =>
       q.query(
-        `SELECT d.tenant_id, d.webhook_id, d.event_id, d.id, d.event_type, d.event_position, d.attempts, d.attempts_before,
-                s.url, s.include_personal, s.secret_version, s.previous_secret_until, s.consecutive_failures
-           FROM webhook_deliveries d JOIN webhook_subscriptions s ON s.tenant_id = d.tenant_id AND s.id = d.webhook_id
-          WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND s.status = 'active'
-          ORDER BY d.next_attempt_at LIMIT $1`,
-        [BATCH],
+        // The earliest due of each subscription (a few each): one receiver's backlog does not fill the batch.
+        `SELECT * FROM (
+           SELECT d.tenant_id, d.webhook_id, d.event_id, d.id, d.event_type, d.event_position, d.attempts, d.attempts_before, d.next_attempt_at,
+                  s.url, s.include_personal, s.secret_version, s.previous_secret_until, s.consecutive_failures,
+                  row_number() OVER (PARTITION BY d.tenant_id, d.webhook_id ORDER BY d.next_attempt_at) AS nth
+             FROM webhook_deliveries d JOIN webhook_subscriptions s ON s.tenant_id = d.tenant_id AND s.id = d.webhook_id
+            WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND s.status = 'active') due
+          WHERE nth <= $2 ORDER BY next_attempt_at LIMIT $1`,
+        [BATCH, PER_SUBSCRIPTION * 2],
       ),
     );
     // Started, not awaited: a receiver slow to answer holds its own slots, not the next tick.
     const perSubscription = new Map<string, number>();
     for (const a of this.running.values()) perSubscription.set(a.webhook, (perSubscription.get(a.webhook) ?? 0) + 1);
     for (const d of due) {
-      if (this.running.size >= CONCURRENCY) break;
+      if (this.running.size >= CONCURRENCY || this.stopping) break;
       const local = `${d.tenant_id}:${d.id}`;
       const n = perSubscription.get(d.webhook_id) ?? 0;
       if (this.running.has(local) || n >= PER_SUBSCRIPTION) continue;

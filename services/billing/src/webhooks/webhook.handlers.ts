@@ -33,13 +33,23 @@ export type WebhookState =
   | { status: 'active' | 'disabled' | 'deleted'; data: Settings; disabledReason: string | null; secretVersion: number; createdAt: string; updatedAt: string };
 export type WebhookCommand =
   | { type: 'create'; data: Settings }
-  | { type: 'update'; data: Partial<Settings> & { enabled?: boolean }; mayReadPersonal: boolean }
+  | { type: 'update'; data: Partial<Settings> & { enabled?: boolean }; permissions: '*' | string[] }
   | { type: 'disable'; reason: string; consecutiveFailures?: number }
   | { type: 'rotate'; now: number }
   | { type: 'delete' };
 type WebhookEvent = { type: string; data: Record<string, unknown> };
 
 const gone = () => new KeelError('not_found', 'No such webhook subscription in this tenant.');
+
+/** Each event type's context needs its read permission: `billing.*` usage or budgets, `tenant.*` the tenant, anything else (or `*`) the audit trail's. */
+function refuseUnreadable(patterns: readonly string[], permissions: '*' | readonly string[]): void {
+  const holds = (p: string) => permissions === '*' || permissions.includes(p);
+  for (const pattern of patterns) {
+    const context = pattern === '*' ? '*' : pattern.split('.')[0]!;
+    const needed = context === 'billing' ? [P.usageRead, P.budgetsRead] : context === 'tenant' ? [P.tenantsRead] : [P.auditRead];
+    if (!needed.some(holds)) throw new KeelError('forbidden', `Subscribing to ${pattern} needs ${needed.join(' or ')}, which you do not hold.`);
+  }
+}
 
 export const webhookDecider: Decider<WebhookState, WebhookCommand, WebhookEvent> = {
   initialState: () => ({ status: 'none' }),
@@ -81,9 +91,12 @@ export const webhookDecider: Decider<WebhookState, WebhookCommand, WebhookEvent>
       case 'update': {
         const { enabled, ...settings } = c.data;
         const changes = Object.fromEntries(Object.entries(settings).filter(([k, v]) => JSON.stringify(v) !== JSON.stringify((s.data as Record<string, unknown>)[k])));
+        // Who sends a subscription elsewhere, or changes what it sends, may read all it sends.
+        const mayReadPersonal = c.permissions === '*' || c.permissions.includes(P.usersExportPersonalData);
+        if ('url' in changes || 'eventTypes' in changes) refuseUnreadable((changes.eventTypes as string[] | undefined) ?? s.data.eventTypes, c.permissions);
         // Where personal data goes opened (before or after), only who may read it changes where, what or whether.
         const personal = s.data.includePersonalData || changes.includePersonalData === true;
-        if (personal && !c.mayReadPersonal && ['url', 'eventTypes', 'includePersonalData'].some((k) => k in changes)) {
+        if (personal && !mayReadPersonal && ['url', 'eventTypes', 'includePersonalData'].some((k) => k in changes)) {
           throw new KeelError('forbidden', `This subscription delivers personal data opened: changing its url, event types or that needs ${P.usersExportPersonalData}, which you do not hold.`);
         }
         const out: WebhookEvent[] = Object.keys(changes).length ? [{ type: W.updated, data: { changes } }] : [];
@@ -200,11 +213,7 @@ export class WebhookHandlers {
       if (problem) throw new KeelError('validation_failed', `url ${problem}`, [{ field: 'url', message: problem }]);
     }
     const holds = (p: string) => permissions === '*' || permissions.includes(p);
-    for (const pattern of data.eventTypes ?? []) {
-      const context = pattern === '*' ? '*' : pattern.split('.')[0]!;
-      const needed = context === 'billing' ? [P.usageRead, P.budgetsRead] : context === 'tenant' ? [P.tenantsRead] : [P.auditRead];
-      if (!needed.some(holds)) throw new KeelError('forbidden', `Subscribing to ${pattern} needs ${needed.join(' or ')}, which you do not hold.`);
-    }
+    refuseUnreadable(data.eventTypes ?? [], permissions);
     if (data.includePersonalData && !holds(P.usersExportPersonalData)) {
       throw new KeelError('forbidden', `Delivering personal data opened needs ${P.usersExportPersonalData}, which you do not hold; leave includePersonalData false and it stays sealed.`);
     }
@@ -243,8 +252,7 @@ export class WebhookHandlers {
     const tenantId = payload.tenantId.toLowerCase();
     this.checkSettings(payload.data, meta.permissions);
     const { permissions: _p, ...cmdMeta } = meta;
-    const mayReadPersonal = meta.permissions === '*' || meta.permissions.includes(P.usersExportPersonalData);
-    const r = await this.handler.handle({ tenantId, aggregateId: payload.webhookId }, { type: 'update', data: payload.data, mayReadPersonal }, cmdMeta);
+    const r = await this.handler.handle({ tenantId, aggregateId: payload.webhookId }, { type: 'update', data: payload.data, permissions: meta.permissions }, cmdMeta);
     const failures = payload.data.enabled === true ? 0 : await this.failures(tenantId, payload.webhookId);
     return { webhook: this.view(tenantId, payload.webhookId, r.state, r.version, failures), version: r.version, position: r.position };
   }

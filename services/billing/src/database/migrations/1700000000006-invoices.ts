@@ -41,7 +41,6 @@ export class Invoices1700000000006 implements MigrationInterface {
         max_users integer NOT NULL,
         time_zone text NOT NULL,
         created_at timestamptz NOT NULL,
-        closed_at timestamptz,
         position bigint NOT NULL
       )`);
     await q.query(`

@@ -411,4 +411,34 @@ describe('billing: budgets and reservations', () => {
     const then = await Promise.all(Array.from({ length: 10 }, (_, i) => reserve(`kept-raised-${i}`, { attribution: { projectId: 'kept' } })));
     expect(then.every((r) => r.ok)).toBe(true);
   });
+
+  it("throttles a budget's calls to its share of the tenant's rate once it passed a throttle threshold", async () => {
+    const bad = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, {
+      body: { name: 'x', scope: { kind: 'project', id: 'thr' }, unit: 'USD', limit: '1', period: { unit: 'day' }, thresholds: [{ percent: 50, mode: 'warn', share: 0.5 }] },
+    });
+    expect(bad.status).toBe(400);
+    expect(bad.body.errors.map((e: { field: string }) => e.field)).toEqual(['thresholds.0.share']);
+    // The plan allows 60,000 requests a minute: a share of 0.0001 leaves 6.
+    const made = await admin('POST', `/api/v1/tenants/${tenantId}/budgets`, {
+      body: { name: 'Throttled', scope: { kind: 'project', id: 'thr' }, unit: 'USD', limit: '0.002', period: { unit: 'day' }, thresholds: [{ percent: 50, mode: 'throttle', share: 0.0001 }] },
+    });
+    expect(made.status).toBe(201);
+    await admin('GET', `/api/v1/tenants/${tenantId}/budgets?consistentWith=${made.body.position}`);
+    const call = (id: string) => reserve(id, { attribution: { projectId: 'thr' }, estimate: { inputTokens: '1' } });
+    // Below the threshold: not throttled.
+    const before = await Promise.all(Array.from({ length: 10 }, (_, i) => call(`thr-before-${i}`)));
+    expect(before.every((r) => r.ok)).toBe(true);
+    const used = await admin('POST', `/api/v1/tenants/${tenantId}/usage`, { body: { records: [{ id: 'thr-use', occurredAt: new Date().toISOString(), model: 'm-1', attribution: { projectId: 'thr' }, quantities: { inputTokens: '1500' } }] } });
+    expect(used.status).toBe(202);
+    await eventually(() => budget(made.body.budget.id), (b) => Number(b.current.spent) >= 0.0015, { timeoutMs: 20_000, what: 'the spend past 50 %' });
+    const after = await Promise.all(Array.from({ length: 9 }, (_, i) => call(`thr-after-${i}`)));
+    expect(after.filter((r) => r.ok)).toHaveLength(6);
+    const refused = after.filter((r) => !r.ok);
+    expect(refused.map((r) => !r.ok && r.code)).toEqual(['rate_limited', 'rate_limited', 'rate_limited']);
+    expect(refused[0]).toMatchObject({ details: { budget: { id: made.body.budget.id, name: 'Throttled', percent: 50, perMinute: 6 } } });
+    // Over HTTP: 429 with a problem naming the budget.
+    const http = await admin('POST', `/api/v1/tenants/${tenantId}/usage/reservations`, { body: { requestId: 'thr-http', model: 'm-1', attribution: { projectId: 'thr' }, estimate: { inputTokens: '1' } } });
+    expect(http.status).toBe(429);
+    expect(http.body).toMatchObject({ code: 'rate_limited', budget: { name: 'Throttled' } });
+  });
 });

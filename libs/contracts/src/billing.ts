@@ -303,8 +303,11 @@ export const thresholdSchema = z
     percent: z.number().min(1).max(1_000),
     /** warn: notify; soft: notify and allow; throttle: notify and lower the rate limit; hard: refuse what would pass it. */
     mode: z.enum(['warn', 'soft', 'throttle', 'hard']),
+    /** throttle only: the share of the tenant's rate limit (its plan's requests a minute) left to the budget's calls once passed (default 0.5). */
+    share: z.number().min(0.0001).max(1).optional(),
   })
-  .strict();
+  .strict()
+  .refine((t) => t.share === undefined || t.mode === 'throttle', { path: ['share'], message: 'only a throttle threshold has a share' });
 
 export const budgetBodySchema = z
   .object({
@@ -343,7 +346,7 @@ export const budgetSchema = z
     unit: z.enum(['USD', 'tokens']),
     limit: text(),
     period: z.object({ unit: z.enum(['day', 'week', 'month', 'quarter', 'year']), timeZone: text() }),
-    thresholds: z.array(z.object({ percent: z.number(), mode: z.enum(['warn', 'soft', 'throttle', 'hard']) })),
+    thresholds: z.array(z.object({ percent: z.number(), mode: z.enum(['warn', 'soft', 'throttle', 'hard']), share: z.number().optional() })),
     failMode: z.enum(['closed', 'open']),
     version: z.number().int(),
     createdAt: isoTime,
@@ -475,7 +478,7 @@ export const billingEventSchemas = {
     effectiveTo: isoTime.nullable(),
   }),
   [billingEventTypes.usageRerated]: z.object({ from: isoTime, to: isoTime, reason: text({ multiline: true }) }),
-  [billingEventTypes.budgetCreated]: z.object({ name: text(), scope: z.object({ kind: text(), id: text().optional() }), unit: text(), limit: text(), period: z.object({ unit: text(), timeZone: text() }), thresholds: z.array(z.object({ percent: z.number(), mode: text() })), failMode: text() }),
+  [billingEventTypes.budgetCreated]: z.object({ name: text(), scope: z.object({ kind: text(), id: text().optional() }), unit: text(), limit: text(), period: z.object({ unit: text(), timeZone: text() }), thresholds: z.array(z.object({ percent: z.number(), mode: text(), share: z.number().optional() })), failMode: text() }),
   [billingEventTypes.budgetUpdated]: z.object({ changes: z.record(text(), z.unknown()) }),
   [billingEventTypes.budgetDeleted]: z.object({}),
   /** Once per budget, period and threshold: the spend of the period passed `percent` of the limit. */

@@ -20,7 +20,7 @@ export interface BudgetRow {
   limit: string;
   period_unit: PeriodUnit;
   time_zone: string;
-  thresholds: { percent: number; mode: 'warn' | 'soft' | 'throttle' | 'hard' }[];
+  thresholds: { percent: number; mode: 'warn' | 'soft' | 'throttle' | 'hard'; share?: number }[];
   fail_mode: 'closed' | 'open';
 }
 
@@ -65,6 +65,13 @@ const ATTRIBUTION: Record<Exclude<BudgetScopeKind, 'tenant' | 'model'>, keyof At
 };
 
 const REDIS_TIMEOUT_MS = 500;
+/** A sliding minute of throttled calls: -1 and the call counted, or how many there were (refused). */
+const THROTTLE = `redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, tonumber(ARGV[1]) - 60000)
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[2]) then return n end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], 61000)
+return -1`;
 /** How long a finished reservation is remembered (a settle or release retried later answers the same). */
 const FINISHED_MS = 7 * 86_400_000;
 /** A counter lives past its period's end by this (late settles still land on it). */
@@ -219,17 +226,21 @@ export class BudgetLedger {
    * The budgets a call counts against (see `applicable`): the tenant's budgets and team tree, read
    * in one transaction and kept in the process while the tenant's generation is unchanged.
    */
-  async applicableTo(tenantId: string, attribution: Attribution, model: string): Promise<BudgetRow[]> {
+  async applicableTo(tenantId: string, attribution: Attribution, model: string): Promise<{ budgets: BudgetRow[]; requestsPerMinute: number | null }> {
     const load = () =>
       inTenant(this.ds, tenantId, async (m) => {
         const all: BudgetRow[] = await m.query(`SELECT * FROM budgets WHERE tenant_id = $1 UNION ALL SELECT * FROM plan_quotas WHERE tenant_id = $1 ORDER BY id`, [tenantId]);
         const parents: { id: string; parent_id: string }[] = all.some((b) => b.scope_kind === 'team')
           ? await m.query(`SELECT id, parent_id FROM "${BILLING_SCHEMA}".teams WHERE tenant_id = $1 AND parent_id IS NOT NULL`, [tenantId])
           : [];
-        return { all, parents: new Map(parents.map((p) => [p.id, p.parent_id])) };
+        // A throttle threshold takes a share of the plan's requests a minute.
+        const [account]: { requests_per_minute: number | null }[] = all.some((b) => b.thresholds.some((t) => t.mode === 'throttle'))
+          ? await m.query(`SELECT requests_per_minute FROM "${BILLING_SCHEMA}".billing_accounts WHERE tenant_id = $1`, [tenantId])
+          : [];
+        return { all, parents: new Map(parents.map((p) => [p.id, p.parent_id])), rpm: account?.requests_per_minute ?? null };
       });
     const gens = this.cache ? await this.cache.generations([tenantId]) : null;
-    const { all, parents } = gens === null ? await load() : await this.cache!.get(`budgets:${tenantId}`, gens, load);
+    const { all, parents, rpm } = gens === null ? await load() : await this.cache!.get(`budgets:${tenantId}`, gens, load);
     const up = new Map<string, Set<string>>();
     const team = attribution.teamId?.toLowerCase();
     if (team) {
@@ -237,7 +248,35 @@ export class BudgetLedger {
       for (let t = parents.get(team); t !== undefined && !above.has(t); t = parents.get(t)) above.add(t);
       up.set(team, above);
     }
-    return BudgetLedger.applicable(all, attribution, model, up);
+    return { budgets: BudgetLedger.applicable(all, attribution, model, up), requestsPerMinute: rpm };
+  }
+
+  /**
+   * Throttle thresholds: once a budget's period has spent past one, its calls are limited to the
+   * threshold's share of the tenant's requests a minute (a sliding minute, counted in Redis across
+   * every process), and a call beyond is refused with 429 naming the budget. A budget whose counter
+   * Redis does not hold yet is not throttled until it does (the reservation seeds it).
+   */
+  async throttle(tenantId: string, requestId: string, budgets: BudgetRow[], requestsPerMinute: number | null, now = Date.now()): Promise<void> {
+    for (const b of budgets) {
+      const lines = b.thresholds.filter((t) => t.mode === 'throttle');
+      if (!lines.length) continue;
+      const { start } = periodOf(b.period_unit, b.time_zone, now);
+      const spent = Number((await this.redisCall(this.redis.hget(this.counterKey(b, start), 'spent'), 'read a budget counter')) ?? 0);
+      const passed = lines.filter((t) => spent >= toUnits(b.unit, new D(b.limit).times(t.percent).div(100)));
+      if (!passed.length) continue;
+      const t = passed.reduce((a, x) => ((x.share ?? 0.5) < (a.share ?? 0.5) ? x : a));
+      const share = t.share ?? 0.5;
+      const allowed = Math.max(1, Math.floor((requestsPerMinute ?? 600) * share));
+      const key = `${this.prefix}billing:throttle:${b.tenant_id}:${b.id}`;
+      const n = Number(await this.redisCall(this.redis.eval(THROTTLE, 1, key, now, allowed, `${requestId}\n${now}`) as Promise<number>, 'count throttled calls'));
+      if (n >= 0) {
+        throw new KeelError('rate_limited', `Budget "${b.name}" passed ${t.percent} % of its limit: its calls are throttled to ${allowed} a minute (${share * 100} % of the tenant's ${requestsPerMinute ?? 600}); retry shortly.`, undefined, {
+          budget: { id: b.id, name: b.name, percent: t.percent, share, perMinute: allowed },
+          retryAfterSeconds: 60,
+        });
+      }
+    }
   }
 
   /**

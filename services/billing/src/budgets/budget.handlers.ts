@@ -33,6 +33,11 @@ const unavailable = (error: unknown): never => {
   throw error instanceof RedisUnavailable ? new KeelError('service_unavailable', 'Budget counters cannot be reached right now; retry shortly (it is safe to repeat).') : error;
 };
 
+/** Redis away while checking a throttle: the reservation itself decides (its fail mode); a throttle's refusal stands. */
+const unavailableUnlessRefused = (error: unknown): void => {
+  if (!(error instanceof RedisUnavailable)) throw error;
+};
+
 const holdsView = (holds: Hold[]) => holds.map(([, amount, unit, budgetId]) => ({ budgetId, unit, amount: fromUnits(unit, amount) }));
 
 /**
@@ -196,7 +201,8 @@ export class BudgetHandlers implements OnModuleInit, OnModuleDestroy {
     const reason = unratedReason(prices, tenantId, model, now, r.estimate, r.gpuType);
     if (reason) throw new KeelError('validation_failed', `The estimate cannot be priced: ${reason}.`, [{ field: 'model', message: reason }]);
     const cost = rate(r.estimate, r.gpuType, choosePrice(prices, tenantId, model, now)!.rates).cost!;
-    const budgets = await this.ledger.applicableTo(tenantId, r.attribution, model);
+    const { budgets, requestsPerMinute } = await this.ledger.applicableTo(tenantId, r.attribution, model);
+    await this.ledger.throttle(tenantId, r.requestId, budgets, requestsPerMinute, now).catch(unavailableUnlessRefused);
     // With no budget applying the reservation is still kept (holding nothing): its settle records the call.
     const amounts = budgets.map((b) => BudgetLedger.amountFor(b, cost, r.estimate));
     let answer;

@@ -57,15 +57,16 @@ export class PlansProjection implements Projection {
 
   /** The tenant as its invoices need it: plan, seats allowed, time zone (UTC unless set) and since when it exists. */
   private async applyAccount(m: EntityManager, position: number, event: PositionedEvent['event']): Promise<void> {
-    const d = event.data as { slug?: string; plan?: string; quotas?: { maxUsers?: number }; settings?: { timeZone?: string } };
+    const d = event.data as { slug?: string; plan?: string; quotas?: { maxUsers?: number; requestsPerMinute?: number }; settings?: { timeZone?: string } };
+    const rpm = typeof d.quotas?.requestsPerMinute === 'number' ? d.quotas.requestsPerMinute : null;
     const tenantId = event.tenantId.toLowerCase();
     if (event.type === T.created) {
       await m.query(
-        `INSERT INTO billing_accounts (tenant_id, slug, plan, max_users, time_zone, created_at, position) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id) DO NOTHING`,
-        [tenantId, d.slug ?? '', d.plan ?? 'custom', d.quotas?.maxUsers ?? 0, d.settings?.timeZone ?? 'UTC', event.occurredAt, position],
+        `INSERT INTO billing_accounts (tenant_id, slug, plan, max_users, time_zone, created_at, position, requests_per_minute) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id) DO NOTHING`,
+        [tenantId, d.slug ?? '', d.plan ?? 'custom', d.quotas?.maxUsers ?? 0, d.settings?.timeZone ?? 'UTC', event.occurredAt, position, rpm],
       );
     } else if (event.type === T.planChanged) {
-      await m.query(`UPDATE billing_accounts SET plan = $2, max_users = $3, position = $4 WHERE tenant_id = $1`, [tenantId, d.plan, d.quotas?.maxUsers ?? 0, position]);
+      await m.query(`UPDATE billing_accounts SET plan = $2, max_users = $3, position = $4, requests_per_minute = $5 WHERE tenant_id = $1`, [tenantId, d.plan, d.quotas?.maxUsers ?? 0, position, rpm]);
     } else if (event.type === T.closed) {
       await m.query(`UPDATE billing_accounts SET closed_at = $2, position = $3 WHERE tenant_id = $1`, [tenantId, event.occurredAt, position]);
     } else if (event.type === T.settingsUpdated) {

@@ -1,6 +1,8 @@
 import { z } from 'zod';
 import { command, commandRequest, consistentWithParam, isoTime, listOf, positionSchema, query, route, routeGroup, serviceContract } from './contract';
 import { permissions as P } from './permissions';
+import { canonicalDecimal, decimalSchema } from './decimal';
+import { csvField, textCell } from './csv';
 import { recordKeyError, text } from './text';
 import { invoiceEventSchemas, invoiceRoutes, invoiceRpc } from './invoices';
 import { webhookEventSchemas, webhookRoutes, webhookRpc } from './webhooks';
@@ -9,6 +11,7 @@ import { webhookEventSchemas, webhookRoutes, webhookRpc } from './webhooks';
  * The billing service: usage records (facts on the log, counted once each in Postgres), the price
  * catalogue that rates them, and reports over the rollups. See the README's "Billing" section.
  */
+export { canonicalDecimal, decimalSchema } from './decimal';
 export const BILLING_CONTEXT = 'billing';
 export const USAGE_AGGREGATE = 'usage';
 export const PRICE_AGGREGATE = 'price';
@@ -21,7 +24,6 @@ export const USAGE_MAX_AGE_DAYS = 35;
 export const USAGE_MAX_AHEAD_MINUTES = 5;
 export const USAGE_BATCH_MAX = 1_000;
 
-const DECIMAL = /^(0|[1-9][0-9]{0,17})(\.[0-9]{1,9})?$/;
 const FIRST = Date.UTC(2000, 0, 1);
 const END = Date.UTC(10_000, 0, 1);
 /** An ISO-8601 time with an offset, between the years 2000 and 9999 in UTC (what Postgres and a bill can hold). */
@@ -30,30 +32,6 @@ const instant = () =>
     const t = Date.parse(v);
     return Number.isNaN(t) || (t >= FIRST && t < END);
   }, 'must be between 2000-01-01 and 9999-12-31 (UTC)');
-/**
- * An exact non-negative decimal: a JSON string (`"1234.5"`) or a number written without exponent
- * (`1234.5`), up to 18 integer and 9 fraction digits. Answered and stored as its canonical text
- * (no trailing fraction zeros), never as a binary float.
- */
-export const decimalSchema = z
-  .union([text(), z.number()])
-  .transform((v, ctx) => {
-    const s = typeof v === 'number' ? (Number.isFinite(v) ? String(v) : '') : v;
-    if (!DECIMAL.test(s)) {
-      ctx.addIssue({ code: 'custom', message: 'must be a non-negative decimal such as "1500" or "0.25" (up to 18 digits before the point and 9 after, no exponent)' });
-      return z.NEVER;
-    }
-    return canonicalDecimal(s);
-  })
-  .meta({ override: ({ jsonSchema }: { jsonSchema: Record<string, unknown> }) => void Object.assign(jsonSchema, { anyOf: undefined, type: 'string', pattern: DECIMAL.source, examples: ['1500', '0.25'] }) });
-
-/** `"1.500"` → `"1.5"`, `"2.0"` → `"2"`. */
-export function canonicalDecimal(s: string): string {
-  if (!s.includes('.')) return s;
-  const trimmed = s.replace(/0+$/, '');
-  return trimmed.endsWith('.') ? trimmed.slice(0, -1) : trimmed;
-}
-
 /** A model id as usage and prices name it: compared lower-cased (aliases resolve to it). */
 export const modelSchema = text().trim().min(1, 'must not be empty').max(200).transform((m) => m.toLowerCase());
 const dimension = text().trim().min(1, 'must not be empty (leave it out instead)').max(200);
@@ -585,13 +563,6 @@ export const billingRpc = {
 
 const tenantParams = z.object({ tenantId: z.uuid() }).strict();
 const inTenant = { tenantParam: 'tenantId' } as const;
-
-const csvField = (v: string | number | null) => {
-  const s = v === null ? '' : String(v);
-  return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
-};
-/** A text cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab, CR first) is quoted with `'` (OWASP's CSV injection rule). */
-const textCell = (v: string | null) => (v !== null && /^[=+\-@\t\r]/.test(v) ? `'${v}` : v);
 
 /** The report as CSV: a column per dimension grouped by, then the measures; the total last. */
 export function usageReportCsv(r: UsageReport): string {

@@ -79,6 +79,9 @@ export function newEventId(): string {
  * A UUID (version 8, RFC 9562) made from SHA-256 of `name`: the same name always gives the same id,
  * in every replica and after any restart (event ids from a command id, an operator action's event).
  */
+/** Whether `s` is a UUID in canonical form (any case); a tenant id is, `platform` is not. */
+export const isUuid = (s: string) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(s);
+
 export function nameBasedUuid(name: string): string {
   const b = createHash('sha256').update(name).digest().subarray(0, 16);
   b[6] = (b[6]! & 0x0f) | 0x80;

@@ -2,6 +2,8 @@ import { z } from 'zod';
 import { command, commandRequest, consistentWithParam, isoTime, listOf, positionSchema, query, route, routeGroup } from './contract';
 import { permissions as P } from './permissions';
 import { planSchema } from './tenant';
+import { csvField, textCell } from './csv';
+import { decimalSchema } from './decimal';
 import { text } from './text';
 
 /**
@@ -15,19 +17,8 @@ export const PLAN_PRICE_AGGREGATE = 'plan_price';
 /** One per tenant: its invoices, numbers and credit notes, so that numbering is one sequence, checked at each append. */
 export const INVOICE_BOOK_AGGREGATE = 'invoice_book';
 
-const DECIMAL = /^(0|[1-9][0-9]{0,17})(\.[0-9]{1,9})?$/;
 /** A non-negative money amount in USD, exact (a JSON string or a plain number), as its canonical text. */
-const money = z
-  .union([text(), z.number()])
-  .transform((v, ctx) => {
-    const s = typeof v === 'number' ? (Number.isFinite(v) ? String(v) : '') : v;
-    if (!DECIMAL.test(s)) {
-      ctx.addIssue({ code: 'custom', message: 'must be a non-negative decimal amount such as "49" or "12.5"' });
-      return z.NEVER;
-    }
-    return s.includes('.') ? s.replace(/0+$/, '').replace(/\.$/, '') : s;
-  })
-  .meta({ override: ({ jsonSchema }: { jsonSchema: Record<string, unknown> }) => void Object.assign(jsonSchema, { anyOf: undefined, type: 'string', pattern: DECIMAL.source, examples: ['49', '12.5'] }) });
+const money = decimalSchema;
 
 const INVOICE_PERIOD = /^[2-9]\d{3}-(0[1-9]|1[0-2])$/;
 export const invoicePeriodSchema = text().regex(INVOICE_PERIOD, 'must be a month (YYYY-MM)');
@@ -203,15 +194,10 @@ export const invoiceRpc = {
   }),
 };
 
-const csvField = (v: string | null | undefined) => {
-  const s = v ?? '';
-  const safe = /^[=+\-@\t\r]/.test(s) && !/^-?\d/.test(s) ? `'${s}` : s;
-  return /[",\n\r]/.test(safe) ? `"${safe.replace(/"/g, '""')}"` : safe;
-};
 /** An invoice as CSV: a row per line, then the total. */
 export function invoiceCsv(i: Pick<Invoice, 'number' | 'period' | 'status' | 'currency' | 'lines' | 'total'>): string {
   const rows = [['invoice', 'period', 'status', 'kind', 'description', 'model', 'quantity', 'unitAmount', 'amount', 'currency']];
-  for (const l of i.lines) rows.push([i.number ?? '', i.period, i.status, l.kind, l.description, l.model ?? '', l.quantity, l.unitAmount, l.amount, i.currency]);
+  for (const l of i.lines) rows.push([i.number ?? '', i.period, i.status, l.kind, textCell(l.description)!, textCell(l.model ?? '')!, l.quantity, l.unitAmount, l.amount, i.currency]);
   rows.push([i.number ?? '', i.period, i.status, 'total', '', '', '', '', i.total, i.currency]);
   return rows.map((r) => r.map(csvField).join(',')).join('\n') + '\n';
 }

@@ -64,6 +64,9 @@ const ATTRIBUTION: Record<Exclude<BudgetScopeKind, 'tenant' | 'model'>, keyof At
   team: 'teamId', user: 'userId', project: 'projectId', environment: 'environment', apiKey: 'apiKeyId',
 };
 
+/** A tenant's own budgets and its plan's quota (see PlansProjection). */
+const TENANT_BUDGETS = `SELECT * FROM budgets WHERE tenant_id = $1 UNION ALL SELECT * FROM plan_quotas WHERE tenant_id = $1 ORDER BY id`;
+
 const REDIS_TIMEOUT_MS = 500;
 /** A sliding minute of throttled calls: -1 and the call counted, or how many there were (refused). */
 const THROTTLE = `redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, tonumber(ARGV[1]) - 60000)
@@ -219,7 +222,7 @@ export class BudgetLedger {
    */
   budgets(tenantId: string): Promise<BudgetRow[]> {
     // The tenant's own budgets and its plan's quota (see PlansProjection).
-    return inTenant(this.ds, tenantId, (m) => m.query(`SELECT * FROM budgets WHERE tenant_id = $1 UNION ALL SELECT * FROM plan_quotas WHERE tenant_id = $1 ORDER BY id`, [tenantId]));
+    return inTenant(this.ds, tenantId, (m) => m.query(TENANT_BUDGETS, [tenantId]));
   }
 
   /**
@@ -229,7 +232,7 @@ export class BudgetLedger {
   async applicableTo(tenantId: string, attribution: Attribution, model: string): Promise<{ budgets: BudgetRow[]; requestsPerMinute: number | null }> {
     const load = () =>
       inTenant(this.ds, tenantId, async (m) => {
-        const all: BudgetRow[] = await m.query(`SELECT * FROM budgets WHERE tenant_id = $1 UNION ALL SELECT * FROM plan_quotas WHERE tenant_id = $1 ORDER BY id`, [tenantId]);
+        const all: BudgetRow[] = await m.query(TENANT_BUDGETS, [tenantId]);
         const parents: { id: string; parent_id: string }[] = all.some((b) => b.scope_kind === 'team')
           ? await m.query(`SELECT id, parent_id FROM "${BILLING_SCHEMA}".teams WHERE tenant_id = $1 AND parent_id IS NOT NULL`, [tenantId])
           : [];

@@ -1,13 +1,11 @@
 import { EntityManager } from 'typeorm';
-import { authEventTypes as A, PositionedEvent } from '@keel/contracts';
+import { authEventTypes as A, PositionedEvent, isUuid } from '@keel/contracts';
 import { Projection } from '@keel/projections';
 import { CatalogueCache } from '../catalogue-cache';
 import { TEAM_TABLES } from '../database/migrations/1700000000007-teams';
 
 /** The runner token of the teams projection. */
 export const TEAMS_RUNNER = Symbol('BILLING_TEAMS_RUNNER');
-
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** Each tenant's team tree from auth's team events (made, renamed or moved, deleted). */
 export class TeamsProjection implements Projection {
@@ -26,7 +24,7 @@ export class TeamsProjection implements Projection {
     const tenants = new Set<string>();
     for (const { event } of events) {
       const tenantId = event.tenantId.toLowerCase();
-      if (!UUID.test(tenantId)) continue;
+      if (!isUuid(tenantId)) continue;
       tenants.add(tenantId);
       const id = event.aggregateId.toLowerCase();
       const d = event.data as { name?: unknown; parentId?: unknown };

@@ -1,12 +1,10 @@
 import { EntityManager } from 'typeorm';
-import { authEventTypes as A, PositionedEvent } from '@keel/contracts';
+import { authEventTypes as A, PositionedEvent, isUuid } from '@keel/contracts';
 import { Projection } from '@keel/projections';
 import { SEAT_TABLES } from '../database/migrations/1700000000006-invoices';
 
 /** The runner token of the seats projection. */
 export const SEATS_RUNNER = Symbol('BILLING_SEATS_RUNNER');
-
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /**
  * When each user of each tenant was active, from auth's user events: made or enabled opens an
@@ -22,7 +20,7 @@ export class SeatsProjection implements Projection {
   async apply(m: EntityManager, events: PositionedEvent[]): Promise<void> {
     for (const { event } of events) {
       const tenantId = event.tenantId.toLowerCase();
-      if (!UUID.test(tenantId) || !UUID.test(event.aggregateId)) continue;
+      if (!isUuid(tenantId) || !isUuid(event.aggregateId)) continue;
       const userId = event.aggregateId.toLowerCase();
       if (event.type === A.userCreated || event.type === A.userEnabled) {
         await m.query(

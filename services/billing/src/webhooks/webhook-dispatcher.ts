@@ -11,6 +11,7 @@ import { Logger, metricsRegistry } from '@keel/observability';
 import { OutboundError, SafeFetch } from '@keel/outbound';
 import { repeating } from '../periodic';
 import { WebhookHandlers, webhookSecret } from './webhook.handlers';
+import { deliveryAggregateId } from './webhooks.projection';
 
 const POLL_MS = 250;
 const BATCH = 200;
@@ -150,7 +151,7 @@ export class WebhookDispatcher implements OnModuleInit, OnModuleDestroy {
           schemaVersion: 1,
           tenantId: d.tenant_id,
           aggregateType: WEBHOOK_DELIVERY_AGGREGATE,
-          aggregateId: nameBasedUuid(`keel.webhook.delivery\n${d.id}`),
+          aggregateId: deliveryAggregateId(d.id),
           aggregateVersion: n,
           occurredAt: new Date().toISOString(),
           actor: { kind: 'system', id: 'billing.webhooks' },

@@ -22,7 +22,7 @@ import { aggregateIdFor, CommandHandler, Decider } from '@keel/event-sourcing';
 import { EventStore, InjectConfig, MessagePattern } from '@keel/messaging';
 import { SafeFetch } from '@keel/outbound';
 import { ProjectionRunner } from '@keel/projections';
-import { WEBHOOKS_RUNNER } from './webhooks.projection';
+import { deliveryAggregateId, WEBHOOKS_RUNNER } from './webhooks.projection';
 
 /** How long a rotated-out secret still signs deliveries (beside the new one). */
 export const PREVIOUS_SECRET_HOURS = 24;
@@ -289,7 +289,7 @@ export class WebhookHandlers {
     const [position] = await this.store.appendFacts([
       {
         id, type: W.redeliveryRequested, schemaVersion: 1, tenantId, aggregateType: WEBHOOK_DELIVERY_AGGREGATE,
-        aggregateId: nameBasedUuid(`keel.webhook.delivery\n${row.id}`), aggregateVersion: 1, occurredAt: new Date().toISOString(),
+        aggregateId: deliveryAggregateId(row.id), aggregateVersion: 1, occurredAt: new Date().toISOString(),
         actor: meta.actor, correlationId: meta.correlationId, data: { webhookId: payload.webhookId.toLowerCase(), deliveryId: row.id },
       },
     ]);

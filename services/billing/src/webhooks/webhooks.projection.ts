@@ -1,15 +1,16 @@
 import { EntityManager } from 'typeorm';
-import { eventTypeMatches, nameBasedUuid, PositionedEvent, webhookEventTypes as W } from '@keel/contracts';
+import { eventTypeMatches, nameBasedUuid, PositionedEvent, isUuid, webhookEventTypes as W } from '@keel/contracts';
 import { Projection } from '@keel/projections';
 import { WEBHOOK_TABLES } from '../database/migrations/1700000000005-webhooks';
 
 /** The runner token of the webhooks projection (the service's third). */
 export const WEBHOOKS_RUNNER = Symbol('BILLING_WEBHOOKS_RUNNER');
 
+/** The aggregate of a delivery's own events (its attempts, a redelivery asked for). */
+export const deliveryAggregateId = (deliveryId: string) => nameBasedUuid(`keel.webhook.delivery\n${deliveryId}`);
+
 /** The `webhook-id` of one event's delivery to one subscription: the same for every attempt and redelivery. */
 export const deliveryIdOf = (webhookId: string, eventId: string) => `msg_${nameBasedUuid(`keel.webhook.delivery\n${webhookId.toLowerCase()}\n${eventId.toLowerCase()}`).replace(/-/g, '')}`;
-
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 type Active = { id: string; eventTypes: string[] };
 type Attempted = { webhookId: string; deliveryId: string; attempt: number; outcome: 'succeeded' | 'failed'; status?: number; error?: string; nextAttemptAt: string | null };
@@ -26,7 +27,7 @@ export class WebhooksProjection implements Projection {
   readonly tables = WEBHOOK_TABLES.map((t) => t.name);
 
   async apply(m: EntityManager, events: PositionedEvent[]): Promise<void> {
-    const tenants = [...new Set(events.map((e) => e.event.tenantId.toLowerCase()).filter((t) => UUID.test(t)))];
+    const tenants = [...new Set(events.map((e) => e.event.tenantId.toLowerCase()).filter((t) => isUuid(t)))];
     const active = new Map<string, Active[]>(tenants.map((t) => [t, []]));
     if (tenants.length) {
       const rows: { tenant_id: string; id: string; event_types: string[] }[] = await m.query(

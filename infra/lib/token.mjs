@@ -6,6 +6,13 @@ import { UserError } from './log.mjs';
 const MIN_LENGTH = 16;
 
 /**
+ * A secret made here, in hex: its letters (a–f) spell none of the words the start-up check
+ * refuses as a template's placeholder ("todo", "dummy", "xxxx"…), which base64 letters can (a
+ * made password once held "tOdO" and auth refused to start).
+ */
+const madeSecret = (bytes) => randomBytes(bytes).toString('hex');
+
+/**
  * The operator's bearer token: KEEL_BOOTSTRAP_TOKEN when set, else one made on the first start
  * and kept in .keel/bootstrap-token (readable by this user only), so restarts keep it.
  */
@@ -24,7 +31,7 @@ export function bootstrapToken(keelDir, fromEnv) {
     }
     return { token, source: '.keel/bootstrap-token' };
   }
-  const token = randomBytes(24).toString('base64url');
+  const token = madeSecret(24);
   mkdirSync(keelDir, { recursive: true });
   writeFileSync(file, `${token}\n`, { mode: 0o600 });
   return { token, source: '.keel/bootstrap-token (new)' };
@@ -66,7 +73,7 @@ export function firstAdmin(keelDir, email, password) {
   }
   const file = join(keelDir, 'admin-password');
   if (existsSync(file)) return { email: address, password: readFileSync(file, 'utf8').trim(), source: '.keel/admin-password' };
-  const made = randomBytes(18).toString('base64url');
+  const made = madeSecret(16);
   mkdirSync(keelDir, { recursive: true });
   writeFileSync(file, `${made}\n`, { mode: 0o600 });
   return { email: address, password: made, source: '.keel/admin-password (new)' };
